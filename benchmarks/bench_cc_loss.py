@@ -1,0 +1,247 @@
+"""CC-Loss on the CPU: time and peak memory of forward + backward against the batch size.
+
+Usage: ``python benchmarks/bench_cc_loss.py [--quick] [--out PATH]``
+
+What is measured, for B in 64 ... 1024 at C = 512 channels and 7x7 feature maps:
+
+* ``step``: ``CCLoss(features, labels)`` forward + backward (SE attention included), median
+  and minimum wall time over ``--repeats`` runs after one warm-up, and its peak memory. The input
+  features ``(B, C, 7, 7)`` exist before the measurement; their gradient (same size) and the
+  GAP backward are part of the peak, so this peak is dominated by ``O(B C H W)`` terms.
+* ``pairs``: the pairwise stage alone (attention ``a`` of shape ``(B, C)`` -> cc, forward +
+  backward), where the ``O(B^2)`` distance matrix lives, for our Gram-matrix form and for a
+  naive broadcasting form that builds ``(B, B, C)`` differences (up to ``--naive-max-batch``).
+
+Peak memory method: ``torch.profiler.profile(profile_memory=True)`` records every allocation
+and free of the CPU allocator with its size and time stamp; the peak is the maximum of the
+running sum of those records during the measured call, i.e. the largest number of bytes
+allocated *during* the call on top of what existed before it (inputs and parameters are not
+counted). It counts tensor storage only (no allocator caching or fragmentation), and is taken
+in a separate, untimed run because the profiler slows execution down.
+
+``bytes/pair`` = pairwise-stage peak / B^2. Ours needs ``O(B^2 + B C)``: a few ``(B, B)``
+matrices plus ``(B, C)`` copies of ``a`` and its gradient, so bytes/pair falls towards a
+constant (about 22) as B grows and the C-dependent part vanishes for B >> C. The naive form
+keeps two ``(B, B, C)`` tensors alive, ``8 C`` bytes per pair at every B. The channel sweep
+at fixed B shows the same from the other side. ``--threads 1`` gives steadier times on a
+shared machine (OpenMP threads that spin while other processes hold the cores inflate times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.profiler import ProfilerActivity, profile
+
+from chanloss.losses import CCLoss
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "cc_loss_cpu.json"
+
+
+def peak_bytes(fn: Callable[[], object], reset: Callable[[], object]) -> int:
+    """Peak of the bytes allocated by the CPU allocator while ``fn`` runs (see module doc).
+
+    ``reset`` (dropping old gradients) runs before the profiler starts: a free of memory that
+    was allocated before the call would otherwise lower the running sum.
+    """
+    from torch._C._profiler import _EventType
+
+    reset()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    allocs, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        stack.extend(event.children)
+        if event.tag == _EventType.Allocation:
+            allocs.append((event.start_time_ns, event.extra_fields.alloc_size))
+    current = peak = 0
+    for _, size in sorted(allocs):
+        current += size
+        peak = max(peak, current)
+    return peak
+
+
+def seconds(
+    fn: Callable[[], object], reset: Callable[[], object], repeats: int
+) -> dict[str, float]:
+    """Minimum and median wall time of ``fn`` over ``repeats`` runs after one warm-up."""
+    reset()
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        reset()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"min": min(times), "median": statistics.median(times)}
+
+
+def naive_cc(a: Tensor, labels: Tensor, eps: float) -> Tensor:
+    """The same cc (mean pair reduction) with ``(B, B, C)`` broadcast differences."""
+    dist = ((a[:, None, :] - a[None, :, :]) ** 2).sum(dim=-1)
+    same = labels[:, None] == labels[None, :]
+    pos = same & ~torch.eye(len(labels), dtype=torch.bool)
+    neg = ~same
+    intra = (dist * pos).sum() / pos.sum().clamp_min(1)
+    inter = (dist * neg).sum() / neg.sum().clamp_min(1)
+    return intra / (inter + eps)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def pair_stage(
+    loss: CCLoss, batch: int, channels: int, labels: Tensor, naive: bool
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    gen = torch.Generator().manual_seed(batch)
+    a = torch.rand(batch, channels, generator=gen).requires_grad_()
+
+    def run() -> None:
+        value = naive_cc(a, labels, loss.eps) if naive else loss._cc(a, labels)
+        value.backward()
+
+    def reset() -> None:
+        a.grad = None
+
+    return run, reset
+
+
+def measure_batch(batch: int, channels: int, hw: int, args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    loss = CCLoss(num_channels=channels)
+    labels = torch.arange(batch) % args.classes
+    x = torch.randn(batch, channels, hw, hw).relu_().requires_grad_()
+
+    def step() -> None:
+        loss(x, labels).backward()
+
+    def reset() -> None:
+        x.grad = None
+        loss.zero_grad(set_to_none=True)
+
+    ours = pair_stage(loss, batch, channels, labels, naive=False)
+    row: dict = {
+        "batch": batch,
+        "channels": channels,
+        "step_seconds": seconds(step, reset, args.repeats),
+        "step_peak_bytes": peak_bytes(step, reset),
+        "pairs_seconds": seconds(*ours, args.repeats),
+        "pairs_peak_bytes": peak_bytes(*ours),
+    }
+    row["pairs_bytes_per_pair"] = row["pairs_peak_bytes"] / batch**2
+    if batch <= args.naive_max_batch:
+        naive = pair_stage(loss, batch, channels, labels, naive=True)
+        a = torch.rand(batch, channels, generator=torch.Generator().manual_seed(batch))
+        check = (loss._cc(a, labels).item(), naive_cc(a, labels, loss.eps).item())
+        assert abs(check[0] - check[1]) <= 1e-4 * abs(check[1]), check
+        row["naive_pairs_seconds"] = seconds(*naive, args.repeats)
+        row["naive_pairs_peak_bytes"] = peak_bytes(*naive)
+        row["naive_pairs_bytes_per_pair"] = row["naive_pairs_peak_bytes"] / batch**2
+        row["naive_over_ours_peak"] = row["naive_pairs_peak_bytes"] / row["pairs_peak_bytes"]
+    else:
+        row["naive_pairs_skipped"] = f"B > --naive-max-batch {args.naive_max_batch}"
+    return row
+
+
+def mib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 2**20:9.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="B in 64, 256; 1 repeat")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--channels", type=int, default=512)
+    parser.add_argument("--hw", type=int, default=7)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--naive-max-batch", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = [64, 256] if args.quick else [64, 128, 256, 512, 1024]
+    sweep_channels = [128, 512] if args.quick else [128, 512, 2048]
+    sweep_batch = 128 if args.quick else 256
+    args.repeats = args.repeats or (1 if args.quick else 5)
+    args.naive_max_batch = args.naive_max_batch or (256 if args.quick else 512)
+
+    rows = [measure_batch(b, args.channels, args.hw, args) for b in sizes]
+    sweep = [measure_batch(sweep_batch, c, args.hw, args) for c in sweep_channels]
+
+    print(
+        f"torch {torch.__version__}, {cpu_model()}, {torch.get_num_threads()} threads, "
+        f"C={args.channels}, {args.hw}x{args.hw}"
+    )
+    header = (
+        f"{'B':>5} {'C':>5} {'step ms':>9} {'step MiB':>9} {'pairs ms':>9} {'pairs MiB':>9} "
+        f"{'B/pair':>7} {'naive ms':>9} {'naive MiB':>9} {'naive B/pair':>12} {'ratio':>7}"
+    )
+    print(header)
+    for r in [*rows, *sweep]:
+        naive_ms = r.get("naive_pairs_seconds", {}).get("min")
+        print(
+            f"{r['batch']:>5} {r['channels']:>5} {1e3 * r['step_seconds']['min']:9.1f} "
+            f"{mib(r['step_peak_bytes'])} {1e3 * r['pairs_seconds']['min']:9.2f} "
+            f"{mib(r['pairs_peak_bytes'])} {r['pairs_bytes_per_pair']:7.1f} "
+            f"{'-' if naive_ms is None else f'{1e3 * naive_ms:9.1f}':>9} "
+            f"{mib(r.get('naive_pairs_peak_bytes')):>9} "
+            f"{r.get('naive_pairs_bytes_per_pair', float('nan')):12.1f} "
+            f"{r.get('naive_over_ours_peak', float('nan')):7.1f}"
+        )
+
+    result = {
+        "benchmark": "CCLoss forward+backward, CPU",
+        "torch": torch.__version__,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1m_5m_15m": list(os.getloadavg()),
+        "quick": args.quick,
+        "channels": args.channels,
+        "height_width": [args.hw, args.hw],
+        "classes": args.classes,
+        "repeats": args.repeats,
+        "dtype": "float32",
+        "memory_method": (
+            "torch.profiler profile_memory=True allocation records; peak of the running sum "
+            "of allocated minus freed bytes during the call (tensor storage only, inputs "
+            "excluded), measured in a separate untimed run"
+        ),
+        "time_method": (
+            "wall time of forward+backward after one warm-up, min and median over repeats "
+            "(the table prints the min; the machine was shared, so medians are noisy)"
+        ),
+        "batch_sweep": rows,
+        "channel_sweep": sweep,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=".cc_loss_cpu.", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Containers, errors, splits and the data-set registry behind ``build_datasets``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from chanloss.models._checks import check_float, check_int, check_options, keyword_options
+
+
+class DatasetError(ValueError):
+    """A data-set file is malformed; the message names the file and what was expected."""
+
+
+class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
+    """A data-set file is missing (both a ``ValueError`` and a ``FileNotFoundError``)."""
+
+
+class TensorImageDataset(Dataset):
+    """An in-memory image set: ``images`` ``(N, C, H, W)`` float32 in ``[0, 1]``, ``labels`` ``(N,)``.
+
+    Items are ``(images[i], int(labels[i]))``. A trainer can skip the per-item path and batch
+    the tensors directly: ``images[idx].to(device)``, ``labels[idx].to(device)``.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        if not isinstance(images, Tensor) or images.dim() != 4 or images.dtype != torch.float32:
+            got = (
+                f"{tuple(images.shape)} {images.dtype}"
+                if isinstance(images, Tensor)
+                else type(images).__name__
+            )
+            raise ValueError(f"images must be a float32 tensor (N, C, H, W), got {got}")
+        if not isinstance(labels, Tensor) or labels.dtype != torch.int64 or labels.dim() != 1:
+            got = (
+                f"{tuple(labels.shape)} {labels.dtype}"
+                if isinstance(labels, Tensor)
+                else type(labels).__name__
+            )
+            raise ValueError(f"labels must be an int64 tensor (N,), got {got}")
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"images and labels must have the same length, got {images.shape[0]} images "
+                f"and {labels.shape[0]} labels"
+            )
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+    def subset(self, indices: Sequence[int] | np.ndarray | Tensor) -> TensorImageDataset:
+        """A new data set holding copies of the given items."""
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        return TensorImageDataset(self.images[idx], self.labels[idx])
+
+
+@dataclass
+class DataBundle:
+    """What ``build_datasets`` returns; ``val`` is ``None`` when ``val_fraction == 0``.
+
+    ``mean``/``std`` are per-channel statistics of the ``train`` split (after the validation
+    split is carved out), for ``build_augmentation``.
+    """
+
+    train: TensorImageDataset
+    val: TensorImageDataset | None
+    test: TensorImageDataset
+    num_classes: int
+    in_channels: int
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str]
+
+
+class Splits(NamedTuple):
+    """A loader's result: fixed train and test splits as float32 ``[0, 1]`` tensors."""
+
+    train_images: Tensor
+    train_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+    class_names: list[str]
+
+
+DatasetLoader = Callable[..., Splits]
+
+#: Data-set loaders, name -> ``loader(*, root, **opts) -> Splits``.
+DATASETS: dict[str, DatasetLoader] = {}
+
+
+def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Decorator that adds a loader to :data:`DATASETS` under ``name``."""
+
+    def decorate(loader: DatasetLoader) -> DatasetLoader:
+        if name in DATASETS:
+            raise ValueError(f"dataset {name!r} is already registered")
+        DATASETS[name] = loader
+        return loader
+
+    return decorate
+
+
+def dataset_options(name: str) -> tuple[str, ...]:
+    """The options a registered data set accepts (besides ``root``)."""
+    return tuple(o for o in keyword_options(DATASETS[name]) if o != "root")
+
+
+def channel_stats(images: Tensor, chunk: int = 2048) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) standard deviation, accumulated in float64."""
+    n, c = images.shape[:2]
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        block = images[start : start + chunk].to(torch.float64)
+        total += block.sum(dim=(0, 2, 3))
+        total_sq += block.square().sum(dim=(0, 2, 3))
+    count = n * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def stratified_split(
+    labels: np.ndarray, test_size: float | int, seed: int, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(keep, held_out)`` of a stratified split (sklearn ``train_test_split``)."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        keep, held = train_test_split(
+            np.arange(len(labels)), test_size=test_size, random_state=seed, stratify=labels
+        )
+    except ValueError as exc:
+        raise ValueError(
+            f"{what}: cannot make a stratified split of size {test_size} from {len(labels)} "
+            f"samples of {len(np.unique(labels))} classes: {exc}"
+        ) from exc
+    return np.sort(keep), np.sort(held)
+
+
+def build_datasets(
+    name: str,
+    *,
+    root: str | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.0,
+    **opts: object,
+) -> DataBundle:
+    """Load the data set ``name`` (a key of :data:`DATASETS`) as in-memory tensors.
+
+    ``val_fraction`` of the training split (stratified, drawn with ``seed``) becomes ``val``;
+    the train/test split itself is the data set's own and does not depend on ``seed``.
+    Unknown names or options raise ``ValueError`` listing the allowed ones; missing or
+    malformed files raise :class:`DatasetError` (a ``ValueError``) naming the file.
+    """
+    if not isinstance(name, str) or name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(sorted(DATASETS))}")
+    check_options("dataset", name, opts, dataset_options(name))
+    seed = check_int("seed", seed, low=0)
+    val_fraction = check_float("val_fraction", val_fraction, low=0.0, high=0.99)
+    splits = DATASETS[name](root=root, **opts)
+    train = TensorImageDataset(splits.train_images, splits.train_labels)
+    test = TensorImageDataset(splits.test_images, splits.test_labels)
+    val = None
+    if val_fraction > 0:
+        keep, held = stratified_split(
+            train.labels.numpy(), val_fraction, seed, f"{name} validation split"
+        )
+        train, val = train.subset(keep), train.subset(held)
+    mean, std = channel_stats(train.images)
+    return DataBundle(
+        train=train,
+        val=val,
+        test=test,
+        num_classes=len(splits.class_names),
+        in_channels=train.images.shape[1],
+        image_size=(train.images.shape[2], train.images.shape[3]),
+        mean=mean,
+        std=std,
+        class_names=list(splits.class_names),
+    )

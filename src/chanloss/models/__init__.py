@@ -1,0 +1,32 @@
+"""Backbones that return ``ModelOutput(logits, features, embedding)`` (shared/SPEC.md).
+
+``create_model(name, num_classes=..., in_channels=..., **opts)`` builds a registered backbone
+(:data:`MODELS`: CIFAR ResNet-20/56/110, ResNet-18/50, VGG-16-BN, a small ConvNet) or wraps a
+``"timm:NAME"`` / ``"torchvision:NAME"`` model in a :class:`FeatureTap`.
+"""
+
+from chanloss.models import adapters as _adapters  # noqa: F401  (registers the adapters)
+from chanloss.models import convnet as _convnet  # noqa: F401
+from chanloss.models import resnet as _resnet  # noqa: F401
+from chanloss.models import vgg as _vgg  # noqa: F401
+from chanloss.models.base import ModelOutput
+from chanloss.models.common import Backbone
+from chanloss.models.convnet import SmallConvNet
+from chanloss.models.registry import MODELS, create_model, model_options, register_model
+from chanloss.models.resnet import CifarResNet, ResNet
+from chanloss.models.tap import FeatureTap
+from chanloss.models.vgg import VGG16BN
+
+__all__ = [
+    "MODELS",
+    "VGG16BN",
+    "Backbone",
+    "CifarResNet",
+    "FeatureTap",
+    "ModelOutput",
+    "ResNet",
+    "SmallConvNet",
+    "create_model",
+    "model_options",
+    "register_model",
+]
