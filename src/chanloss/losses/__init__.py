@@ -16,6 +16,7 @@ from chanloss.losses.focal import FocalLoss
 from chanloss.losses.label_smoothing import LabelSmoothingLoss
 from chanloss.losses.lgm import LGMLoss
 from chanloss.losses.lsoftmax import LSoftmaxLoss
+from chanloss.losses.mc_loss import MCLoss
 from chanloss.losses.registry import LOSSES, create_loss, register_loss
 from chanloss.losses.sphereface import SphereFaceLoss
 
@@ -35,5 +36,6 @@ __all__ = [
     "FocalLoss",
     "LabelSmoothingLoss",
     "LSoftmaxLoss",
+    "MCLoss",
     "SphereFaceLoss",
 ]

@@ -1,0 +1,566 @@
+"""Mutual-channel loss (MC-Loss): Chang et al., "The Devil is in the Channels", IEEE TIP 2020."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from chanloss.losses._checks import check_choice, check_float, check_int, check_labels
+from chanloss.losses.base import Loss
+from chanloss.losses.registry import register_loss
+
+
+class _Segment(NamedTuple):
+    """A run of consecutive groups that all have ``size`` channels (at most two per loss)."""
+
+    start: int  # first channel
+    stop: int  # one past the last channel
+    first_group: int
+    groups: int
+    size: int
+    keep: int  # channels kept per group by the channel-wise attention
+
+    @property
+    def groups_slice(self) -> slice:
+        return slice(self.first_group, self.first_group + self.groups)
+
+
+class _DefaultKeepRatio(float):
+    """The default ``keep_ratio`` (2/3); a distinct object so that an explicit value is seen."""
+
+
+_DEFAULT_KEEP_RATIO = _DefaultKeepRatio(2.0 / 3.0)
+_POOLS = ("max", "avg")
+
+
+def _group_max(v: Tensor) -> Tensor:
+    """``v.amax(-2, keepdim=True)`` for ``v`` ``(..., s, P)``.
+
+    For ``s <= 4`` the upper half of the rows is folded onto the lower half with an elementwise
+    ``maximum`` until one row is left (the middle row of an odd count is folded into the first
+    row in place): at most three calls that read the data about once. CPU ``amax`` over so
+    short a strided axis is slower; for longer groups it is the faster one.
+    """
+    s = v.shape[-2]
+    if s > 4:
+        return v.amax(-2, keepdim=True)
+    while s > 1:
+        half = s // 2
+        folded = torch.maximum(v[..., :half, :], v[..., s - half :, :])
+        if s % 2:
+            first = folded[..., :1, :]
+            torch.maximum(first, v[..., half : half + 1, :], out=first)
+        v, s = folded, half
+    return v
+
+
+def _tie_share(indicator: Tensor, weight: Tensor) -> Tensor:
+    """``weight`` divided by the number of channels that reach their group's maximum.
+
+    ``indicator`` ``(B, n, s, P)`` holds 1 where a channel equals its group's maximum. Without
+    ties there is one such channel per ``(b, g, p)``; on CPU that is checked with one sum (exact
+    below 2**24) and the per-position count is only built when there are ties. On other devices
+    the count is always built, so that no step waits for the host.
+    """
+    rows = indicator.numel() // indicator.shape[2]
+    if indicator.device.type == "cpu" and rows < 2**24 and float(indicator.sum()) == rows:
+        return weight
+    return weight / indicator.sum(2, keepdim=True)
+
+
+# CPU work is done a few samples at a time so that the passes over one block of the buffers
+# after the first find it in cache; elsewhere the whole batch is one block.
+_CPU_BLOCK_BYTES = 2**21
+
+
+def _blocks(x: Tensor) -> list[slice]:
+    b = x.shape[0]
+    if x.device.type != "cpu":
+        return [slice(0, b)]
+    rows = max(1, _CPU_BLOCK_BYTES // max(1, x[0].numel() * x.element_size()))
+    return [slice(i, min(b, i + rows)) for i in range(0, b, rows)]
+
+
+def _rows(t: Tensor | None, block: slice) -> Tensor | None:
+    """The block's rows of a per-sample tensor; a tensor shared by the batch (1 row) as is."""
+    return t if t is None or t.shape[0] == 1 else t[block]
+
+
+class _MCCore(torch.autograd.Function):
+    """Both MC-Loss branches on ``(B, C, P)`` features, with a hand-written backward.
+
+    Inputs: ``x`` ``(B, C, P)``; ``bias`` ``(R, C, 1)`` (0 for kept, -inf for dropped channels)
+    or ``None``; ``floor`` ``(R, K, 1, 1)`` (0 for groups with a dropped channel, -inf
+    otherwise) or ``None``. Outputs ``S`` ``(B, K)`` (diversity sums of the unmasked features)
+    and the class scores ``(B, K)`` (GAP of the cross-channel pooled masked features).
+
+    The max over a group of the masked features ``m * x`` is ``max(max over kept channels,
+    0 if a channel was dropped)``, computed as ``max(group_max(x + bias), floor)``, so dropped
+    channels never tie with kept ones. Group-max gradients go to the channels equal to the
+    maximum (ties share equally, as with ``amax``), rebuilt in backward with one comparison.
+
+    Two ``(B, C, P)`` buffers per step: the softmax, and ``x + bias``, which backward turns into
+    the gradient in place (a second backward with ``retain_graph`` rebuilds it). On CPU both
+    passes run over blocks of samples (``_CPU_BLOCK_BYTES`` of features each) with block-sized
+    scratch for the diversity branch's softmax backward, so that the several elementwise ops
+    on a block find it in cache.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        bias: Tensor | None,
+        floor: Tensor | None,
+        segments: tuple[_Segment, ...],
+        pool: str,
+    ) -> tuple[Tensor, Tensor]:
+        p = torch.empty_like(x)
+        kept_buf = torch.empty_like(x) if pool == "max" and bias is not None else None
+        kept = x if kept_buf is None else kept_buf
+        p_views = [_seg_view(p, seg) for seg in segments]
+        kept_views = [_seg_view(kept, seg) for seg in segments]
+        floors = [None if floor is None else floor[:, seg.groups_slice] for seg in segments]
+        sums, scores, pmaxes, kmaxes = [], [], [], []
+        if pool == "avg":
+            chan_mean = x.mean(-1)
+            if bias is not None:
+                chan_mean = chan_mean.masked_fill(bias.squeeze(-1) < 0, 0.0)
+            mean_views = [_seg_view(chan_mean[..., None], seg) for seg in segments]
+        ctx.blocks = _blocks(x)
+        for block in ctx.blocks:
+            torch.softmax(x[block], -1, out=p[block])
+            if kept_buf is not None:
+                torch.add(x[block], _rows(bias, block), out=kept_buf[block])
+            for j in range(len(segments)):
+                pmax = _group_max(p_views[j][block])
+                sums.append(pmax.sum((2, 3)))
+                pmaxes.append(pmax)
+                if pool == "max":
+                    kmax = _group_max(kept_views[j][block])
+                    kmaxes.append(kmax)
+                    if floors[j] is not None:
+                        kmax = torch.maximum(kmax, _rows(floors[j], block))
+                    scores.append(kmax.mean((2, 3)))
+                else:
+                    scores.append(mean_views[j][block].mean((2, 3)))
+        ctx.segments = segments
+        ctx.pool = pool
+        # x + bias is our own intermediate, on ctx (not saved): backward overwrites it
+        ctx.kept_buf = kept_buf
+        ctx.save_for_backward(x, p, bias, floor, *pmaxes, *kmaxes)
+        nblocks = len(ctx.blocks)
+        return _assemble(sums, nblocks, len(segments)), _assemble(scores, nblocks, len(segments))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_sums: Tensor, grad_scores: Tensor
+    ) -> tuple[Tensor, None, None, None, None]:
+        segments: tuple[_Segment, ...] = ctx.segments
+        blocks: list[slice] = ctx.blocks
+        x, p, bias, floor, *maxes = ctx.saved_tensors
+        pmaxes, kmaxes = maxes[: len(blocks) * len(segments)], maxes[len(blocks) * len(segments) :]
+        masked_max = ctx.pool == "max" and bias is not None
+        if masked_max and ctx.kept_buf is not None:
+            grad, ctx.kept_buf = ctx.kept_buf, None  # x + bias, overwritten below
+        elif masked_max:  # a second backward (retain_graph) after the first used it up
+            grad = x + bias
+        else:
+            grad = torch.empty_like(x)
+        npos = x.shape[2]
+        rows_max = max(block.stop - block.start for block in blocks)
+        ind = torch.empty((rows_max, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        div_grad = torch.empty_like(ind)
+        # with the terms added up linearly (the usual case) every S gets the same gradient;
+        # on CPU that is checked once, and the weights stay 0-d
+        if grad_sums.device.type == "cpu" and bool((grad_sums == grad_sums[0, 0]).all()):
+            grad_sums = grad_sums[0, 0].expand(grad_sums.shape)
+        views = [
+            (
+                _seg_view(p, seg),
+                _seg_view(grad, seg),
+                _seg_view(x, seg),
+                _seg_view(ind, seg),
+                _seg_view(div_grad, seg),
+                grad_sums[:, seg.groups_slice, None, None],
+                grad_scores[:, seg.groups_slice, None, None] / npos,
+                None if floor is None else floor[:, seg.groups_slice],
+                None
+                if bias is None
+                else (bias[:, seg.start : seg.stop] == 0).view(
+                    bias.shape[0], seg.groups, seg.size, 1
+                ),
+            )
+            for seg in segments
+        ]
+        i = 0
+        for block in blocks:
+            rows = block.stop - block.start
+            for j in range(len(segments)):
+                pv, _, _, iv, _, gsum, _, _, _ = views[j]
+                torch.eq(pv[block], pmaxes[i + j], out=iv[:rows])
+                iv[:rows].mul_(_tie_share(iv[:rows], gsum[block]))
+            # d/dp of sum_pos max_c p is the indicator (in ind, weighted): softmax backward
+            torch._softmax_backward_data(
+                ind[:rows], p[block], -1, x.dtype, grad_input=div_grad[:rows]
+            )
+            for j, seg in enumerate(segments):
+                _, gv, xv, _, dv, _, gscore, fl, keep = views[j]
+                gv, dv, gscore = gv[block], dv[:rows], gscore[block]
+                if ctx.pool == "max":
+                    kmax = kmaxes[i + j]
+                    torch.eq(gv if masked_max else xv[block], kmax, out=gv)
+                    if fl is not None:
+                        gscore = gscore * (kmax >= _rows(fl, block))
+                    torch.addcmul(dv, gv, _tie_share(gv, gscore), out=gv)
+                else:
+                    step = gscore / seg.size
+                    if keep is not None:
+                        step = step * _rows(keep, block)
+                    torch.add(dv, step, out=gv)
+            i += len(segments)
+        return grad, None, None, None, None
+
+
+def _seg_view(t: Tensor, seg: _Segment) -> Tensor:
+    """``(N, groups, size, P)`` view of a segment's channels of ``t`` ``(N, C, P)``."""
+    if seg.start == 0 and seg.stop == t.shape[1]:
+        return t.view(t.shape[0], seg.groups, seg.size, t.shape[2])
+    return t[:, seg.start : seg.stop].view(t.shape[0], seg.groups, seg.size, t.shape[2])
+
+
+def _assemble(parts: list[Tensor], nblocks: int, nsegments: int) -> Tensor:
+    """``(B, K)`` from per-(block, segment) pieces listed block by block."""
+    if len(parts) == 1:
+        return parts[0]
+    rows = [torch.cat(parts[i * nsegments : (i + 1) * nsegments], 1) for i in range(nblocks)]
+    return torch.cat(rows, 0)
+
+
+@register_loss("mc")
+class MCLoss(Loss):
+    """Mutual-channel loss of Chang et al., "The Devil is in the Channels: Mutual-Channel Loss
+    for Fine-Grained Image Classification", IEEE TIP 29 (2020): the paper's
+    ``L_MC = L_dis - lambda * L_div`` (its discriminality and diversity components), with the
+    weighting of the authors' code (PRIS-CV/Mutual-Channel-Loss).
+
+    The ``C`` channels of the feature map ``F`` ``(B, C, H, W)`` are split into ``K`` groups of
+    consecutive channels (``q, r = divmod(C, K)``: the first ``K - r`` groups have ``q`` channels,
+    the last ``r`` have ``q + 1``). Two terms (see shared/SPEC.md, "MC-Loss"):
+
+    - ``dis`` (discriminality component, ``L_dis``): in training a random channel-wise attention mask keeps
+      ``keep(g) = max(1, round(keep_ratio * size(g)))`` channels of every group (rounded half
+      up), or all but ``drop`` of them; the masked features are pooled across the channels of
+      each group (``pool="max"``: CCMP, ``"avg"``: CCAP), averaged over ``H, W`` and the ``(B, K)``
+      scores go into cross-entropy with the labels.
+    - ``div`` (diversity component; the paper's ``L_div`` is ``mean S``): a softmax over the ``H * W`` positions of every unmasked channel, CCMP
+      per group, summed over the positions: ``S[b, g]`` in ``[1, size(g)]``;
+      ``div = 1 - mean_{b, g}(S[b, g] / size(g))``, in ``[0, 1 - 1/size]``.
+
+    ``forward = alpha * dis + beta * div`` (the authors' code: ``alpha=1.5``, ``beta=20``).
+    With uneven groups the authors' ResNet-50 script averages the two group sizes separately and
+    adds the results; we take one mean over all groups (identical for equal sizes).
+
+    The mask is one ``(C,)`` draw per call shared by the batch (the authors' behaviour) or one
+    per sample with ``per_sample_mask=True``; it is drawn on the features' device from
+    ``generator`` when given. In ``eval()`` mode, or when ``mask`` (``(C,)`` or ``(B, C)``,
+    multiplied into the features; 0/1 or bool) is passed, nothing is drawn.
+
+    Gradients of a group maximum are split equally between tied channels (as with ``amax``).
+    Dropped channels (0 after masking) never take the ``dis`` gradient: where every kept channel
+    of a group is negative the group's masked maximum is a constant 0, and where the kept
+    maximum is exactly 0 the kept channels at 0 take it. Backward is first order only; the
+    hot path is a custom autograd function (see ``_MCCore``) without loops over classes.
+    """
+
+    consumes = "features"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        num_channels: int,
+        alpha: float = 1.5,
+        beta: float = 20.0,
+        keep_ratio: float = _DEFAULT_KEEP_RATIO,
+        drop: int | None = None,
+        pool: str = "max",
+        per_sample_mask: bool = False,
+        check_finite: bool = False,
+    ) -> None:
+        alpha = check_float("alpha", alpha, low=0.0)
+        beta = check_float("beta", beta, low=0.0)
+        super().__init__(weights={"dis": alpha, "div": beta}, check_finite=check_finite)
+        self.num_classes = check_int("num_classes", num_classes, low=1)
+        self.num_channels = check_int("num_channels", num_channels, low=1)
+        if self.num_channels < self.num_classes:
+            raise ValueError(
+                f"num_channels must be >= num_classes (at least one channel per class), "
+                f"got num_channels={self.num_channels} < num_classes={self.num_classes}"
+            )
+        self.pool = check_choice("pool", pool, _POOLS)
+        self.per_sample_mask = bool(per_sample_mask)
+        q, r = divmod(self.num_channels, self.num_classes)
+        if q == 1:
+            warnings.warn(
+                f"MCLoss with num_channels={self.num_channels} and num_classes="
+                f"{self.num_classes} has groups of one channel; their diversity term is constant",
+                stacklevel=2,
+            )
+        if drop is not None:
+            if keep_ratio is not _DEFAULT_KEEP_RATIO:
+                raise ValueError(
+                    f"give either keep_ratio or drop, not both: got keep_ratio={keep_ratio!r} "
+                    f"and drop={drop!r}"
+                )
+            self.drop: int | None = check_int("drop", drop, low=0)
+            if self.drop > q - 1:
+                raise ValueError(
+                    f"drop must be in [0, {q - 1}] so that the smallest group ({q} channels) "
+                    f"keeps at least one channel, got {self.drop}"
+                )
+            self.keep_ratio: float | None = None
+        else:
+            self.drop = None
+            self.keep_ratio = check_float(
+                "keep_ratio", keep_ratio, low=0.0, high=1.0, low_inclusive=False
+            )
+        sizes = (q,) * (self.num_classes - r) + (q + 1,) * r
+        self.group_sizes: tuple[int, ...] = sizes
+        segments, start, group = [], 0, 0
+        for size, count in ((q, self.num_classes - r), (q + 1, r)):
+            if count:
+                segments.append(
+                    _Segment(start, start + size * count, group, count, size, self._keep(size))
+                )
+                start, group = start + size * count, group + count
+        self._segments = tuple(segments)
+        index = torch.repeat_interleave(torch.arange(self.num_classes), torch.tensor(sizes))
+        self.register_buffer("group_index", index, persistent=False)
+        self.register_buffer("_inv_sizes", 1.0 / torch.tensor(sizes, dtype=torch.float64), False)
+
+    def _keep(self, size: int) -> int:
+        if self.drop is not None:
+            return size - self.drop
+        return max(1, math.floor(self.keep_ratio * size + 0.5))  # type: ignore[operator]
+
+    @property
+    def group_keep(self) -> tuple[int, ...]:
+        """Channels kept by the channel-wise attention in each group, ``(K,)``."""
+        return tuple(seg.keep for seg in self._segments for _ in range(seg.groups))
+
+    @classmethod
+    def from_paper(cls, *, mu: float, lam: float, **kwargs: object) -> MCLoss:
+        """Build the loss from the paper's ``L = CE + mu * (L_dis - lam * L_div)`` weights.
+
+        The paper's ``L_div = mean_{b,g} S[b, g]``; ours is ``1 - mean(S / size)``. With equal
+        group sizes ``xi = C / K``, ``alpha = mu`` and ``beta = mu * lam * xi`` give the same
+        gradients (the totals differ by a constant). With uneven groups (``q`` and ``q + 1``
+        channels) we use the mean group size ``xi = C / K``, so a group of ``q`` (``q + 1``)
+        channels gets ``xi / q`` (``xi / (q + 1)``) times its gradient under the paper's weights,
+        within a factor ``1 +- 1/q`` of it.
+        """
+        mu = check_float("mu", mu, low=0.0)
+        lam = check_float("lam", lam, low=0.0)
+        if "alpha" in kwargs or "beta" in kwargs:
+            raise ValueError(
+                f"from_paper takes mu and lam instead of alpha and beta, got "
+                f"{sorted(k for k in kwargs if k in ('alpha', 'beta'))}"
+            )
+        num_classes = check_int("num_classes", kwargs.get("num_classes"), low=1)
+        num_channels = check_int("num_channels", kwargs.get("num_channels"), low=1)
+        xi = num_channels / num_classes
+        return cls(alpha=mu, beta=mu * lam * xi, **kwargs)  # type: ignore[arg-type]
+
+    # -- the API -------------------------------------------------------------------------------
+    def forward(  # type: ignore[override]
+        self,
+        features: Tensor,
+        labels: Tensor,
+        *,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``alpha * dis + beta * div``, a 0-d tensor."""
+        return super().forward(features, labels, mask=mask, generator=generator)
+
+    def terms(  # type: ignore[override]
+        self,
+        features: Tensor,
+        labels: Tensor,
+        *,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """``{"dis": ..., "div": ...}``, unweighted 0-d tensors."""
+        return super().terms(features, labels, mask=mask, generator=generator)
+
+    def validate(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Features ``(B, C, H, W)`` with ``C == num_channels``; labels in ``[0, num_classes)``."""
+        if not isinstance(inputs, Tensor):
+            raise ValueError(
+                f"features must be a torch.Tensor of shape (B, C, H, W), got {type(inputs).__name__}"
+            )
+        if not inputs.is_floating_point():
+            raise ValueError(f"features must be a floating-point tensor, got dtype {inputs.dtype}")
+        if inputs.dim() != 4:
+            raise ValueError(
+                f"features must have 4 dimensions (B, C, H, W), got shape {tuple(inputs.shape)}"
+            )
+        b, c, h, w = inputs.shape
+        if b == 0:
+            raise ValueError(
+                f"features is an empty batch: expected B >= 1, got shape {(b, c, h, w)}"
+            )
+        if c != self.num_channels:
+            raise ValueError(
+                f"features must have num_channels={self.num_channels} channels (dimension 1 of "
+                f"(B, C, H, W)), got {c} (shape {(b, c, h, w)})"
+            )
+        if h * w == 0:
+            raise ValueError(f"features must have H, W >= 1, got shape {(b, c, h, w)}")
+        labels = check_labels(
+            labels, batch_size=b, num_classes=self.num_classes, validate_values=self.check_finite
+        )
+        return inputs, labels
+
+    def compute_terms(  # type: ignore[override]
+        self,
+        inputs: Tensor,
+        labels: Tensor,
+        *,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        b, c = inputs.shape[:2]
+        x = inputs.reshape(b, c, -1)
+        kept = self._resolve_mask(inputs, mask, generator)
+        bias = floor = None
+        if kept is not None:
+            bias, floor = self._bias_and_floor(kept, x.dtype)
+        sums, scores = _MCCore.apply(x, bias, floor, self._segments, self.pool)
+        dis = F.cross_entropy(scores, labels)
+        if len(self._segments) == 1:
+            div = 1.0 - sums.mean() / self._segments[0].size
+        else:
+            div = 1.0 - (sums * self._inv_sizes.to(sums.dtype)).mean()
+        return {"dis": dis, "div": div}
+
+    # -- the mask ------------------------------------------------------------------------------
+    def draw_mask(
+        self,
+        batch_size: int = 1,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """A channel-wise attention mask ``(batch_size, C)`` of 0/1 keeping ``keep(g)`` per group.
+
+        Uniform keys are drawn for all channels at once and sorted inside every group (one
+        ``argsort`` per run of equal-sized groups); the ``keep(g)`` lowest ranks are kept.
+        """
+        device = torch.device(device) if device is not None else self.group_index.device
+        return self._draw_kept(batch_size, device, generator).to(dtype)
+
+    def _draw_kept(
+        self, rows: int, device: torch.device, generator: torch.Generator | None
+    ) -> Tensor:
+        if generator is not None and generator.device.type != device.type:
+            raise ValueError(
+                f"generator must be on the features' device {device}, got a generator on "
+                f"{generator.device}"
+            )
+        keys = torch.rand(rows, self.num_channels, generator=generator, device=device)
+        kept = torch.zeros(rows, self.num_channels, device=device, dtype=torch.bool)
+        for seg in self._segments:
+            cols = kept[:, seg.start : seg.stop]
+            if seg.keep == seg.size:
+                cols.fill_(True)
+                continue
+            shape = (rows, seg.groups, seg.size)
+            ranks = keys[:, seg.start : seg.stop].view(shape).argsort(-1)[..., : seg.keep]
+            cols.view(shape).scatter_(-1, ranks, True)
+        return kept
+
+    def _resolve_mask(
+        self, features: Tensor, mask: Tensor | None, generator: torch.Generator | None
+    ) -> Tensor | None:
+        """The kept channels ``(1 or B, C)`` (bool) for this call, or ``None`` (all kept)."""
+        if mask is not None:
+            return self._check_mask(features, mask)
+        if not self.training or all(seg.keep == seg.size for seg in self._segments):
+            return None
+        rows = features.shape[0] if self.per_sample_mask else 1
+        return self._draw_kept(rows, features.device, generator)
+
+    def _check_mask(self, features: Tensor, mask: object) -> Tensor:
+        b, c = features.shape[:2]
+        if not isinstance(mask, Tensor):
+            raise ValueError(
+                f"mask must be a torch.Tensor of shape ({c},) or ({b}, {c}), "
+                f"got {type(mask).__name__}"
+            )
+        if mask.shape not in ((c,), (b, c)):
+            raise ValueError(f"mask must have shape ({c},) or ({b}, {c}), got {tuple(mask.shape)}")
+        if mask.device != features.device:
+            raise ValueError(
+                f"mask must be on the features' device {features.device}, got {mask.device}"
+            )
+        if mask.dtype == torch.bool:
+            return mask.reshape(-1, c)
+        if not mask.is_floating_point():
+            raise ValueError(
+                f"mask must be a bool or floating-point tensor, got dtype {mask.dtype}"
+            )
+        mask = mask.detach()
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(
+                "mask must hold only 0 and 1 (drop or keep a channel), got other values"
+            )
+        return (mask != 0).reshape(-1, c)
+
+    def _bias_and_floor(self, kept: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``bias`` ``(R, C, 1)``: 0 kept, -inf dropped; ``floor`` ``(R, K, 1, 1)``: 0 where a
+        group dropped a channel (its masked maximum is at least that channel's 0), else -inf."""
+        inf = torch.tensor(float("inf"), dtype=dtype, device=kept.device)
+        zero = torch.zeros((), dtype=dtype, device=kept.device)
+        bias = torch.where(kept, zero, -inf)
+        rows = kept.shape[0]
+        dropped = [
+            (~kept[:, seg.start : seg.stop]).view(rows, seg.groups, seg.size).any(-1)
+            for seg in self._segments
+        ]
+        any_dropped = dropped[0] if len(dropped) == 1 else torch.cat(dropped, 1)
+        floor = torch.where(any_dropped, zero, -inf)
+        return bias.unsqueeze(-1), floor[..., None, None]
+
+    # -- analysis helpers ----------------------------------------------------------------------
+    def cross_channel_pool(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
+        """CCMP (or CCAP with ``pool="avg"``) of ``features * mask``: ``(B, K, H, W)``."""
+        b, c, h, w = features.shape
+        if mask is not None:
+            kept = self._check_mask(features, mask)
+            features = features * kept[..., None, None].to(features.dtype)
+        parts = []
+        for seg in self._segments:
+            xv = features[:, seg.start : seg.stop].reshape(b, seg.groups, seg.size, h, w)
+            parts.append(xv.amax(2) if self.pool == "max" else xv.mean(2))
+        return torch.cat(parts, 1)
+
+    def group_scores(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The ``(B, K)`` class scores of the ``dis`` term (no mask unless one is given)."""
+        return self.cross_channel_pool(features, mask).mean((2, 3))
+
+    def extra_repr(self) -> str:
+        cwa = f"drop={self.drop}" if self.drop is not None else f"keep_ratio={self.keep_ratio:.4g}"
+        return (
+            f"num_classes={self.num_classes}, num_channels={self.num_channels}, {cwa}, "
+            f"pool={self.pool!r}, per_sample_mask={self.per_sample_mask}, weights={self.weights}"
+        )
