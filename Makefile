@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.chanloss-installed
 
-.PHONY: demo test bench lint format clean
+.PHONY: demo test bench report docs lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Two pytest workers with one torch thread each: the machine has 2 cores.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
 
 demo: $(STAMP)
 	$(PY) -m chanloss demo
@@ -32,3 +33,9 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
+
+report: $(STAMP)
+	$(PY) benchmarks/report.py
+
+docs: $(STAMP)
+	$(PY) -m chanloss.training.config_reference > docs/configuration.md

@@ -112,12 +112,54 @@ def _find_base(root: Path, folder: str, marker: str, name: str) -> Path:
     )
 
 
+# What a CIFAR pickle may refer to: numpy arrays, dtypes and scalars (numpy 1 and 2 module
+# names) and the bytes codec of Python 2 pickles. Nothing here runs code when it is called.
+_PICKLE_GLOBALS = {
+    ("_codecs", "encode"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    *(
+        (f"numpy.{core}.{module}", attr)
+        for core in ("core", "_core")
+        for module, attr in (
+            ("multiarray", "_reconstruct"),
+            ("multiarray", "scalar"),
+            ("numeric", "_frombuffer"),
+        )
+    ),
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle that refers to something other than plain data (it could run code)."""
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles plain data only (containers, numbers, strings, bytes, numpy arrays); a pickle
+    that names any other class or function is refused before anything is called."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise UnsafePickleError(f"refused to unpickle {module}.{name}")
+        if module.startswith("numpy.core."):  # numpy 1 names; numpy 2 moved them to _core
+            try:
+                return super().find_class("numpy._core." + module[len("numpy.core.") :], name)
+            except (ImportError, AttributeError):
+                pass
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path, keys: Sequence[str], name: str) -> dict[str, object]:
     try:
         with path.open("rb") as f:
-            raw = pickle.load(f, encoding="bytes")
+            raw = _DataUnpickler(f, encoding="bytes").load()
     except FileNotFoundError as exc:
         raise DatasetFileNotFoundError(f"{name}: {path}: file not found") from exc
+    except UnsafePickleError as exc:
+        raise DatasetError(
+            f"{name}: {path}: {exc} (a pickle can run code); expected a pickle of plain data "
+            "(dicts, lists, numbers, bytes, numpy arrays)"
+        ) from None
     except Exception as exc:
         raise DatasetError(
             f"{name}: {path}: cannot unpickle ({type(exc).__name__}: {exc}); expected a Python "

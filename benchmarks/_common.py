@@ -1,0 +1,333 @@
+"""Shared helpers of the benchmark scripts: timing, peak memory, machine description, JSON output.
+
+Every benchmark records the machine it ran on (:func:`machine_info`: CPU model, cores, torch
+version and threads, git commit, load average) and writes its results with
+:func:`write_json` (temporary file + rename, so a reader never sees half a file).
+
+Timing: :func:`time_interleaved` runs several variants round by round in rotating order after
+a warm-up, so that load from other processes and thermal drift hit every variant alike;
+:func:`stats` summarises the samples (median, quartiles, minimum). On CUDA the device is
+synchronised around every timed call.
+
+Peak memory (:func:`peak_bytes`): on CUDA ``torch.cuda.max_memory_allocated`` above what was
+allocated before the call; on the CPU ``torch.profiler`` allocation records, the maximum of the
+running sum of allocated minus freed bytes during the call (tensor storage only, the inputs
+that existed before the call excluded), in a separate untimed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+QUICK_DIR = RESULTS_DIR / "quick"
+
+
+# -- command line --------------------------------------------------------------------------------
+def add_common_args(parser: argparse.ArgumentParser, *, default_threads: int | None = 1) -> None:
+    """``--quick``, ``--device``, ``--threads``, ``--out`` (the options every script shares)."""
+    parser.add_argument("--quick", action="store_true", help="few sizes and repeats (seconds)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads,
+        help=f"torch.set_num_threads (default {default_threads or 'all cores'})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results JSON (default benchmarks/results/<name>_<device>.json; --quick: "
+        "benchmarks/results/quick/)",
+    )
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: comma-separated integers >= 1 (``"16,32,64"``)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def import_all_losses() -> dict[str, Any]:
+    """Import every module of ``chanloss.losses`` (so that every loss is registered) and
+    return the registry ``LOSSES``."""
+    import importlib
+    import pkgutil
+
+    import chanloss.losses as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+    return package.LOSSES
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    """Apply ``--threads`` and check ``--device``; returns the device."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: CUDA is not available on this machine")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    return device
+
+
+def default_out(name: str, device: torch.device, quick: bool) -> Path:
+    """``results/<name>_<device type>.json``, or under ``results/quick/`` for ``--quick``."""
+    return (QUICK_DIR if quick else RESULTS_DIR) / f"{name}_{device.type}.json"
+
+
+# -- machine -------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (else what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "--no-optional-locks", *args],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_commit() -> dict[str, Any]:
+    """The commit of the working tree and whether tracked files differ from it (read-only)."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """What produced a result: CPU, cores, torch, threads, device, git commit, load, time."""
+    device = torch.device(device)
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "git": git_commit(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One line for the console: torch, CPU/GPU, threads, load."""
+    where = info.get("gpu") or info["cpu_model"]
+    return (
+        f"torch {info['torch']}, {where}, {info['cpu_count']} cores, "
+        f"{info['torch_threads']} torch threads, load {info['load_average'][0]:.2f}, "
+        f"commit {(info['git']['commit'] or '?')[:10]}{'+dirty' if info['git']['dirty'] else ''}"
+    )
+
+
+# -- timing --------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    *,
+    rounds: int,
+    warmup: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, list[float]]:
+    """Seconds per call of every variant: ``warmup`` untimed calls each, then ``rounds`` rounds
+    that call every variant once, the order rotating from round to round."""
+    device = torch.device(device)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    names = list(fns)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            _sync(device)
+            start = time.perf_counter()
+            fns[name]()
+            _sync(device)
+            samples[name].append(time.perf_counter() - start)
+    return samples
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Linear-interpolation quantile (``statistics.quantiles`` needs two or more values)."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("quantile of an empty list")
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def stats(seconds: list[float]) -> dict[str, float]:
+    """Median, quartiles and minimum in milliseconds, and the number of samples."""
+    ms = [1e3 * s for s in seconds]
+    return {
+        "median_ms": round(statistics.median(ms), 4),
+        "p25_ms": round(quantile(ms, 0.25), 4),
+        "p75_ms": round(quantile(ms, 0.75), 4),
+        "min_ms": round(min(ms), 4),
+        "n": len(ms),
+    }
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (kineto prints a line per profiler start and stop)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+# -- memory --------------------------------------------------------------------------------------
+def peak_bytes(
+    fn: Callable[[], object],
+    *,
+    reset: Callable[[], object] | None = None,
+    device: torch.device | str = "cpu",
+) -> int:
+    """Peak bytes allocated during ``fn`` on top of what existed before (see module doc).
+
+    ``reset`` (e.g. dropping old gradients) runs first, outside the measurement: on the CPU
+    a free of memory allocated before the call would otherwise lower the running sum.
+    """
+    device = torch.device(device)
+    if reset is not None:
+        reset()
+    if device.type == "cuda":
+        _sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        _sync(device)
+        return int(torch.cuda.max_memory_allocated(device) - base)
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        stack.extend(event.children)
+        if event.tag == _EventType.Allocation:
+            events.append((event.start_time_ns, event.extra_fields.alloc_size))
+    current = peak = 0
+    for _, size in sorted(events):
+        current += size
+        peak = max(peak, current)
+    return int(peak)
+
+
+# -- output --------------------------------------------------------------------------------------
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Save a matplotlib figure as PNG through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def log(message: str) -> None:
+    """Print and flush (the scripts' output is often piped to a log file)."""
+    print(message, flush=True)

@@ -1,0 +1,203 @@
+"""Forward + backward time and peak memory of every registered loss at realistic sizes.
+
+Every loss in ``chanloss.losses.LOSSES`` is measured on the input it consumes:
+
+- ``features`` (CC-Loss, MC-Loss): ``(B, C, H, W)`` maps after a ReLU, at ``B=64, C=512, 7x7,
+  K=100`` (a ResNet/VGG last map at 224 px, pooled) and the MC-Loss paper-like
+  ``B=32, C=600, 14x14, K=200`` (VGG16-BN widened to 3 channels per class on CUB at 224 px);
+- ``embedding`` (centre, margin heads, L-GM, EM-Softmax) on ``(B, D)`` with ``B=128, D=512``, and
+  ``logits`` (CE, label smoothing, focal, competing ratio) on ``(B, K)``, for K in 10, 100, 1000.
+
+The losses of one shape are timed interleaved, round by round (median of ``--rounds`` after
+``--warmup`` calls); the embedding/logit losses are also given as a ratio to cross-entropy
+at the same ``K``. A timed call is ``loss(inputs, labels).backward()`` in training mode,
+gradients cleared before it (parameters of the loss included). Peak memory comes from a separate
+untimed call (see ``benchmarks/_common.py``). A loss whose constructor rejects a shape (e.g.
+MC-Loss with fewer channels than classes) is listed as skipped with the reason.
+
+    python benchmarks/bench_losses.py             # full: 30 rounds, 1 thread
+    python benchmarks/bench_losses.py --quick     # 3 rounds, a few seconds
+    python benchmarks/bench_losses.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as common  # noqa: E402
+
+from chanloss.losses import create_loss  # noqa: E402
+
+LOSSES = common.import_all_losses()
+
+NAME = "losses"
+FEATURE_SHAPES = ((64, 512, 7, 7, 100), (32, 600, 14, 14, 200))  # B, C, H, W, K
+VECTOR_BATCH = 128
+EMBEDDING_DIM = 512
+CLASS_COUNTS = (10, 100, 1000)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common.add_common_args(parser, default_threads=1)
+    parser.add_argument("--rounds", type=common.positive_int, default=None, help="timed rounds")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per loss")
+    parser.add_argument(
+        "--losses", type=lambda s: s.split(","), default=None, help="comma-separated subset"
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    return parser
+
+
+def _inputs(
+    consumes: str, shape: dict[str, int], device: torch.device, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    b, k = shape["B"], shape["K"]
+    if consumes == "features":
+        size: tuple[int, ...] = (b, shape["C"], shape["H"], shape["W"])
+        x = torch.randn(size, generator=gen).relu_()
+    elif consumes == "embedding":
+        x = torch.randn(b, shape["D"], generator=gen)
+    else:
+        x = 2.0 * torch.randn(b, k, generator=gen)
+    y = torch.randint(0, k, (b,), generator=gen)
+    return x.to(device).requires_grad_(True), y.to(device)
+
+
+def _case(
+    name: str, shape: dict[str, int], device: torch.device
+) -> tuple[Callable[[], None], Callable[[], None], dict[str, Any]] | str:
+    """``(step, reset, description)`` for one loss at one shape, or why it was skipped."""
+    context = {
+        "num_classes": shape["K"],
+        "num_channels": shape.get("C", EMBEDDING_DIM),
+        "embedding_dim": shape.get("D", EMBEDDING_DIM),
+    }
+    try:
+        loss = create_loss(name, context=context).to(device).train()
+    except ValueError as err:
+        return f"{type(err).__name__}: {err}"
+    gen = torch.Generator().manual_seed(0)
+    x, y = _inputs(loss.consumes, shape, device, gen)
+
+    def reset() -> None:
+        x.grad = None
+        loss.zero_grad(set_to_none=True)
+
+    def step() -> None:
+        reset()
+        loss(x, y).backward()
+
+    params = sum(p.numel() for p in loss.parameters())
+    return step, reset, {"input_shape": list(x.shape), "loss_parameters": params}
+
+
+def groups(names: list[str]) -> list[tuple[str, dict[str, int], list[str]]]:
+    """``(group label, shape, losses)``: the features shapes, then every K for the rest."""
+    consumes = {n: LOSSES[n].consumes for n in names}
+    out = []
+    feature_losses = [n for n in names if consumes[n] == "features"]
+    if feature_losses:
+        for b, c, h, w, k in FEATURE_SHAPES:
+            shape = {"B": b, "C": c, "H": h, "W": w, "K": k}
+            out.append((f"features B={b} C={c} {h}x{w} K={k}", shape, feature_losses))
+    vector_losses = [n for n in names if consumes[n] != "features"]
+    if vector_losses:
+        for k in CLASS_COUNTS:
+            shape = {"B": VECTOR_BATCH, "D": EMBEDDING_DIM, "K": k}
+            out.append(
+                (f"logits/embedding B={VECTOR_BATCH} D={EMBEDDING_DIM} K={k}", shape, vector_losses)
+            )
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = common.setup(args)
+    rounds = args.rounds or (3 if args.quick else 30)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    registered = sorted(LOSSES, key=lambda n: (n != "ce", n))
+    names = args.losses or registered
+    unknown = sorted(set(names) - set(LOSSES))
+    if unknown:
+        raise SystemExit(f"--losses: unknown {unknown}; registered: {registered}")
+    info = common.machine_info(device)
+    common.log(f"{common.describe(info)}; {rounds} rounds after {warmup} warm-up calls")
+    rows: list[dict[str, Any]] = []
+    for label, shape, members in groups(names):
+        cases, skipped = {}, {}
+        for name in members:
+            case = _case(name, shape, device)
+            if isinstance(case, str):
+                skipped[name] = case
+            else:
+                cases[name] = case
+        samples = common.time_interleaved(
+            {n: c[0] for n, c in cases.items()}, rounds=rounds, warmup=warmup, device=device
+        )
+        ce_median = None
+        if "ce" in samples:
+            ce_median = common.stats(samples["ce"])["median_ms"]
+        common.log(f"\n{label}")
+        common.log(
+            f"  {'loss':<16} {'median ms':>10} {'p25-p75 ms':>17} {'peak MiB':>9} {'x CE':>6}"
+        )
+        for name in members:
+            row: dict[str, Any] = {
+                "group": label,
+                "loss": name,
+                "consumes": LOSSES[name].consumes,
+                "shape": shape,
+            }
+            if name in skipped:
+                row["skipped"] = skipped[name]
+                rows.append(row)
+                common.log(f"  {name:<16} skipped ({skipped[name]})")
+                continue
+            step, reset, extra = cases[name]
+            row.update(extra)
+            row["time"] = common.stats(samples[name])
+            if not args.no_memory:
+                row["peak_bytes"] = common.peak_bytes(step, reset=reset, device=device)
+            if ce_median is not None and row["consumes"] != "features":
+                row["ratio_to_ce"] = round(row["time"]["median_ms"] / ce_median, 3)
+            rows.append(row)
+            t = row["time"]
+            mem = f"{row['peak_bytes'] / 2**20:9.2f}" if "peak_bytes" in row else f"{'-':>9}"
+            ratio = f"{row['ratio_to_ce']:6.2f}" if "ratio_to_ce" in row else f"{'':>6}"
+            common.log(
+                f"  {name:<16} {t['median_ms']:10.3f} {t['p25_ms']:8.3f}-{t['p75_ms']:<8.3f} "
+                f"{mem} {ratio}"
+            )
+    return {
+        "benchmark": "forward+backward of every registered loss",
+        "machine": info,
+        "quick": args.quick,
+        "rounds": rounds,
+        "warmup": warmup,
+        "dtype": "float32",
+        "time_method": "interleaved rounds per shape; median/quartiles over rounds",
+        "memory_method": "see benchmarks/_common.py peak_bytes (separate untimed call)",
+        "results": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    payload = run(args)
+    out = args.out or common.default_out(NAME, torch.device(args.device), args.quick)
+    common.write_json(out, payload)
+    common.log(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,456 @@
+"""Rewrite the README's results block from the files in ``benchmarks/results/`` (``make report``).
+
+Only the text between ``<!-- results:start -->`` and ``<!-- results:end -->`` is replaced (the
+markers are appended to the README when it has none). Sources:
+
+- ``study_<dataset>.csv`` / ``.json`` (``benchmarks/study/run_study.py``): final test accuracy,
+  mean +- sample std over seeds, per loss and data set; ``study_sweep-<dataset>.json``: the
+  CC/MC values chosen on validation; ``study_*_curves.png``;
+- ``train_step_<device>.json``: CE vs CE+CC vs CE+MC training-step times and ratios;
+- ``losses_<device>.json``: forward+backward time and peak memory of every loss;
+- ``scaling_<device>.json`` / ``.png``; ``cc_loss_cpu.json`` and ``mc_loss_cpu.json``.
+
+Files from ``--quick`` runs (``results/quick/`` or ``"quick": true``) are ignored. The block
+names the machine and commit of every source and says plainly where CC-Loss or MC-Loss does
+not beat cross-entropy.
+
+    python benchmarks/report.py                 # rewrite README.md
+    python benchmarks/report.py --print         # print the block only
+    python benchmarks/report.py --check         # exit 1 when README.md is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+START = "<!-- results:start -->"
+END = "<!-- results:end -->"
+DATASET_ORDER = ("digits", "mnist5k", "finegrained", "cifar10", "cifar100", "cub200")
+CHANNEL_LOSSES = {"cc": "CC-Loss", "mc": "MC-Loss"}
+
+
+# -- reading -------------------------------------------------------------------------------------
+def _read_json(path: Path, include_quick: bool = False) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or (data.get("quick") and not include_quick):
+        return None
+    return data
+
+
+def _float(text: str | None) -> float:
+    return float(text) if text not in (None, "") else math.nan
+
+
+def read_study(path: Path) -> list[dict[str, Any]]:
+    """Rows of a ``study_<part>.csv`` with numbers parsed."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key in ("test_acc_mean", "test_acc_std", "train_time_mean_s"):
+            row[key] = _float(row.get(key))
+        for key in ("seeds", "finished_seeds", "diverged_seeds", "epochs"):
+            row[key] = int(row[key]) if row.get(key) else 0
+        row["params"] = json.loads(row["params"]) if row.get("params") else {}
+    return rows
+
+
+def load(results: Path, *, include_quick: bool = False) -> dict[str, Any]:
+    """Everything the report uses, keyed by kind; missing files are simply absent."""
+    found: dict[str, Any] = {"study": {}, "sweeps": {}, "speed": {}}
+    for path in sorted(results.glob("study_*.json")):
+        meta = _read_json(path, include_quick)
+        if meta is None:
+            continue
+        part = meta.get("part", path.stem.removeprefix("study_"))
+        csv_path = path.with_suffix(".csv")
+        png = results / f"study_{part}_curves.png"
+        entry = {"meta": meta, "png": png if png.exists() else None}
+        if meta.get("kind") == "sweep":
+            found["sweeps"][meta["dataset"]] = entry
+        elif csv_path.exists():
+            entry["rows"] = read_study(csv_path)
+            found["study"][meta["dataset"]] = entry
+    for name in ("train_step", "losses", "scaling"):
+        for path in sorted(results.glob(f"{name}_*.json")):
+            data = _read_json(path, include_quick)
+            if data is not None:
+                png = path.with_suffix(".png")
+                data["_png"] = png if png.exists() else None
+                found["speed"].setdefault(name, []).append(data)
+    for name in ("cc_loss_cpu", "mc_loss_cpu"):
+        data = _read_json(results / f"{name}.json", include_quick)
+        if data is not None:
+            found["speed"][name] = [data]
+    return found
+
+
+# -- formatting ----------------------------------------------------------------------------------
+def machine_line(meta: dict[str, Any] | None) -> str:
+    """``AMD EPYC (2 cores, 1 thread), torch 2.x, commit abc1234``."""
+    if not meta:
+        return "unknown machine"
+    where = meta.get("gpu") or meta.get("cpu_model") or meta.get("cpu") or "unknown CPU"
+    cores = meta.get("cpu_count")
+    threads = meta.get("torch_threads", meta.get("threads"))
+    bits = [
+        f"{cores} cores" if cores else None,
+        f"{threads} torch thread{'s' if threads != 1 else ''}" if threads else None,
+    ]
+    inner = ", ".join(b for b in bits if b)
+    git = meta.get("git") or {}
+    commit = (git.get("commit") or "unknown")[:10]
+    dirty = " + uncommitted changes" if git.get("dirty") else ""
+    return f"{where}{f' ({inner})' if inner else ''}, torch {meta.get('torch', '?')}, commit `{commit}`{dirty}"
+
+
+def pct(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def link(path: Path, base: Path) -> str:
+    return Path(os.path.relpath(path, base)).as_posix()
+
+
+def verdict(name: str, row: dict[str, Any], ce: dict[str, Any], dataset: str) -> str:
+    """A plain sentence: does ``row`` beat CE on ``dataset`` (mean, and beyond 2 SE)?"""
+    label = CHANNEL_LOSSES.get(name, name)
+    m, s, n = row["test_acc_mean"], row["test_acc_std"], row["finished_seeds"]
+    cm, cs, cn = ce["test_acc_mean"], ce["test_acc_std"], ce["finished_seeds"]
+    if math.isnan(m) or math.isnan(cm):
+        return f"{dataset}: {label} vs CE: no finished runs to compare."
+    diff = 100 * (m - cm)
+    se = 100 * math.sqrt((s**2 / n if n else 0.0) + (cs**2 / cn if cn else 0.0))
+    nums = f"{100 * m:.2f} % vs {100 * cm:.2f} %, {diff:+.2f} points"
+    if diff <= 0:
+        return f"{dataset}: **{label} does not beat CE** ({nums})."
+    if min(n, cn) < 2:
+        return (
+            f"{dataset}: {label} has a higher mean than CE ({nums}) from a single seed, "
+            "which is **not evidence of a win** (no error estimate)."
+        )
+    if diff <= 2 * se:
+        return (
+            f"{dataset}: {label} has a higher mean than CE ({nums}), but the difference is within "
+            f"2 standard errors ({2 * se:.2f} points), so it is **not a reliable win** with "
+            f"{min(n, cn)} seeds."
+        )
+    return (
+        f"{dataset}: {label} beats CE ({nums}; more than 2 standard errors, {2 * se:.2f} points)."
+    )
+
+
+def study_section(found: dict[str, Any], base: Path) -> list[str]:
+    study = found["study"]
+    out = ["### Accuracy study", ""]
+    if not study:
+        return out + [
+            "No study results yet: run `python benchmarks/study/run_study.py --part sweep-digits "
+            "--part digits` (see `--list`), then `make report`.",
+            "",
+        ]
+    datasets = sorted(study, key=lambda d: (DATASET_ORDER + (d,)).index(d))
+    labels: list[str] = []
+    for d in datasets:
+        labels += [r["label"] for r in study[d]["rows"] if r["label"] not in labels]
+    out += [
+        "Final-epoch test accuracy (%), mean ± sample std over seeds (`benchmarks/study/`). "
+        "CC-Loss and MC-Loss are added to cross-entropy with hyper-parameters chosen on a "
+        "validation split carved from the training data (never on test); every other loss "
+        "uses its paper's defaults without tuning, which favours CC and MC.",
+        "",
+    ]
+    header = "| loss | " + " | ".join(datasets) + " |"
+    out += [header, "|---|" + "---|" * len(datasets)]
+    best = {
+        d: max(
+            (r["test_acc_mean"] for r in study[d]["rows"] if not math.isnan(r["test_acc_mean"])),
+            default=math.nan,
+        )
+        for d in datasets
+    }
+    for label in labels:
+        cells = []
+        for d in datasets:
+            row = next((r for r in study[d]["rows"] if r["label"] == label), None)
+            if row is None:
+                cells.append("")
+                continue
+            cell = pct(row["test_acc_mean"], row["test_acc_std"])
+            if row["test_acc_mean"] == best[d]:
+                cell = f"**{cell}**"
+            if row["diverged_seeds"]:
+                cell += f" ({row['diverged_seeds']} of {row['seeds']} seeds diverged)"
+            cells.append(cell)
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out.append("")
+    lines = []
+    for d in datasets:
+        meta = study[d]["meta"]
+        rows = study[d]["rows"]
+        seeds = sorted({r["seeds"] for r in rows})
+        partial = "" if meta.get("complete") else " **(partial: not every run has finished)**"
+        recipe = meta.get("recipe", {})
+        lines.append(
+            f"- {d}: {recipe.get('model', {}).get('name', '?')}, {meta.get('epochs')} epochs, "
+            f"{'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''}{partial}; {machine_line(meta.get('machine'))}; "
+            f"{fmt_seconds(meta.get('run_wall_time_sum_s'))} wall-clock for all runs "
+            f"({fmt_seconds(meta.get('run_time_sum_s'))} in the training loops)."
+        )
+    out += ["Runs:", "", *lines, ""]
+    out += ["Where CC-Loss and MC-Loss stand against cross-entropy:", ""]
+    for d in datasets:
+        rows = {r["label"]: r for r in study[d]["rows"]}
+        if "ce" not in rows:
+            continue
+        out += [
+            f"- {verdict(name, rows[name], rows['ce'], d)}"
+            for name in CHANNEL_LOSSES
+            if name in rows
+        ]
+    out.append("")
+    sweeps = found["sweeps"]
+    if sweeps:
+        out += [
+            "Hyper-parameters chosen on validation (`study_sweep-<dataset>.csv` has every grid point):",
+            "",
+        ]
+        for d in sorted(sweeps, key=lambda d: (DATASET_ORDER + (d,)).index(d)):
+            meta = sweeps[d]["meta"]
+            val = meta.get("chosen_val_acc", {})
+            parts = []
+            for name, params in meta.get("chosen", {}).items():
+                shown = ", ".join(f"{k}={fmt_param(v)}" for k, v in params.items())
+                acc = val.get(name)
+                extra = f" (val {pct(acc[0], acc[1])} %)" if acc else ""
+                parts.append(f"{CHANNEL_LOSSES.get(name, name)}: {shown}{extra}")
+            partial = "" if meta.get("complete") else " (sweep not complete)"
+            out.append(
+                f"- {d}{partial}: "
+                + "; ".join(parts)
+                + f" — {meta.get('configs', '?')} settings x "
+                f"{meta.get('seeds')} seeds, validation fraction {meta.get('val_fraction', '?')}, "
+                f"{fmt_seconds(meta.get('run_wall_time_sum_s'))} wall-clock."
+            )
+        out.append("")
+    plots = [(d, study[d]["png"]) for d in datasets if study[d].get("png")]
+    plots += [(f"sweep-{d}", sweeps[d]["png"]) for d in sweeps if sweeps[d].get("png")]
+    if plots:
+        out += ["Curves: " + ", ".join(f"[{name}]({link(p, base)})" for name, p in plots), ""]
+    return out
+
+
+def fmt_param(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None:
+        return "?"
+    if value < 120:
+        return f"{value:.0f} s"
+    if value < 7200:
+        return f"{value / 60:.0f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def speed_section(found: dict[str, Any], base: Path) -> list[str]:
+    speed = found["speed"]
+    out = ["### Speed", ""]
+    if not speed:
+        return out + ["No benchmark results yet: run `make bench`, then `make report`.", ""]
+    for data in speed.get("train_step", []):
+        target = 100 * data.get("target_overhead", 0.1)
+        out += [
+            f"Training step (forward, losses, backward, SGD step), median ms over interleaved "
+            f"rounds in one process; {machine_line(data.get('machine'))} "
+            f"(`benchmarks/bench_train_step.py`). Target: CC and MC add at most {target:.0f} %.",
+            "",
+            "| setup | CE | CE+CC | CE+MC | CE+CC / CE | CE+MC / CE |",
+            "|---|---|---|---|---|---|",
+        ]
+        notes = []
+        for r in data["results"]:
+            v, o = r["variants"], r["overhead"]
+            ratio_cells = []
+            for key in ("ce+cc", "ce+mc"):
+                if key not in o:
+                    ratio_cells.append("")
+                    continue
+                ok = "meets" if o[key]["within_target"] else "**misses**"
+                ratio_cells.append(
+                    f"{o[key]['ratio_of_medians']:.3f} (rounds {o[key]['per_round_ratio_p25']:.2f}"
+                    f"–{o[key]['per_round_ratio_p75']:.2f}; {ok} target)"
+                )
+            out.append(
+                f"| {r['model']} {r['image_size']} px, batch {r['batch']}, K={r['num_classes']} | "
+                + " | ".join(f"{v[k]['median_ms']:.1f}" for k in ("ce", "ce+cc", "ce+mc"))
+                + " | "
+                + " | ".join(ratio_cells)
+                + " |"
+            )
+            notes.append(f"{r['model']}: {r['note']}")
+        out += ["", *[f"- {n}" for n in notes], ""]
+    for data in speed.get("losses", []):
+        out += [
+            f"Forward + backward of every registered loss, median ms (peak MiB allocated during "
+            f"the call); {machine_line(data.get('machine'))} (`benchmarks/bench_losses.py`):",
+            "",
+        ]
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for row in data["results"]:
+            groups.setdefault(row["group"], []).append(row)
+        names: list[str] = []
+        for rows in groups.values():
+            names += [r["loss"] for r in rows if r["loss"] not in names]
+        short = [g.replace("logits/embedding ", "").replace("features ", "") for g in groups]
+        out += ["| loss | " + " | ".join(short) + " |", "|---|" + "---|" * len(groups)]
+        for name in names:
+            cells = []
+            for rows in groups.values():
+                row = next((r for r in rows if r["loss"] == name), None)
+                if row is None:
+                    cells.append("")
+                elif "skipped" in row:
+                    cells.append("skipped")
+                else:
+                    mem = f" ({row['peak_bytes'] / 2**20:.1f})" if "peak_bytes" in row else ""
+                    cells.append(f"{row['time']['median_ms']:.2f}{mem}")
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("")
+    for data in speed.get("scaling", []):
+        png = data.get("_png")
+        out += [
+            f"Scaling of CC-Loss and MC-Loss with batch, channels and classes "
+            f"({machine_line(data.get('machine'))}, `benchmarks/bench_scaling.py`)"
+            + (f": ![scaling]({link(png, base)})" if png else "."),
+            "",
+        ]
+    extra = []
+    for data in speed.get("mc_loss_cpu", []):
+        for r in data.get("results", []):
+            try:
+                extra.append(_mc_line(r))
+            except (KeyError, TypeError, ValueError):
+                extra.append("MC-Loss component benchmark: results in an unknown format.")
+    for data in speed.get("cc_loss_cpu", []):
+        try:
+            line = _cc_line(data)
+        except (KeyError, TypeError, ValueError, IndexError):
+            line = "CC-Loss component benchmark: results in an unknown format."
+        if line:
+            extra.append(line)
+    if extra:
+        out += [*[f"- {e}" for e in extra], ""]
+    return out
+
+
+def _mc_line(r: dict[str, Any]) -> str:
+    """One sentence from a ``bench_mc_loss.py`` result (flat, or per clock ``cpu``/``wall``)."""
+    s = r["shape"]
+    clock = next((c for c in ("cpu", "wall") if isinstance(r.get(c), dict)), None)
+    numbers = r[clock] if clock else r
+    how = f" ({clock} clock)" if clock else ""
+    return (
+        f"MC-Loss at B={s['B']}, C={s['C']}, {s['H']}x{s['W']}, K={s['K']}: "
+        f"{numbers['speedup_vs_reference']:.2f}x faster than the authors' code structure, "
+        f"{numbers['ratio_to_floor']:.2f}x the time of a bare softmax forward+backward{how} "
+        "(`bench_mc_loss.py`)."
+    )
+
+
+def _cc_line(data: dict[str, Any]) -> str | None:
+    """One sentence from ``bench_cc_loss.py``: bytes per pair at the largest batch."""
+    rows = data.get("batch_sweep", [])
+    if not rows:
+        return None
+    big = rows[-1]
+    ratio = big.get("naive_over_ours_peak")
+    naive = f", {ratio:.1f}x less than a naive (B, B, C) form" if ratio else ""
+    return (
+        f"CC-Loss pairwise stage at B={big['batch']}, C={big['channels']}: "
+        f"{big['pairs_bytes_per_pair']:.1f} bytes per pair{naive} (`bench_cc_loss.py`)."
+    )
+
+
+def render(found: dict[str, Any], base: Path) -> str:
+    """The block between the markers (markers included)."""
+    lines = [
+        START,
+        "## Results",
+        "",
+        "_Generated by `make report` (`benchmarks/report.py`) from `benchmarks/results/`; "
+        "edits inside this block are overwritten._",
+        "",
+        *study_section(found, base),
+        *speed_section(found, base),
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with the marked block replaced (or appended when there are no markers)."""
+    start, end = text.find(START), text.find(END)
+    if start == -1 and end == -1:
+        return text.rstrip("\n") + "\n\n" + block + "\n"
+    if start == -1 or end == -1 or end < start:
+        raise SystemExit(f"README has a broken results block: need {START} before {END}")
+    return text[:start] + block + text[end + len(END) :]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=BENCH_DIR / "results")
+    parser.add_argument("--readme", type=Path, default=REPO_ROOT / "README.md")
+    parser.add_argument(
+        "--include-quick", action="store_true", help="also use results of --quick runs"
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--print", action="store_true", help="print the block, change nothing")
+    mode.add_argument("--check", action="store_true", help="exit 1 if the README is out of date")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    found = load(args.results, include_quick=args.include_quick)
+    block = render(found, args.readme.resolve().parent)
+    if args.print:
+        print(block)
+        return 0
+    text = args.readme.read_text() if args.readme.exists() else ""
+    new = replace_block(text, block)
+    if args.check:
+        if new != text:
+            print(f"{args.readme} is out of date; run make report", file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        fd, tmp = tempfile.mkstemp(
+            dir=args.readme.resolve().parent, prefix=".README.", suffix=".tmp"
+        )
+        with os.fdopen(fd, "w") as f:
+            f.write(new)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, args.readme)
+    print(f"{'updated' if new != text else 'unchanged'}: {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

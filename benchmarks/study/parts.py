@@ -1,0 +1,205 @@
+"""The accuracy study's protocol: data sets, training recipes, losses, sweeps and parts.
+
+Every part trains raw configs (the schema of ``chanloss.training.config``) with the project's
+trainer. Two kinds of part:
+
+- ``sweep-<dataset>``: CC-Loss (``weight``, ``reduction``, ``pair_reduction``) and MC-Loss
+  (``alpha``, ``beta``, ``keep_ratio``) over a grid, each added to cross-entropy, trained on the
+  training split minus a validation split (``data.val_fraction = 0.2``, stratified, carved from
+  the training data) and scored by the final epoch's VALIDATION accuracy, mean over seeds. The
+  test accuracy is never read. The best setting per loss is "chosen" (ties: lower std, then
+  grid order, whose first entry is closest to the authors' defaults).
+- ``<dataset>``: every registered loss (CE, CC and MC with the chosen settings, label smoothing,
+  focal, centre, L-Softmax, SphereFace, CosFace, ArcFace, L-GM, competing ratio, EM-Softmax) on
+  the full training split; the number reported is the final epoch's test accuracy.
+
+Baselines use their papers' default hyper-parameters (no sweep), which favours CC and MC in the
+comparison; the README block says so. Losses that read the feature map (CC, MC) or the
+embedding without producing class scores (centre) are added to cross-entropy; the margin heads
+and L-GM replace the classifier; label smoothing, focal and competing ratio replace CE.
+
+The recipes are fixed here (not read from ``configs/``) so that a resumed study trains exactly
+what it started with; they match ``configs/<dataset>-ce.yaml`` apart from ``val_fraction``,
+the epochs and (mnist5k) the demo's recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+SWEEP_VAL_FRACTION = 0.2
+
+_SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
+_COSINE = {"name": "cosine", "warmup_epochs": 1}
+
+#: Training recipe per data set (``losses`` and ``seed`` are filled in per run).
+BASES: dict[str, dict[str, Any]] = {
+    "digits": {
+        "model": {"name": "convnet_small", "width": 16, "feature_channels": 30, "pools": 1},
+        "data": {"name": "digits", "augment": {"crop_padding": 1}},
+        "optim": _SGD,
+        "schedule": _COSINE,
+        "epochs": 30,
+        "batch_size": 64,
+    },
+    "mnist5k": {
+        "model": {"name": "convnet_small", "width": 16, "feature_channels": 30, "pools": 2},
+        "data": {"name": "mnist5k", "augment": {"crop_padding": 2}},
+        "optim": _SGD,
+        "schedule": _COSINE,
+        "epochs": 20,
+        "batch_size": 64,
+    },
+    "finegrained": {
+        "model": {"name": "convnet_small", "width": 32, "feature_channels": 30, "pools": 1},
+        "data": {
+            "name": "finegrained",
+            "options": {"num_classes": 10},
+            "augment": {"crop_padding": 2, "hflip": True},
+        },
+        "optim": _SGD,
+        "schedule": _COSINE,
+        "epochs": 30,
+        "batch_size": 64,
+    },
+}
+
+#: The losses of a study part, by label. ``"cc"`` and ``"mc"`` get the sweep's chosen values.
+STUDY_LOSSES: dict[str, list[dict[str, Any]]] = {
+    "ce": [{"name": "ce"}],
+    "cc": [{"name": "ce"}, {"name": "cc"}],
+    "mc": [{"name": "ce"}, {"name": "mc"}],
+    "label_smoothing": [{"name": "label_smoothing"}],
+    "focal": [{"name": "focal"}],
+    "center": [{"name": "ce"}, {"name": "center"}],
+    "lsoftmax": [{"name": "lsoftmax"}],
+    "sphereface": [{"name": "sphereface"}],
+    "cosface": [{"name": "cosface"}],
+    "arcface": [{"name": "arcface"}],
+    "lgm": [{"name": "lgm"}],
+    "competing_ratio": [{"name": "competing_ratio"}],
+    "em_softmax": [{"name": "em_softmax"}],
+}
+TUNED = ("cc", "mc")
+
+#: Sweep grids; the first value of each list is the authors' (or our documented) default.
+SWEEP_GRIDS: dict[str, dict[str, list[Any]]] = {
+    "cc": {"weight": [1.0, 0.1, 10.0], "reduction": [4, 16], "pair_reduction": ["mean", "sum"]},
+    "mc": {"alpha": [1.5, 0.5], "beta": [20.0, 5.0, 1.0], "keep_ratio": [2 / 3, 1 / 3, 1.0]},
+}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One independently runnable piece of the study (each under two hours on 2 CPU cores)."""
+
+    name: str
+    dataset: str
+    kind: str  # "sweep" or "study"
+    seeds: int = 3
+    estimate: str = ""
+    grids: dict[str, dict[str, list[Any]]] = field(default_factory=lambda: SWEEP_GRIDS)
+
+    @property
+    def sweep_part(self) -> str:
+        """The sweep whose chosen values a study part uses."""
+        return f"sweep-{self.dataset}"
+
+
+PARTS: dict[str, Part] = {
+    "sweep-digits": Part("sweep-digits", "digits", "sweep", 3, "about 10 min"),
+    "digits": Part("digits", "digits", "study", 3, "about 5 min"),
+    "sweep-mnist5k": Part("sweep-mnist5k", "mnist5k", "sweep", 2, "about 40 min"),
+    "mnist5k": Part("mnist5k", "mnist5k", "study", 3, "about 25 min"),
+    "sweep-finegrained": Part("sweep-finegrained", "finegrained", "sweep", 2, "about 80 min"),
+    "finegrained": Part("finegrained", "finegrained", "study", 3, "about 50 min"),
+}
+
+
+def format_value(value: Any) -> str:
+    """A short, file-name-safe rendering of a hyper-parameter value."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def params_label(params: dict[str, Any]) -> str:
+    """``weight=0.1,reduction=4`` (for tables and run-directory names)."""
+    return ",".join(f"{k}={format_value(v)}" for k, v in params.items())
+
+
+def grid(spec: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of a grid, in order (the first is the all-defaults one)."""
+    keys = list(spec)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*spec.values())]
+
+
+def base_config(dataset: str, *, val_fraction: float) -> dict[str, Any]:
+    raw = copy.deepcopy(BASES[dataset])
+    raw["data"]["val_fraction"] = val_fraction
+    return raw
+
+
+def sweep_configs(part: Part) -> list[dict[str, Any]]:
+    """``{"label", "loss", "params", "raw"}`` per sweep point: CE + the loss with ``params``."""
+    out = []
+    for loss, spec in part.grids.items():
+        for params in grid(spec):
+            raw = base_config(part.dataset, val_fraction=SWEEP_VAL_FRACTION)
+            raw["losses"] = [{"name": "ce"}, {"name": loss, **params}]
+            label = f"{loss}_{params_label(params)}".replace("=", "-").replace(",", "_")
+            out.append({"label": label, "loss": loss, "params": params, "raw": raw})
+    return out
+
+
+def study_configs(
+    part: Part, chosen: dict[str, dict[str, Any]], labels: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """``{"label", "params", "raw"}`` per loss of a study part; CC/MC get ``chosen[...]``."""
+    missing = [name for name in TUNED if name not in chosen]
+    if missing:
+        raise ValueError(f"chosen values are missing for {missing}; got {sorted(chosen)}")
+    out = []
+    for label, losses in STUDY_LOSSES.items():
+        if labels is not None and label not in labels:
+            continue
+        raw = base_config(part.dataset, val_fraction=0.0)
+        entries = copy.deepcopy(losses)
+        params: dict[str, Any] = {}
+        if label in TUNED:
+            params = dict(chosen[label])
+            entries[-1].update(params)
+        raw["losses"] = entries
+        out.append({"label": label, "params": params, "raw": raw})
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value); NaN for none."""
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def choose(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per loss, the params of the row with the highest ``val_acc_mean`` (ties: lower
+    ``val_acc_std``, then earlier row). Rows: ``{"loss", "params", "val_acc_mean",
+    "val_acc_std"}``; rows with a NaN mean (every seed diverged) are never chosen."""
+    best: dict[str, tuple[tuple[float, float, int], dict[str, Any]]] = {}
+    for i, row in enumerate(rows):
+        if "test_acc_mean" in row or "test_accs" in row:
+            raise ValueError("sweep rows must not carry test accuracy (selection is on validation)")
+        mean = row["val_acc_mean"]
+        if mean is None or math.isnan(mean):
+            continue
+        key = (-mean, row["val_acc_std"], i)
+        if row["loss"] not in best or key < best[row["loss"]][0]:
+            best[row["loss"]] = (key, dict(row["params"]))
+    return {loss: params for loss, (_, params) in best.items()}

@@ -1,0 +1,163 @@
+"""Rebuild a run from its checkpoint and collect what the analysis needs from its test split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from chanloss.analysis.views import (
+    channel_groups,
+    gap_attention,
+    group_diversity,
+    normalised_group_maps,
+)
+from chanloss.losses.cc_loss import CCLoss
+from chanloss.losses.mc_loss import MCLoss
+
+if TYPE_CHECKING:
+    from chanloss.training import Trainer
+
+__all__ = ["RunData", "collect", "example_indices", "load_trainer"]
+
+ATTENTION_SE = "CC-Loss SE attention"
+ATTENTION_GAP = "GAP / max (no attention module)"
+
+
+@dataclass
+class RunData:
+    """One checkpoint's test-split outputs (CPU tensors) and what the views need."""
+
+    label: str
+    checkpoint: Path
+    epoch: int
+    losses: list[str]
+    class_names: list[str]
+    attention_source: str
+    labels: Tensor  # (N,)
+    predictions: Tensor  # (N,)
+    embeddings: Tensor  # (N, D)
+    attention: Tensor  # (N, C)
+    num_channels: int
+    group_sizes: tuple[int, ...] | None = None  # None when C < K (no MC view)
+    group_scores: Tensor | None = None  # (N, K)
+    diversity: Tensor | None = None  # (N, K)
+    examples: Tensor | None = None  # indices into the test split
+    example_images: Tensor | None = None  # (n, C_in, H, W) in [0, 1]
+    example_maps: list[Tensor] = field(default_factory=list)  # (size(g), h, w) each, in [0, 1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.predictions == self.labels).double().mean())
+
+
+def load_trainer(checkpoint: str | Path, *, device: str = "auto") -> tuple[Trainer, dict[str, Any]]:
+    """The run's :class:`~chanloss.training.Trainer` with the checkpoint's weights, and the state.
+
+    The config stored in the checkpoint is validated (with ``device`` replaced) and the trainer
+    is built from it; :meth:`Trainer.load_state` restores the model and the losses' parameters
+    (CC-Loss attention, margin heads) with the trainer's own checks.
+    """
+    from chanloss.training import (
+        CheckpointError,
+        ConfigError,
+        Trainer,
+        load_checkpoint,
+        validate_config,
+    )
+
+    checkpoint = Path(checkpoint)
+    state = load_checkpoint(checkpoint)
+    raw = state.get("config")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{checkpoint} holds no config")
+    try:
+        config = validate_config({**raw, "device": device}, source=f"{checkpoint} (stored config)")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    trainer = Trainer(config, checkpoint.parent, verbose=0)
+    trainer.load_state(state, str(checkpoint))
+    trainer.model.eval()
+    trainer.losses.eval()
+    return trainer, state
+
+
+def example_indices(labels: Tensor, count: int) -> Tensor:
+    """The first sample of each of the first ``count`` classes that occur, in dataset order."""
+    n = labels.shape[0]
+    first = torch.full((int(labels.max()) + 1,), n, dtype=torch.long)
+    first = first.scatter_reduce(0, labels, torch.arange(n), reduce="amin")
+    present = first[first < n]
+    return present[:count].sort().values
+
+
+@torch.no_grad()
+def collect(
+    trainer: object, *, label: str, checkpoint: Path, epoch: int, images: int = 4
+) -> RunData:
+    """Run the model over the test split (eval mode, float32) and keep per-sample reductions.
+
+    The full feature maps are kept only for the ``images`` example samples; per sample the
+    embedding, the attention vector, the group scores and group diversities are stored.
+    """
+    t = trainer
+    k = int(t.data.num_classes)
+    c = int(t.model.num_features)
+    cc = next((s.loss for s in t.slots if isinstance(s.loss, CCLoss)), None)
+    mc = next((s.loss for s in t.slots if isinstance(s.loss, MCLoss)), None)
+    if mc is None and c >= k:
+        mc = channel_groups(c, k).to(t.device)
+    test = t.data.test
+    examples = example_indices(test.labels, images)
+    chosen = torch.zeros(len(test), dtype=torch.bool)
+    chosen[examples] = True
+
+    parts: dict[str, list[Tensor]] = {
+        key: [] for key in ("y", "pred", "emb", "att", "scores", "div")
+    }
+    maps: list[Tensor] = []
+    start = 0
+    for x, y in t.eval_batches["test"].epoch():
+        out = t.model(t._prepare(x, t.eval_aug))
+        features = out.features.float()
+        parts["y"].append(y.cpu())
+        parts["pred"].append(t.class_scores(out).argmax(1).cpu())
+        parts["emb"].append(out.embedding.float().cpu())
+        att = cc.attention(features) if cc is not None else gap_attention(features)
+        parts["att"].append(att.float().cpu())
+        if mc is not None:
+            parts["scores"].append(mc.group_scores(features).float().cpu())
+            parts["div"].append(group_diversity(features, mc).cpu())
+            pick = chosen[start : start + y.shape[0]].to(features.device)
+            if bool(pick.any()):
+                maps += [m.cpu() for m in normalised_group_maps(features[pick], mc, y[pick])]
+        start += y.shape[0]
+
+    cat = {key: torch.cat(v) if v else None for key, v in parts.items()}
+    names = [str(n) for n in (t.data.class_names or range(k))]
+    return RunData(
+        label=label,
+        checkpoint=checkpoint,
+        epoch=epoch,
+        losses=[s.name for s in t.slots],
+        class_names=names,
+        attention_source=ATTENTION_SE if cc is not None else ATTENTION_GAP,
+        labels=cat["y"],
+        predictions=cat["pred"],
+        embeddings=cat["emb"],
+        attention=cat["att"],
+        num_channels=c,
+        group_sizes=tuple(mc.group_sizes) if mc is not None else None,
+        group_scores=cat["scores"],
+        diversity=cat["div"],
+        examples=examples,
+        example_images=test.images[examples].clone(),
+        example_maps=maps,
+    )

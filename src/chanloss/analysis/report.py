@@ -1,0 +1,434 @@
+"""``chanloss analyze``: separability metrics, CC/MC views and t-SNE of trained checkpoints.
+
+:func:`analyze` writes into ``out_dir``: ``metrics.csv`` (one row per checkpoint), the PNG
+figures and ``report.html``, which refers to the PNGs and the CSV by relative paths. The
+images are not embedded as base64: the PNGs are written anyway (for slides and papers), so
+embedding would store every figure twice and make the HTML several times larger and
+unreadable as text; the output directory as a whole is self-contained (copy or zip the
+folder, every link stays valid).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from chanloss.analysis.collect import ATTENTION_GAP, RunData, collect, load_trainer
+from chanloss.analysis.metrics import separability
+from chanloss.analysis.plots import finite_range, plot_channel_maps, plot_heatmaps, plot_tsne
+from chanloss.analysis.views import class_correlation, class_means
+
+__all__ = ["METRIC_COLUMNS", "analyze", "subsample"]
+
+METRIC_COLUMNS = (
+    "label",
+    "checkpoint",
+    "epoch",
+    "losses",
+    "attention_source",
+    "test_samples",
+    "analysed_samples",
+    "top1",
+    "embedding_ratio",
+    "embedding_silhouette",
+    "embedding_fisher",
+    "attention_ratio",
+    "attention_silhouette",
+    "attention_fisher",
+    "group_top1",
+    "group_diversity",
+)
+
+_SEED = 0
+
+
+def _check_int(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def subsample(n: int, max_samples: int, *, seed: int = _SEED) -> torch.Tensor:
+    """Sorted indices of ``min(n, max_samples)`` of ``n`` samples, drawn without replacement.
+
+    The draw depends only on ``n``, ``max_samples`` and ``seed``: runs evaluated on the same test
+    split are compared on the same samples.
+    """
+    if n <= max_samples:
+        return torch.arange(n)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=gen)[:max_samples].sort().values
+
+
+def run_labels(checkpoints: Sequence[Path]) -> list[str]:
+    """Short unique names: the run directory, plus the file name or a number when needed."""
+    labels = [p.parent.name or p.stem for p in checkpoints]
+    if len(set(labels)) < len(labels):
+        labels = [f"{p.parent.name}/{p.stem}" if p.parent.name else p.stem for p in checkpoints]
+    if len(set(labels)) < len(labels):
+        labels = [f"{label}#{i}" for i, label in enumerate(labels, start=1)]
+    return labels
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "run"
+
+
+def _tsne(points: np.ndarray) -> np.ndarray:
+    from sklearn.manifold import TSNE
+
+    n = points.shape[0]
+    if n < 3:
+        return np.zeros((n, 2))
+    perplexity = float(min(30.0, max(1.0, (n - 1) / 3.0)))
+    tsne = TSNE(
+        n_components=2,
+        perplexity=perplexity,
+        init="pca",
+        learning_rate="auto",
+        random_state=_SEED,
+    )
+    return tsne.fit_transform(points.astype(np.float64))
+
+
+def _metrics_row(run: RunData, idx: torch.Tensor) -> dict[str, Any]:
+    y = run.labels[idx]
+    emb = separability(run.embeddings[idx], y)
+    att = separability(run.attention[idx], y)
+    row: dict[str, Any] = {
+        "label": run.label,
+        "checkpoint": str(run.checkpoint),
+        "epoch": run.epoch,
+        "losses": "+".join(run.losses),
+        "attention_source": run.attention_source,
+        "test_samples": int(run.labels.shape[0]),
+        "analysed_samples": int(idx.shape[0]),
+        "top1": run.accuracy,
+        **{f"embedding_{k}": v for k, v in emb.items()},
+        **{f"attention_{k}": v for k, v in att.items()},
+        "group_top1": math.nan,
+        "group_diversity": math.nan,
+    }
+    if run.group_scores is not None and run.diversity is not None:
+        row["group_top1"] = float((run.group_scores.argmax(1) == run.labels).double().mean())
+        true_group = run.diversity.gather(1, run.labels[:, None]).squeeze(1)
+        row["group_diversity"] = float(true_group.double().mean())
+    return row
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(METRIC_COLUMNS))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(row[k]) for k in METRIC_COLUMNS})
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return value
+
+
+def analyze(
+    checkpoints: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    max_samples: int = 1000,
+    images: int = 4,
+    device: str = "auto",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Analyse checkpoints side by side; write ``report.html``, ``metrics.csv`` and PNGs.
+
+    For each checkpoint the run (model, losses, data) is rebuilt from its stored config and
+    evaluated on its test split: top-1 accuracy on the whole split; the separability metrics
+    (:mod:`chanloss.analysis.metrics`) of the embeddings and channel-attention vectors and the
+    t-SNE map on ``min(N, max_samples)`` test samples (the same ones for runs on the same
+    split); the CC view (class x channel attention, class-class correlation), and the MC view
+    (class x group activation, the true group's channel maps of ``images`` examples) for runs
+    with at least as many feature channels as classes. Returns the metric rows.
+    """
+    from tqdm.auto import tqdm
+
+    paths = [Path(p) for p in checkpoints]
+    if not paths:
+        raise ValueError("analyze needs at least one checkpoint, got none")
+    max_samples = _check_int("max_samples", max_samples, 3)
+    images = _check_int("images", images, 1)
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {p}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = run_labels(paths)
+
+    bar = tqdm(
+        total=4 * len(paths) + 2, desc="analyze", unit="step", disable=None if progress else True
+    )
+    runs: list[RunData] = []
+    rows: list[dict[str, Any]] = []
+    tsne: list[np.ndarray] = []
+    samples: list[torch.Tensor] = []
+    for path, label in zip(paths, labels, strict=True):
+        bar.set_description(f"{label}: load")
+        trainer, state = load_trainer(path, device=device)
+        bar.update(1)
+        bar.set_description(f"{label}: test pass")
+        run = collect(
+            trainer, label=label, checkpoint=path, epoch=int(state["epoch"]), images=images
+        )
+        del trainer, state
+        bar.update(1)
+        bar.set_description(f"{label}: metrics")
+        idx = subsample(run.labels.shape[0], max_samples)
+        rows.append(_metrics_row(run, idx))
+        bar.update(1)
+        bar.set_description(f"{label}: t-SNE")
+        tsne.append(_tsne(run.embeddings[idx].numpy()))
+        samples.append(idx)
+        bar.update(1)
+        runs.append(run)
+
+    bar.set_description("figures")
+    figures = _figures(out, runs, tsne, samples)
+    bar.update(1)
+    bar.set_description("report")
+    _write_csv(out / "metrics.csv", rows)
+    (out / "report.html").write_text(_html(runs, rows, figures, max_samples))
+    bar.update(1)
+    bar.close()
+    return rows
+
+
+def _figures(
+    out: Path, runs: list[RunData], tsne: list[np.ndarray], samples: list[torch.Tensor]
+) -> dict[str, Any]:
+    titles = [f"{r.label} ({'+'.join(r.losses)})" for r in runs]
+    names = [r.class_names for r in runs]
+    figures: dict[str, Any] = {"maps": {}}
+
+    plot_tsne(
+        out / "tsne.png",
+        tsne,
+        [r.labels[i].numpy() for r, i in zip(runs, samples, strict=True)],
+        titles,
+        class_names=max(names, key=len),
+    )
+    figures["tsne"] = "tsne.png"
+
+    att = [class_means(r.attention, r.labels, r.num_classes).numpy() for r in runs]
+    low, high = finite_range(att)
+    plot_heatmaps(
+        out / "cc_class_channel.png",
+        att,
+        titles,
+        class_names=names,
+        vmin=low,
+        vmax=high,
+        cmap="viridis",
+        xlabel="channel",
+        colorbar="mean attention",
+        title="Mean channel attention per class (shared scale)",
+    )
+    corr = [class_correlation(torch.from_numpy(a)).numpy() for a in att]
+    plot_heatmaps(
+        out / "cc_class_correlation.png",
+        corr,
+        titles,
+        class_names=names,
+        vmin=-1.0,
+        vmax=1.0,
+        cmap="RdBu_r",
+        xlabel="class",
+        colorbar="Pearson correlation over channels",
+        title="Class-class correlation of the mean attention vectors",
+        square=True,
+        x_classes=True,
+    )
+    figures["cc"] = ["cc_class_channel.png", "cc_class_correlation.png"]
+
+    mc_runs = [r for r in runs if r.group_scores is not None]
+    if mc_runs:
+        groups = []
+        for r in mc_runs:
+            m = class_means(r.group_scores, r.labels, r.num_classes)
+            top = m.abs().amax(1, keepdim=True)
+            groups.append((m / torch.where(top > 0, top, torch.ones_like(top))).numpy())
+        low, _ = finite_range(groups, floor=0.0)
+        plot_heatmaps(
+            out / "mc_class_group.png",
+            groups,
+            [f"{r.label} ({'+'.join(r.losses)})" for r in mc_runs],
+            class_names=[r.class_names for r in mc_runs],
+            vmin=low,
+            vmax=1.0,
+            cmap="magma",
+            xlabel="channel group",
+            colorbar="mean group score / row max",
+            title="Class x group mean activation (CCMP + GAP), each row divided by its maximum",
+            square=True,
+            x_classes=True,
+        )
+        figures["mc"] = "mc_class_group.png"
+        for i, r in enumerate(runs, start=1):
+            if r.group_scores is None or r.example_images is None or not r.example_maps:
+                continue
+            size = r.example_images.shape[-2:]
+            maps = [
+                F.interpolate(m[None], size=size, mode="bilinear", align_corners=False)[0]
+                .clamp(0.0, 1.0)
+                .numpy()
+                for m in r.example_maps
+            ]
+            ex_labels = r.labels[r.examples]
+            div = r.diversity[r.examples, ex_labels]
+            name = f"mc_channel_maps_{i}_{_slug(r.label)}.png"
+            plot_channel_maps(
+                out / name,
+                r.example_images.numpy(),
+                maps,
+                ex_labels.tolist(),
+                div.tolist(),
+                class_names=r.class_names,
+                title=f"{r.label} ({'+'.join(r.losses)}): true class's channel group",
+            )
+            figures["maps"][r.label] = name
+    return figures
+
+
+# -- HTML ----------------------------------------------------------------------------------------
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; padding: 0 1em; max-width: 1400px;
+       box-sizing: border-box; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
+th { background: #f2f2f2; } td.l { text-align: left; }
+img { max-width: 100%; border: 1px solid #eee; }
+.row { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
+.row figure { margin: 0; flex: 1 1 300px; min-width: 0; max-width: 600px; }
+figcaption, p.note { font-size: 0.85em; color: #555; }
+"""
+
+_METRIC_HEAD = [
+    ("label", "run"),
+    ("losses", "losses"),
+    ("epoch", "epoch"),
+    ("top1", "top-1"),
+    ("embedding_ratio", "emb. intra/inter"),
+    ("embedding_silhouette", "emb. silhouette"),
+    ("embedding_fisher", "emb. Fisher"),
+    ("attention_ratio", "att. intra/inter"),
+    ("attention_silhouette", "att. silhouette"),
+    ("attention_fisher", "att. Fisher"),
+    ("group_top1", "group top-1"),
+    ("group_diversity", "group div."),
+    ("attention_source", "attention"),
+]
+
+
+def _cell(key: str, value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            text = "&ndash;"
+        elif key in ("top1", "group_top1"):
+            text = f"{100 * value:.2f}%"
+        else:
+            text = f"{value:.4g}"
+        return f"<td>{text}</td>"
+    return f'<td class="l">{html.escape(str(value))}</td>'
+
+
+def _img(src: str, alt: str) -> str:
+    return f'<img src="{html.escape(src)}" alt="{html.escape(alt)}">'
+
+
+def _html(
+    runs: list[RunData], rows: list[dict[str, Any]], figures: dict[str, Any], max_samples: int
+) -> str:
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in _METRIC_HEAD)
+    body = "".join(
+        "<tr>" + "".join(_cell(k, row[k]) for k, _ in _METRIC_HEAD) + "</tr>" for row in rows
+    )
+    runs_list = "".join(
+        f"<li><b>{html.escape(r.label)}</b>: <code>{html.escape(str(r.checkpoint))}</code>, "
+        f"epoch {r.epoch}, losses {html.escape(' + '.join(r.losses))}, "
+        f"{r.labels.shape[0]} test images, {r.num_channels} feature channels</li>"
+        for r in runs
+    )
+    gap_note = ""
+    if any(r.attention_source == ATTENTION_GAP for r in runs):
+        gap_note = (
+            "<p class='note'>Runs without CC-Loss have no attention module; their attention "
+            "vector is the global average of the feature map divided per sample by its largest "
+            "absolute value (in [0, 1] for post-ReLU features, like a sigmoid attention), so "
+            "only the pattern over the channels is compared.</p>"
+        )
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>chanloss analysis</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>chanloss analysis</h1>",
+        f"<ul>{runs_list}</ul>",
+        "<h2>Metrics</h2>",
+        f"<table><tr>{head}</tr>{body}</table>",
+        "<p class='note'>Top-1, group top-1 and group diversity use the whole test split; the "
+        f"separability metrics and t-SNE use up to {max_samples} test samples (the same ones "
+        "for runs on the same split). <b>intra/inter</b>: mean Euclidean distance between "
+        "same-class pairs over that between different-class pairs (lower is better, 1 = no "
+        "class structure). <b>silhouette</b>: scikit-learn's mean silhouette in [-1, 1] "
+        "(higher is better). <b>Fisher</b>: tr(S<sub>B</sub>) / tr(S<sub>W</sub>) of the "
+        "between- and within-class scatter matrices (higher is better). <b>group top-1</b>: "
+        "share of test images whose largest MC group score (cross-channel max pooling + GAP) "
+        "is their own class's group; <b>group div.</b>: mean MC diversity 1 - S/size of the true "
+        "class's group (lower = its channels peak at different places). "
+        "Raw numbers: <a href='metrics.csv'>metrics.csv</a>.</p>",
+        "<h2>Embeddings: t-SNE</h2>",
+        _img(figures["tsne"], "t-SNE of the embeddings"),
+        "<h2>CC view: channel attention</h2>",
+        gap_note,
+        _img(figures["cc"][0], "class x channel mean attention"),
+        "<p class='note'>Rows: classes; columns: channels; colour: mean attention of the class's "
+        "test images, on one scale for all runs.</p>",
+        _img(figures["cc"][1], "class-class correlation of mean attention"),
+        "<p class='note'>Pearson correlation over the channels between the classes' mean "
+        "attention vectors: class-specific attention shows as a light off-diagonal.</p>",
+        "<h2>MC view: channel groups</h2>",
+    ]
+    if "mc" in figures:
+        parts += [
+            "<p class='note'>Channels are split into one group of consecutive channels per class "
+            "as MC-Loss defines it, for every run with at least as many channels as classes. "
+            "After MC-Loss training the matrix should be diagonal-dominant.</p>",
+            _img(figures["mc"], "class x group mean activation"),
+        ]
+        cells = "".join(
+            f"<figure>{_img(src, f'channel maps of {label}')}<figcaption>{html.escape(label)}"
+            "</figcaption></figure>"
+            for label, src in figures["maps"].items()
+        )
+        parts += [
+            "<p class='note'>Example test images with the maps of their true class's channels "
+            "(upsampled, each image's maps divided by their common maximum, scale [0, 1] for all "
+            "runs); <i>div</i> is the image's diversity value for that group.</p>",
+            f"<div class='row'>{cells}</div>",
+        ]
+    missing = [r.label for r in runs if r.group_scores is None]
+    if missing:
+        parts.append(
+            "<p class='note'>No MC view for "
+            + ", ".join(html.escape(m) for m in missing)
+            + ": fewer feature channels than classes.</p>"
+        )
+    parts.append("</body></html>\n")
+    return "\n".join(parts)

@@ -1,0 +1,302 @@
+"""The ``chanloss`` command line: ``train``, ``eval``, ``compare`` and ``demo``.
+
+Subcommands are registered with :func:`register_command` (a name, a help line, a function
+that adds the arguments and one that runs the command), so other modules can add their own.
+User errors (bad config key or value, missing file, bad checkpoint, bad arguments) print one
+line ``chanloss: error: ...`` on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+PROG = "chanloss"
+USER_ERROR = 2
+
+
+class UsageError(Exception):
+    """A bad command line (printed as one line, exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors in one line instead of usage + message."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+@dataclass
+class Command:
+    """A subcommand: ``configure(parser)`` adds its arguments, ``run(args)`` executes it."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def register_command(
+    name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]
+) -> Callable[
+    [Callable[[argparse.Namespace], int | None]], Callable[[argparse.Namespace], int | None]
+]:
+    """Decorator registering ``run(args)`` as the subcommand ``name``."""
+
+    def decorate(
+        run: Callable[[argparse.Namespace], int | None],
+    ) -> Callable[[argparse.Namespace], int | None]:
+        if name in COMMANDS:
+            raise ValueError(f"command {name!r} is already registered")
+        COMMANDS[name] = Command(name, help, configure, run)
+        return run
+
+    return decorate
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted, e.g. optim.lr=0.05 or losses.1.weight=2; the "
+        "value is YAML); repeatable",
+    )
+
+
+# -- train -------------------------------------------------------------------------------------
+def _configure_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c", "--config", help="YAML config file (optional with --resume: OUT/config.yaml)"
+    )
+    _add_set(p)
+    p.add_argument("--out", help="run directory (default runs/<config name>-<date-time>)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from last.pt (a larger epochs extends a finished run)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument(
+        "--nproc",
+        type=_int_at_least(1),
+        default=1,
+        metavar="N",
+        help="train in N processes on this machine (runs torchrun; one per GPU, or CPU "
+        "processes with gloo); see docs/distributed.md",
+    )
+
+
+@register_command("train", "train a model with the configured losses", _configure_train)
+def _run_train(args: argparse.Namespace) -> int:
+    from chanloss.training import load_config, train
+
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out DIR, the run directory to continue")
+    if args.config is None:
+        if not args.resume:
+            raise UsageError("train needs -c CONFIG (or --resume with --out DIR)")
+        config_path = Path(args.out) / "config.yaml"
+    else:
+        config_path = Path(args.config)
+    config = load_config(config_path, args.overrides)
+    out = args.out or f"runs/{config_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.nproc > 1:
+        from chanloss.training.distributed import launch
+
+        argv = list(getattr(args, "argv", None) or sys.argv[1:])
+        return launch(args.nproc, argv if args.out else [*argv, "--out", out])
+    from chanloss.training.builders import resolve_device
+    from chanloss.training.distributed import (
+        broadcast_object,
+        is_main_process,
+        process_group,
+    )
+
+    with process_group(config.distributed.backend, resolve_device(config.device)):
+        out = broadcast_object(out)  # under torchrun, rank 0's default run directory
+        summary = train(config, out, resume=args.resume, verbose=1 if args.quiet else 2)
+        main_process = is_main_process()
+    if not main_process:
+        return 0
+    best = ""
+    if summary["best_val_acc"] is not None:
+        best = f", best val {100 * summary['best_val_acc']:.2f}% at epoch {summary['best_epoch']}"
+    final = summary["final_test_acc"]
+    if final is not None:
+        print(f"final test accuracy {100 * final:.2f}%{best}; run in {out}", flush=True)
+    return 0
+
+
+# -- eval --------------------------------------------------------------------------------------
+def _configure_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a last.pt or best.pt of a run")
+    p.add_argument("--out", help="output directory (default <run dir>/eval-<checkpoint name>)")
+    p.add_argument("--split", default="test", choices=("test", "val"), help="the split to evaluate")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+@register_command("eval", "top-1/top-5, per-class accuracy and confusion matrix", _configure_eval)
+def _run_eval(args: argparse.Namespace) -> int:
+    from chanloss.training import evaluate_checkpoint
+
+    evaluate_checkpoint(args.checkpoint, args.out, split=args.split, device=args.device)
+    return 0
+
+
+# -- compare / demo ----------------------------------------------------------------------------
+def _configure_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c", "--config", dest="configs", action="append", required=True, help="config file; repeat"
+    )
+    p.add_argument("--seeds", type=int, default=3, help="seeds per config (default 3)")
+    _add_set(p)
+    p.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
+
+
+@register_command("compare", "train several configs over seeds and tabulate", _configure_compare)
+def _run_compare(args: argparse.Namespace) -> int:
+    from chanloss.training import compare, load_labelled, results_table
+
+    results = compare(
+        load_labelled(args.configs, args.overrides), seeds=args.seeds, out_dir=args.out
+    )
+    print(f"\n{results_table(results)}\n\nresults in {args.out}", flush=True)
+    return 0
+
+
+def _configure_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per loss (default 3)")
+    _add_set(p)
+
+
+@register_command("demo", "CE vs CC-Loss vs MC-Loss on MNIST-5k, 3 seeds", _configure_demo)
+def _run_demo(args: argparse.Namespace) -> int:
+    from chanloss.training.demo import run_demo
+
+    run_demo(args.out, seeds=args.seeds, overrides=args.overrides)
+    return 0
+
+
+# -- analyze -----------------------------------------------------------------------------------
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _configure_analyze(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="last.pt/best.pt of runs")
+    p.add_argument("--out", required=True, help="directory for report.html, metrics.csv, PNGs")
+    p.add_argument(
+        "--max-samples",
+        type=_int_at_least(3),
+        default=1000,
+        help="test samples for the separability metrics and t-SNE (default 1000)",
+    )
+    p.add_argument("--images", type=_int_at_least(1), default=4, help="MC-view examples (4)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+@register_command(
+    "analyze",
+    "separability metrics, CC/MC channel views and t-SNE of checkpoints",
+    _configure_analyze,
+)
+def _run_analyze(args: argparse.Namespace) -> int:
+    from chanloss.analysis import analyze
+
+    analyze(
+        args.checkpoints,
+        args.out,
+        max_samples=args.max_samples,
+        images=args.images,
+        device=args.device,
+    )
+    print(f"report in {Path(args.out) / 'report.html'}", flush=True)
+    return 0
+
+
+# -- entry point -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every registered subcommand."""
+    from chanloss import __version__
+
+    parser = _Parser(prog=PROG, description="Channel-level losses for image classifiers.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for cmd in COMMANDS.values():
+        cmd.configure(sub.add_parser(cmd.name, help=cmd.help, description=cmd.help))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    from chanloss.training.config import ConfigError
+
+    args = None
+    try:
+        args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
+        if args.command is None:
+            raise UsageError(
+                f"a command is required: one of {', '.join(COMMANDS)} (see '{PROG} --help')"
+            )
+        status = COMMANDS[args.command].run(args)
+    except (UsageError, ConfigError, FileNotFoundError) as err:
+        message = " ".join(str(err).split())
+        print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+        return USER_ERROR
+    except OSError as err:  # an unwritable or full disk, a file that vanished: one line
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{PROG}: error: {where}{err.strerror or err}", file=sys.stderr, flush=True)
+        return USER_ERROR
+    except KeyboardInterrupt as err:
+        out_dir = getattr(err, "out_dir", None)  # TrainingInterrupted: last.pt was written
+        if out_dir is None or args is None:
+            print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+        elif args.command == "train":
+            again = ["train", "--out", str(out_dir), "--resume"]
+            print(f"{PROG}: {err}; resume with: {_command(again)}", file=sys.stderr, flush=True)
+        else:  # compare and demo resume their unfinished runs themselves
+            print(
+                f"{PROG}: {err}; resume by running the same command again: {_command(args.argv)}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return 130
+    return int(status or 0)
+
+
+def _command(arguments: Sequence[str]) -> str:
+    """A shell command running ``arguments`` the way this process was started: the ``chanloss``
+    script, or ``python -m chanloss`` with this interpreter."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is not None and script.name == PROG:
+        program = [str(script)]
+    else:
+        program = [sys.executable, "-m", PROG]
+    return shlex.join([*program, *arguments])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Build the parts of a run from its config: device, data, batches, model and losses."""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from chanloss.training.config import ConfigError, TrainConfig
+
+# Datasets held in memory are moved to the accelerator whole when they are smaller than this.
+_DEVICE_CACHE_BYTES = 2 << 30
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} was asked for but CUDA is not available")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ConfigError(
+                f"device: {name!r} was asked for but there {'is' if count == 1 else 'are'} "
+                f"{count} CUDA device{'' if count == 1 else 's'} (cuda:0 to cuda:{count - 1})"
+            )
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (every device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - the global generator other code draws from
+    torch.manual_seed(seed)
+
+
+def build_data(config: TrainConfig) -> Any:
+    """The :class:`DataBundle` of ``config.data`` (bad names/options are config errors)."""
+    from chanloss.data import build_datasets
+
+    data = config.data
+    try:
+        return build_datasets(
+            data.name,
+            root=data.root,
+            seed=config.seed,
+            val_fraction=data.val_fraction,
+            **data.options,
+        )
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"data: {err}") from None
+
+
+def build_augmentations(config: TrainConfig, bundle: Any, device: torch.device) -> tuple:
+    """The (train, eval) batched augmentation modules, on ``device``."""
+    from chanloss.data import build_augmentation
+
+    aug = config.data.augment
+    resize = tuple(aug.resize) if isinstance(aug.resize, list) else aug.resize
+    try:
+        train = build_augmentation(
+            train=True,
+            mean=bundle.mean,
+            std=bundle.std,
+            crop_padding=aug.crop_padding,
+            hflip=aug.hflip,
+            resize=resize,
+        )
+        evaluate = build_augmentation(train=False, mean=bundle.mean, std=bundle.std, resize=resize)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"data.augment: {err}") from None
+    return train.to(device), evaluate.to(device)
+
+
+def build_model(config: TrainConfig, *, num_classes: int, in_channels: int) -> nn.Module:
+    """The network of ``config.model``."""
+    from chanloss.models import create_model
+
+    try:
+        return create_model(
+            config.model.name,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            **config.model.options(),
+        )
+    except (ValueError, TypeError, ImportError) as err:
+        raise ConfigError(f"model: {err}") from None
+
+
+@dataclass
+class LossSlot:
+    """One configured loss with what the trainer needs to call it."""
+
+    index: int
+    name: str
+    weight: float
+    lr: float | None
+    loss: nn.Module
+    takes_generator: bool
+    columns: dict[str, str]  # term name -> metric column name
+
+
+def build_losses(config: TrainConfig, model: nn.Module, num_classes: int) -> list[LossSlot]:
+    """The configured losses, each with its context (classes, channels, embedding size)."""
+    from chanloss.losses import create_loss
+
+    context = {
+        "num_classes": num_classes,
+        "num_channels": int(model.num_features),
+        "embedding_dim": int(model.embedding_dim),
+    }
+    slots: list[LossSlot] = []
+    counts: dict[str, int] = {}
+    for i, entry in enumerate(config.losses):
+        try:
+            loss = create_loss(entry.name, context=context, **entry.params())
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"losses.{i} ({entry.name}): {err}") from None
+        counts[entry.name] = counts.get(entry.name, 0) + 1
+        prefix = entry.name if counts[entry.name] == 1 else f"{entry.name}{counts[entry.name]}"
+        columns = {
+            term: prefix if term == entry.name else f"{prefix}_{term}" for term in loss.weights
+        }
+        takes_generator = "generator" in inspect.signature(loss.terms).parameters
+        slots.append(
+            LossSlot(i, entry.name, entry.weight, entry.lr, loss, takes_generator, columns)
+        )
+    return slots
+
+
+def count_parameters(module: nn.Module) -> int:
+    """The number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+class Batches:
+    """Batches ``(images, labels)`` of a dataset, on the device.
+
+    Datasets held in memory (``.images`` / ``.labels`` tensors) are indexed directly (moved
+    to the accelerator once when they fit); others go through a ``DataLoader`` with
+    ``workers`` processes. The batches come from a
+    :class:`~chanloss.training.samplers.RankBatchSampler` (``sampler``: random or
+    class_balanced; with ``world_size`` processes, the share of ``rank``); those of epoch ``e``
+    depend only on the seed and ``e``, so a resumed run sees the same batches as an
+    uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        *,
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        seed: int = 0,
+        workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        sampler: str = "random",
+        samples_per_class: int = 4,
+    ) -> None:
+        from chanloss.training.samplers import RankBatchSampler
+
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.device = device
+        self.train = train
+        self.seed = seed
+        self.workers = workers
+        self.size = len(dataset)
+        self.in_memory = isinstance(getattr(dataset, "images", None), Tensor) and isinstance(
+            getattr(dataset, "labels", None), Tensor
+        )
+        labels = getattr(dataset, "labels", getattr(dataset, "targets", None))
+        self.sampler = RankBatchSampler(
+            self.size,
+            batch_size=batch_size,
+            train=train,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            sampler=sampler,
+            samples_per_class=samples_per_class,
+            labels=torch.as_tensor(labels) if sampler == "class_balanced" and train else None,
+        )
+        if self.in_memory:
+            images, labels = dataset.images, dataset.labels.long()
+            if (
+                device.type != "cpu"
+                and images.numel() * images.element_size() < _DEVICE_CACHE_BYTES
+            ):
+                images, labels = images.to(device), labels.to(device)
+            self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of epoch ``epoch`` (shuffled when training)."""
+        self.sampler.set_epoch(epoch)
+        if self.in_memory:
+            yield from self._memory_batches(self.sampler.index_batches(epoch))
+        else:
+            yield from self._loader_batches()
+
+    def _memory_batches(self, batches: Tensor | list[slice]) -> Iterator[tuple[Tensor, Tensor]]:
+        on_device = self.images.device == self.device
+        if isinstance(batches, Tensor) and on_device:
+            batches = batches.to(self.device)
+        non_blocking = self.device.type == "cuda"
+        for idx in batches:
+            x, y = self.images[idx], self.labels[idx]
+            if not on_device:
+                x = x.to(self.device, non_blocking=non_blocking)
+                y = y.to(self.device, non_blocking=non_blocking)
+            yield x, y
+
+    def _loader_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        non_blocking = self.device.type == "cuda"
+        for x, y in loader:
+            yield (
+                x.to(self.device, non_blocking=non_blocking),
+                torch.as_tensor(y).long().to(self.device, non_blocking=non_blocking),
+            )

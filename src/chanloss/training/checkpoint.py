@@ -1,0 +1,189 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+
+A checkpoint holds only tensors and containers of primitives: the resolved config as a dict,
+state dicts, and the random number generator states as tensors, so that ``--resume``
+continues a run exactly. A file holding anything else (a pickle that would import a class or
+call a function) is refused without running it.
+
+Writing goes to a temporary file in the same directory, flushed to disk, then renamed over
+the old file, so a checkpoint on disk is always complete: a process killed mid-write leaves
+the previous file and a stray ``.NAME.*.tmp``. The environment variable
+``CHANLOSS_TEST_SLOW_CHECKPOINT`` (seconds; used only by the tests) pauses half-way through
+the write, so that tests can kill a run inside that window.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from chanloss.training.config import ConfigError
+
+FORMAT = "chanloss-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be read or does not fit the run."""
+
+
+SLOW_WRITE_ENV = "CHANLOSS_TEST_SLOW_CHECKPOINT"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file in the same directory + rename).
+
+    A failed write (disk full, directory removed or read-only) raises :class:`CheckpointError`
+    and leaves the previous file as it was.
+    """
+    path = Path(path)
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise CheckpointError(f"cannot write checkpoint {path}: {_os_reason(err)}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pause = float(os.environ.get(SLOW_WRITE_ENV) or 0)
+            if pause > 0:
+                buffer = io.BytesIO()
+                torch.save(payload, buffer)
+                data = buffer.getbuffer()
+                f.write(data[: len(data) // 2])
+                f.flush()
+                time.sleep(pause)
+                f.write(data[len(data) // 2 :])
+            else:
+                torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {_os_reason(err)}; the previous {path.name} "
+            "(if any) is unchanged"
+        ) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _os_reason(err: OSError) -> str:
+    return err.strerror or str(err) or type(err).__name__
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a chanloss checkpoint; anything else is a :class:`CheckpointError`."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, expected a file")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is not a readable chanloss checkpoint (the file is empty)")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols: not for users
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling raises many types
+        raise CheckpointError(_load_failure(path, err)) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a chanloss checkpoint (no {FORMAT!r} marker)")
+    if state.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {state.get('version')}, expected {VERSION}"
+        )
+    return state
+
+
+def describe(err: BaseException) -> str:
+    """The informative line of a ``load_state_dict`` error (the first after its header)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        return f"{lines[0].removesuffix(':')}: {lines[1]}"
+    return lines[0] if lines else type(err).__name__
+
+
+def _load_failure(path: Path, err: Exception) -> str:
+    """A one-line reason why ``torch.load(path, weights_only=True)`` failed."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    if "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:
+            return (
+                f"{path}: refused to load: the file holds not only tensors and plain containers "
+                f"(it would import and call {found.group(1)}); checkpoints are read as data "
+                "(torch.load weights_only=True) and never run code"
+            )
+        found = re.search(r"WeightsUnpickler error: (.+?)(?:\n\n|$)", text, re.S)
+        detail = " ".join(found.group(1).split()) if found else "unsupported pickle content"
+        return (
+            f"{path} is not a readable chanloss checkpoint (not a torch file, or a pickle of "
+            f"more than plain data: {detail}; nothing in it was run)"
+        )
+    if "zip archive" in text or "central directory" in text or isinstance(err, EOFError):
+        first = text.split(". ")[0] if text else type(err).__name__
+        return (
+            f"{path} is not a readable chanloss checkpoint (truncated or not a torch file: {first})"
+        )
+    first = text.splitlines()[0] if text else type(err).__name__
+    return f"{path} is not a readable chanloss checkpoint ({first})"
+
+
+def capture_rng(device: torch.device, generator: torch.Generator | None = None) -> dict[str, Any]:
+    """The states of the torch (CPU and CUDA), numpy and python generators, as tensors."""
+    np_state = np.random.get_state()  # noqa: NPY002 - the global generator is what is saved
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {
+            "version": int(py_version),
+            "state": torch.tensor(py_internal, dtype=torch.int64),
+            "gauss": py_gauss,
+        },
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def restore_rng(
+    state: dict[str, Any], device: torch.device, generator: torch.Generator | None = None
+) -> None:
+    """Set every generator back to a state taken by :func:`capture_rng`."""
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all(list(state["cuda"].unbind(0)))
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"])

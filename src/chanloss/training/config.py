@@ -1,0 +1,584 @@
+"""The training configuration: a YAML file validated by a pydantic schema.
+
+The schema below is the single reference for every key and its default. Unknown keys and
+values of the wrong type are errors that name the dotted key (``optim.lr``, ``losses.1.weight``);
+a string is never silently converted to a number. ``--set KEY=VALUE`` overrides are applied
+to the raw YAML before validation, so they are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "AugmentConfig",
+    "ConfigError",
+    "DataConfig",
+    "DistributedConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "dump_config",
+    "load_config",
+    "parse_overrides",
+    "validate_config",
+    "yaml_load",
+]
+
+
+class ConfigError(ValueError):
+    """A user error in a configuration, an override, a file or a checkpoint (one-line message)."""
+
+
+# -- YAML --------------------------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 does."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _first, _resolvers in _Loader.yaml_implicit_resolvers.items():
+    _Loader.yaml_implicit_resolvers[_first] = [
+        (tag, rx) for tag, rx in _resolvers if tag != "tag:yaml.org,2002:float"
+    ]
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text safely (``yaml.safe_load`` semantics, plus ``1e-4`` read as a float)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+
+
+# -- schema ------------------------------------------------------------------------------------
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ModelConfig(BaseModel):
+    """The network. Every key other than ``name`` is passed to ``create_model`` as an option."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str = Field(
+        description="Model name for chanloss.models.create_model: convnet_small, resnet20, "
+        "resnet56, resnet110, vgg16_bn, resnet18, resnet50, timm:NAME or torchvision:NAME. "
+        "Further keys (e.g. width, layer, classifier) are the model's options."
+    )
+
+    @model_validator(mode="after")
+    def _check_options(self) -> ModelConfig:
+        from chanloss.models import MODELS, model_options
+
+        if ":" in self.name:
+            return self  # third-party models: their options are checked when they are built
+        if self.name not in MODELS:
+            hint = _did_you_mean(self.name, sorted(MODELS))
+            raise ValueError(
+                f"unknown model {self.name!r}{hint}; expected one of {sorted(MODELS)} "
+                "or timm:NAME / torchvision:NAME"
+            )
+        accepted = list(model_options(self.name))
+        for key in self.options():
+            if key not in accepted:
+                hint = _did_you_mean(key, accepted)
+                raise ValueError(
+                    f"model {self.name!r} has no option {key!r}{hint}; its options are {accepted}"
+                )
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments for ``create_model`` (everything but name)."""
+        return dict(self.__pydantic_extra__ or {})
+
+
+class AugmentConfig(_Section):
+    """Training-time augmentation (batched, on the device); normalisation is always applied."""
+
+    crop_padding: int = Field(
+        0, ge=0, description="Random crop after zero padding by this many pixels (0 = off)."
+    )
+    hflip: bool = Field(False, description="Random horizontal flip with probability 0.5.")
+    resize: int | list[int] | None = Field(
+        None,
+        description="Resize images to this size in pixels (an int, or [height, width]) before "
+        "augmenting, in training and evaluation.",
+    )
+
+    @field_validator("resize")
+    @classmethod
+    def _check_resize(cls, value: int | list[int] | None) -> int | list[int] | None:
+        sizes = [value] if isinstance(value, int) else value
+        if sizes is not None and (len(sizes) not in (1, 2) or any(v < 1 for v in sizes)):
+            raise ValueError(f"resize must be a size >= 1 or [height, width], got {value!r}")
+        return value
+
+
+class DataConfig(_Section):
+    """The dataset, its validation split and augmentation."""
+
+    name: str = Field(
+        description="Dataset name for chanloss.data.build_datasets: digits, mnist5k, "
+        "finegrained, cifar10, cifar100, cub200 or image_folder."
+    )
+    root: str | None = Field(
+        None, description="Directory holding (or receiving) the data; null = the default."
+    )
+    val_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of the training set held out for validation; best.pt is chosen "
+        "on it. 0 = no validation split (best.pt is then the last epoch).",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Further keyword arguments for build_datasets."
+    )
+    augment: AugmentConfig = Field(
+        default_factory=AugmentConfig, description="Training augmentation."
+    )
+    sampler: Literal["random", "class_balanced"] = Field(
+        "random",
+        description="Training batches: random (a fresh permutation every epoch) or "
+        "class_balanced (P x M: batch_size // samples_per_class classes with samples_per_class "
+        "samples each, so every batch holds same-class pairs for CC-Loss). Per process.",
+    )
+    samples_per_class: int = Field(
+        4,
+        ge=2,
+        description="class_balanced: samples of each class in a batch (M); it must divide "
+        "batch_size.",
+    )
+
+    @model_validator(mode="after")
+    def _check_name_and_options(self) -> DataConfig:
+        from chanloss.data import DATASETS, dataset_options
+
+        if self.name not in DATASETS:
+            hint = _did_you_mean(self.name, sorted(DATASETS))
+            raise ValueError(
+                f"unknown dataset {self.name!r}{hint}; expected one of {sorted(DATASETS)}"
+            )
+        accepted = list(dataset_options(self.name))
+        for key in self.options:
+            if key not in accepted:
+                hint = _did_you_mean(key, accepted)
+                raise ValueError(
+                    f"dataset {self.name!r} has no option {key!r}{hint}; its options are {accepted}"
+                )
+        return self
+
+
+class LossConfig(BaseModel):
+    """One term of the objective. Keys other than name/weight/lr are the loss's parameters."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str = Field(description="Registered loss name (chanloss.losses.LOSSES), e.g. ce, cc, mc.")
+    weight: float = Field(
+        1.0,
+        ge=0.0,
+        description="Multiplier of this loss's combined value in the objective (applied by the "
+        "trainer on top of the loss's own term weights).",
+    )
+    lr: float | None = Field(
+        None,
+        gt=0.0,
+        description="Learning rate of the loss's own parameters (attention, centres, margin "
+        "heads); null = optim.lr. Follows the same schedule.",
+    )
+
+    @model_validator(mode="after")
+    def _check_name_and_params(self) -> LossConfig:
+        from chanloss.losses import LOSSES
+
+        if self.name not in LOSSES:
+            hint = _did_you_mean(self.name, sorted(LOSSES))
+            raise ValueError(f"unknown loss {self.name!r}{hint}; expected one of {sorted(LOSSES)}")
+        accepted = _constructor_params(LOSSES[self.name])
+        for key in self.params():
+            if key not in accepted:
+                hint = _did_you_mean(key, accepted + ["weight", "lr"])
+                raise ValueError(
+                    f"loss {self.name!r} has no parameter {key!r}{hint}; "
+                    f"its parameters are {accepted}"
+                )
+        return self
+
+    def params(self) -> dict[str, Any]:
+        """The keyword arguments for the loss's constructor (everything but name/weight/lr)."""
+        return dict(self.__pydantic_extra__ or {})
+
+
+class OptimConfig(_Section):
+    """The optimiser of the model's and the losses' parameters."""
+
+    name: Literal["sgd", "adamw"] = Field("sgd", description="sgd or adamw.")
+    lr: float = Field(0.1, gt=0.0, description="Peak learning rate (after warm-up).")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum (sgd only).")
+    weight_decay: float = Field(
+        5e-4, ge=0.0, description="Weight decay (L2 for sgd, decoupled for adamw)."
+    )
+    nesterov: bool = Field(False, description="Nesterov momentum (sgd with momentum > 0 only).")
+    betas: list[float] = Field(
+        default_factory=lambda: [0.9, 0.999],
+        min_length=2,
+        max_length=2,
+        description="AdamW betas (adamw only).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimConfig:
+        if self.nesterov and (self.name != "sgd" or self.momentum <= 0):
+            raise ValueError(
+                f"nesterov needs name 'sgd' and momentum > 0, got name {self.name!r} "
+                f"and momentum {self.momentum}"
+            )
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+        return self
+
+
+class ScheduleConfig(_Section):
+    """Learning-rate schedule, updated every optimisation step, after a linear warm-up."""
+
+    name: Literal["step", "cosine", "constant"] = Field(
+        "cosine", description="step (multiply by gamma at epochs), cosine (to min_lr) or constant."
+    )
+    warmup_epochs: float = Field(
+        0.0, ge=0.0, description="Linear warm-up from 0 to optim.lr over this many epochs."
+    )
+    step_size: int | None = Field(
+        None, ge=1, description="step: multiply the lr by gamma every step_size epochs."
+    )
+    milestones: list[int] | None = Field(
+        None, description="step: multiply the lr by gamma at each of these epochs."
+    )
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: the decay factor.")
+    min_lr: float = Field(0.0, ge=0.0, description="cosine: the final learning rate.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleConfig:
+        if self.name == "step":
+            if (self.step_size is None) == (self.milestones is None):
+                raise ValueError(
+                    "a step schedule needs exactly one of step_size and milestones, got "
+                    f"step_size={self.step_size} and milestones={self.milestones}"
+                )
+        else:
+            for key in ("step_size", "milestones"):
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"{key} is only used when name is 'step', got name {self.name!r}; "
+                        f"remove {key} or set it to null"
+                    )
+        if self.milestones is not None and (
+            any(m < 1 for m in self.milestones) or self.milestones != sorted(set(self.milestones))
+        ):
+            raise ValueError(f"milestones must be increasing epochs >= 1, got {self.milestones}")
+        return self
+
+
+class DistributedConfig(_Section):
+    """Several processes (torchrun, or chanloss train --nproc N); ignored in one process."""
+
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="Process-group backend: auto (nccl on CUDA, gloo on CPU), gloo or nccl."
+    )
+    sync_bn: bool = Field(
+        False,
+        description="Convert batch norms to SyncBatchNorm (statistics over the global batch); "
+        "CUDA only.",
+    )
+
+
+class TrainConfig(_Section):
+    """A training run: model, data, losses, optimiser, schedule and run options."""
+
+    model: ModelConfig = Field(description="The network.")
+    data: DataConfig = Field(description="The dataset.")
+    losses: list[LossConfig] = Field(
+        min_length=1,
+        description="The objective: the weighted sum of these losses, each fed the model "
+        "output it consumes (logits, features or embedding).",
+    )
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="The optimiser.")
+    schedule: ScheduleConfig = Field(
+        default_factory=ScheduleConfig, description="The learning-rate schedule."
+    )
+    epochs: int = Field(10, ge=1, description="Number of training epochs.")
+    batch_size: int = Field(
+        128, ge=1, description="Training batch size, per process (see docs/distributed.md)."
+    )
+    eval_batch_size: int | None = Field(
+        None, ge=1, description="Evaluation batch size; null = 2 * batch_size."
+    )
+    seed: int = Field(0, ge=0, description="Seed of every random number generator.")
+    amp: bool = Field(
+        False,
+        description="Mixed precision: bfloat16 autocast on CPU, float16 autocast with a "
+        "gradient scaler on CUDA.",
+    )
+    channels_last: bool = Field(False, description="Use the channels-last memory format.")
+    workers: int = Field(
+        0, ge=0, description="DataLoader worker processes (datasets not held in memory)."
+    )
+    device: str = Field("auto", description="auto (cuda when available), cpu, cuda or cuda:N.")
+    grad_clip: float | None = Field(
+        None, gt=0.0, description="Clip the gradient norm of all parameters to this value."
+    )
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="What a NaN/inf loss does. stop: end the run with an error naming the loss "
+        "term, epoch and step; the last good checkpoint is kept. skip: skip that optimisation "
+        "step (the schedule still advances) and count it in metrics.csv (skipped_steps). "
+        "Checked every step on CPU; on accelerators stop checks a device flag every 10 steps "
+        "and at the end of each epoch (no host sync per step) and still reports the first bad "
+        "step, while skip syncs every step.",
+    )
+    tensorboard: bool = Field(
+        False, description="Also log to TensorBoard (in the run dir) when it is installed."
+    )
+    eval_every: int = Field(
+        1, ge=1, description="Evaluate on val/test every this many epochs (and at the last)."
+    )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig, description="Multi-process training options."
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("batch_size")
+    @classmethod
+    def _check_balanced_batches(cls, value: int, info: ValidationInfo) -> int:
+        data = info.data.get("data")
+        balanced = isinstance(data, DataConfig) and data.sampler == "class_balanced"
+        if balanced and value % data.samples_per_class:
+            raise ValueError(
+                f"data.sampler 'class_balanced' needs a batch_size divisible by "
+                f"data.samples_per_class={data.samples_per_class}, got {value}"
+            )
+        return value
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _constructor_params(cls: type) -> list[str]:
+    params = inspect.signature(cls.__init__).parameters.values()
+    return sorted(
+        p.name
+        for p in params
+        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    )
+
+
+def _did_you_mean(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _section_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the schema section at ``loc`` (for 'did you mean' hints)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        for candidate in (annotation, *getattr(annotation, "__args__", ())):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                model = candidate
+                break
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors(include_url=False):
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "config"
+        if e["type"] == "extra_forbidden":
+            hint = _did_you_mean(str(loc[-1]), _section_fields(TrainConfig, loc[:-1]))
+            lines.append(f"{key}: unknown key{hint}")
+            continue
+        if e["type"] == "missing":
+            lines.append(f"{key}: required key is missing")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] in ("value_error", "assertion_error"):
+            lines.append(f"{key}: {msg}")
+        else:
+            lines.append(f"{key}: {msg}, got {e['input']!r}")
+    return "; ".join(lines)
+
+
+def validate_config(raw: Any, *, source: str = "config") -> TrainConfig:
+    """Validate a raw (YAML-parsed) mapping; raise :class:`ConfigError` with one line."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys, got {type(raw).__name__}")
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_format_errors(err)}") from None
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
+    """Parse ``KEY=VALUE`` strings; the value is YAML (``0.05``, ``true``, ``[1, 2]``, ``null``)."""
+    parsed = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set expects KEY=VALUE with a dotted KEY, got {item!r}")
+        try:
+            value = yaml_load(text) if text.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(
+                f"--set {key}: the value {text!r} is not valid YAML ({err})"
+            ) from None
+        parsed.append((key, value))
+    return parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Set dotted keys in a raw config (in place, and returned).
+
+    Numeric parts index lists (``losses.1.weight``); the index one past the end appends a new
+    entry. Missing mappings on the way are created.
+    """
+    for key, value in overrides:
+        parts = key.split(".")
+        node: Any = raw
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[:depth]) or "the config"
+            if isinstance(node, list):
+                if not part.isdigit():
+                    raise ConfigError(
+                        f"--set {key}: {where} is a list, expected an index, got {part!r}"
+                    )
+                index = int(part)
+                if index > len(node):
+                    raise ConfigError(
+                        f"--set {key}: index {index} is out of range for {where} "
+                        f"(it has {len(node)} entries; {len(node)} appends one)"
+                    )
+                if index == len(node):
+                    node.append({} if not last else value)
+                if last:
+                    node[index] = value
+                else:
+                    if node[index] is None:
+                        node[index] = {}
+                    node = node[index]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    if node.get(part) is None:
+                        node[part] = {}
+                    node = node[part]
+            else:
+                raise ConfigError(
+                    f"--set {key}: {where} is a {type(node).__name__}, not a mapping or a list"
+                )
+    return raw
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file; a missing or unparsable file is a :class:`ConfigError`."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory, expected a YAML file")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a UTF-8 text file; expected a YAML config") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
+    try:
+        return yaml_load(text)
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(s.strip() for s in first)})") from None
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    raw: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Load a YAML config file (or a raw mapping), apply ``--set`` overrides and validate."""
+    if raw is None:
+        if path is None:
+            raise ConfigError("no config given")
+        raw = read_yaml(path)
+    source = str(path) if path is not None else "config"
+    if raw is None and not overrides:
+        raise ConfigError(
+            f"{source} is empty; expected a mapping with the keys model, data, losses "
+            "(and optionally optim, schedule, epochs, ...)"
+        )
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys, got {type(raw).__name__}")
+    raw = apply_overrides(_copy(raw), parse_overrides(list(overrides)))
+    return validate_config(raw, source=source)
+
+
+def dump_config(config: TrainConfig) -> str:
+    """The resolved configuration (every default filled in) as YAML."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """The resolved configuration as a dict of primitives (for YAML and checkpoints)."""
+    return config.model_dump(mode="json")
+
+
+def _copy(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_copy(v) for v in obj]
+    return obj

@@ -1,0 +1,142 @@
+"""``chanloss eval``: top-1/top-5, per-class accuracy and the confusion matrix of a checkpoint."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chanloss.training.checkpoint import CheckpointError, describe, load_checkpoint
+from chanloss.training.config import ConfigError, validate_config
+from chanloss.training.trainer import Trainer, _write_json
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    split: str = "test",
+    device: str = "auto",
+    verbose: int = 1,
+) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on a split and write ``eval.json``, per-class and confusion files.
+
+    The model and losses are rebuilt from the config stored in the checkpoint; a margin head's
+    or L-GM's scores replace the model's classifier, as in training. ``out_dir`` defaults to
+    ``<checkpoint dir>/eval-<checkpoint name>``. Returns the contents of ``eval.json``.
+    """
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+    checkpoint = Path(checkpoint)
+    state = load_checkpoint(checkpoint)
+    raw = state.get("config")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{checkpoint} holds no config")
+    raw = {**raw, "device": device}
+    try:
+        config = validate_config(raw, source=f"{checkpoint} (stored config)")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    out = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval-{checkpoint.stem}"
+    trainer = Trainer(config, out, verbose=0)
+    try:
+        trainer.model.load_state_dict(state["model"])
+        for slot, sd in zip(trainer.slots, state["losses"], strict=True):
+            slot.loss.load_state_dict(sd)
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointError(
+            f"{checkpoint} does not fit its own config ({describe(err)})"
+        ) from None
+    if split not in trainer.eval_batches:
+        raise ConfigError(
+            f"split {split!r} is not available; the run has {sorted(trainer.eval_batches)}"
+        )
+
+    k = trainer.data.num_classes
+    top5_k = min(5, k)
+    metrics = {
+        "top1": MulticlassAccuracy(num_classes=k, top_k=1, average="micro"),
+        "top5": MulticlassAccuracy(num_classes=k, top_k=top5_k, average="micro"),
+        "per_class": MulticlassAccuracy(num_classes=k, top_k=1, average="none"),
+        "confusion": MulticlassConfusionMatrix(num_classes=k),
+    }
+    for metric in metrics.values():
+        metric.to(trainer.device)
+    count = 0
+    for scores, labels in trainer.predict(split):
+        for metric in metrics.values():
+            metric.update(scores, labels)
+        count += labels.shape[0]
+    per_class = metrics["per_class"].compute().cpu()
+    confusion = metrics["confusion"].compute().cpu().long()
+    names = [str(c) for c in (trainer.data.class_names or range(k))]
+    support = confusion.sum(1)
+
+    out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "checkpoint": str(checkpoint),
+        "epoch": int(state.get("epoch", 0)),
+        "split": split,
+        "samples": count,
+        "top1": float(metrics["top1"].compute()),
+        f"top{top5_k}": float(metrics["top5"].compute()),
+        "mean_class_accuracy": float(per_class[support > 0].mean())
+        if (support > 0).any()
+        else None,
+        "per_class_accuracy": {
+            name: (float(acc) if n > 0 else None)
+            for name, acc, n in zip(names, per_class.tolist(), support.tolist(), strict=True)
+        },
+    }
+    with open(out / "per_class_accuracy.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "accuracy", "support"])
+        for name, acc, n in zip(names, per_class.tolist(), support.tolist(), strict=True):
+            w.writerow([name, acc if n > 0 else "", n])
+    with open(out / "confusion_matrix.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["true \\ predicted", *names])
+        for name, row in zip(names, confusion.tolist(), strict=True):
+            w.writerow([name, *row])
+    _plot_confusion(
+        confusion, names, out / "confusion_matrix.png", title=f"{checkpoint.name} ({split})"
+    )
+    _write_json(out / "eval.json", result)
+    if verbose:
+        print(
+            f"{checkpoint} ({split}, {count} images): top-1 {100 * result['top1']:.2f}%  "
+            f"top-{top5_k} {100 * result[f'top{top5_k}']:.2f}%  -> {out}",
+            flush=True,
+        )
+    return result
+
+
+def _plot_confusion(confusion: torch.Tensor, names: list[str], path: Path, *, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(names)
+    size = min(12.0, 3.0 + 0.4 * k)
+    fig, ax = plt.subplots(figsize=(size, size))
+    rows = confusion.sum(1, keepdim=True).clamp_min(1)
+    ax.imshow((confusion / rows).numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+    if k <= 30:
+        ax.set_xticks(range(k), names, rotation=90)
+        ax.set_yticks(range(k), names)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                value = int(confusion[i, j])
+                if value:
+                    colour = "white" if confusion[i, j] > 0.5 * rows[i, 0] else "black"
+                    ax.text(j, i, str(value), ha="center", va="center", fontsize=8, color=colour)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

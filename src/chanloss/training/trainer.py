@@ -1,0 +1,788 @@
+"""The training loop: configured losses, per-step schedule, AMP, checkpoints and run files.
+
+A run directory holds ``config.yaml`` (the resolved config), ``metrics.csv`` (one row per
+epoch), ``summary.json``, ``last.pt`` and ``best.pt`` (chosen on the validation split when
+``data.val_fraction > 0``, else the last epoch). The accuracy a run reports is the test
+accuracy of its final epoch.
+
+Faults: a NaN/inf loss stops the run at the step it happens (or skips the step, see the config
+key ``on_nonfinite``), keeping the last good checkpoint. Ctrl-C finishes the current step,
+writes ``last.pt`` (mid-epoch; ``--resume`` continues from that step exactly) and raises
+:class:`TrainingInterrupted`. Every file is written atomically, so a run killed at any point
+leaves readable checkpoints; ``--resume`` continues from the last one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import itertools
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from chanloss.models.base import ModelOutput
+from chanloss.training.builders import (
+    Batches,
+    build_augmentations,
+    build_data,
+    build_losses,
+    build_model,
+    count_parameters,
+    resolve_device,
+    seed_everything,
+)
+from chanloss.training.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    describe,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from chanloss.training.config import ConfigError, TrainConfig, config_to_dict, dump_config
+from chanloss.training.distributed import (
+    all_gather_object,
+    barrier,
+    broadcast_buffers,
+    check_world_size,
+    get_rank,
+    get_world_size,
+    is_main_process,
+    local_device,
+    log,
+    objective_scale,
+    process_group,
+    rank_rng_state,
+    reduce_sum,
+    seed_rank,
+    wrap_for_training,
+)
+from chanloss.training.optim import build_optimizer, build_scheduler
+
+try:
+    from tqdm.auto import tqdm
+except ImportError:  # pragma: no cover - tqdm is a dependency
+    tqdm = None
+
+# Keys of the config that must match for --resume to make sense.
+_IDENTITY_KEYS = ("model", "losses", "data")
+_POSTFIX_EVERY = 10  # steps between progress-bar updates and, on accelerators, NaN checks
+
+
+class NonFiniteLossError(ConfigError):
+    """A loss term became NaN or infinite (``on_nonfinite: stop``); the last checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: the current step was finished and ``last.pt`` written.
+
+    ``out_dir`` is the run directory to pass to ``--resume``.
+    """
+
+    def __init__(self, message: str, out_dir: Path) -> None:
+        super().__init__(message)
+        self.out_dir = out_dir
+
+
+class Trainer:
+    """Trains ``config`` into ``out_dir``; see the module docstring for the files it writes.
+
+    ``verbose``: 0 prints nothing, 1 shows a progress bar per epoch (on a terminal), 2 also
+    prints one line per epoch.
+    """
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path, *, verbose: int = 2) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.verbose = verbose
+        self.device = local_device(resolve_device(config.device))
+        seed_everything(config.seed)
+
+        self.data = build_data(config)
+        self.model = build_model(
+            config, num_classes=self.data.num_classes, in_channels=self.data.in_channels
+        ).to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.slots = build_losses(config, self.model, self.data.num_classes)
+        self.losses = nn.ModuleList(slot.loss for slot in self.slots).to(self.device)
+        self.logit_slot = next((s for s in self.slots if s.loss.provides_logits), None)
+        # Model and losses in one (DDP-wrapped with several processes) module; see distributed.
+        self.model, self.step_module = wrap_for_training(
+            self.model,
+            list(self.losses),
+            [slot.takes_generator for slot in self.slots],
+            self.device,
+            sync_bn=config.distributed.sync_bn,
+        )
+        self.world_size = get_world_size()
+        seed_rank(config.seed)
+        self.train_aug, self.eval_aug = build_augmentations(config, self.data, self.device)
+
+        eval_bs = config.eval_batch_size or 2 * config.batch_size
+        self.train_batches = Batches(
+            self.data.train,
+            batch_size=config.batch_size,
+            device=self.device,
+            train=True,
+            seed=config.seed,
+            workers=config.workers,
+            rank=get_rank(),
+            world_size=self.world_size,
+            sampler=config.data.sampler,
+            samples_per_class=config.data.samples_per_class,
+        )
+        self.eval_batches = {
+            split: Batches(
+                ds,
+                batch_size=eval_bs,
+                device=self.device,
+                train=False,
+                workers=config.workers,
+                rank=get_rank(),
+                world_size=self.world_size,
+            )
+            for split, ds in (("val", self.data.val), ("test", self.data.test))
+            if ds is not None
+        }
+        self.steps_per_epoch = len(self.train_batches)
+        self.optimizer = build_optimizer(
+            config.optim, self.model, list(self.losses), [s.lr for s in self.slots]
+        )
+        self.scheduler = build_scheduler(
+            config.schedule,
+            self.optimizer,
+            steps_per_epoch=self.steps_per_epoch,
+            epochs=config.epochs,
+        )
+        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=config.amp and self.device.type == "cuda"
+        )
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.params = list(self.model.parameters()) + list(self.losses.parameters())
+
+        self.epoch = 0  # epochs completed
+        self.global_step = 0
+        self.history: list[dict[str, Any]] = []
+        self.best_val: float | None = None
+        self.best_epoch: int | None = None
+        self.columns = [col for slot in self.slots for col in slot.columns.values()]
+        self._rank_rng: list[Any] | None = None  # every rank's generator states, for last.pt
+        self.stop_requested = False  # set by Ctrl-C; the loop stops after the current step
+        self._partial: dict[str, Any] | None = None  # a mid-epoch position (Ctrl-C, resume)
+        # On CPU a per-step check costs nothing; on accelerators "stop" keeps a device flag.
+        self._check_every_step = self.device.type == "cpu" or config.on_nonfinite == "skip"
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._bad_values = torch.zeros(len(self.columns) + 1, device=self.device)
+
+    # -- one step / one epoch --------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.config.amp)
+
+    def _prepare(self, x: Tensor, augment: nn.Module) -> Tensor:
+        with torch.no_grad():
+            x = augment(x)
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def class_scores(self, out: ModelOutput) -> Tensor:
+        """Accuracy logits: a margin head's / L-GM's ``logits(embedding)``, else the model's."""
+        if self.logit_slot is None:
+            return out.logits
+        return self.logit_slot.loss.logits(out.embedding)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over the training set; returns the epoch's mean terms, loss and accuracy.
+
+        A non-finite loss raises :class:`NonFiniteLossError` or skips the step (see
+        ``on_nonfinite``). After Ctrl-C (:attr:`stop_requested`) the current step is finished,
+        ``last.pt`` is written with the position in the epoch and :class:`TrainingInterrupted`
+        is raised; a run resumed from it continues with the next step.
+        """
+        self.model.train()
+        self.losses.train()
+        n_terms = len(self.columns)
+        sums = torch.zeros(n_terms + 1, device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        seen = skipped = first = 0
+        elapsed = 0.0
+        partial, self._partial = self._partial, None
+        if partial is not None:  # resumed inside this epoch
+            first, seen, skipped = int(partial["step"]), int(partial["seen"]), partial["skipped"]
+            sums, correct = partial["sums"].to(self.device), partial["correct"].to(self.device)
+            elapsed = float(partial["elapsed"])
+        self._first_bad.fill_(-1)
+        start = time.perf_counter() - elapsed
+        bar = self._bar(epoch)
+        if bar is not None and first:
+            bar.update(first)
+        batches = itertools.islice(self.train_batches.epoch(epoch), first, None)
+        for step, (x, y) in enumerate(batches, start=first):
+            for slot in self.slots:
+                slot.loss.update_schedule(self.global_step)
+            x = self._prepare(x, self.train_aug)
+            with self._autocast():
+                out, slot_terms = self.step_module(x, y, self.generator)
+                values: list[Tensor] = []
+                objective: Tensor | None = None
+                # What is back-propagated: gathered losses x world size (DDP averages ranks).
+                to_backward: Tensor | None = None
+                for slot, terms in zip(self.slots, slot_terms, strict=True):
+                    part = slot.weight * slot.loss.combine(terms)
+                    objective = part if objective is None else objective + part
+                    scale = objective_scale(slot.loss)
+                    scaled = part if scale == 1 else part * scale
+                    to_backward = scaled if to_backward is None else to_backward + scaled
+                    values.extend(terms[t].detach().float() for t in slot.columns)
+            assert objective is not None and to_backward is not None
+            stacked = torch.stack([*values, objective.detach().float()])
+            if self._step_is_finite(stacked, epoch, step):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(to_backward).backward()
+                if self.config.grad_clip is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                with torch.no_grad():
+                    sums += stacked * y.shape[0]
+                    correct += (self.class_scores(out).argmax(1) == y).sum()
+                seen += y.shape[0]
+                self.scheduler.step()
+            else:  # on_nonfinite: skip; the schedule advances as if the step had been taken
+                self.optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                with warnings.catch_warnings():  # torch warns if no optimizer step came yet
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.scheduler.step()
+            self.global_step += 1
+
+            log_point = (step + 1) % _POSTFIX_EVERY == 0 or step + 1 == self.steps_per_epoch
+            if log_point and not self._check_every_step:
+                self._raise_first_bad(epoch)
+            if bar is not None:
+                bar.update(1)
+                if log_point and seen:
+                    means = (sums / seen).tolist()
+                    post = {
+                        c: f"{v:.3g}" for c, v in zip([*self.columns, "loss"], means, strict=True)
+                    }
+                    post["img/s"] = f"{seen / (time.perf_counter() - start):.0f}"
+                    bar.set_postfix(post, refresh=False)
+            if self.stop_requested and step + 1 < self.steps_per_epoch:
+                if bar is not None:
+                    bar.close()
+                self._interrupt(epoch, step + 1, sums, correct, seen, skipped, start)
+        if bar is not None:
+            bar.close()
+        broadcast_buffers(self.model, self.losses)  # rank 0's BN statistics on every rank
+        totals = reduce_sum(torch.cat([sums, correct.float().view(1)]))
+        seen_total = int(reduce_sum(torch.tensor(float(seen), device=self.device)).item())
+        if seen_total == 0:
+            raise NonFiniteLossError(
+                f"every step of epoch {epoch + 1} had a non-finite loss and was skipped "
+                "(on_nonfinite: skip); lower optim.lr, add warm-up or set grad_clip"
+            )
+        means = (totals / max(seen_total, 1)).tolist()
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        row.update({c: v for c, v in zip(self.columns, means[:n_terms], strict=True)})
+        row["train_loss"] = means[n_terms]
+        row["train_acc"] = means[n_terms + 1]
+        row["samples_per_s"] = seen_total / max(time.perf_counter() - start, 1e-9)
+        if self.config.on_nonfinite == "skip":
+            row["skipped_steps"] = skipped
+        if not math.isfinite(row["train_loss"]):
+            raise ConfigError(
+                f"training diverged in epoch {epoch + 1} (loss {row['train_loss']}); "
+                "lower optim.lr, add warm-up or set grad_clip"
+            )
+        return row
+
+    # -- numeric faults and interruption ---------------------------------------------------
+    def _step_is_finite(self, stacked: Tensor, epoch: int, step: int) -> bool:
+        """False when the step must be skipped; raises for ``on_nonfinite: stop``.
+
+        ``stacked`` holds the step's terms and objective. On CPU (and with ``skip``) they are
+        checked now; on accelerators with ``stop`` the first bad step is kept on the device
+        and checked at the next log point (:meth:`_raise_first_bad`), without a host sync.
+        With several processes the decision is taken on the sum over ranks, so that every
+        rank skips or stops at the same step.
+        """
+        if self._check_every_step:
+            both = reduce_sum(stacked)
+            if bool(torch.isfinite(both).all()):
+                return True
+            if self.config.on_nonfinite == "skip":
+                return False
+            raise self._nonfinite_error(stacked.tolist(), epoch, step)
+        first = ~torch.isfinite(stacked).all() & (self._first_bad < 0)
+        self._first_bad.copy_(
+            torch.where(first, self._first_bad.new_full((), step), self._first_bad)
+        )
+        self._bad_values.copy_(torch.where(first, stacked, self._bad_values))
+        return True
+
+    def _raise_first_bad(self, epoch: int) -> None:
+        """Raise for a non-finite step recorded on the device (one host sync)."""
+        if float(reduce_sum((self._first_bad >= 0).float())) > 0:
+            raise self._nonfinite_error(
+                self._bad_values.tolist(), epoch, max(int(self._first_bad), 0)
+            )
+
+    def _nonfinite_error(self, values: list[float], epoch: int, step: int) -> NonFiniteLossError:
+        bad = [
+            f"{c!r} ({v})"
+            for c, v in zip(self.columns, values, strict=False)
+            if not math.isfinite(v)
+        ]
+        if bad:
+            what = f"the loss term{'s' if len(bad) > 1 else ''} {', '.join(bad)}"
+        elif not math.isfinite(values[-1]):
+            what = f"the weighted sum of the terms ({values[-1]})"
+        else:
+            what = "a loss on another process"
+        last = self.out_dir / "last.pt"
+        kept = (
+            f"the last good checkpoint {last} is kept"
+            if last.exists()
+            else "no checkpoint had been written yet"
+        )
+        return NonFiniteLossError(
+            f"training diverged in epoch {epoch + 1} (loss {values[-1]}); lower optim.lr, add "
+            f"warm-up or set grad_clip: {what} was non-finite at epoch {epoch + 1}, step "
+            f"{step + 1}/{self.steps_per_epoch} (global step "
+            f"{epoch * self.steps_per_epoch + step + 1}); {kept}; on_nonfinite: skip would "
+            "skip such steps instead"
+        )
+
+    def _interrupt(
+        self,
+        epoch: int,
+        step: int,
+        sums: Tensor,
+        correct: Tensor,
+        seen: int,
+        skipped: int,
+        start: float,
+    ) -> None:
+        """Save ``last.pt`` at ``step`` of ``epoch`` and raise :class:`TrainingInterrupted`."""
+        if not self._check_every_step:
+            self._raise_first_bad(epoch)
+        self._partial = {
+            "epoch": epoch,
+            "step": step,
+            "sums": sums.detach().cpu(),
+            "correct": correct.detach().cpu(),
+            "seen": seen,
+            "skipped": skipped,
+            "elapsed": time.perf_counter() - start,
+        }
+        if is_main_process():
+            save_checkpoint(self.state(), self.out_dir / "last.pt")
+        self._partial = None
+        raise TrainingInterrupted(
+            f"interrupted at epoch {epoch + 1}, step {step}/{self.steps_per_epoch}; "
+            f"saved {self.out_dir / 'last.pt'}",
+            self.out_dir,
+        )
+
+    @contextlib.contextmanager
+    def _ctrl_c_finishes_the_step(self) -> Iterator[None]:
+        """While training, the first Ctrl-C sets :attr:`stop_requested`; a second one stops at
+        once. Only in the main thread of a single process (ranks would stop at different steps)."""
+        if threading.current_thread() is not threading.main_thread() or self.world_size > 1:
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            print(
+                "chanloss: finishing the current step, then saving last.pt "
+                "(Ctrl-C again stops at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _bar(self, epoch: int) -> Any:
+        if self.verbose < 1 or tqdm is None or not is_main_process():
+            return None
+        return tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{self.config.epochs}",
+            unit="batch",
+            leave=False,
+            disable=None,  # off when not a terminal
+            dynamic_ncols=True,
+        )
+
+    @torch.no_grad()
+    def predict(self, split: str) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(scores, labels)`` batches of a split, in eval mode (no channel dropping)."""
+        self.model.eval()
+        self.losses.eval()
+        for x, y in self.eval_batches[split].epoch():
+            with self._autocast():
+                scores = self.class_scores(self.model(self._prepare(x, self.eval_aug)))
+            yield scores.float(), y
+
+    def accuracy(self, split: str) -> float:
+        """Top-1 accuracy on a split."""
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        total = 0
+        for scores, y in self.predict(split):
+            correct += (scores.argmax(1) == y).sum()
+            total += y.shape[0]
+        both = reduce_sum(
+            torch.stack([correct.float(), torch.tensor(float(total), device=self.device)])
+        )
+        return float(both[0] / both[1].clamp_min(1))
+
+    # -- the run -----------------------------------------------------------------------------
+    def fit(self, *, stop_after: int | None = None) -> dict[str, Any]:
+        """Train up to ``config.epochs`` (or until ``stop_after`` epochs are done); summary."""
+        cfg = self.config
+        if is_main_process():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with _atomic_open(self.out_dir / "config.yaml") as f:  # --resume reads it
+                f.write(dump_config(cfg))
+        writer = self._tensorboard()
+        last = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
+        ctrl_c = contextlib.ExitStack()
+        ctrl_c.enter_context(self._ctrl_c_finishes_the_step())
+        try:
+            for epoch in range(self.epoch, last):
+                start = time.perf_counter()
+                row = self.train_epoch(epoch)
+                evaluate = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+                row["val_acc"] = (
+                    self.accuracy("val") if evaluate and "val" in self.eval_batches else None
+                )
+                row["test_acc"] = self.accuracy("test") if evaluate else None
+                row["lr"] = self.optimizer.param_groups[0]["lr"]
+                row["epoch_time"] = time.perf_counter() - start
+                self.epoch = epoch + 1
+                self.history.append(row)
+                improved = row["val_acc"] is not None and (
+                    self.best_val is None or row["val_acc"] > self.best_val
+                )
+                if improved:
+                    self.best_val, self.best_epoch = row["val_acc"], self.epoch
+                if self.world_size > 1:
+                    self._rank_rng = all_gather_object(capture_rng(self.device, self.generator))
+                if is_main_process():
+                    self._save(best=improved or "val" not in self.eval_batches)
+                    self._write_metrics()
+                    if writer is not None:
+                        for key, value in row.items():
+                            if key != "epoch" and value is not None:
+                                writer.add_scalar(key, value, self.epoch)
+                        writer.flush()
+                self._rank_rng = None
+                barrier()  # the epoch's files are written before any rank goes on
+                if self.verbose >= 2:
+                    log(self._epoch_line(row))
+                if self.stop_requested and self.epoch < last:
+                    raise TrainingInterrupted(
+                        f"interrupted after epoch {self.epoch}; saved {self.out_dir / 'last.pt'}",
+                        self.out_dir,
+                    )
+        finally:
+            ctrl_c.close()
+            if writer is not None:
+                writer.close()
+        summary = self.summary()
+        if is_main_process():
+            _write_json(self.out_dir / "summary.json", summary)
+        return summary
+
+    def _epoch_line(self, row: dict[str, Any]) -> str:
+        parts = [f"epoch {row['epoch']}/{self.config.epochs}"]
+        parts += [f"{c} {row[c]:.4f}" for c in self.columns]
+        if len(self.columns) > 1:
+            parts.append(f"loss {row['train_loss']:.4f}")
+        parts.append(f"train {100 * row['train_acc']:.2f}%")
+        for split in ("val", "test"):
+            if row.get(f"{split}_acc") is not None:
+                parts.append(f"{split} {100 * row[f'{split}_acc']:.2f}%")
+        parts.append(f"lr {row['lr']:.4g}")
+        parts.append(f"{row['epoch_time']:.1f}s ({row['samples_per_s']:.0f} img/s)")
+        return "  ".join(parts)
+
+    def _tensorboard(self) -> Any:
+        if not self.config.tensorboard or not is_main_process():
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log(
+                "tensorboard is not installed; skipping TensorBoard logging (pip install tensorboard)"
+            )
+            return None
+        return SummaryWriter(str(self.out_dir / "tensorboard"))
+
+    def summary(self) -> dict[str, Any]:
+        """What a run reports: the final epoch's test accuracy, best val accuracy and epoch."""
+        final = self.history[-1] if self.history else {}
+        return {
+            "finished": self.epoch >= self.config.epochs,
+            "epochs": self.epoch,
+            "final_test_acc": final.get("test_acc"),
+            "final_train_acc": final.get("train_acc"),
+            "final_train_loss": final.get("train_loss"),
+            "best_val_acc": self.best_val,
+            "best_epoch": self.best_epoch if self.best_val is not None else self.epoch,
+            "train_time_s": sum(r["epoch_time"] for r in self.history),
+            "params": count_parameters(self.model),
+            "loss_params": count_parameters(self.losses),
+            "model": self.config.model.name,
+            "losses": [s.name for s in self.slots],
+            "dataset": self.config.data.name,
+            "num_classes": self.data.num_classes,
+            "seed": self.config.seed,
+            "device": str(self.device),
+            "processes": self.world_size,
+            "torch": torch.__version__,
+        }
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything ``--resume`` needs, as tensors and primitives."""
+        return {
+            "config": config_to_dict(self.config),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "model": self.model.state_dict(),
+            "losses": [slot.loss.state_dict() for slot in self.slots],
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng(self.device, self.generator),
+            "rng_ranks": self._rank_rng,
+            "partial": self._partial,  # the position inside an epoch (after Ctrl-C), or None
+            "best": {"val_acc": self.best_val, "epoch": self.best_epoch},
+            "history": self.history,
+            "meta": {
+                "num_classes": int(self.data.num_classes),
+                "in_channels": int(self.data.in_channels),
+                "world_size": self.world_size,
+                "class_names": [str(c) for c in (self.data.class_names or [])],
+            },
+        }
+
+    def _save(self, *, best: bool) -> None:
+        last = self.out_dir / "last.pt"
+        save_checkpoint(self.state(), last)
+        if best:
+            _atomic_copy(last, self.out_dir / "best.pt")
+
+    def _write_metrics(self) -> None:
+        fields = ["epoch", *self.columns, "train_loss", "train_acc", "val_acc", "test_acc", "lr"]
+        fields += ["epoch_time", "samples_per_s"]
+        if self.config.on_nonfinite == "skip":
+            fields.append("skipped_steps")
+        with _atomic_open(self.out_dir / "metrics.csv") as f:
+            out = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            out.writeheader()
+            for row in self.history:
+                out.writerow({k: "" if row.get(k) is None else row[k] for k in fields})
+
+    def load_state(self, state: dict[str, Any], source: str) -> None:
+        """Continue from a checkpoint of the same model, losses and data."""
+        check_resumable(state.get("config", {}), config_to_dict(self.config), source)
+        check_world_size(int(state.get("meta", {}).get("world_size", 1)), source)
+        try:
+            self.model.load_state_dict(state["model"])
+            if len(state["losses"]) != len(self.slots):
+                raise RuntimeError(f"{len(state['losses'])} losses saved, {len(self.slots)} built")
+            for slot, sd in zip(self.slots, state["losses"], strict=True):
+                slot.loss.load_state_dict(sd)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise CheckpointError(f"{source} does not fit this run ({describe(err)})") from None
+        self.epoch = int(state["epoch"])
+        partial = state.get("partial")
+        if partial is not None and int(partial["epoch"]) != self.epoch:
+            raise CheckpointError(
+                f"{source} stopped inside epoch {int(partial['epoch']) + 1}, but it records "
+                f"{self.epoch} finished epochs"
+            )
+        self._partial = partial
+        self.global_step = int(state["global_step"])
+        self.history = list(state["history"])
+        self.best_val = state["best"]["val_acc"]
+        self.best_epoch = state["best"]["epoch"]
+        restore_rng(rank_rng_state(state), self.device, self.generator)
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], source: str) -> None:
+    """Raise :class:`CheckpointError` when the checkpoint is of another model, loss or data."""
+    for key in _IDENTITY_KEYS:
+        a, b = saved.get(key), current.get(key)
+        if key == "data" and isinstance(a, dict) and isinstance(b, dict):
+            a, b = {**a, "root": None}, {**b, "root": None}  # the data may have moved
+        if a != b:
+            raise CheckpointError(
+                f"{source} was trained with {key} {_short(saved.get(key))}, but the config "
+                f"has {key} {_short(current.get(key))}"
+            )
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    if isinstance(value, dict) and "name" in value:
+        extra = {k: v for k, v in value.items() if k != "name" and v not in (None, {}, 1.0)}
+        return f"{value['name']}" + (f" {extra}" if extra else "")
+    return repr(value)
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    verbose: int = 2,
+) -> dict[str, Any]:
+    """Train ``config`` into ``out_dir`` and return the summary (see :class:`Trainer`).
+
+    ``resume=True`` continues from ``out_dir/last.pt`` (a larger ``epochs`` extends a finished
+    run); without it, a directory that already holds a run is an error. ``stop_after`` ends
+    after that many epochs in total without changing the schedule (an interruption).
+
+    Under torchrun (``WORLD_SIZE`` > 1) the process group is initialised here unless it already
+    is, and every process trains its share (see :mod:`chanloss.training.distributed`); every
+    rank reads ``last.pt`` (into host memory, then onto its own device), only rank 0 writes.
+    """
+    out_dir = Path(out_dir)
+    last = out_dir / "last.pt"
+    if not resume and last.exists():
+        raise ConfigError(f"{out_dir} already holds a run (last.pt); use --resume or another --out")
+    if resume and not last.exists():
+        raise CheckpointError(f"cannot resume: {last} does not exist")
+    created = prepare_run_dir(out_dir)
+    with process_group(config.distributed.backend, resolve_device(config.device)):
+        try:
+            state = load_checkpoint(last, map_location="cpu") if resume else None
+            trainer = Trainer(config, out_dir, verbose=verbose)
+            check_free_space(out_dir, trainer)
+            if state is not None:
+                trainer.load_state(state, str(last))
+        except BaseException:
+            if created:
+                with contextlib.suppress(OSError):
+                    out_dir.rmdir()  # only if still empty: nothing of the run is removed
+            raise
+        if state is not None and verbose >= 2:
+            log(f"resuming {out_dir} after epoch {trainer.epoch} of {config.epochs}")
+        return trainer.fit(stop_after=stop_after)
+
+
+def prepare_run_dir(out_dir: Path) -> bool:
+    """Create ``out_dir`` if needed and check that files can be written in it (a probe file is
+    written, flushed and removed); remove stray temporary files of a killed run. Returns
+    whether the directory was created. Raises :class:`ConfigError` naming the directory."""
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot create the run directory {out_dir} ({err.strerror or err}); expected a "
+            "writable directory (--out)"
+        ) from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".chanloss-probe-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(bytes(4096))
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            Path(probe).unlink(missing_ok=True)
+    except OSError as err:
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise ConfigError(
+            f"cannot write in the run directory {out_dir} ({err.strerror or err}); expected a "
+            "writable directory with free space (--out)"
+        ) from None
+    if os.environ.get("RANK", "0") == "0":  # files of a write cut short by a kill
+        for stray in out_dir.glob(".*.tmp"):
+            if stray.name.split(".")[1] in _RUN_FILES:
+                stray.unlink(missing_ok=True)
+    return created
+
+
+_RUN_FILES = ("last", "best", "metrics", "summary", "config")
+
+
+def check_free_space(out_dir: Path, trainer: Trainer) -> None:
+    """Raise :class:`ConfigError` when ``out_dir`` cannot hold the run's checkpoints.
+
+    Estimate: ``last.pt``, ``best.pt`` and the temporary file of a write, each the model's and
+    losses' tensors three times (weights and up to two optimizer moments).
+    """
+    tensors = [*trainer.model.state_dict().values(), *trainer.losses.state_dict().values()]
+    need = 3 * 3 * sum(t.numel() * t.element_size() for t in tensors) + (1 << 20)
+    free = shutil.disk_usage(out_dir).free
+    if free < need:
+        raise ConfigError(
+            f"not enough free space in the run directory {out_dir}: {free / 2**20:.1f} MiB "
+            f"free, expected at least {need / 2**20:.1f} MiB for last.pt and best.pt"
+        )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with _atomic_open(path) as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
+@contextlib.contextmanager
+def _atomic_open(path: Path) -> Iterator[Any]:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
