@@ -33,9 +33,11 @@ from chanloss.analysis import (
 from chanloss.analysis import metrics as metrics_module
 from chanloss.analysis.report import run_labels, subsample
 from chanloss.cli import main
+from chanloss.data import TensorImageDataset, to_float_images
 from chanloss.losses import CCLoss
 from chanloss.losses.mc_loss import MCLoss
 from chanloss.training import evaluate_checkpoint, load_config, train
+from chanloss.training.builders import Batches
 
 TINY = {
     "model": {"name": "convnet_small", "width": 4, "feature_channels": 20, "pools": 1},
@@ -243,12 +245,38 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+def test_collect_on_a_uint8_test_set_equals_its_float_copy(runs):
+    results = {}
+    for uint8 in (True, False):
+        trainer, _ = load_trainer(runs["mc"], device="cpu")
+        test = trainer.data.test
+        pixels = (test.images * 255).round().to(torch.uint8)
+        images = pixels.numpy().astype(np.float32) / np.float32(255)
+        trainer.data.test = TensorImageDataset(
+            pixels if uint8 else torch.from_numpy(images), test.labels
+        )
+        trainer.eval_batches["test"] = Batches(
+            trainer.data.test,
+            batch_size=trainer.eval_batches["test"].batch_size,
+            device=trainer.device,
+            train=False,
+        )
+        results[uint8] = collect(trainer, label="mc", checkpoint=runs["mc"], epoch=1, images=3)
+    a, b = results[True], results[False]
+    assert a.example_images.dtype == torch.float32 and a.example_images.shape == (3, 1, 8, 8)
+    assert torch.equal(a.example_images, b.example_images) and a.example_images.max() == 1
+    for name in ("labels", "predictions", "embeddings", "attention", "group_scores", "diversity"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.examples.tolist() == b.examples.tolist() and len(a.example_maps) == 3
+    assert all(torch.equal(m, n) for m, n in zip(a.example_maps, b.example_maps, strict=True))
+
+
 def test_collected_views_match_per_class_loops_on_a_tiny_model(runs):
     trainer, state = load_trainer(runs["cc"], device="cpu")
     run = collect(trainer, label="cc", checkpoint=runs["cc"], epoch=1, images=3)
     test = trainer.data.test
     with torch.no_grad():
-        out = trainer.model(trainer.eval_aug(test.images))
+        out = trainer.model(trainer.eval_aug(to_float_images(test.images)))
     cc = next(s.loss for s in trainer.slots if isinstance(s.loss, CCLoss))
     k = trainer.data.num_classes
     assert run.attention_source.startswith("CC-Loss")

@@ -665,7 +665,9 @@ def test_loss_call_rejects_non_finite_input_when_asked():
 # -- the library surface: data loaders and checkpoints ---------------------------------------
 def test_data_loaders_reject_bad_arguments(tmp_path):
     with pytest.raises(
-        ValueError, match=r"images must be a float32 tensor \(N, C, H, W\), got list"
+        ValueError,
+        match=r"images must be a float32 \(in \[0, 1\]\) or uint8 \(0..255\) tensor "
+        r"\(N, C, H, W\), got list",
     ):
         TensorImageDataset([[0.0]], torch.zeros(1, dtype=torch.long))
     with pytest.raises(

@@ -14,8 +14,11 @@ from chanloss.data import (
     TensorImageDataset,
     build_augmentation,
     build_datasets,
+    channel_stats,
     make_finegrained,
+    to_float_images,
 )
+from chanloss.data import base as data_base
 from chanloss.data.synthetic import render, sample_params
 
 
@@ -96,12 +99,85 @@ def test_tensor_dataset_items_and_validation():
     image, label = ds[2]
     assert torch.equal(image, ds.images[2]) and label == 1 and isinstance(label, int)
     assert len(ds.subset([3, 0])) == 2 and torch.equal(ds.subset([3]).images[0], ds.images[3])
-    with pytest.raises(ValueError, match=r"images must be a float32 tensor \(N, C, H, W\)"):
+    expected = r"images must be a float32 \(in \[0, 1\]\) or uint8 \(0..255\) tensor \(N, C, H, W\)"
+    with pytest.raises(ValueError, match=expected + r", got \(4, 3, 3\) torch.float32"):
         TensorImageDataset(torch.rand(4, 3, 3), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=expected + r", got \(4, 1, 3, 3\) torch.int16"):
+        TensorImageDataset(torch.zeros(4, 1, 3, 3, dtype=torch.int16), torch.zeros(4).long())
+    with pytest.raises(ValueError, match=expected + r", got \(4, 1, 3, 3\) torch.float64"):
+        TensorImageDataset(torch.rand(4, 1, 3, 3, dtype=torch.float64), torch.zeros(4).long())
     with pytest.raises(ValueError, match="labels must be an int64 tensor"):
         TensorImageDataset(torch.rand(4, 1, 3, 3), torch.zeros(4))
     with pytest.raises(ValueError, match="got 4 images and 3 labels"):
         TensorImageDataset(torch.rand(4, 1, 3, 3), torch.zeros(3, dtype=torch.long))
+
+
+def test_to_float_images_scales_uint8_and_passes_floats_through():
+    every = torch.arange(256, dtype=torch.uint8).view(4, 1, 8, 8)
+    out = to_float_images(every)
+    reference = [np.float32(v) / np.float32(255) for v in range(256)]
+    assert out.dtype == torch.float32 and out.shape == (4, 1, 8, 8)
+    assert out.flatten().tolist() == reference and out[0, 0, 0, 0] == 0 and out.max() == 1
+    for x in (torch.rand(2, 3, 4, 4), torch.rand(3, 2, dtype=torch.float64)):
+        assert to_float_images(x) is x
+    with pytest.raises(
+        ValueError,
+        match=r"images must be uint8 \(0..255\) or floating point \(in \[0, 1\]\), got torch.int64",
+    ):
+        to_float_images(torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="images must be a tensor, got ndarray"):
+        to_float_images(np.zeros((2, 2), np.uint8))
+
+
+def test_uint8_tensor_dataset_gives_float_items_and_keeps_its_dtype():
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (5, 3, 4, 6), dtype=torch.uint8, generator=g)
+    labels = torch.tensor([0, 2, 1, 1, 0])
+    ds = TensorImageDataset(pixels, labels)
+    reference = pixels.numpy().astype(np.float32) / np.float32(255)
+    for i in range(5):
+        image, label = ds[i]
+        assert image.dtype == torch.float32 and torch.equal(image, torch.from_numpy(reference[i]))
+        assert label == labels[i].item() and isinstance(label, int)
+    part = ds.subset([4, 1])
+    assert part.images.dtype == torch.uint8 and torch.equal(part.images, pixels[[4, 1]])
+    assert torch.equal(part[1][0], ds[1][0]) and part.labels.tolist() == [0, 2]
+
+
+def test_channel_stats_of_uint8_equal_the_float_computation(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, 256, (37, 3, 5, 7), dtype=torch.uint8, generator=g)
+    pixels[:, 1] //= 4  # channels with different statistics
+    as_float = pixels.float() / 255
+    mean, std = channel_stats(pixels)
+    x = as_float.double()
+    for ch in range(3):
+        assert mean[ch] == pytest.approx(x[:, ch].mean().item(), rel=1e-12, abs=1e-15)
+        assert std[ch] == pytest.approx(x[:, ch].std(unbiased=False).item(), rel=1e-9)
+    assert (mean, std) == channel_stats(as_float)  # the float set gives the same numbers
+    assert mean[1] < 0.3 < mean[0]
+    # uint8 sets are read chunk by chunk, never converted whole
+    blocks = []
+
+    def spy(images):
+        blocks.append((images.dtype, images.shape[0]))
+        return to_float_images(images)
+
+    monkeypatch.setattr(data_base, "to_float_images", spy)
+    for chunk in (1, 10, 37, 100):
+        blocks.clear()
+        m, sd = channel_stats(pixels, chunk=chunk)
+        assert [n for _, n in blocks] == [min(chunk, 37 - s) for s in range(0, 37, chunk)]
+        assert all(dtype == torch.uint8 for dtype, _ in blocks)
+        assert m == pytest.approx(mean, rel=1e-12) and sd == pytest.approx(std, rel=1e-9)
+    # by default about 2**22 values per chunk: 5 images of 3 x 512 x 512
+    blocks.clear()
+    big = torch.full((1, 3, 512, 512), 51, dtype=torch.uint8).expand(12, -1, -1, -1)
+    m, sd = channel_stats(big)
+    assert [n for _, n in blocks] == [5, 5, 2]
+    assert m == pytest.approx((0.2,) * 3, rel=1e-7) and sd == pytest.approx((0.0,) * 3, abs=1e-6)
+    with pytest.raises(ValueError, match=r"chunk must be an integer in \[1, inf\], got 0"):
+        channel_stats(pixels, chunk=0)
 
 
 def test_build_datasets_rejects_bad_names_and_options():
@@ -160,6 +236,15 @@ def test_cifar10_pickles_load(tmp_path):
         assert image[c, h, w].item() == pytest.approx(data[n, c * 1024 + h * 32 + w] / 255)
     assert label == labels[n]
     assert torch.equal(bundle.test.labels, torch.tensor(batches["test_batch"][1]))
+    # stored as the pickled bytes; items are those bytes / 255 in float32
+    expected = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)])
+    assert bundle.train.images.dtype == torch.uint8 and bundle.train.images.is_contiguous()
+    assert torch.equal(bundle.train.images, torch.from_numpy(expected).view(15, 3, 32, 32))
+    assert torch.equal(bundle.test.images.flatten(1), torch.from_numpy(batches["test_batch"][0]))
+    reference = expected.reshape(15, 3, 32, 32).astype(np.float32) / np.float32(255)
+    for i in range(15):
+        image, _ = bundle.train[i]
+        assert image.dtype == torch.float32 and torch.equal(image, torch.from_numpy(reference[i]))
 
 
 def test_cifar100_pickles_load_fine_labels(tmp_path):
@@ -176,7 +261,9 @@ def test_cifar100_pickles_load_fine_labels(tmp_path):
     bundle = build_datasets("cifar100", root=tmp_path)
     assert bundle.num_classes == 100 and bundle.class_names[99] == "f99"
     assert bundle.train.labels.tolist() == fine
-    assert bundle.test.images[1, 2, 3, 4].item() == pytest.approx(
+    assert bundle.test.images.dtype == torch.uint8
+    assert bundle.test.images[1, 2, 3, 4].item() == (3072 + 2048 + 3 * 32 + 4) % 256
+    assert bundle.test[1][0][2, 3, 4].item() == pytest.approx(
         (3072 + 2048 + 3 * 32 + 4) % 256 / 255
     )
 
@@ -254,12 +341,22 @@ def test_cub200_tree_loads_with_crop_and_stretch(tmp_path):
         ]
         assert bundle.class_names[1] == "002.Laysan_Albatross" and bundle.num_classes == 3
         assert bundle.image_size == (16, 16) and bundle.in_channels == 3
-    crop = bundle.train.images[0]  # 60x30 -> 32x16 -> centre 16x16: the green half only
+    assert bundle.train.images.dtype == torch.uint8 and bundle.test.images.dtype == torch.uint8
+    crop = bundle.train[0][0]  # 60x30 -> 32x16 -> centre 16x16: the green half only
     assert crop[1, :, 1:-1].min() > 0.99 and crop[0].max() < 0.2 and crop[2].max() < 0.2
     stretched = build_datasets("cub200", root=base, image_size=(8, 16), resize_mode="stretch")
-    image = stretched.train.images[0]
+    image = stretched.train[0][0]
     assert image.shape == (3, 8, 16)
     assert image[0, :, 0].min() > 0.9 and image[2, :, -1].min() > 0.9 and image[1, :, 8].min() > 0.9
+    # every item is the float image of a plain Pillow decode + resize of its file
+    files = [
+        base / "images" / line.split()[1]
+        for line in (base / "images.txt").read_text().split("\n")
+        if line
+    ]
+    for split, ids in ((stretched.train, [0, 1, 2, 3]), (stretched.test, [4, 5])):
+        for i, file_index in enumerate(ids):
+            assert torch.equal(split[i][0], _pillow_reference(files[file_index], (8, 16)))
 
 
 @pytest.mark.parametrize(
@@ -355,11 +452,25 @@ def test_image_folder_loads_sorted_classes(tmp_path):
     assert bundle.class_names == ["bird", "cat", "dog"]
     assert bundle.train.labels.tolist() == [0, 1, 1, 2, 2, 2]
     assert bundle.test.labels.tolist() == [1, 2]
-    assert bundle.train.images.shape == (6, 3, 8, 8)
+    assert bundle.train.images.shape == (6, 3, 8, 8) and bundle.train.images.dtype == torch.uint8
     # dog images are blue, bird images green (JPEG: approximately)
-    assert bundle.train.images[5, 2].min() > 0.9 and bundle.train.images[0, 1].min() > 0.9
-    grey = build_datasets("image_folder", root=tmp_path, image_size=(4, 6), colour="L")
+    assert bundle.train[5][0][2].min() > 0.9 and bundle.train[0][0][1].min() > 0.9
+    grey = build_datasets(
+        "image_folder", root=tmp_path, image_size=(4, 6), colour="L", resize_mode="stretch"
+    )
     assert grey.in_channels == 1 and grey.image_size == (4, 6)
+    assert grey.test.images.dtype == torch.uint8 and grey.test.images.shape == (2, 1, 4, 6)
+    files = [tmp_path / "test" / "cat" / "0.png", tmp_path / "test" / "dog" / "0.png"]
+    for i, file in enumerate(files):
+        assert torch.equal(grey.test[i][0], _pillow_reference(file, (4, 6), "L"))
+
+
+def _pillow_reference(path, size, colour="RGB"):
+    """The float32 (C, H, W) image in [0, 1] of a file stretched to ``size`` by Pillow."""
+    with Image.open(path) as image:
+        array = np.array(image.convert(colour).resize(size[::-1], Image.Resampling.BILINEAR))
+    array = array.reshape(size[0], size[1], -1).transpose(2, 0, 1).astype(np.float32)
+    return torch.from_numpy(array / np.float32(255))
 
 
 def test_image_folder_errors_name_the_file(tmp_path):

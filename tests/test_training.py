@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from chanloss.data import build_datasets
+from chanloss.data import TensorImageDataset, build_datasets, channel_stats, to_float_images
 from chanloss.losses import LOSSES, Loss, create_loss
 from chanloss.losses.registry import register_loss
 from chanloss.models import create_model
@@ -121,7 +121,7 @@ def manual_test_accuracy(run, checkpoint: str = "last.pt") -> float:
     mean = torch.tensor(bundle.mean).view(1, -1, 1, 1)
     std = torch.tensor(bundle.std).view(1, -1, 1, 1)
     with torch.no_grad():
-        logits = model((bundle.test.images - mean) / std).logits
+        logits = model((to_float_images(bundle.test.images) - mean) / std).logits
     return (logits.argmax(1) == bundle.test.labels).float().mean().item()
 
 
@@ -333,7 +333,7 @@ def test_arcface_head_gives_the_accuracy(tmp_path):
     trainer.model.eval()
     head.eval()
     with torch.no_grad():
-        out = trainer.model(trainer.eval_aug(bundle.test.images))
+        out = trainer.model(trainer.eval_aug(to_float_images(bundle.test.images)))
         expected = (head.logits(out.embedding).argmax(1) == bundle.test.labels).float().mean()
         own = (out.logits.argmax(1) == bundle.test.labels).float().mean()
     assert summary["final_test_acc"] == pytest.approx(expected.item(), abs=1e-6)
@@ -357,10 +357,45 @@ def test_the_objective_is_the_weighted_sum_of_the_losses(tmp_path):
         assert mc.columns == ["ce", "mc_dis", "mc_div"]
 
 
+def quantised_digits(config, *, uint8: bool):
+    """The digits splits rounded to 8 bits: uint8 0..255, or the same values as float32 / 255."""
+    bundle = build_datasets("digits", seed=config.seed)
+    for split in ("train", "test"):
+        ds = getattr(bundle, split)
+        pixels = (ds.images * 255).round().to(torch.uint8)
+        images = pixels if uint8 else pixels.numpy().astype(np.float32) / np.float32(255)
+        setattr(bundle, split, TensorImageDataset(torch.as_tensor(images), ds.labels))
+    bundle.mean, bundle.std = channel_stats(bundle.train.images)
+    return bundle
+
+
+def test_a_uint8_data_set_trains_exactly_like_its_float_copy(tmp_path, monkeypatch):
+    import chanloss.training.trainer as trainer_module
+
+    build_data = trainer_module.build_data
+    seen = {}
+    for uint8 in (True, False):
+        monkeypatch.setattr(
+            trainer_module, "build_data", lambda config, u=uint8: quantised_digits(config, uint8=u)
+        )
+        trainer = Trainer(tiny(), tmp_path / str(uint8), verbose=0)
+        assert trainer.data.train.images.dtype == (torch.uint8 if uint8 else torch.float32)
+        batches = list(trainer.train_batches.epoch(3)) + list(trainer.eval_batches["test"].epoch())
+        seen[uint8] = (trainer.data, batches, trainer.train_epoch(0))
+    monkeypatch.setattr(trainer_module, "build_data", build_data)
+    (data8, batches8, row8), (data32, batches32, row32) = seen[True], seen[False]
+    assert (data8.mean, data8.std) == (data32.mean, data32.std)
+    assert len(batches8) == len(batches32) == 1437 // 128 + math.ceil(360 / 256)
+    for (x8, y8), (x32, y32) in zip(batches8, batches32, strict=True):
+        assert x8.dtype == torch.float32 and torch.equal(x8, x32) and torch.equal(y8, y32)
+        assert x8.min() == 0 and x8.max() == 1  # scaled to [0, 1], not 0..255
+    assert row8["train_loss"] == row32["train_loss"] and row8["train_acc"] == row32["train_acc"]
+
+
 def test_amp_channels_last_and_adamw_run_on_cpu(tmp_path):
     config = tiny("amp=true", "channels_last=true", "optim.name=adamw", "optim.lr=0.003")
     trainer = Trainer(config, tmp_path / "run", verbose=0)
-    x = trainer.data.train.images[:4]
+    x = to_float_images(trainer.data.train.images[:4])
     with trainer._autocast():
         assert trainer.model(trainer._prepare(x, trainer.eval_aug)).logits.dtype == torch.bfloat16
     assert not trainer.scaler.is_enabled()

@@ -15,6 +15,7 @@ from chanloss.analysis.views import (
     group_diversity,
     normalised_group_maps,
 )
+from chanloss.data.base import to_float_images
 from chanloss.losses.cc_loss import CCLoss
 from chanloss.losses.mc_loss import MCLoss
 
@@ -158,6 +159,6 @@ def collect(
         group_scores=cat["scores"],
         diversity=cat["div"],
         examples=examples,
-        example_images=test.images[examples].clone(),
+        example_images=to_float_images(test.images[examples]).clone(),
         example_maps=maps,
     )

@@ -2,9 +2,12 @@
 
 ``build_datasets(name, root=..., seed=..., val_fraction=..., **opts) -> DataBundle`` loads one
 of :data:`DATASETS` (digits, mnist5k, finegrained, cifar10, cifar100, cub200, image_folder) as
-:class:`TensorImageDataset` splits whose ``.images`` ``(N, C, H, W)`` float32 in ``[0, 1]`` and
-``.labels`` ``(N,)`` int64 tensors can be batched directly; ``build_augmentation`` builds the
-per-batch augmentation and normalisation.
+:class:`TensorImageDataset` splits whose ``.images`` ``(N, C, H, W)`` and ``.labels`` ``(N,)``
+int64 tensors can be batched directly. ``.images`` is uint8 ``0..255`` for the sets decoded from
+8-bit files (cifar10, cifar100, cub200, image_folder: a quarter of the memory) and float32 in
+``[0, 1]`` for the others; :func:`to_float_images` turns a batch of either into float32 in
+``[0, 1]`` (``dataset[i]`` does so per item). ``build_augmentation`` builds the per-batch
+augmentation and normalisation, which expects float batches.
 """
 
 from chanloss.data import datasets as _datasets  # noqa: F401  (registers the loaders)
@@ -21,6 +24,7 @@ from chanloss.data.base import (
     channel_stats,
     dataset_options,
     register_dataset,
+    to_float_images,
 )
 from chanloss.data.synthetic import make_finegrained
 
@@ -38,4 +42,5 @@ __all__ = [
     "dataset_options",
     "make_finegrained",
     "register_dataset",
+    "to_float_images",
 ]

@@ -22,21 +22,49 @@ class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
     """A data-set file is missing (both a ``ValueError`` and a ``FileNotFoundError``)."""
 
 
-class TensorImageDataset(Dataset):
-    """An in-memory image set: ``images`` ``(N, C, H, W)`` float32 in ``[0, 1]``, ``labels`` ``(N,)``.
+def to_float_images(images: Tensor) -> Tensor:
+    """A batch of ``.images`` as floats in ``[0, 1]``: uint8 ``0..255`` becomes float32
+    ``/ 255``; a floating-point tensor is returned as it is (no copy).
 
-    Items are ``(images[i], int(labels[i]))``. A trainer can skip the per-item path and batch
-    the tensors directly: ``images[idx].to(device)``, ``labels[idx].to(device)``.
+    Convert after indexing (and after moving to the device) so that only the batch is ever
+    held as float.
+    """
+    if not isinstance(images, Tensor):
+        raise ValueError(f"images must be a tensor, got {type(images).__name__}")
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32) / 255.0
+    if images.is_floating_point():
+        return images
+    raise ValueError(
+        f"images must be uint8 (0..255) or floating point (in [0, 1]), got {images.dtype}"
+    )
+
+
+class TensorImageDataset(Dataset):
+    """An in-memory image set: ``images`` ``(N, C, H, W)``, ``labels`` ``(N,)`` int64.
+
+    ``images`` is either float32 in ``[0, 1]`` or uint8 ``0..255`` (scale ``1/255`` implied;
+    data sets decoded from 8-bit files are kept so, in a quarter of the memory). Items are
+    ``(image, int(label))`` with the image always float32 ``(C, H, W)`` in ``[0, 1]``. A trainer
+    can skip the per-item path and batch the tensors directly:
+    ``to_float_images(images[idx].to(device))``, ``labels[idx].to(device)``.
     """
 
     def __init__(self, images: Tensor, labels: Tensor) -> None:
-        if not isinstance(images, Tensor) or images.dim() != 4 or images.dtype != torch.float32:
+        if (
+            not isinstance(images, Tensor)
+            or images.dim() != 4
+            or images.dtype not in (torch.float32, torch.uint8)
+        ):
             got = (
                 f"{tuple(images.shape)} {images.dtype}"
                 if isinstance(images, Tensor)
                 else type(images).__name__
             )
-            raise ValueError(f"images must be a float32 tensor (N, C, H, W), got {got}")
+            raise ValueError(
+                f"images must be a float32 (in [0, 1]) or uint8 (0..255) tensor (N, C, H, W), "
+                f"got {got}"
+            )
         if not isinstance(labels, Tensor) or labels.dtype != torch.int64 or labels.dim() != 1:
             got = (
                 f"{tuple(labels.shape)} {labels.dtype}"
@@ -56,10 +84,10 @@ class TensorImageDataset(Dataset):
         return self.labels.shape[0]
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.images[index], int(self.labels[index])
+        return to_float_images(self.images[index]), int(self.labels[index])
 
     def subset(self, indices: Sequence[int] | np.ndarray | Tensor) -> TensorImageDataset:
-        """A new data set holding copies of the given items."""
+        """A new data set holding copies of the given items (same dtype)."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         return TensorImageDataset(self.images[idx], self.labels[idx])
 
@@ -84,7 +112,7 @@ class DataBundle:
 
 
 class Splits(NamedTuple):
-    """A loader's result: fixed train and test splits as float32 ``[0, 1]`` tensors."""
+    """A loader's result: fixed train and test splits, images float32 in ``[0, 1]`` or uint8."""
 
     train_images: Tensor
     train_labels: Tensor
@@ -116,13 +144,23 @@ def dataset_options(name: str) -> tuple[str, ...]:
     return tuple(o for o in keyword_options(DATASETS[name]) if o != "root")
 
 
-def channel_stats(images: Tensor, chunk: int = 2048) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) standard deviation, accumulated in float64."""
+def channel_stats(
+    images: Tensor, chunk: int | None = None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) standard deviation of ``images`` in ``[0, 1]`` units.
+
+    ``images`` is float or uint8 (see :func:`to_float_images`); it is read ``chunk`` images at
+    a time (default: about 4 million values per chunk), each converted and accumulated in
+    float64, so the whole set is never held as float.
+    """
     n, c = images.shape[:2]
+    if chunk is None:
+        chunk = max(1, (1 << 22) // max(1, images.shape[1:].numel()))
+    chunk = check_int("chunk", chunk, low=1)
     total = torch.zeros(c, dtype=torch.float64)
     total_sq = torch.zeros(c, dtype=torch.float64)
     for start in range(0, n, chunk):
-        block = images[start : start + chunk].to(torch.float64)
+        block = to_float_images(images[start : start + chunk]).to(torch.float64)
         total += block.sum(dim=(0, 2, 3))
         total_sq += block.square().sum(dim=(0, 2, 3))
     count = n * images.shape[2] * images.shape[3]
