@@ -76,3 +76,12 @@ def test_check_finite_rejects_nan_and_bad_constructor_arguments():
 def test_combine_rejects_a_term_without_weight():
     with pytest.raises(ValueError, match=r"no weight for the terms \['x'\]"):
         CrossEntropyLoss().combine({"x": torch.tensor(1.0)})
+
+
+def test_logits_is_only_for_losses_that_produce_class_scores():
+    with pytest.raises(NotImplementedError, match="CrossEntropyLoss produces no class scores"):
+        CrossEntropyLoss().logits(torch.randn(2, 3))
+    arcface = create_loss("arcface", context={"num_classes": 4, "embedding_dim": 3})
+    with pytest.raises(ValueError, match=r"embedding must have size 3 in dimension 1 of \(B, D\)"):
+        arcface.logits(torch.randn(2, 5))
+    assert arcface.logits(torch.randn(2, 3, dtype=torch.bfloat16)).dtype == torch.float32

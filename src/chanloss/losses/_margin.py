@@ -17,12 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chanloss.losses._checks import (
-    as_compute_dtype,
-    check_finite,
     check_float,
     check_int,
-    check_labels,
-    check_tensor,
 )
 from chanloss.losses.base import Loss
 
@@ -59,24 +55,9 @@ class MarginHead(Loss):
         nn.init.xavier_uniform_(self.weight)
 
     # -- the API -----------------------------------------------------------------------------
-    def logits(self, embedding: Tensor) -> Tensor:
+    def compute_logits(self, x: Tensor) -> Tensor:
         """Class scores ``(B, K)`` without margin, for inference (float32 for half inputs)."""
-        x = self._check_embedding(embedding)
-        if self.check_finite:
-            check_finite("embedding", x)
-        x = as_compute_dtype(x)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.plain_logits(x, self.weight.to(x.dtype))
-
-    def validate(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        x = self._check_embedding(inputs)
-        labels = check_labels(
-            labels,
-            batch_size=x.shape[0],
-            num_classes=self.num_classes,
-            validate_values=self.check_finite,
-        )
-        return x, labels
+        return self.plain_logits(x, self.weight.to(x.dtype))
 
     def compute_terms(self, inputs: Tensor, labels: Tensor, **kwargs: object) -> dict[str, Tensor]:
         scores = self.margin_logits(inputs, self.weight.to(inputs.dtype), labels)
@@ -93,11 +74,6 @@ class MarginHead(Loss):
         return (
             f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}, "
             f"{super().extra_repr()}"
-        )
-
-    def _check_embedding(self, embedding: Tensor) -> Tensor:
-        return check_tensor(
-            "embedding", embedding, ndim=2, layout="(B, D)", sizes={1: self.embedding_dim}
         )
 
 

@@ -70,17 +70,47 @@ class Loss(nn.Module):
         raise NotImplementedError
 
     def validate(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Check shapes, dtypes and labels; the default expects ``(B, K)`` logits."""
-        num_classes = getattr(self, "num_classes", None)
-        sizes = {1: num_classes} if num_classes is not None else None
-        inputs = check_tensor("logits", inputs, ndim=2, layout="(B, K)", sizes=sizes)
+        """Check shapes, dtypes and labels of ``(B, K)`` logits or ``(B, D)`` embeddings.
+
+        Losses on ``embedding`` read ``self.embedding_dim`` and ``self.num_classes``; losses
+        on ``features`` override this method.
+        """
+        if self.consumes == "embedding":
+            inputs = self.check_embedding(inputs)
+            num_classes = self.num_classes
+        else:
+            num_classes = getattr(self, "num_classes", None)
+            sizes = {1: num_classes} if num_classes is not None else None
+            inputs = check_tensor("logits", inputs, ndim=2, layout="(B, K)", sizes=sizes)
+            num_classes = inputs.shape[1]
         labels = check_labels(
             labels,
             batch_size=inputs.shape[0],
-            num_classes=inputs.shape[1],
+            num_classes=num_classes,
             validate_values=self.check_finite,
         )
         return inputs, labels
+
+    def check_embedding(self, embedding: Tensor) -> Tensor:
+        """Check a ``(B, D)`` embedding against ``self.embedding_dim``."""
+        return check_tensor(
+            "embedding", embedding, ndim=2, layout="(B, D)", sizes={1: self.embedding_dim}
+        )
+
+    def logits(self, embedding: Tensor) -> Tensor:
+        """Class scores ``(B, K)`` without margin, for inference (losses with
+        ``provides_logits``); computed in at least float32 like :meth:`terms`."""
+        if not self.provides_logits:
+            raise NotImplementedError(f"{type(self).__name__} produces no class scores")
+        x = self.check_embedding(embedding)
+        if self.check_finite:
+            check_finite("embedding", x)
+        x = as_compute_dtype(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.compute_logits(x)
+
+    def compute_logits(self, embedding: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"weights={self.weights}"

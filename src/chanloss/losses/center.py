@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from chanloss.losses._checks import check_float, check_int, check_labels, check_tensor
+from chanloss.losses._checks import check_float, check_int
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
 
@@ -54,18 +54,6 @@ class CenterLoss(Loss):
         self.embedding_dim = check_int("embedding_dim", embedding_dim, low=1)
         self.centers = nn.Parameter(torch.empty(self.num_classes, self.embedding_dim))
         nn.init.xavier_uniform_(self.centers)
-
-    def validate(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        x = check_tensor(
-            "embedding", inputs, ndim=2, layout="(B, D)", sizes={1: self.embedding_dim}
-        )
-        labels = check_labels(
-            labels,
-            batch_size=x.shape[0],
-            num_classes=self.num_classes,
-            validate_values=self.check_finite,
-        )
-        return x, labels
 
     def compute_terms(self, inputs: Tensor, labels: Tensor, **kwargs: object) -> dict[str, Tensor]:
         centers = self.centers.to(inputs.dtype).index_select(0, labels)

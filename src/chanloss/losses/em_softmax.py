@@ -9,12 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chanloss.losses._checks import (
-    as_compute_dtype,
-    check_finite,
     check_float,
     check_int,
-    check_labels,
-    check_tensor,
 )
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
@@ -81,24 +77,9 @@ class EMSoftmaxLoss(Loss):
         nn.init.uniform_(self.weight, -bound, bound)
 
     # -- the API -----------------------------------------------------------------------------
-    def logits(self, embedding: Tensor) -> Tensor:
+    def compute_logits(self, x: Tensor) -> Tensor:
         """The ensemble's class scores ``(1/V) sum_v W^v x`` ``(B, K)``, without margin."""
-        x = self._check_embedding(embedding)
-        if self.check_finite:
-            check_finite("embedding", x)
-        x = as_compute_dtype(x)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return F.linear(x, self.weight.to(x.dtype).mean(dim=0))
-
-    def validate(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        x = self._check_embedding(inputs)
-        labels = check_labels(
-            labels,
-            batch_size=x.shape[0],
-            num_classes=self.num_classes,
-            validate_values=self.check_finite,
-        )
-        return x, labels
+        return F.linear(x, self.weight.to(x.dtype).mean(dim=0))
 
     def compute_terms(self, inputs: Tensor, labels: Tensor, **kwargs: object) -> dict[str, Tensor]:
         if kwargs:
@@ -119,11 +100,6 @@ class EMSoftmaxLoss(Loss):
         )
 
     # -- internals ---------------------------------------------------------------------------
-    def _check_embedding(self, embedding: Tensor) -> Tensor:
-        return check_tensor(
-            "embedding", embedding, ndim=2, layout="(B, D)", sizes={1: self.embedding_dim}
-        )
-
     def _hsic(self, w: Tensor) -> Tensor:
         """``sum_{u < v} HSIC(W^u, W^v)`` from the centred Gram matrices ``(V, K, K)``."""
         if self.num_classifiers == 1:

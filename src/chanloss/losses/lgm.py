@@ -7,13 +7,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chanloss.losses._checks import (
-    as_compute_dtype,
     check_choice,
-    check_finite,
     check_float,
     check_int,
-    check_labels,
-    check_tensor,
 )
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
@@ -89,25 +85,10 @@ class LGMLoss(Loss):
             self.log_var = nn.Parameter(torch.zeros(self.num_classes, self.embedding_dim))
 
     # -- the API -----------------------------------------------------------------------------
-    def logits(self, embedding: Tensor) -> Tensor:
+    def compute_logits(self, x: Tensor) -> Tensor:
         """Class scores ``s_k = -d_k - log|Lambda_k| / 2`` ``(B, K)`` without margin."""
-        x = self._check_embedding(embedding)
-        if self.check_finite:
-            check_finite("embedding", x)
-        x = as_compute_dtype(x)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            dist, half_logdet = self._distances(x)
-            return -dist - half_logdet
-
-    def validate(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        x = self._check_embedding(inputs)
-        labels = check_labels(
-            labels,
-            batch_size=x.shape[0],
-            num_classes=self.num_classes,
-            validate_values=self.check_finite,
-        )
-        return x, labels
+        dist, half_logdet = self._distances(x)
+        return -dist - half_logdet
 
     def compute_terms(self, inputs: Tensor, labels: Tensor, **kwargs: object) -> dict[str, Tensor]:
         if kwargs:
@@ -132,11 +113,6 @@ class LGMLoss(Loss):
         )
 
     # -- internals ---------------------------------------------------------------------------
-    def _check_embedding(self, embedding: Tensor) -> Tensor:
-        return check_tensor(
-            "embedding", embedding, ndim=2, layout="(B, D)", sizes={1: self.embedding_dim}
-        )
-
     def _distances(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``d`` ``(B, K)`` and ``log|Lambda_k| / 2`` ``(K,)`` (zeros for identity)."""
         mu = self.weight.to(x.dtype)
