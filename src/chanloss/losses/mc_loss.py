@@ -59,18 +59,22 @@ def _group_max(v: Tensor) -> Tensor:
     return v
 
 
-def _tie_share(indicator: Tensor, weight: Tensor) -> Tensor:
+def _tie_share(indicator: Tensor, weight: Tensor, idle: Tensor | None = None) -> Tensor:
     """``weight`` divided by the number of channels that reach their group's maximum.
 
     ``indicator`` ``(B, n, s, P)`` holds 1 where a channel equals its group's maximum. Without
-    ties there is one such channel per ``(b, g, p)``; on CPU that is checked with one sum (exact
-    below 2**24) and the per-position count is only built when there are ties. On other devices
-    the count is always built, so that no step waits for the host.
+    ties there is one such channel per ``(b, g, p)``, less the ``idle`` (a count) positions
+    where no channel can (a masked maximum raised to its floor); on CPU that is checked with
+    one sum (exact below 2**24) and the per-position count is only built when there are ties.
+    On other devices the count is always built, so that no step waits for the host.
     """
     rows = indicator.numel() // indicator.shape[2]
-    if indicator.device.type == "cpu" and rows < 2**24 and float(indicator.sum()) == rows:
-        return weight
-    return weight / indicator.sum(2, keepdim=True)
+    if indicator.device.type == "cpu" and rows < 2**24:
+        expected = rows if idle is None else rows - float(idle)
+        if float(indicator.sum()) == expected:
+            return weight
+    count = indicator.sum(2, keepdim=True)
+    return weight / (count if idle is None else count.clamp_min(1))
 
 
 # CPU work is done a few samples at a time so that the passes over one block of the buffers
@@ -102,7 +106,10 @@ class _MCCore(torch.autograd.Function):
     The max over a group of the masked features ``m * x`` is ``max(max over kept channels,
     0 if a channel was dropped)``, computed as ``max(group_max(x + bias), floor)``, so dropped
     channels never tie with kept ones. Group-max gradients go to the channels equal to the
-    maximum (ties share equally, as with ``amax``), rebuilt in backward with one comparison.
+    maximum (ties share equally, as with ``amax``), rebuilt in backward with one comparison
+    against the saved maximum already raised to the floor: where that is the floor (every kept
+    channel below 0) no channel is marked, so no separate test of the floor is needed; on CPU
+    forward counts those positions for the no-ties check.
 
     Two ``(B, C, P)`` buffers per step: the softmax, and ``x + bias``, which backward turns into
     the gradient in place (a second backward with ``retain_graph`` rebuilds it). On CPU both
@@ -126,7 +133,7 @@ class _MCCore(torch.autograd.Function):
         p_views = [_seg_view(p, seg) for seg in segments]
         kept_views = [_seg_view(kept, seg) for seg in segments]
         floors = [None if floor is None else floor[:, seg.groups_slice] for seg in segments]
-        sums, scores, pmaxes, kmaxes = [], [], [], []
+        sums, scores, pmaxes, kmaxes, idles = [], [], [], [], []
         if pool == "avg":
             chan_mean = x.mean(-1)
             if bias is not None:
@@ -143,9 +150,13 @@ class _MCCore(torch.autograd.Function):
                 pmaxes.append(pmax)
                 if pool == "max":
                     kmax = _group_max(kept_views[j][block])
-                    kmaxes.append(kmax)
                     if floors[j] is not None:
-                        kmax = torch.maximum(kmax, _rows(floors[j], block))
+                        fl = _rows(floors[j], block)
+                        if x.device.type == "cpu":  # positions below the floor (no channel's)
+                            # (compared into a float buffer: a bool sum is several times slower)
+                            idles.append(torch.lt(kmax, fl, out=torch.empty_like(kmax)).sum())
+                        kmax = torch.maximum(kmax, fl)
+                    kmaxes.append(kmax)
                     scores.append(kmax.mean((2, 3)))
                 else:
                     scores.append(mean_views[j][block].mean((2, 3)))
@@ -153,6 +164,7 @@ class _MCCore(torch.autograd.Function):
         ctx.pool = pool
         # x + bias is our own intermediate, on ctx (not saved): backward overwrites it
         ctx.kept_buf = kept_buf
+        ctx.idles = idles or None
         ctx.save_for_backward(x, p, bias, floor, *pmaxes, *kmaxes)
         nblocks = len(ctx.blocks)
         return _assemble(sums, nblocks, len(segments)), _assemble(scores, nblocks, len(segments))
@@ -214,11 +226,16 @@ class _MCCore(torch.autograd.Function):
                 _, gv, xv, _, dv, _, gscore, fl, keep = views[j]
                 gv, dv, gscore = gv[block], dv[:rows], gscore[block]
                 if ctx.pool == "max":
-                    kmax = kmaxes[i + j]
-                    torch.eq(gv if masked_max else xv[block], kmax, out=gv)
-                    if fl is not None:
-                        gscore = gscore * (kmax >= _rows(fl, block))
-                    torch.addcmul(dv, gv, _tie_share(gv, gscore), out=gv)
+                    # the saved maximum is raised to the floor: where no kept channel reaches
+                    # it (all below 0, a dropped channel's 0 is the maximum) none is marked
+                    torch.eq(gv if masked_max else xv[block], kmaxes[i + j], out=gv)
+                    if fl is None:
+                        share = _tie_share(gv, gscore)
+                    elif ctx.idles is not None:
+                        share = _tie_share(gv, gscore, ctx.idles[i + j])
+                    else:
+                        share = _tie_share(gv, gscore, gv.new_zeros(()))
+                    torch.addcmul(dv, gv, share, out=gv)
                 else:
                     step = gscore / seg.size
                     if keep is not None:
