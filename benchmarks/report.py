@@ -291,10 +291,12 @@ def speed_section(found: dict[str, Any], base: Path) -> list[str]:
                 if key not in o:
                     ratio_cells.append("")
                     continue
-                ok = "meets" if o[key]["within_target"] else "**misses**"
+                ok = "meets target" if o[key]["within_target"] else "**misses** target"
+                if o[key]["ratio_of_medians"] < 1.0:
+                    ok += "; below 1 is run-to-run noise"
                 ratio_cells.append(
                     f"{o[key]['ratio_of_medians']:.3f} (rounds {o[key]['per_round_ratio_p25']:.2f}"
-                    f"–{o[key]['per_round_ratio_p75']:.2f}; {ok} target)"
+                    f"–{o[key]['per_round_ratio_p75']:.2f}; {ok})"
                 )
             out.append(
                 f"| {r['model']} {r['image_size']} px, batch {r['batch']}, K={r['num_classes']} | "
@@ -337,7 +339,8 @@ def speed_section(found: dict[str, Any], base: Path) -> list[str]:
         out += [
             f"Scaling of CC-Loss and MC-Loss with batch, channels and classes "
             f"({machine_line(data.get('machine'))}, `benchmarks/bench_scaling.py`)"
-            + (f": ![scaling]({link(png, base)})" if png else "."),
+            + ". Medians with quartile bands; the spread between rounds grows at the largest "
+            "inputs." + (f"\n\n![scaling]({link(png, base)})" if png else ""),
             "",
         ]
     extra = []

@@ -315,3 +315,25 @@ def test_run_status_skips_finished_and_refuses_another_config(
     other = config_to_dict(load_config(raw={**item["raw"], "seed": 1}))
     with pytest.raises(SystemExit, match="different config"):
         run_study.run_status(run_dir, other)
+
+
+def test_sweep_outputs_carry_no_test_accuracy(run_study: ModuleType):
+    assert not [c for c in run_study.SWEEP_COLUMNS if "test" in c]
+    assert "val_acc_mean" in run_study.SWEEP_COLUMNS
+    assert "test_acc_mean" in run_study.STUDY_COLUMNS
+
+
+def test_curve_plot_from_metrics_files(tmp_path: Path, run_study: ModuleType):
+    runs = []
+    for seed, accs in enumerate(([0.5, 0.8, 0.9], [0.6, 0.7, 1.0])):
+        run = tmp_path / f"seed{seed}"
+        run.mkdir()
+        lines = ["epoch,train_loss,test_acc"] + [
+            f"{e + 1},{1.0 / (e + 1)},{a}" for e, a in enumerate(accs)
+        ]
+        (run / "metrics.csv").write_text("\n".join(lines) + "\n")
+        runs.append(run)
+    assert run_study._curve(runs[0], "test_acc") == {1: 0.5, 2: 0.8, 3: 0.9}
+    out = tmp_path / "curves.png"
+    run_study.plot_curves({"ce": runs}, "test_acc", "title", out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -122,15 +122,30 @@ def _strip(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _non_finite_error() -> tuple[type[BaseException], ...]:
+    try:
+        from chanloss.training.trainer import NonFiniteLossError
+    except ImportError:  # older trainers raise a ConfigError saying "diverged"
+        return ()
+    return (NonFiniteLossError,)
+
+
+_NON_FINITE = _non_finite_error()
+
+
 # -- one run -------------------------------------------------------------------------------------
 def run_status(run_dir: Path, config_dict: dict[str, Any]) -> str:
     """``new``, ``resume``, ``done`` or ``diverged``; another config in ``run_dir`` is an error."""
-    from chanloss.training.config import yaml_load
+    from chanloss.training.config import ConfigError, config_to_dict, validate_config, yaml_load
 
     stored_path = run_dir / "config.yaml"
     if not stored_path.exists():
         return "new"
     stored = yaml_load(stored_path.read_text())
+    try:  # fill in keys added to the schema since the run was written, with their defaults
+        stored = config_to_dict(validate_config(stored))
+    except ConfigError:
+        stored = None
     if not isinstance(stored, dict) or _strip(stored) != _strip(config_dict):
         raise SystemExit(
             f"{run_dir} holds a run of a different config (the study protocol changed?); "
@@ -186,7 +201,7 @@ def train_one(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         try:
             train(config, run_dir, resume=status == "resume", verbose=0)
         except ConfigError as err:
-            if "diverged" not in str(err):
+            if not isinstance(err, _NON_FINITE) and "diverged" not in str(err):
                 raise
             common.write_json(run_dir / "diverged.json", {"error": str(err)})
             status = "diverged"
@@ -462,8 +477,10 @@ class Runner:
         )
 
     def run_study(self, part: P.Part, start: float) -> None:
-        chosen = self.chosen(part)
-        items = P.study_configs(part, chosen, self.args.only)
+        only = self.args.only
+        needs_sweep = only is None or any(name in only for name in P.TUNED)
+        chosen = self.chosen(part) if needs_sweep else {}
+        items = P.study_configs(part, chosen, only)
         epochs = self.prepare(items[0]["raw"], 0)["epochs"] if items else None
 
         def save(outcome: dict[str, list]) -> None:
