@@ -30,11 +30,9 @@ shared machine (OpenMP threads that spin while other processes hold the cores in
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import tempfile
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +42,10 @@ from torch import Tensor
 from torch.profiler import ProfilerActivity, profile
 
 from chanloss.losses import CCLoss
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import cpu_model, write_json  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "cc_loss_cpu.json"
 
@@ -96,16 +98,6 @@ def naive_cc(a: Tensor, labels: Tensor, eps: float) -> Tensor:
     intra = (dist * pos).sum() / pos.sum().clamp_min(1)
     inter = (dist * neg).sum() / neg.sum().clamp_min(1)
     return intra / (inter + eps)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def pair_stage(
@@ -233,13 +225,7 @@ def main() -> None:
         "batch_sweep": rows,
         "channel_sweep": sweep,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=".cc_loss_cpu.", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, args.out)
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -23,11 +23,9 @@ go to ``benchmarks/results/mc_loss_cpu.json`` (written to a temporary file, then
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import cpu_model, write_json  # noqa: E402
 from reference_mc_loss import reference_mc_loss  # noqa: E402
 
 from chanloss.losses.mc_loss import MCLoss  # noqa: E402
@@ -45,16 +44,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "mc_loss_cpu.json"
 SHAPES = ((32, 600, 14, 14, 200), (8, 1000, 14, 14, 100))  # B, C, H, W, K
 TARGET_SPEEDUP = 3.0
 TARGET_FLOOR_RATIO = 3.0
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def plain_mc_loss(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
@@ -165,15 +154,6 @@ def bench_shape(b: int, c: int, h: int, w: int, k: int, rounds: int, warmup: int
             "plain_ratio_to_floor": round(med["plain"] / med["floor"], 3),
         }
     return out
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
