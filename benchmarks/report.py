@@ -154,6 +154,28 @@ def verdict(name: str, row: dict[str, Any], ce: dict[str, Any], dataset: str) ->
     )
 
 
+def ranking(rows: dict[str, dict[str, Any]], dataset: str) -> str:
+    """Where CC and MC rank among all losses by mean test accuracy (1 = best)."""
+    ordered = sorted(
+        (r for r in rows.values() if not math.isnan(r["test_acc_mean"])),
+        key=lambda r: -r["test_acc_mean"],
+    )
+    if not ordered:
+        return f"{dataset}: no finished runs."
+    top = ordered[0]["test_acc_mean"]
+    best = ", ".join(r["label"] for r in ordered if r["test_acc_mean"] == top)
+    ranks = []
+    for name, label in CHANNEL_LOSSES.items():
+        if name in rows and not math.isnan(rows[name]["test_acc_mean"]):
+            rank = 1 + sum(r["test_acc_mean"] > rows[name]["test_acc_mean"] for r in ordered)
+            ranks.append(f"{label} ranks {rank} of {len(ordered)}")
+    return (
+        f"{dataset}: highest mean {best} ({100 * top:.2f} %); "
+        + ", ".join(ranks)
+        + " by mean (ties share a rank)."
+    )
+
+
 def study_section(found: dict[str, Any], base: Path) -> list[str]:
     study = found["study"]
     out = ["### Accuracy study", ""]
@@ -207,7 +229,8 @@ def study_section(found: dict[str, Any], base: Path) -> list[str]:
         recipe = meta.get("recipe", {})
         lines.append(
             f"- {d}: {recipe.get('model', {}).get('name', '?')}, {meta.get('epochs')} epochs, "
-            f"{'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''}{partial}; {machine_line(meta.get('machine'))}; "
+            f"{'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''}{partial}; "
+            f"files last written on {machine_line(meta.get('machine'))}; "
             f"{fmt_seconds(meta.get('run_wall_time_sum_s'))} wall-clock for all runs "
             f"({fmt_seconds(meta.get('run_time_sum_s'))} in the training loops)."
         )
@@ -222,6 +245,7 @@ def study_section(found: dict[str, Any], base: Path) -> list[str]:
             for name in CHANNEL_LOSSES
             if name in rows
         ]
+        out.append(f"- {ranking(rows, d)}")
     out.append("")
     sweeps = found["sweeps"]
     if sweeps:
@@ -242,7 +266,7 @@ def study_section(found: dict[str, Any], base: Path) -> list[str]:
             out.append(
                 f"- {d}{partial}: "
                 + "; ".join(parts)
-                + f" — {meta.get('configs', '?')} settings x "
+                + f" — grid {grid_text(meta.get('grids', {}))}: {meta.get('configs', '?')} settings x "
                 f"{meta.get('seeds')} seeds, validation fraction {meta.get('val_fraction', '?')}, "
                 f"{fmt_seconds(meta.get('run_wall_time_sum_s'))} wall-clock."
             )
@@ -252,6 +276,15 @@ def study_section(found: dict[str, Any], base: Path) -> list[str]:
     if plots:
         out += ["Curves: " + ", ".join(f"[{name}]({link(p, base)})" for name, p in plots), ""]
     return out
+
+
+def grid_text(grids: dict[str, dict[str, list[Any]]]) -> str:
+    """``cc: weight {1, 0.1} x reduction {16}; mc: ...``."""
+    return "; ".join(
+        f"{CHANNEL_LOSSES.get(name, name)} "
+        + " x ".join(f"{k} {{{', '.join(fmt_param(v) for v in vs)}}}" for k, vs in spec.items())
+        for name, spec in grids.items()
+    )
 
 
 def fmt_param(value: Any) -> str:

@@ -178,6 +178,7 @@ def test_report_renders_tables_verdicts_and_keeps_the_rest(tmp_path: Path, repor
     assert "| mc | **98.33 ± 1.15** (1 of 4 seeds diverged) |" in text  # best: bold
     assert "digits: **CC-Loss does not beat CE** (96.00 % vs 98.00 %, -2.00 points)." in text
     assert "MC-Loss has a higher mean than CE" in text and "**not a reliable win**" in text
+    assert "digits: highest mean mc (98.33 %); CC-Loss ranks 3 of 3, MC-Loss ranks 1 of 3" in text
     assert "CC-Loss: weight=0.1, reduction=4 (val 95.00 ± 1.00 %)" in text
     assert "Test CPU 9000 (2 cores, 1 torch thread), torch 2.x, commit `0123456789`" in text
     assert "[digits](results/study_digits_curves.png)" in text
