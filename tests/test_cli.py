@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,33 @@ def test_python_dash_m_reports_a_bad_config_in_one_line(tmp_path):
         f"chanloss: error: {bad}: epochz: unknown key (did you mean 'epochs'?)"
     ]
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("world_size", [None, "2"])
+def test_python_dash_m_flushes_output_and_keeps_the_status_under_torchrun(tmp_path, world_size):
+    """Under torchrun the entry point ends with os._exit (see chanloss.cli.entry): what was
+    printed still arrives, on both streams, and the exit status is main()'s."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "PYTHONUNBUFFERED")}
+    if world_size:
+        env["WORLD_SIZE"] = world_size
+    script = (
+        "import sys, chanloss.cli as cli\n"
+        "def fake_main():\n"
+        "    print('to stdout'); print('to stderr', file=sys.stderr); return 3\n"
+        "cli.main = fake_main\n"
+        "cli.entry()\n"
+    )
+    piped = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert (piped.returncode, piped.stdout, piped.stderr) == (3, "to stdout\n", "to stderr\n")
+    missing = tmp_path / "missing.yaml"
+    failed = subprocess.run(
+        [sys.executable, "-m", "chanloss", "train", "-c", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert failed.returncode == 2
+    assert failed.stderr.startswith("chanloss: error: ") and str(missing) in failed.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
 import socket
 import sys
 from datetime import timedelta
@@ -140,6 +141,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         torch.save(result, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+    # DDP keeps the gloo group alive past destroy_process_group; exiting through the C++ exit
+    # handlers can then abort the process (see chanloss.cli.entry), so leave at once.
+    os._exit(0)
 
 
 @pytest.fixture(scope="module")

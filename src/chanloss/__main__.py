@@ -1,7 +1,5 @@
 """``python -m chanloss``: the command line of :mod:`chanloss.cli`."""
 
-import sys
+from chanloss.cli import entry
 
-from chanloss.cli import main
-
-sys.exit(main())
+entry()

@@ -9,6 +9,7 @@ line ``chanloss: error: ...`` on stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -300,3 +301,19 @@ def _command(arguments: Sequence[str]) -> str:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def entry() -> NoReturn:
+    """The ``chanloss`` console script and ``python -m chanloss``: exit with :func:`main`'s status.
+
+    Under torchrun the process ends with ``os._exit`` once its output is flushed: DDP keeps the
+    gloo process group alive past ``destroy_process_group`` (torch 2.13), and the gloo threads
+    that then meet the C++ exit handlers abort the process now and then ("terminate called
+    without an active exception"), which torchrun reports as a failed run after it finished.
+    """
+    status = main()
+    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

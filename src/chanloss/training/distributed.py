@@ -147,11 +147,15 @@ def init_process_group(backend: str = "auto", device: torch.device | str = "cpu"
 def process_group(backend: str = "auto", device: torch.device | str = "cpu") -> Iterator[None]:
     """Initialise the process group for the block (see :func:`init_process_group`).
 
-    The group is destroyed at the end only if this call created it.
+    The group is destroyed at the end only if this call created it; after a block that ends
+    normally every rank first waits at a barrier, so no rank tears its connections down while
+    a peer is still in its last collective.
     """
     created = init_process_group(backend, device)
     try:
         yield
+        if created and is_initialized():
+            dist.barrier()
     finally:
         if created and is_initialized():
             dist.destroy_process_group()
