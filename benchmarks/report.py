@@ -82,7 +82,7 @@ def load(results: Path, *, include_quick: bool = False) -> dict[str, Any]:
             found["sweeps"][meta["dataset"]] = entry
         elif csv_path.exists():
             entry["rows"] = read_study(csv_path)
-            found["study"][meta["dataset"]] = entry
+            found["study"][meta.get("column", meta["dataset"])] = entry
     for name in ("train_step", "losses", "scaling"):
         for path in sorted(results.glob(f"{name}_*.json")):
             data = _read_json(path, include_quick)
@@ -176,6 +176,21 @@ def ranking(rows: dict[str, dict[str, Any]], dataset: str) -> str:
     )
 
 
+def transferred(meta: dict[str, Any]) -> str:
+    """For a part on another backbone than its sweep's: where its CC/MC values come from."""
+    if meta.get("column", meta.get("dataset")) == meta.get("dataset") or not meta.get("chosen"):
+        return ""
+    return (
+        f", CC/MC settings chosen on validation by `{meta.get('chosen_from')}` (the ConvNet) and "
+        "reused unchanged"
+    )
+
+
+def column_order(dataset: str) -> int:
+    """Known data sets in ``DATASET_ORDER``, others after them."""
+    return DATASET_ORDER.index(dataset) if dataset in DATASET_ORDER else len(DATASET_ORDER)
+
+
 def study_section(found: dict[str, Any], base: Path) -> list[str]:
     study = found["study"]
     out = ["### Accuracy study", ""]
@@ -185,7 +200,7 @@ def study_section(found: dict[str, Any], base: Path) -> list[str]:
             "--part digits` (see `--list`), then `make report`.",
             "",
         ]
-    datasets = sorted(study, key=lambda d: (DATASET_ORDER + (d,)).index(d))
+    datasets = sorted(study, key=lambda d: (column_order(study[d]["meta"]["dataset"]), d))
     labels: list[str] = []
     for d in datasets:
         labels += [r["label"] for r in study[d]["rows"] if r["label"] not in labels]
@@ -193,7 +208,9 @@ def study_section(found: dict[str, Any], base: Path) -> list[str]:
         "Final-epoch test accuracy (%), mean ± sample std over seeds (`benchmarks/study/`). "
         "CC-Loss and MC-Loss are added to cross-entropy with hyper-parameters chosen on a "
         "validation split carved from the training data (never on test); every other loss "
-        "uses its paper's defaults without tuning, which favours CC and MC.",
+        "uses its paper's defaults without tuning, which favours CC and MC. To rerun a column: "
+        "`python benchmarks/study/run_study.py --part NAME` (`--list` shows the parts and their "
+        "cost; finished runs are skipped), then `make report`.",
         "",
     ]
     header = "| loss | " + " | ".join(datasets) + " |"
@@ -205,12 +222,14 @@ def study_section(found: dict[str, Any], base: Path) -> list[str]:
         )
         for d in datasets
     }
+    blank = False
     for label in labels:
         cells = []
         for d in datasets:
             row = next((r for r in study[d]["rows"] if r["label"] == label), None)
             if row is None:
-                cells.append("")
+                cells.append("—")
+                blank = True
                 continue
             cell = pct(row["test_acc_mean"], row["test_acc_std"])
             if row["test_acc_mean"] == best[d]:
@@ -220,6 +239,12 @@ def study_section(found: dict[str, Any], base: Path) -> list[str]:
             cells.append(cell)
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     out.append("")
+    if blank:
+        out += [
+            "— : not trained in that part (the ResNet-20 parts train the ten losses the "
+            "study protocol names, to fit a part in two hours).",
+            "",
+        ]
     lines = []
     for d in datasets:
         meta = study[d]["meta"]
@@ -229,7 +254,8 @@ def study_section(found: dict[str, Any], base: Path) -> list[str]:
         recipe = meta.get("recipe", {})
         lines.append(
             f"- {d}: {recipe.get('model', {}).get('name', '?')}, {meta.get('epochs')} epochs, "
-            f"{'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''}{partial}; "
+            f"{'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''}{partial}"
+            f"{transferred(meta)}; "
             f"files last written on {machine_line(meta.get('machine'))}; "
             f"{fmt_seconds(meta.get('run_wall_time_sum_s'))} wall-clock for all runs "
             f"({fmt_seconds(meta.get('run_time_sum_s'))} in the training loops)."
@@ -253,7 +279,7 @@ def study_section(found: dict[str, Any], base: Path) -> list[str]:
             "Hyper-parameters chosen on validation (`study_sweep-<dataset>.csv` has every grid point):",
             "",
         ]
-        for d in sorted(sweeps, key=lambda d: (DATASET_ORDER + (d,)).index(d)):
+        for d in sorted(sweeps, key=column_order):
             meta = sweeps[d]["meta"]
             val = meta.get("chosen_val_acc", {})
             parts = []

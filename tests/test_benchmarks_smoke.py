@@ -338,3 +338,60 @@ def test_curve_plot_from_metrics_files(tmp_path: Path, run_study: ModuleType):
     out = tmp_path / "curves.png"
     run_study.plot_curves({"ce": runs}, "test_acc", "title", out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resnet20_parts_swap_the_backbone_and_train_the_named_losses(parts: ModuleType):
+    from chanloss.training import load_config
+
+    chosen = {"cc": {"weight": 0.1}, "mc": {"beta": 5.0}}
+    for name in ("digits-resnet20", "mnist5k-resnet20", "finegrained-resnet20"):
+        part = parts.PARTS[name]
+        convnet = parts.PARTS[part.dataset]
+        assert part.sweep_part == convnet.sweep_part  # CC/MC values come from the ConvNet sweep
+        assert part.column == f"{part.dataset}, resnet20" and convnet.column == part.dataset
+        items = parts.study_configs(part, chosen)
+        assert [i["label"] for i in items] == list(parts.CORE_LOSSES)
+        for item in items:
+            config = load_config(raw=item["raw"])
+            assert config.model.name == "resnet20" and config.data.name == part.dataset
+            assert item["raw"]["model"] == {"name": "resnet20"} and config.data.val_fraction == 0.0
+        mc = next(i for i in items if i["label"] == "mc")
+        assert mc["raw"]["losses"][1] == {"name": "mc", "beta": 5.0}
+        # the recipe apart from the model is the data set's
+        expected = {k: v for k, v in parts.BASES[part.dataset].items() if k != "model"}
+        assert {k: v for k, v in parts.recipe(part).items() if k != "model"} == expected
+        # --only narrows within the part's losses; a loss outside them is not trained
+        only = parts.study_configs(part, chosen, ["ce", "sphereface"])
+        assert [i["label"] for i in only] == ["ce"]
+    assert parts.recipe(parts.PARTS["digits"]) == parts.BASES["digits"]
+
+
+def test_report_gives_a_second_backbone_its_own_column(tmp_path: Path, report: ModuleType):
+    results = _write_fake_results(tmp_path)
+    rows = [
+        {**_study_row("ce", [0.97, 0.98, 0.99]), "part": "digits-resnet20", "model": "resnet20"},
+        {**_study_row("mc", [0.99, 0.99, 0.98]), "part": "digits-resnet20", "model": "resnet20"},
+    ]
+    with open(results / "study_digits-resnet20.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    meta = json.loads((results / "study_digits.json").read_text())
+    meta.update(
+        part="digits-resnet20",
+        column="digits, resnet20",
+        recipe={"model": {"name": "resnet20"}},
+        chosen_from="sweep-digits",
+        chosen={"mc": {"beta": 5.0}},
+    )
+    (results / "study_digits-resnet20.json").write_text(json.dumps(meta))
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert report.main(["--results", str(results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "| loss | digits | digits, resnet20 |" in text
+    assert "| ce | 98.00 ± 1.00 | 98.00 ± 1.00 |" in text
+    assert "| cc | 96.00 ± 1.00 | — |" in text
+    assert "— : not trained in that part" in text
+    assert "CC/MC settings chosen on validation by `sweep-digits` (the ConvNet)" in text
+    assert "digits, resnet20: MC-Loss has a higher mean than CE" in text

@@ -538,3 +538,33 @@ def test_compare_tabulates_seeds_and_skips_finished_runs(tmp_path, capsys):
         compare([("a-ce", tiny("optim.lr=0.01"))], seeds=1, out_dir=out)
     with pytest.raises(ConfigError, match="two configs have the same name 'a-ce'"):
         compare([configs[0], configs[0]], seeds=1, out_dir=out)
+
+
+def test_runs_written_before_the_schema_gained_keys_still_resume_and_are_skipped(tmp_path, capsys):
+    """A run's config.yaml and checkpoint lack keys added to the schema later (they have
+    defaults): compare still recognises the run and train --resume continues it."""
+    import yaml
+
+    config = tiny()
+    out = tmp_path / "cmp"
+    compare([("a", config)], seeds=1, out_dir=out)
+    run = out / "a" / "seed0"
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    assert {"distributed", "on_nonfinite"} <= set(stored)
+    older = {k: v for k, v in stored.items() if k not in ("distributed", "on_nonfinite")}
+    older["data"] = {k: v for k, v in stored["data"].items() if k != "sampler"}  # checked on resume
+    (run / "config.yaml").write_text(yaml.safe_dump(older))
+    for name in ("last.pt", "best.pt"):
+        if (run / name).exists():
+            state = load_checkpoint(run / name)
+            state["config"] = {k: older[k] for k in state["config"] if k in older}
+            save_checkpoint(state, run / name)
+    capsys.readouterr()
+    compare([("a", config)], seeds=1, out_dir=out)
+    assert capsys.readouterr().out.count("finished earlier") == 1
+    summary = train(tiny(epochs=2, seed=0), run, resume=True, verbose=0)
+    assert summary["epochs"] == 2 and summary["finished"]
+    # a stored config that no longer validates is another config, not a crash
+    (run / "config.yaml").write_text(yaml.safe_dump({**older, "epochz": 1}))
+    with pytest.raises(ConfigError, match="holds a run of a different config"):
+        compare([("a", tiny(epochs=2))], seeds=1, out_dir=out)

@@ -100,9 +100,24 @@ NARROW_GRIDS: dict[str, dict[str, list[Any]]] = {
 }
 
 
+#: The second backbone of the study: the standard CIFAR ResNet-20 (16-32-64 channels, 64 in the
+#: feature map, so MC-Loss splits it into uneven groups of 6 and 7 channels for 10 classes).
+RESNET20: dict[str, Any] = {"name": "resnet20"}
+
+#: The losses the evidence issue names (the ResNet-20 parts train these, to fit in the time).
+CORE_LOSSES = (
+    "ce", "cc", "mc", "label_smoothing", "focal", "center", "cosface", "arcface", "lgm",
+    "competing_ratio",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Part:
-    """One independently runnable piece of the study (each under two hours on 2 CPU cores)."""
+    """One independently runnable piece of the study (each under two hours on 2 CPU cores).
+
+    ``model`` replaces the data set's recipe model (``None``: the recipe's ConvNet) and
+    ``losses`` restricts a study part to those labels (``None``: every loss).
+    """
 
     name: str
     dataset: str
@@ -110,11 +125,19 @@ class Part:
     seeds: int = 3
     estimate: str = ""
     grids: dict[str, dict[str, list[Any]]] = field(default_factory=lambda: SWEEP_GRIDS)
+    model: dict[str, Any] | None = None
+    losses: tuple[str, ...] | None = None
 
     @property
     def sweep_part(self) -> str:
-        """The sweep whose chosen values a study part uses."""
+        """The sweep whose chosen values a study part uses (the data set's ConvNet sweep: a
+        second backbone reuses the values chosen on validation rather than a sweep of its own)."""
         return f"sweep-{self.dataset}"
+
+    @property
+    def column(self) -> str:
+        """The part's column in the report: the data set, plus the backbone when not the recipe's."""
+        return self.dataset if self.model is None else f"{self.dataset}, {self.model['name']}"
 
 
 PARTS: dict[str, Part] = {
@@ -126,6 +149,27 @@ PARTS: dict[str, Part] = {
         "sweep-finegrained", "finegrained", "sweep", 2, "about 60 min", NARROW_GRIDS
     ),
     "finegrained": Part("finegrained", "finegrained", "study", 3, "about 100 min"),
+    "digits-resnet20": Part(
+        "digits-resnet20", "digits", "study", 3, "about 5 min", model=RESNET20, losses=CORE_LOSSES
+    ),
+    "mnist5k-resnet20": Part(
+        "mnist5k-resnet20",
+        "mnist5k",
+        "study",
+        3,
+        "about 60 min",
+        model=RESNET20,
+        losses=CORE_LOSSES,
+    ),
+    "finegrained-resnet20": Part(
+        "finegrained-resnet20",
+        "finegrained",
+        "study",
+        3,
+        "about 90 min",
+        model=RESNET20,
+        losses=CORE_LOSSES,
+    ),
 }
 
 
@@ -147,8 +191,16 @@ def grid(spec: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*spec.values())]
 
 
-def base_config(dataset: str, *, val_fraction: float) -> dict[str, Any]:
-    raw = copy.deepcopy(BASES[dataset])
+def recipe(part: Part) -> dict[str, Any]:
+    """The part's training recipe: the data set's, with the part's model if it has one."""
+    raw = copy.deepcopy(BASES[part.dataset])
+    if part.model is not None:
+        raw["model"] = copy.deepcopy(part.model)
+    return raw
+
+
+def base_config(part: Part, *, val_fraction: float) -> dict[str, Any]:
+    raw = recipe(part)
     raw["data"]["val_fraction"] = val_fraction
     return raw
 
@@ -158,7 +210,7 @@ def sweep_configs(part: Part) -> list[dict[str, Any]]:
     out = []
     for loss, spec in part.grids.items():
         for params in grid(spec):
-            raw = base_config(part.dataset, val_fraction=SWEEP_VAL_FRACTION)
+            raw = base_config(part, val_fraction=SWEEP_VAL_FRACTION)
             raw["losses"] = [{"name": "ce"}, {"name": loss, **params}]
             label = f"{loss}_{params_label(params)}".replace("=", "-").replace(",", "_")
             out.append({"label": label, "loss": loss, "params": params, "raw": raw})
@@ -169,6 +221,8 @@ def study_configs(
     part: Part, chosen: dict[str, dict[str, Any]], labels: list[str] | None = None
 ) -> list[dict[str, Any]]:
     """``{"label", "params", "raw"}`` per loss of a study part; CC/MC get ``chosen[...]``."""
+    if part.losses is not None:
+        labels = [name for name in (labels or part.losses) if name in part.losses]
     wanted = TUNED if labels is None else [name for name in TUNED if name in labels]
     missing = [name for name in wanted if name not in chosen]
     if missing:
@@ -177,7 +231,7 @@ def study_configs(
     for label, losses in STUDY_LOSSES.items():
         if labels is not None and label not in labels:
             continue
-        raw = base_config(part.dataset, val_fraction=0.0)
+        raw = base_config(part, val_fraction=0.0)
         entries = copy.deepcopy(losses)
         params: dict[str, Any] = {}
         if label in TUNED:

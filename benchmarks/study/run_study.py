@@ -136,16 +136,12 @@ _NON_FINITE = _non_finite_error()
 # -- one run -------------------------------------------------------------------------------------
 def run_status(run_dir: Path, config_dict: dict[str, Any]) -> str:
     """``new``, ``resume``, ``done`` or ``diverged``; another config in ``run_dir`` is an error."""
-    from chanloss.training.config import ConfigError, config_to_dict, validate_config, yaml_load
+    from chanloss.training.config import resolved_config_dict, yaml_load
 
     stored_path = run_dir / "config.yaml"
     if not stored_path.exists():
         return "new"
-    stored = yaml_load(stored_path.read_text())
-    try:  # fill in keys added to the schema since the run was written, with their defaults
-        stored = config_to_dict(validate_config(stored))
-    except ConfigError:
-        stored = None
+    stored = resolved_config_dict(yaml_load(stored_path.read_text()))
     if not isinstance(stored, dict) or _strip(stored) != _strip(config_dict):
         raise SystemExit(
             f"{run_dir} holds a run of a different config (the study protocol changed?); "
@@ -313,9 +309,9 @@ class Runner:
             "part": part.name,
             "kind": part.kind,
             "dataset": part.dataset,
-            "recipe": P.BASES[part.dataset],
-            "epochs": self.args.epochs
-            or (2 if self.args.quick else P.BASES[part.dataset]["epochs"]),
+            "column": part.column,
+            "recipe": P.recipe(part),
+            "epochs": self.args.epochs or (2 if self.args.quick else P.recipe(part)["epochs"]),
             "seeds": len(self.seeds(part)),
             "quick": self.args.quick,
             "machine": common.machine_info(self.device()),
@@ -571,7 +567,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list or not args.parts:
         for part in P.PARTS.values():
-            common.log(f"{part.name:<18} {part.kind:<6} {part.dataset:<12} {part.estimate}")
+            model = (part.model or P.BASES[part.dataset]["model"])["name"]
+            common.log(
+                f"{part.name:<22} {part.kind:<6} {part.dataset:<12} {model:<14} {part.estimate}"
+            )
         if not args.list:
             common.log("choose one with --part NAME")
         return 0 if args.list else 2

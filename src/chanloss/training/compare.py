@@ -20,6 +20,7 @@ from chanloss.training.config import (
     TrainConfig,
     config_to_dict,
     read_yaml,
+    resolved_config_dict,
     validate_config,
 )
 from chanloss.training.trainer import train
@@ -122,7 +123,7 @@ def _run_status(run_dir: Path, config: TrainConfig) -> str:
     if not (run_dir / "last.pt").exists():
         return "new"
     stored_path = run_dir / "config.yaml"
-    stored = read_yaml(stored_path) if stored_path.exists() else None
+    stored = resolved_config_dict(read_yaml(stored_path)) if stored_path.exists() else None
     current = config_to_dict(config)
     if not isinstance(stored, dict) or _strip(stored) != _strip(current):
         raise ConfigError(

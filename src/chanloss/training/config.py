@@ -38,6 +38,7 @@ __all__ = [
     "apply_overrides",
     "dump_config",
     "load_config",
+    "resolved_config_dict",
     "parse_overrides",
     "validate_config",
     "yaml_load",
@@ -574,6 +575,17 @@ def dump_config(config: TrainConfig) -> str:
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     """The resolved configuration as a dict of primitives (for YAML and checkpoints)."""
     return config.model_dump(mode="json")
+
+
+def resolved_config_dict(raw: Any) -> Any:
+    """A stored config (``config.yaml`` of a run, a checkpoint's ``config``) with every key
+    that the schema gained since it was written filled in with its default, so that it compares
+    equal to the same config resolved today. A stored config that no longer validates is
+    returned unchanged (it then compares unequal to any valid config)."""
+    try:
+        return config_to_dict(validate_config(raw))
+    except ConfigError:
+        return raw
 
 
 def _copy(obj: Any) -> Any:

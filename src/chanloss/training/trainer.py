@@ -53,7 +53,13 @@ from chanloss.training.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from chanloss.training.config import ConfigError, TrainConfig, config_to_dict, dump_config
+from chanloss.training.config import (
+    ConfigError,
+    TrainConfig,
+    config_to_dict,
+    dump_config,
+    resolved_config_dict,
+)
 from chanloss.training.distributed import (
     all_gather_object,
     barrier,
@@ -612,7 +618,8 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any], source: str) -> None:
         """Continue from a checkpoint of the same model, losses and data."""
-        check_resumable(state.get("config", {}), config_to_dict(self.config), source)
+        saved = resolved_config_dict(state.get("config", {}))
+        check_resumable(saved, config_to_dict(self.config), source)
         check_world_size(int(state.get("meta", {}).get("world_size", 1)), source)
         try:
             self.model.load_state_dict(state["model"])
