@@ -436,3 +436,22 @@ def test_bad_keyword_arguments_and_competing_ratio_inputs():
         crl(bad, torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match=rf"labels must be in \[0, {K}\), got a label -1"):
         crl(torch.randn(3, K), torch.tensor([0, -1, 2]))
+
+
+@pytest.mark.parametrize(
+    ("k", "d", "v"),
+    [(3, 8, 2), (5, 4, 2), (40, 6, 2), (6, 40, 3), (30, 4, 4)],
+    ids=["gram", "cross-pairs", "many-classes", "wide", "four-members"],
+)
+def test_em_softmax_hsic_matches_reference_in_both_formulations(k, d, v):
+    """The (V, K, K) Gram form and the (P, D, D) pair form (chosen by shape) give the reference
+    HSIC and correct gradients."""
+    loss = _randomise(EMSoftmaxLoss(num_classes=k, embedding_dim=d, num_classifiers=v)).double()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, d, generator=g, dtype=torch.float64)
+    y = torch.randint(0, k, (4,), generator=g)
+    _, hsic, _ = ref_em(x, y, loss.weight.detach(), loss.margin)
+    torch.testing.assert_close(loss.terms(x, y)["hsic"], hsic, rtol=1e-10, atol=1e-12)
+    assert hsic.item() > 0.0
+    weight = loss.weight.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda w: loss._hsic(w), (weight,))

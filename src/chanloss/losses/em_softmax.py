@@ -46,7 +46,8 @@ class EMSoftmaxLoss(Loss):
 
     ``weight`` ``(V, K, D)``: ``weight[v]`` has the layout of ``nn.Linear(D, K).weight`` and is
     initialised independently like one (uniform in ``+-1/sqrt(D)``). All members are
-    evaluated at once (``einsum``); HSIC uses the ``(V, K, K)`` centred Gram matrices.
+    evaluated at once (``einsum``); HSIC uses the ``(V, K, K)`` centred Gram matrices, or the
+    ``(D, D)`` cross products of the member pairs when ``K`` is large (the same value, cheaper).
     """
 
     consumes = "embedding"
@@ -101,11 +102,20 @@ class EMSoftmaxLoss(Loss):
 
     # -- internals ---------------------------------------------------------------------------
     def _hsic(self, w: Tensor) -> Tensor:
-        """``sum_{u < v} HSIC(W^u, W^v)`` from the centred Gram matrices ``(V, K, K)``."""
-        if self.num_classifiers == 1:
+        """``sum_{u < v} HSIC(W^u, W^v)`` from the class-centred weights, by the cheaper of two
+        equal forms: the ``(V, K, K)`` Gram matrices (``V K^2 D`` multiply-adds) or, when there
+        are more classes than that pays for, the ``(P, D, D)`` cross products ``(H W^u)^T (H W^v)``
+        of the ``P = V (V - 1) / 2`` pairs (``P K D^2``)."""
+        num_v, k, d = w.shape
+        if num_v == 1:
             return w.new_zeros(())
         centred = w - w.mean(dim=1, keepdim=True)
-        gram = centred @ centred.transpose(1, 2)
-        pair = torch.einsum("uij,vij->uv", gram, gram)
-        off_diagonal = 0.5 * (pair.sum() - pair.diagonal().sum())
-        return off_diagonal / (self.num_classes - 1) ** 2
+        if num_v * k <= (num_v * (num_v - 1) // 2) * d:
+            gram = centred @ centred.transpose(1, 2)
+            pair = torch.einsum("uij,vij->uv", gram, gram)
+            total = 0.5 * (pair.sum() - pair.diagonal().sum())
+        else:
+            first, second = torch.triu_indices(num_v, num_v, 1, device=w.device)
+            cross = centred[first].transpose(1, 2) @ centred[second]
+            total = cross.pow(2).sum()
+        return total / (k - 1) ** 2
