@@ -138,9 +138,15 @@ def _git(*args: str) -> str | None:
 
 
 def git_commit() -> dict[str, Any]:
-    """The commit of the working tree and whether tracked files differ from it (read-only)."""
+    """The commit of the working tree and whether tracked files differ from it (read-only).
+
+    ``benchmarks/results/`` does not count: the benchmarks and the study rewrite those files
+    themselves, so a run of several benchmarks would otherwise call every result after the
+    first one dirty."""
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = _git(
+        "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"
+    )
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
