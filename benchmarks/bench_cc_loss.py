@@ -39,39 +39,14 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.profiler import ProfilerActivity, profile
 
 from chanloss.losses import CCLoss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_model, write_json  # noqa: E402
+from _common import cpu_model, peak_bytes, write_json  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "cc_loss_cpu.json"
-
-
-def peak_bytes(fn: Callable[[], object], reset: Callable[[], object]) -> int:
-    """Peak of the bytes allocated by the CPU allocator while ``fn`` runs (see module doc).
-
-    ``reset`` (dropping old gradients) runs before the profiler starts: a free of memory that
-    was allocated before the call would otherwise lower the running sum.
-    """
-    from torch._C._profiler import _EventType
-
-    reset()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    allocs, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        event = stack.pop()
-        stack.extend(event.children)
-        if event.tag == _EventType.Allocation:
-            allocs.append((event.start_time_ns, event.extra_fields.alloc_size))
-    current = peak = 0
-    for _, size in sorted(allocs):
-        current += size
-        peak = max(peak, current)
-    return peak
 
 
 def seconds(
@@ -134,9 +109,9 @@ def measure_batch(batch: int, channels: int, hw: int, args: argparse.Namespace) 
         "batch": batch,
         "channels": channels,
         "step_seconds": seconds(step, reset, args.repeats),
-        "step_peak_bytes": peak_bytes(step, reset),
+        "step_peak_bytes": peak_bytes(step, reset=reset),
         "pairs_seconds": seconds(*ours, args.repeats),
-        "pairs_peak_bytes": peak_bytes(*ours),
+        "pairs_peak_bytes": peak_bytes(ours[0], reset=ours[1]),
     }
     row["pairs_bytes_per_pair"] = row["pairs_peak_bytes"] / batch**2
     if batch <= args.naive_max_batch:
@@ -145,7 +120,7 @@ def measure_batch(batch: int, channels: int, hw: int, args: argparse.Namespace) 
         check = (loss._cc(a, labels).item(), naive_cc(a, labels, loss.eps).item())
         assert abs(check[0] - check[1]) <= 1e-4 * abs(check[1]), check
         row["naive_pairs_seconds"] = seconds(*naive, args.repeats)
-        row["naive_pairs_peak_bytes"] = peak_bytes(*naive)
+        row["naive_pairs_peak_bytes"] = peak_bytes(naive[0], reset=naive[1])
         row["naive_pairs_bytes_per_pair"] = row["naive_pairs_peak_bytes"] / batch**2
         row["naive_over_ours_peak"] = row["naive_pairs_peak_bytes"] / row["pairs_peak_bytes"]
     else:

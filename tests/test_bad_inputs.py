@@ -29,23 +29,13 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from tiny_config import TINY
 
 from chanloss.cli import main
 from chanloss.data import DatasetError, TensorImageDataset, build_datasets
 from chanloss.losses import LOSSES, create_loss
 from chanloss.training import CheckpointError, load_checkpoint, train
 from chanloss.training.config import load_config
-
-TINY = {
-    "model": {"name": "convnet_small", "width": 4, "feature_channels": 20, "pools": 1},
-    "data": {"name": "digits"},
-    "losses": [{"name": "ce"}],
-    "optim": {"lr": 0.05},
-    "schedule": {"name": "constant"},
-    "epochs": 1,
-    "batch_size": 128,
-    "device": "cpu",
-}
 
 
 class Evil:

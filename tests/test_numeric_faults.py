@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_config import TINY as TINY_ONE_EPOCH
 from torch import Tensor
 
 from chanloss.cli import main
@@ -19,16 +20,7 @@ from chanloss.training import Trainer, load_checkpoint, load_config, train
 from chanloss.training.trainer import NonFiniteLossError
 
 STEPS = 1437 // 128  # digits: 1,437 training images, batches of 128 -> 11 steps per epoch
-TINY = {
-    "model": {"name": "convnet_small", "width": 4, "feature_channels": 20, "pools": 1},
-    "data": {"name": "digits"},
-    "losses": [{"name": "ce"}],
-    "optim": {"lr": 0.05},
-    "schedule": {"name": "constant"},
-    "epochs": 2,
-    "batch_size": 128,
-    "device": "cpu",
-}
+TINY = {**TINY_ONE_EPOCH, "epochs": 2}
 
 
 class SpikeLoss(Loss):

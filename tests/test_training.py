@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_config import TINY
 from torch import Tensor
 
 from chanloss.data import TensorImageDataset, build_datasets, channel_stats, to_float_images
@@ -33,17 +34,6 @@ from chanloss.training import (
 )
 from chanloss.training.checkpoint import capture_rng, restore_rng
 from chanloss.training.optim import build_optimizer, build_scheduler, lr_factor
-
-TINY = {
-    "model": {"name": "convnet_small", "width": 4, "feature_channels": 20, "pools": 1},
-    "data": {"name": "digits"},
-    "losses": [{"name": "ce"}],
-    "optim": {"lr": 0.05},
-    "schedule": {"name": "constant"},
-    "epochs": 1,
-    "batch_size": 128,
-    "device": "cpu",
-}
 
 
 def tiny(*overrides: str, **changes: object) -> object:

@@ -321,6 +321,12 @@ class Runner:
             **extra,
         }
 
+    def complete(self, part: P.Part, items: list[dict[str, Any]], rows: list[dict]) -> bool:
+        """Every config of the part has a row with every seed (never with ``--only``)."""
+        seeds = len(self.seeds(part))
+        whole = len(rows) == len(items) and all(r["seeds"] == seeds for r in rows)
+        return whole and not self.args.only
+
     def chosen(self, part: P.Part) -> dict[str, dict[str, Any]]:
         path = self.results / f"study_{part.sweep_part}.json"
         if not path.exists():
@@ -420,14 +426,11 @@ class Runner:
             for r in rows:
                 r["chosen"] = chosen.get(r["loss"]) == r["params"]
             write_csv(self.results / f"study_{part.name}.csv", SWEEP_COLUMNS, rows)
-            complete = len(rows) == len(items) and all(
-                r["seeds"] == len(self.seeds(part)) for r in rows
-            )
             meta = self.meta(
                 part,
                 start,
                 {
-                    "complete": complete and not self.args.only,
+                    "complete": self.complete(part, items, rows),
                     "selection": "highest mean final-epoch validation accuracy over seeds "
                     f"(val_fraction {P.SWEEP_VAL_FRACTION} of the training split); test never read",
                     "val_fraction": P.SWEEP_VAL_FRACTION,
@@ -507,14 +510,11 @@ class Runner:
                     }
                 )
             write_csv(self.results / f"study_{part.name}.csv", STUDY_COLUMNS, rows)
-            complete = len(rows) == len(items) and all(
-                r["seeds"] == len(self.seeds(part)) for r in rows
-            )
             meta = self.meta(
                 part,
                 start,
                 {
-                    "complete": complete and not self.args.only,
+                    "complete": self.complete(part, items, rows),
                     "chosen_from": part.sweep_part,
                     "chosen": chosen,
                     "losses": {i["label"]: i["raw"]["losses"] for i in items},
