@@ -228,7 +228,7 @@ def test_focal_matches_per_sample_reference(gamma, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_center_loss_matches_per_sample_reference_and_its_gradient(dtype):
     torch.manual_seed(5)
-    loss = CenterLoss(num_classes=K, embedding_dim=D).to(dtype)
+    loss = CenterLoss(num_classes=K, embedding_dim=D, center_update="sgd").to(dtype)
     assert loss.weights == {"center": 0.003}
     x = _data(dtype, seed=5)
     got = loss.terms(x, LABELS)["center"]
@@ -267,7 +267,7 @@ def test_margin_heads_gradcheck_float64(name):
 def test_center_label_smoothing_focal_gradcheck_float64():
     torch.manual_seed(7)
     _gradcheck_module(
-        CenterLoss(num_classes=K, embedding_dim=D, weight=1.0).double(),
+        CenterLoss(num_classes=K, embedding_dim=D, weight=1.0, center_update="sgd").double(),
         _data(torch.float64),
         LABELS,
     )

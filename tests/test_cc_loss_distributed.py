@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from chanloss.losses import CCLoss
+from chanloss.losses import CCLoss, CenterLoss
 
 WORLD, LOCAL_B, C = 2, 5, 8
 LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 2, 0, 1, 1])  # classes span both ranks
@@ -23,6 +23,11 @@ def global_batch():
 def make_loss(pair_reduction):
     torch.manual_seed(0)  # the same SE initialisation in every process
     return CCLoss(num_channels=C, reduction=2, pair_reduction=pair_reduction).double()
+
+
+def make_center():
+    torch.manual_seed(4)
+    return CenterLoss(num_classes=3, embedding_dim=C).double()
 
 
 def make_model():
@@ -77,6 +82,10 @@ def _worker(rank, port, out_dir):
             result["unequal"] = None
         except ValueError as err:
             result["unequal"] = str(err)
+        # The centre loss's published update uses the all-gathered (global) batch on every rank.
+        center = make_center()
+        center.update_state(global_batch()[rows, :, 0, 0], LABELS[rows])
+        result["centers"] = center.centers.clone()
         torch.save(result, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -121,3 +130,10 @@ def test_unequal_batch_sizes_raise_on_every_rank(rank_results):
         message = result["unequal"]
         assert message is not None
         assert "same batch size on every rank" in message and "[5, 4]" in message
+
+
+def test_center_update_uses_the_global_batch_on_every_rank(rank_results):
+    center = make_center()
+    center.update_state(global_batch()[:, :, 0, 0], LABELS)
+    for result in rank_results:
+        torch.testing.assert_close(result["centers"], center.centers, rtol=0, atol=1e-14)

@@ -65,6 +65,11 @@ class Loss(nn.Module):
     def update_schedule(self, step: int) -> None:  # noqa: B027 - optional hook
         """Called by the trainer before every optimisation step; for losses with a schedule."""
 
+    def update_state(self, inputs: Tensor, labels: Tensor) -> None:  # noqa: B027 - optional hook
+        """Called by the trainer once per training step, after the optimiser step, with the
+        step's (detached) model output that this loss consumes and the labels; for state that is
+        not moved by the optimiser (the centre loss's published centre update). No-op here."""
+
     # -- for subclasses ----------------------------------------------------------------------
     def compute_terms(self, inputs: Tensor, labels: Tensor, **kwargs: object) -> dict[str, Tensor]:
         raise NotImplementedError

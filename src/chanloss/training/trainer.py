@@ -266,6 +266,8 @@ class Trainer:
                     nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                for slot in self.slots:  # state moved outside the optimiser (centre loss)
+                    slot.loss.update_state(getattr(out, slot.loss.consumes).detach(), y)
                 with torch.no_grad():
                     sums += stacked * y.shape[0]
                     correct += (self.class_scores(out).argmax(1) == y).sum()
