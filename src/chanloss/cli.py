@@ -1,9 +1,13 @@
-"""The ``chanloss`` command line: ``train``, ``eval``, ``compare`` and ``demo``.
+"""The ``chanloss`` command line: ``train``, ``eval``, ``compare``, ``demo``, ``analyze``,
+``predict``, ``export`` and ``config``.
 
 Subcommands are registered with :func:`register_command` (a name, a help line, a function
 that adds the arguments and one that runs the command), so other modules can add their own.
 User errors (bad config key or value, missing file, bad checkpoint, bad arguments) print one
 line ``chanloss: error: ...`` on stderr and exit with status 2.
+
+Only the standard library is imported at the top: each command imports what it needs when it
+runs, so that ``chanloss --help`` and ``chanloss COMMAND --help`` do not wait for torch.
 """
 
 from __future__ import annotations
@@ -188,6 +192,24 @@ def _run_demo(args: argparse.Namespace) -> int:
     from chanloss.training.demo import run_demo
 
     run_demo(args.out, seeds=args.seeds, overrides=args.overrides)
+    return 0
+
+
+# -- config ------------------------------------------------------------------------------------
+def _configure_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", required=True, help="YAML config file")
+    _add_set(p)
+
+
+@register_command(
+    "config",
+    "print the resolved, validated config (every default filled in; a dry run)",
+    _configure_config,
+)
+def _run_config(args: argparse.Namespace) -> int:
+    from chanloss.training.config import dump_config, load_config
+
+    print(dump_config(load_config(args.config, args.overrides)), end="", flush=True)
     return 0
 
 

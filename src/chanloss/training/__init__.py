@@ -4,22 +4,53 @@
 :mod:`chanloss.training.config` is the reference for every key); ``train`` runs it into a run
 directory; ``evaluate_checkpoint`` scores a checkpoint; ``compare`` runs several configs over
 seeds and tabulates the final test accuracy.
+
+The names are imported on first use, so that ``chanloss.training.config`` (and the command
+line's ``--help``) can be used without importing torch.
 """
 
-from chanloss.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from chanloss.training.compare import compare, load_labelled, results_table
-from chanloss.training.config import (
-    ConfigError,
-    TrainConfig,
-    apply_overrides,
-    dump_config,
-    load_config,
-    parse_overrides,
-    validate_config,
-)
-from chanloss.training.distributed import is_main_process
-from chanloss.training.evaluate import evaluate_checkpoint
-from chanloss.training.trainer import Trainer, train
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chanloss.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from chanloss.training.compare import compare, load_labelled, results_table
+    from chanloss.training.config import (
+        ConfigError,
+        TrainConfig,
+        apply_overrides,
+        dump_config,
+        load_config,
+        parse_overrides,
+        validate_config,
+    )
+    from chanloss.training.distributed import is_main_process
+    from chanloss.training.evaluate import evaluate_checkpoint
+    from chanloss.training.trainer import Trainer, train
+
+_WHERE = {
+    "CheckpointError": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "compare": "compare",
+    "load_labelled": "compare",
+    "results_table": "compare",
+    "ConfigError": "config",
+    "TrainConfig": "config",
+    "apply_overrides": "config",
+    "dump_config": "config",
+    "load_config": "config",
+    "parse_overrides": "config",
+    "validate_config": "config",
+    "is_main_process": "distributed",
+    "evaluate_checkpoint": "evaluate",
+    "Trainer": "trainer",
+    "train": "trainer",
+}
 
 __all__ = [
     "CheckpointError",
@@ -40,3 +71,30 @@ __all__ = [
     "train",
     "validate_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
+
+
+class _Package(types.ModuleType):
+    """This package; the function ``compare`` wins over the submodule of the same name (which
+    the import system sets as an attribute of the package once it is imported)."""
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if isinstance(value, types.ModuleType) and _WHERE.get(name) == name:
+            return getattr(value, name)
+        return value
+
+
+sys.modules[__name__].__class__ = _Package

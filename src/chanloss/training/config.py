@@ -429,13 +429,39 @@ def _section_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def _dotted_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key of the schema sections below ``model`` (``optim.lr``, ``data.augment.hflip``)."""
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(_dotted_keys(annotation, f"{prefix}{name}."))
+    return keys
+
+
+def _did_you_mean_dotted(key: str, section: tuple[Any, ...], *, exact: bool) -> str:
+    """A hint naming the full dotted key when ``key`` belongs to another section
+    (``lr`` -> ``optim.lr``): one with the same last part, or (``exact=False``) a close one."""
+    here = ".".join(str(p) for p in section)
+    others = [k for k in _dotted_keys(TrainConfig) if k.rpartition(".")[0] != here]
+    found = [k for k in others if k.rpartition(".")[2].lower() == key.lower()]
+    if not found and not exact:
+        leaves = {k.rpartition(".")[2]: k for k in reversed(others)}
+        close = difflib.get_close_matches(key, list(leaves), n=1, cutoff=0.75)
+        found = [leaves[close[0]]] if close else []
+    return f" (did you mean {found[0]!r}?)" if found else ""
+
+
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors(include_url=False):
         loc = tuple(e["loc"])
         key = ".".join(str(p) for p in loc) or "config"
         if e["type"] == "extra_forbidden":
-            hint = _did_you_mean(str(loc[-1]), _section_fields(TrainConfig, loc[:-1]))
+            hint = _did_you_mean_dotted(str(loc[-1]), loc[:-1], exact=True)
+            hint = hint or _did_you_mean(str(loc[-1]), _section_fields(TrainConfig, loc[:-1]))
+            hint = hint or _did_you_mean_dotted(str(loc[-1]), loc[:-1], exact=False)
             lines.append(f"{key}: unknown key{hint}")
             continue
         if e["type"] == "missing":
