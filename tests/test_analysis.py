@@ -370,15 +370,17 @@ def test_analyze_without_mc_view_and_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match="at least one checkpoint"):
         analyze([], tmp_path / "x")
 
+    out = str(tmp_path / "x")  # never a relative path: it would land in the working tree
+
     def err(argv: list[str]) -> str:
         assert main(argv) == 2
         return capsys.readouterr().err
 
-    assert "checkpoint not found" in err(["analyze", str(tmp_path / "no.pt"), "--out", "x"])
+    assert "checkpoint not found" in err(["analyze", str(tmp_path / "no.pt"), "--out", out])
     assert "argument --max-samples: must be an integer >= 3, got '1'" in err(
-        ["analyze", str(ck), "--out", "x", "--max-samples", "1"]
+        ["analyze", str(ck), "--out", out, "--max-samples", "1"]
     )
     assert "required: --out" in err(["analyze", str(ck)])
     bad = tmp_path / "bad.pt"
     bad.write_text("not a checkpoint")
-    assert "not a readable chanloss checkpoint" in err(["analyze", str(bad), "--out", "x"])
+    assert "not a readable chanloss checkpoint" in err(["analyze", str(bad), "--out", out])

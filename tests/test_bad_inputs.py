@@ -274,7 +274,7 @@ CLI_CASES: dict[str, Case] = {
     ),
     "model-option-bad-value": Case(
         lambda c: c.train(c.config(model={"name": "convnet_small", "width": -1})),
-        ("model: width must be an integer in [1, inf], got -1",),
+        ("model: width must be in [1, inf), got -1",),
     ),
     "model-option-string": Case(
         lambda c: c.train(c.config(model={"name": "convnet_small", "width": "4"})),
@@ -670,7 +670,7 @@ def test_data_loaders_reject_bad_arguments(tmp_path):
         build_datasets("digits", seed="1")
     with pytest.raises(ValueError, match=r"val_fraction must be a finite number in \[0, 0.99\]"):
         build_datasets("digits", val_fraction=-0.1)
-    with pytest.raises(ValueError, match="image_size must be an integer in"):
+    with pytest.raises(ValueError, match="image_size must be in"):
         build_datasets("image_folder", root=image_folder(tmp_path), image_size=0)
     with pytest.raises(ValueError, match="colour must be one of 'RGB', 'L', got 'CMYK'"):
         build_datasets("image_folder", root=str(tmp_path / "imgs"), colour="CMYK")

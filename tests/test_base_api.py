@@ -1,4 +1,4 @@
-"""The common loss API (shared/SPEC.md): registry, combine, validation, precision."""
+"""The common loss API (docs/design.md): registry, combine, validation, precision."""
 
 import pytest
 import torch

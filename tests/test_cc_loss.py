@@ -1,4 +1,4 @@
-"""CC-Loss (shared/SPEC.md, "CC-Loss"): per-pair reference, edge cases, gradients, errors."""
+"""CC-Loss (docs/design.md, "CC-Loss"): per-pair reference, edge cases, gradients, errors."""
 
 import math
 
@@ -25,7 +25,7 @@ def make_loss(**kwargs):
 
 
 def reference_cc(loss, x, y, pair_reduction):
-    """Per-pair double loop with the loss's own SE layers: the plain reading of the SPEC."""
+    """Per-pair double loop with the loss's own SE layers: the plain reading of docs/design.md."""
     z = x.mean(dim=(2, 3))
     a = torch.sigmoid(loss.fc2(torch.relu(loss.fc1(z))))
     intra, inter, n_pos, n_neg = x.new_zeros(()), x.new_zeros(()), 0, 0

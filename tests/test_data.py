@@ -176,7 +176,7 @@ def test_channel_stats_of_uint8_equal_the_float_computation(monkeypatch):
     m, sd = channel_stats(big)
     assert [n for _, n in blocks] == [5, 5, 2]
     assert m == pytest.approx((0.2,) * 3, rel=1e-7) and sd == pytest.approx((0.0,) * 3, abs=1e-6)
-    with pytest.raises(ValueError, match=r"chunk must be an integer in \[1, inf\], got 0"):
+    with pytest.raises(ValueError, match=r"chunk must be in \[1, inf\), got 0"):
         channel_stats(pixels, chunk=0)
 
 
@@ -556,7 +556,7 @@ def test_augmentation_rejects_bad_arguments():
         ValueError, match=r"std\[0\] must be a finite number in \(0, inf\), got 0.0"
     ):
         build_augmentation(train=True, mean=(0.1,), std=(0.0,))
-    with pytest.raises(ValueError, match=r"crop_padding must be an integer in \[0, inf\], got -1"):
+    with pytest.raises(ValueError, match=r"crop_padding must be in \[0, inf\), got -1"):
         build_augmentation(train=True, mean=(0.1,), std=(1.0,), crop_padding=-1)
     aug = build_augmentation(train=True, mean=(0.1,), std=(1.0,))
     with pytest.raises(
@@ -625,9 +625,9 @@ def test_finegrained_class_means_differ_from_the_global_mean_locally():
 
 
 def test_finegrained_rejects_bad_options():
-    with pytest.raises(ValueError, match=r"num_classes must be an integer in \[2, 64\], got 65"):
+    with pytest.raises(ValueError, match=r"num_classes must be in \[2, 64\], got 65"):
         make_finegrained(num_classes=65)
     with pytest.raises(ValueError, match=r"difficulty must be a finite number in \[0, 1\]"):
         make_finegrained(difficulty=1.5)
-    with pytest.raises(ValueError, match=r"num_locations must be an integer in \[1, 8\]"):
+    with pytest.raises(ValueError, match=r"num_locations must be in \[1, 8\]"):
         make_finegrained(num_locations=9)

@@ -1,4 +1,4 @@
-"""MC-Loss (shared/SPEC.md, "MC-Loss") against a per-group Python loop written here."""
+"""MC-Loss (docs/design.md, "MC-Loss") against a per-group Python loop written here."""
 
 import math
 import warnings

@@ -265,14 +265,14 @@ def test_wrong_input_channels_is_a_clear_error():
         (
             "vgg16_bn",
             {"channels_per_class": 0},
-            r"channels_per_class must be an integer in \[1, inf\]",
+            r"channels_per_class must be in \[1, inf\)",
         ),
         (
             "vgg16_bn",
             {"channels_per_class": 3, "feature_channels": 512},
             r"feature_channels \(512\) contradicts channels_per_class \* num_classes \(3 \* 10 = 30\)",
         ),
-        ("convnet_small", {"pools": 3}, r"pools must be an integer in \[0, 2\], got 3"),
+        ("convnet_small", {"pools": 3}, r"pools must be in \[0, 2\], got 3"),
     ],
 )
 def test_create_model_rejects_bad_names_and_options(name, opts, message):
@@ -281,7 +281,7 @@ def test_create_model_rejects_bad_names_and_options(name, opts, message):
 
 
 def test_create_model_rejects_bad_class_and_channel_counts():
-    with pytest.raises(ValueError, match=r"num_classes must be an integer in \[1, inf\], got 0"):
+    with pytest.raises(ValueError, match=r"num_classes must be in \[1, inf\), got 0"):
         create_model("resnet20", num_classes=0)
     with pytest.raises(ValueError, match="in_channels must be an integer"):
         create_model("resnet20", num_classes=10, in_channels=2.5)

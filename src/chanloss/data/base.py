@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from chanloss.models._checks import check_float, check_int, check_options, keyword_options
+from chanloss._validation import check_float, check_int, check_options, keyword_options
 
 
 class DatasetError(ValueError):

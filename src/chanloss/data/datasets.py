@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from chanloss._validation import check_choice, check_int, check_size
 from chanloss.data.base import (
     DatasetError,
     DatasetFileNotFoundError,
@@ -35,7 +36,6 @@ from chanloss.data.base import (
     register_dataset,
     stratified_split,
 )
-from chanloss.models._checks import check_choice, check_int, check_size
 
 #: Seed of the fixed train/test splits of digits and mnist5k.
 SPLIT_SEED = 0

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from chanloss._validation import check_float, check_int
 from chanloss.data.base import Splits, register_dataset
-from chanloss.models._checks import check_float, check_int
 
 CHUNK = 1024
 

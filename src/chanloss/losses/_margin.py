@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from chanloss.losses._checks import (
+from chanloss._validation import (
     check_float,
     check_int,
 )

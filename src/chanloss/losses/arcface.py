@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from chanloss.losses._checks import check_float
+from chanloss._validation import check_float
 from chanloss.losses._margin import MarginHead, cosine, replace_target, target_cos_sin, unit
 from chanloss.losses.registry import register_loss
 

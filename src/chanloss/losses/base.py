@@ -1,4 +1,4 @@
-"""The small base class every chanloss loss derives from (the common API of shared/SPEC.md)."""
+"""The small base class every chanloss loss derives from (the common API of docs/design.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from chanloss.losses._checks import as_compute_dtype, check_finite, check_labels, check_tensor
+from chanloss._validation import as_compute_dtype, check_finite, check_labels, check_tensor
 
 ModelOutputName = Literal["logits", "features", "embedding"]
 

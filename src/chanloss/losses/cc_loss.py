@@ -5,25 +5,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from chanloss.losses import distributed
-from chanloss.losses._checks import (
+from chanloss._validation import (
     as_compute_dtype,
+    check_bool,
     check_choice,
     check_float,
     check_int,
     check_labels,
     check_tensor,
 )
+from chanloss.losses import distributed
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
 
 PAIR_REDUCTIONS = ("mean", "sum")
-
-
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
-    return value
 
 
 @register_loss("cc")
@@ -35,7 +30,7 @@ class CCLoss(Loss):
     attention vector for every sample during training; a Euclidean distance matrix between
     these vectors is used to make the vectors of the same class identical and those of
     different classes differ. The full text (and so its equations) is not available to us;
-    everything below beyond that is **our reconstruction** (shared/SPEC.md, "CC-Loss"):
+    everything below beyond that is **our reconstruction** (docs/design.md, "CC-Loss"):
 
     1. Attention (squeeze-and-excitation, owned by the loss, training only):
        ``z = GAP(F)``, ``a = sigmoid(W2 relu(W1 z + b1) + b2)`` with
@@ -89,13 +84,13 @@ class CCLoss(Loss):
     ) -> None:
         super().__init__(
             weights={"cc": check_float("weight", weight, low=0.0)},
-            check_finite=_check_bool("check_finite", check_finite),
+            check_finite=check_bool("check_finite", check_finite),
         )
         self.num_channels = check_int("num_channels", num_channels, low=1)
         self.reduction = check_int("reduction", reduction, low=1)
         self.pair_reduction = check_choice("pair_reduction", pair_reduction, PAIR_REDUCTIONS)
         self.eps = check_float("eps", eps, low=0.0, low_inclusive=False)
-        self.gather = _check_bool("gather", gather)
+        self.gather = check_bool("gather", gather)
         self.hidden = max(1, self.num_channels // self.reduction)
         self.fc1 = nn.Linear(self.num_channels, self.hidden)
         self.fc2 = nn.Linear(self.hidden, self.num_channels)

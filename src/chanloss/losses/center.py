@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from chanloss._validation import check_choice, check_float, check_int
 from chanloss.losses import distributed
-from chanloss.losses._checks import check_choice, check_float, check_int
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from chanloss.losses._checks import check_choice, check_float, check_int, check_labels
+from chanloss._validation import check_choice, check_float, check_int, check_labels
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
 
@@ -269,7 +269,7 @@ class MCLoss(Loss):
 
     The ``C`` channels of the feature map ``F`` ``(B, C, H, W)`` are split into ``K`` groups of
     consecutive channels (``q, r = divmod(C, K)``: the first ``K - r`` groups have ``q`` channels,
-    the last ``r`` have ``q + 1``). Two terms (see shared/SPEC.md, "MC-Loss"):
+    the last ``r`` have ``q + 1``). Two terms (see docs/design.md, "MC-Loss"):
 
     - ``dis`` (discriminality component, ``L_dis``): in training a random channel-wise attention mask keeps
       ``keep(g) = max(1, round(keep_ratio * size(g)))`` channels of every group (rounded half

@@ -1,4 +1,4 @@
-"""Backbones that return ``ModelOutput(logits, features, embedding)`` (shared/SPEC.md).
+"""Backbones that return ``ModelOutput(logits, features, embedding)`` (docs/design.md).
 
 ``create_model(name, num_classes=..., in_channels=..., **opts)`` builds a registered backbone
 (:data:`MODELS`: CIFAR ResNet-20/56/110, ResNet-18/50, VGG-16-BN, a small ConvNet) or wraps a

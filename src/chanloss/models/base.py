@@ -1,4 +1,4 @@
-"""The model contract of shared/SPEC.md: every model returns logits, features and embedding."""
+"""The model contract of docs/design.md: every model returns logits, features and embedding."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from chanloss.models._checks import check_choice, check_int
+from chanloss._validation import check_choice, check_int
 from chanloss.models.base import ModelOutput
 
 HEADS = ("gap", "mcloss")
@@ -95,7 +95,7 @@ def init_weights(module: nn.Module) -> None:
 
 
 class Backbone(nn.Module):
-    """Base of the built-in backbones (model contract of shared/SPEC.md).
+    """Base of the built-in backbones (model contract of docs/design.md).
 
     ``forward(x) -> ModelOutput(logits, features, embedding)`` with ``features = forward_features(x)``
     the last convolutional map ``(B, num_features, H, W)`` after its final BN/ReLU,

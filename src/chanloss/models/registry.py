@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from chanloss.models._checks import check_int, check_options, keyword_options
+from chanloss._validation import check_int, check_options, keyword_options
 
 ModelFactory = Callable[..., nn.Module]
 

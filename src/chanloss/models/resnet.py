@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from chanloss.models._checks import check_bool, check_choice, check_float, check_int
+from chanloss._validation import check_bool, check_choice, check_float, check_int
 from chanloss.models.common import Backbone, build_head, scaled
 from chanloss.models.registry import register_model
 

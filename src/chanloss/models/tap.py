@@ -20,7 +20,7 @@ def _version(t: Tensor) -> int | None:
 class FeatureTap(nn.Module):
     """Wrap a classifier so that it returns ``ModelOutput(logits, features, embedding)``.
 
-    The model contract of shared/SPEC.md ("any ``nn.Module`` backbone can be wrapped by naming
+    The model contract of docs/design.md ("any ``nn.Module`` backbone can be wrapped by naming
     the layer whose output is ``features``"). During each forward pass a forward hook on the
     sub-module ``layer`` (a dotted path as in ``model.named_modules()``, e.g.
     ``"layer4.1.conv2"``) captures its output as ``features`` (it must be a ``(B, C, H, W)``

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from chanloss.models._checks import check_bool, check_float, check_int
+from chanloss._validation import check_bool, check_float, check_int
 from chanloss.models.common import Backbone, build_head, conv_bn_relu, scaled, spatial_after
 from chanloss.models.registry import register_model
 

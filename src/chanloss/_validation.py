@@ -1,12 +1,15 @@
-"""Input and argument validation shared by every loss.
+"""Argument and input validation shared by the losses, the models and the data sets.
 
-Every check raises ``ValueError`` with a message that names the argument, what was expected
-and what was received.
+The bottom of the package: it needs only the standard library and torch, so that
+``chanloss.losses`` keeps depending on torch alone. Every check raises ``ValueError`` with a
+one-line message that names the argument, what was expected and what was received.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable, Mapping
 from numbers import Integral, Real
 
 import torch
@@ -15,6 +18,7 @@ from torch import Tensor
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
+# -- scalar options ------------------------------------------------------------------------------
 def check_int(name: str, value: object, *, low: int | None = None, high: int | None = None) -> int:
     """Return ``value`` if it is an int in ``[low, high]``; raise ``ValueError`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, Integral):
@@ -46,11 +50,31 @@ def check_float(
     return value
 
 
-def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
-    """Return ``value`` if it is one of ``choices``; raise ``ValueError`` otherwise."""
-    if value not in choices:
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a bool; raise ``ValueError`` otherwise (1 and "yes" are not)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_choice(name: str, value: object, choices: tuple) -> object:
+    """Return ``value`` if it is one of ``choices``; raise ``ValueError`` otherwise.
+
+    A bool is never a choice, even where ``True == 1`` would make it compare equal.
+    """
+    if isinstance(value, bool) or value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value  # type: ignore[return-value]
+    return value
+
+
+def check_size(name: str, value: object) -> tuple[int, int]:
+    """Return ``value`` (an int or a pair of ints >= 1) as ``(height, width)``."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a (height, width) pair, got {value!r}")
+        return check_int(f"{name}[0]", value[0], low=1), check_int(f"{name}[1]", value[1], low=1)
+    size = check_int(name, value, low=1)
+    return size, size
 
 
 def _range_text(low: float | None, high: float | None, low_inc: bool, high_inc: bool) -> str:
@@ -59,6 +83,25 @@ def _range_text(low: float | None, high: float | None, low_inc: bool, high_inc: 
     return f"{left}, {right}"
 
 
+# -- factory options -----------------------------------------------------------------------------
+def keyword_options(factory: Callable) -> tuple[str, ...]:
+    """The keyword-only parameter names of ``factory`` (its options)."""
+    params = inspect.signature(factory).parameters.values()
+    return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def check_options(
+    kind: str, name: str, opts: Mapping[str, object], allowed: tuple[str, ...]
+) -> None:
+    """Raise ``ValueError`` naming the first option of ``opts`` that is not in ``allowed``."""
+    for key in opts:
+        if key not in allowed:
+            raise ValueError(
+                f"{kind} {name!r} has no option {key!r}; allowed options: {', '.join(allowed)}"
+            )
+
+
+# -- tensors -------------------------------------------------------------------------------------
 def check_tensor(
     name: str, x: object, *, ndim: int, layout: str, sizes: dict[int, int] | None = None
 ) -> Tensor:
