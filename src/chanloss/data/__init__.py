@@ -7,7 +7,9 @@ int64 tensors can be batched directly. ``.images`` is uint8 ``0..255`` for the s
 8-bit files (cifar10, cifar100, cub200, image_folder: a quarter of the memory) and float32 in
 ``[0, 1]`` for the others; :func:`to_float_images` turns a batch of either into float32 in
 ``[0, 1]`` (``dataset[i]`` does so per item). ``build_augmentation`` builds the per-batch
-augmentation and normalisation, which expects float batches.
+augmentation and normalisation, which expects float batches. Image-file sets can instead be
+streamed (``mode="stream"``: :class:`~chanloss.data.files.ImageFileDataset`, decoded per item
+in ``DataLoader`` workers) or cached on disk; see :mod:`chanloss.data.files`.
 """
 
 from chanloss.data import datasets as _datasets  # noqa: F401  (registers the loaders)
@@ -15,6 +17,7 @@ from chanloss.data import synthetic as _synthetic  # noqa: F401
 from chanloss.data.augment import Augmentation, build_augmentation
 from chanloss.data.base import (
     DATASETS,
+    FILE_SETS,
     DataBundle,
     DatasetError,
     DatasetFileNotFoundError,
@@ -26,10 +29,14 @@ from chanloss.data.base import (
     register_dataset,
     to_float_images,
 )
+from chanloss.data.files import ImageFileDataset, ImageSpec
 from chanloss.data.synthetic import make_finegrained
 
 __all__ = [
     "DATASETS",
+    "FILE_SETS",
+    "ImageFileDataset",
+    "ImageSpec",
     "Augmentation",
     "DataBundle",
     "DatasetError",

@@ -1,9 +1,9 @@
 """Batched GPU-friendly augmentation with kornia (``kornia.augmentation``).
 
 ``build_augmentation`` returns a module applied to whole ``(B, C, H, W)`` float batches on the
-batch's device: training mode = ``[Resize] -> [RandomCrop with zero padding] ->
+batch's device: training mode = ``[Resize] -> [RandomCrop (to crop, with zero padding)] ->
 [RandomHorizontalFlip] -> Normalize``; evaluation mode (``train=False``) = ``[Resize] ->
-Normalize`` only, which is deterministic. kornia draws its random parameters from torch's
+[centre crop to crop] -> Normalize`` only, which is deterministic. kornia draws its random parameters from torch's
 global (CPU) random number generator, so ``torch.manual_seed`` makes the training
 augmentation reproducible, on any device.
 """
@@ -35,9 +35,11 @@ class Augmentation(nn.Module):
         crop_padding: int,
         hflip: bool,
         resize: tuple[int, int] | None,
+        crop: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.train_mode = train
+        self.crop = crop
         self.crop_padding = crop_padding
         self.hflip = hflip
         self.resize = resize
@@ -70,8 +72,13 @@ class Augmentation(nn.Module):
             )
         if self.resize_op is not None:
             x = self.resize_op(x)
-        if self.train_mode and self.crop_padding > 0:
-            x = self._crop((x.shape[2], x.shape[3]))(x)
+        size = (x.shape[2], x.shape[3])
+        target = self.crop or size
+        if self.train_mode and (self.crop_padding > 0 or target != size):
+            x = self._crop(target)(x)
+        elif target != size:  # the centre crop of chanloss.data.files.centre_box
+            top, left = (size[0] - target[0]) // 2, (size[1] - target[1]) // 2
+            x = x[:, :, top : top + target[0], left : left + target[1]]
         if self.flip_op is not None:
             x = self.flip_op(x)
         return self.normalize(x)
@@ -79,7 +86,7 @@ class Augmentation(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"train={self.train_mode}, crop_padding={self.crop_padding}, hflip={self.hflip}, "
-            f"resize={self.resize}"
+            f"resize={self.resize}, crop={self.crop}"
         )
 
 
@@ -91,6 +98,7 @@ def build_augmentation(
     crop_padding: int = 0,
     hflip: bool = False,
     resize: tuple[int, int] | None = None,
+    crop: int | tuple[int, int] | None = None,
 ) -> nn.Module:
     """The augmentation pipeline of the module docstring, as an ``nn.Module``.
 
@@ -115,6 +123,7 @@ def build_augmentation(
         crop_padding=check_int("crop_padding", crop_padding, low=0),
         hflip=check_bool("hflip", hflip),
         resize=size,
+        crop=None if crop is None else check_size("crop", crop),
     )
 
 

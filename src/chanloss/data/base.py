@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from chanloss._validation import check_float, check_int, check_options, keyword_options
+from chanloss._validation import (
+    check_choice,
+    check_float,
+    check_int,
+    check_options,
+    keyword_options,
+)
 
 
 class DatasetError(ValueError):
@@ -97,18 +103,24 @@ class DataBundle:
     """What ``build_datasets`` returns; ``val`` is ``None`` when ``val_fraction == 0``.
 
     ``mean``/``std`` are per-channel statistics of the ``train`` split (after the validation
-    split is carved out), for ``build_augmentation``.
+    split is carved out; in stream mode of a sample of it; ImageNet's with ``normalize=
+    "imagenet"``), for ``build_augmentation``. ``mode`` is ``"memory"`` (splits are
+    :class:`TensorImageDataset`) or ``"stream"`` (:class:`~chanloss.data.files.ImageFileDataset`).
+    ``image_size`` is what the model sees; ``crop`` is set when the stored images are larger
+    and the augmentation must crop them to ``image_size`` (memory mode with ``resize``).
     """
 
-    train: TensorImageDataset
-    val: TensorImageDataset | None
-    test: TensorImageDataset
+    train: Any  # TensorImageDataset, or ImageFileDataset in stream mode
+    val: Any
+    test: Any
     num_classes: int
     in_channels: int
     image_size: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: list[str]
+    mode: str = "memory"
+    crop: tuple[int, int] | None = None
 
 
 class Splits(NamedTuple):
@@ -126,6 +138,16 @@ DatasetLoader = Callable[..., Splits]
 #: Data-set loaders, name -> ``loader(*, root, **opts) -> Splits``.
 DATASETS: dict[str, DatasetLoader] = {}
 
+#: Image-file sets that can be streamed, name -> ``lister(*, root, **opts) -> FileSplits``
+#: (same options as the loader of the same name in :data:`DATASETS`).
+FILE_SETS: dict[str, Callable[..., Any]] = {}
+
+MODES = ("memory", "stream", "auto")
+NORMALIZE = ("dataset", "imagenet")
+#: torchvision's ImageNet statistics (for pretrained backbones).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
     """Decorator that adds a loader to :data:`DATASETS` under ``name``."""
@@ -135,6 +157,18 @@ def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
             raise ValueError(f"dataset {name!r} is already registered")
         DATASETS[name] = loader
         return loader
+
+    return decorate
+
+
+def register_files(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator that adds an image-file lister to :data:`FILE_SETS` under ``name``."""
+
+    def decorate(lister: Callable[..., Any]) -> Callable[..., Any]:
+        if name in FILE_SETS:
+            raise ValueError(f"image-file set {name!r} is already registered")
+        FILE_SETS[name] = lister
+        return lister
 
     return decorate
 
@@ -193,12 +227,22 @@ def build_datasets(
     root: str | None = None,
     seed: int = 0,
     val_fraction: float = 0.0,
+    mode: str = "memory",
+    memory_budget_gb: float = 4.0,
+    cache_dir: str | None = None,
+    normalize: str = "dataset",
     **opts: object,
 ) -> DataBundle:
-    """Load the data set ``name`` (a key of :data:`DATASETS`) as in-memory tensors.
+    """Load the data set ``name`` (a key of :data:`DATASETS`).
 
     ``val_fraction`` of the training split (stratified, drawn with ``seed``) becomes ``val``;
     the train/test split itself is the data set's own and does not depend on ``seed``.
+    ``mode``: ``"memory"`` decodes everything into tensors; ``"stream"`` (image-file sets,
+    :data:`FILE_SETS`) decodes per item, in the ``DataLoader`` workers; ``"auto"`` streams when
+    the decoded set would take more than ``memory_budget_gb`` GB. ``cache_dir``: memory mode
+    keeps the decoded pixels of image-file sets there, memory-mapped
+    (:func:`~chanloss.data.files.cached_decode`). ``normalize``: statistics of the training
+    split (``"dataset"``) or ImageNet's (``"imagenet"``, for pretrained backbones).
     Unknown names or options raise ``ValueError`` listing the allowed ones; missing or
     malformed files raise :class:`DatasetError` (a ``ValueError``) naming the file.
     """
@@ -207,24 +251,76 @@ def build_datasets(
     check_options("dataset", name, opts, dataset_options(name))
     seed = check_int("seed", seed, low=0)
     val_fraction = check_float("val_fraction", val_fraction, low=0.0, high=0.99)
-    splits = DATASETS[name](root=root, **opts)
-    train = TensorImageDataset(splits.train_images, splits.train_labels)
-    test = TensorImageDataset(splits.test_images, splits.test_labels)
+    mode = str(check_choice("mode", mode, MODES))
+    budget = check_float("memory_budget_gb", memory_budget_gb, low=0.0)
+    normalize = str(check_choice("normalize", normalize, NORMALIZE))
+    if name not in FILE_SETS:
+        if mode == "stream":
+            raise ValueError(
+                f"mode 'stream' decodes image files per batch; dataset {name!r} is not an "
+                f"image-file set ({', '.join(sorted(FILE_SETS))}); use mode memory or auto"
+            )
+        if cache_dir is not None:
+            raise ValueError(
+                f"cache_dir keeps decoded image files; dataset {name!r} is not an image-file "
+                f"set ({', '.join(sorted(FILE_SETS))}); remove cache_dir"
+            )
+        mode = "memory"
+        splits = DATASETS[name](root=root, **opts)
+        train = TensorImageDataset(splits.train_images, splits.train_labels)
+        test = TensorImageDataset(splits.test_images, splits.test_labels)
+        class_names, crop = list(splits.class_names), None
+    else:
+        from chanloss.data.files import ImageFileDataset, cached_decode, decode_files, decoded_bytes
+
+        files = FILE_SETS[name](root=root, **opts)
+        if mode == "auto":
+            mode = "memory" if decoded_bytes(files) <= budget * 1e9 else "stream"
+        spec, class_names = files.spec, list(files.class_names)
+        if mode == "stream":
+            train = ImageFileDataset(files.train, spec, train=True, seed=seed, name=name)
+            test = ImageFileDataset(files.test, spec, train=False, seed=seed, name=name)
+        else:
+            pixels = [
+                cached_decode(split, spec, name, what, cache_dir, files.num_workers)
+                if cache_dir is not None
+                else decode_files(split.paths, spec, name, files.num_workers)
+                for what, split in (("train", files.train), ("test", files.test))
+            ]
+            train = TensorImageDataset(pixels[0], files.train.labels)
+            test = TensorImageDataset(pixels[1], files.test.labels)
+        crop = spec.size if mode == "memory" and spec.stored != spec.size else None
     val = None
     if val_fraction > 0:
         keep, held = stratified_split(
             train.labels.numpy(), val_fraction, seed, f"{name} validation split"
         )
         train, val = train.subset(keep), train.subset(held)
-    mean, std = channel_stats(train.images)
+        if mode == "stream":
+            val = val.with_train(False)
+    if mode == "stream":
+        sample = train.sample_pixels() if normalize == "dataset" else None
+        channels, size = spec.channels, spec.size
+    else:
+        sample = train.images if normalize == "dataset" else None
+        channels = train.images.shape[1]
+        size = crop or (train.images.shape[2], train.images.shape[3])
+    if sample is not None:
+        mean, std = channel_stats(sample)
+    elif channels == 3:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean, std = (sum(IMAGENET_MEAN) / 3,) * channels, (sum(IMAGENET_STD) / 3,) * channels
     return DataBundle(
         train=train,
         val=val,
         test=test,
-        num_classes=len(splits.class_names),
-        in_channels=train.images.shape[1],
-        image_size=(train.images.shape[2], train.images.shape[3]),
+        num_classes=len(class_names),
+        in_channels=channels,
+        image_size=size,
         mean=mean,
         std=std,
-        class_names=list(splits.class_names),
+        class_names=class_names,
+        mode=mode,
+        crop=crop,
     )

@@ -1,13 +1,14 @@
 """Loaders of the real data sets: digits, mnist5k, CIFAR-10/100, CUB-200-2011, image folders.
 
-All are decoded into memory: CIFAR, CUB and image folders as uint8 ``(N, C, H, W)`` tensors
+The image-file sets (CUB, image folders) are also listed without decoding (``list_cub200``,
+``list_image_folder``) for stream mode (:mod:`chanloss.data.files`). Loaded into memory, CIFAR, CUB and image folders as uint8 ``(N, C, H, W)`` tensors
 ``0..255`` (the 8-bit pixels as stored; :func:`~chanloss.data.base.to_float_images` scales a
 batch to float32 in ``[0, 1]``), digits and mnist5k as float32 in ``[0, 1]``. The train/test
 split is the data set's own (or, for digits and mnist5k, a fixed stratified split seeded with
 the constant ``SPLIT_SEED``), independent of the run seed.
 
 Image files (CUB, image folders) are decoded with Pillow and brought to ``image_size`` by
-``resize_mode``: ``"crop"`` (default) scales the image so that it covers the target (the shorter
+``resize_mode`` (or, with ``resize``, scaled and cropped as in :mod:`chanloss.data.files`): ``"crop"`` (default) scales the image so that it covers the target (the shorter
 side, for a square target) and cuts the centre; ``"stretch"`` resizes to the target ignoring
 the aspect ratio (the MC-Loss authors' ``Scale((224, 224))``). Pillow's bilinear filter
 antialiases when it shrinks. Memory: ``N * C * H * W`` bytes, e.g. 1.8 GB for all of CUB at
@@ -20,12 +21,10 @@ import functools
 import os
 import pickle
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from chanloss._validation import check_choice, check_int, check_size
@@ -34,13 +33,20 @@ from chanloss.data.base import (
     DatasetFileNotFoundError,
     Splits,
     register_dataset,
+    register_files,
     stratified_split,
+)
+from chanloss.data.files import (
+    RESIZE_MODES,
+    FileSplits,
+    ImageFiles,
+    ImageSpec,
+    decode_files,
 )
 
 #: Seed of the fixed train/test splits of digits and mnist5k.
 SPLIT_SEED = 0
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-RESIZE_MODES = ("crop", "stretch")
 
 
 def _to_tensors(images: np.ndarray, labels: np.ndarray, scale: float) -> tuple[Tensor, Tensor]:
@@ -265,57 +271,6 @@ def load_cifar100(*, root: str | None = None) -> Splits:
     )
 
 
-def _fit(image: Image.Image, size: tuple[int, int], mode: str) -> Image.Image:
-    """Resize ``image`` to ``size = (height, width)`` by ``mode`` (see the module docstring)."""
-    height, width = size
-    if mode == "stretch":
-        return image.resize((width, height), Image.Resampling.BILINEAR)
-    scale = max(height / image.height, width / image.width)
-    new_w = max(width, round(image.width * scale))
-    new_h = max(height, round(image.height * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - width) // 2, (new_h - height) // 2
-    return image.crop((left, top, left + width, top + height))
-
-
-def _decode(path: Path, size: tuple[int, int], mode: str, colour: str, name: str) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            array = np.array(_fit(image.convert(colour), size, mode), dtype=np.uint8)
-    except FileNotFoundError as exc:
-        raise DatasetFileNotFoundError(f"{name}: image file not found: {path}") from exc
-    except Exception as exc:
-        raise DatasetError(
-            f"{name}: cannot read image {path}: {type(exc).__name__}: {exc}"
-        ) from exc
-    return array[:, :, None] if array.ndim == 2 else array
-
-
-def _decode_all(
-    paths: Sequence[Path],
-    size: tuple[int, int],
-    mode: str,
-    colour: str,
-    name: str,
-    num_workers: int | None,
-) -> Tensor:
-    """Decode ``paths`` into one uint8 ``(N, C, H, W)`` tensor."""
-    channels = 1 if colour == "L" else 3
-    out = torch.empty((len(paths), channels, size[0], size[1]), dtype=torch.uint8)
-
-    def work(i: int) -> None:
-        out[i] = torch.from_numpy(_decode(paths[i], size, mode, colour, name)).permute(2, 0, 1)
-
-    workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
-    if workers <= 1 or len(paths) < 2:
-        for i in range(len(paths)):
-            work(i)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(work, range(len(paths))))
-    return out
-
-
 def _read_table(
     path: Path, fields: str, parse: Callable[[list[str]], tuple], name: str
 ) -> list[tuple]:
@@ -367,25 +322,56 @@ def _as_map(rows: list[tuple], path: Path, name: str) -> dict:
     return table
 
 
-@register_dataset("cub200")
-def load_cub200(
+def _spec(
+    image_size: int | Sequence[int], resize: int | None, resize_mode: str, colour: str
+) -> ImageSpec:
+    size = check_size("image_size", image_size)
+    mode = str(check_choice("resize_mode", resize_mode, RESIZE_MODES))
+    if resize is not None:
+        resize = check_int("resize", resize, low=1)
+    return ImageSpec(size, resize, mode, colour)
+
+
+def decode_splits(files: FileSplits) -> Splits:
+    """Memory mode: decode both splits of an image-file set into uint8 tensors."""
+    decode = [
+        decode_files(split.paths, files.spec, files.name, files.num_workers)
+        for split in (files.train, files.test)
+    ]
+    return Splits(decode[0], files.train.labels, decode[1], files.test.labels, files.class_names)
+
+
+def _decoding(lister: Callable[..., FileSplits]) -> Callable[..., Splits]:
+    """The in-memory loader of an image-file set (same options as its lister)."""
+
+    @functools.wraps(lister)
+    def load(**opts: object) -> Splits:
+        return decode_splits(lister(**opts))
+
+    return load
+
+
+@register_files("cub200")
+def list_cub200(
     *,
     root: str | None = None,
     image_size: int | Sequence[int] = 224,
+    resize: int | None = None,
     resize_mode: str = "crop",
     num_workers: int | None = None,
-) -> Splits:
+) -> FileSplits:
     """CUB-200-2011 (Wah et al. 2011): 5,994 train / 5,794 test images of 200 bird species.
 
     ``root`` is the directory holding ``CUB_200_2011/`` or that directory itself, with
     ``images.txt`` (``<image_id> <path>``), ``image_class_labels.txt`` (``<image_id>
     <class_id>``, 1-based), ``train_test_split.txt`` (``<image_id> <0|1>``, 1 = train),
-    ``classes.txt`` (``<class_id> <name>``) and ``images/<path>``. Images are decoded in
+    ``classes.txt`` (``<class_id> <name>``) and ``images/<path>``. ``image_size``: the size the
+    model sees; ``resize``: the shorter side before cropping (the fine-grained recipe, e.g. 512
+    for 448 px crops; ``chanloss.data.files``). In memory mode images are decoded in
     ``num_workers`` threads (default ``min(8, cpu_count)``).
     """
     name = "cub200"
-    size = check_size("image_size", image_size)
-    mode = str(check_choice("resize_mode", resize_mode, RESIZE_MODES))
+    spec = _spec(image_size, resize, resize_mode, "RGB")
     if num_workers is not None:
         num_workers = check_int("num_workers", num_workers, low=0)
     base = _find_base(_need_root(root, name, "CUB_200_2011/"), "CUB_200_2011", "images.txt", name)
@@ -426,12 +412,19 @@ def load_cub200(
     order = sorted(images)
     paths = [base / "images" / images[i] for i in order]
     targets = torch.tensor([labels[i] - 1 for i in order], dtype=torch.int64)
-    is_train = torch.tensor([split[i] == 1 for i in order])
-    pixels = _decode_all(paths, size, mode, "RGB", name, num_workers)
-    class_names = [classes[i] for i in ids]
-    return Splits(
-        pixels[is_train], targets[is_train], pixels[~is_train], targets[~is_train], class_names
+    is_train = [split[i] == 1 for i in order]
+    mask = torch.tensor(is_train)
+    return FileSplits(
+        name,
+        ImageFiles([p for p, t in zip(paths, is_train, strict=True) if t], targets[mask]),
+        ImageFiles([p for p, t in zip(paths, is_train, strict=True) if not t], targets[~mask]),
+        [classes[i] for i in ids],
+        spec,
+        num_workers,
     )
+
+
+load_cub200 = register_dataset("cub200")(_decoding(list_cub200))
 
 
 def _folder_files(split_dir: Path, name: str) -> dict[str, list[Path]]:
@@ -459,24 +452,25 @@ def _folder_files(split_dir: Path, name: str) -> dict[str, list[Path]]:
     return classes
 
 
-@register_dataset("image_folder")
-def load_image_folder(
+@register_files("image_folder")
+def list_image_folder(
     *,
     root: str | None = None,
     image_size: int | Sequence[int] = 224,
+    resize: int | None = None,
     resize_mode: str = "crop",
     colour: str = "RGB",
     num_workers: int | None = None,
-) -> Splits:
+) -> FileSplits:
     """Images in ``root/train/<class>/*`` and ``root/test/<class>/*`` (png, jpg, ...).
 
     Classes are the sorted sub-directory names of ``train``; every ``test`` class must be one
-    of them. ``colour`` is ``"RGB"`` (3 channels) or ``"L"`` (grey, 1 channel).
+    of them. ``colour`` is ``"RGB"`` (3 channels) or ``"L"`` (grey, 1 channel); ``image_size``,
+    ``resize`` and ``resize_mode`` as for ``cub200``.
     """
     name = "image_folder"
-    size = check_size("image_size", image_size)
-    mode = str(check_choice("resize_mode", resize_mode, RESIZE_MODES))
     colour = str(check_choice("colour", colour, ("RGB", "L")))
+    spec = _spec(image_size, resize, resize_mode, colour)
     if num_workers is not None:
         num_workers = check_int("num_workers", num_workers, low=0)
     base = _need_root(root, name, "train/<class>/ and test/<class>/")
@@ -491,12 +485,12 @@ def load_image_folder(
         )
     index = {c: i for i, c in enumerate(class_names)}
 
-    def load(split: dict[str, list[Path]]) -> tuple[Tensor, Tensor]:
+    def files(split: dict[str, list[Path]]) -> ImageFiles:
         paths = [p for files in split.values() for p in files]
         labels = [index[c] for c, files in split.items() for _ in files]
-        pixels = _decode_all(paths, size, mode, colour, name, num_workers)
-        return pixels, torch.tensor(labels, dtype=torch.int64)
+        return ImageFiles(paths, torch.tensor(labels, dtype=torch.int64))
 
-    xtr, ytr = load(train)
-    xte, yte = load(test)
-    return Splits(xtr, ytr, xte, yte, class_names)
+    return FileSplits(name, files(train), files(test), class_names, spec, num_workers)
+
+
+load_image_folder = register_dataset("image_folder")(_decoding(list_image_folder))

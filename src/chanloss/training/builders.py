@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from chanloss.data.base import to_float_images
+from chanloss.data.base import DatasetError, to_float_images
+from chanloss.data.files import ImageFileDataset
 from chanloss.training.config import ConfigError, TrainConfig
 
 # Datasets held in memory are moved to the accelerator whole when their images (as stored:
@@ -55,6 +57,10 @@ def build_data(config: TrainConfig) -> Any:
             root=data.root,
             seed=config.seed,
             val_fraction=data.val_fraction,
+            mode=data.mode,
+            memory_budget_gb=data.memory_budget_gb,
+            cache_dir=data.cache_dir,
+            normalize=data.normalize,
             **data.options,
         )
     except (ValueError, TypeError) as err:
@@ -75,8 +81,11 @@ def build_augmentations(config: TrainConfig, bundle: Any, device: torch.device) 
             crop_padding=aug.crop_padding,
             hflip=aug.hflip,
             resize=resize,
+            crop=bundle.crop,
         )
-        evaluate = build_augmentation(train=False, mean=bundle.mean, std=bundle.std, resize=resize)
+        evaluate = build_augmentation(
+            train=False, mean=bundle.mean, std=bundle.std, resize=resize, crop=bundle.crop
+        )
     except (ValueError, TypeError) as err:
         raise ConfigError(f"data.augment: {err}") from None
     return train.to(device), evaluate.to(device)
@@ -149,7 +158,11 @@ class Batches:
     Datasets held in memory (``.images`` / ``.labels`` tensors) are indexed directly (moved
     to the accelerator once when they fit, in their stored dtype); a uint8 batch is moved to the
     device first and converted to float32 in ``[0, 1]`` there (a quarter of the host-to-device
-    traffic). Others go through a ``DataLoader`` with ``workers`` processes. The batches come from a
+    traffic). Others (stream mode, :class:`~chanloss.data.files.ImageFileDataset`) go through a
+    ``DataLoader`` with ``workers`` persistent processes (pinned memory on CUDA; each worker
+    seeded from ``seed`` and its id, and the random crops from ``(seed, epoch, index)``, so a
+    run repeats whatever the number of workers); a file that cannot be read stops the run
+    with a :class:`ConfigError` naming it, and the workers are shut down. The batches come from a
     :class:`~chanloss.training.samplers.RankBatchSampler` (``sampler``: random or
     class_balanced; with ``world_size`` processes, the share of ``rank``); those of epoch ``e``
     depend only on the seed and ``e``, so a resumed run sees the same batches as an
@@ -178,6 +191,7 @@ class Batches:
         self.train = train
         self.seed = seed
         self.workers = workers
+        self._loader: Any = None
         self.size = len(dataset)
         self.in_memory = isinstance(getattr(dataset, "images", None), Tensor) and isinstance(
             getattr(dataset, "labels", None), Tensor
@@ -212,7 +226,7 @@ class Batches:
         if self.in_memory:
             yield from self._memory_batches(self.sampler.index_batches(epoch))
         else:
-            yield from self._loader_batches()
+            yield from self._loader_batches(epoch)
 
     def _memory_batches(self, batches: Tensor | list[slice]) -> Iterator[tuple[Tensor, Tensor]]:
         on_device = self.images.device == self.device
@@ -226,17 +240,67 @@ class Batches:
                 y = y.to(self.device, non_blocking=non_blocking)
             yield to_float_images(x), y
 
-    def _loader_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        loader = torch.utils.data.DataLoader(
-            self.dataset,
-            batch_sampler=self.sampler,
-            num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(self.seed),
-        )
-        non_blocking = self.device.type == "cuda"
-        for x, y in loader:
-            yield (
-                x.to(self.device, non_blocking=non_blocking),
-                torch.as_tensor(y).long().to(self.device, non_blocking=non_blocking),
+    def _loader_batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        if self._loader is None:
+            tagged = isinstance(self.dataset, ImageFileDataset)
+            self._batch_sampler = _EpochTagged(self.sampler) if tagged else self.sampler
+            self._loader = torch.utils.data.DataLoader(
+                self.dataset,
+                batch_sampler=self._batch_sampler,
+                num_workers=self.workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=self.workers > 0,
+                worker_init_fn=functools.partial(_seed_worker, self.seed),
+                generator=torch.Generator().manual_seed(self.seed),
             )
+        if isinstance(self._batch_sampler, _EpochTagged):
+            self._batch_sampler.epoch = epoch
+        non_blocking = self.device.type == "cuda"
+        try:
+            for x, y in self._loader:
+                x = x.to(self.device, non_blocking=non_blocking)
+                yield (
+                    to_float_images(x) if x.dtype == torch.uint8 else x,
+                    torch.as_tensor(y).long().to(self.device, non_blocking=non_blocking),
+                )
+        except DatasetError as err:
+            self.close()
+            raise ConfigError(f"data: {_last_line(err)}") from None
+
+    def close(self) -> None:
+        """Shut the ``DataLoader`` workers down (they are started again when needed)."""
+        loader, self._loader = self._loader, None
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+
+class _EpochTagged:
+    """Batches of ``(index, epoch)`` pairs: the epoch reaches the workers' random crops."""
+
+    def __init__(self, sampler: Iterable[list[int]]) -> None:
+        self.sampler = sampler
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.epoch
+        for batch in self.sampler:
+            yield [(int(i), epoch) for i in batch]
+
+
+def _seed_worker(seed: int, worker_id: int) -> None:
+    """A ``DataLoader`` worker: one thread, python/numpy/torch seeded from ``seed`` and its id."""
+    torch.set_num_threads(1)
+    seed_everything(seed * 1000 + worker_id)
+
+
+def _last_line(err: Exception) -> str:
+    """The message of an error re-raised from a ``DataLoader`` worker (whose text is the
+    worker's traceback), without the traceback and the exception's module path."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(err).__name__
+    prefix = f"{type(err).__module__}.{type(err).__name__}: "
+    return last.removeprefix(prefix)

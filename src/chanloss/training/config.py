@@ -179,6 +179,33 @@ class DataConfig(_Section):
         description="class_balanced: samples of each class in a batch (M); it must divide "
         "batch_size.",
     )
+    mode: Literal["auto", "memory", "stream"] = Field(
+        "auto",
+        description="memory: decode every image once into host memory (uint8); stream: decode "
+        "image files per batch in the DataLoader worker processes (workers), with random crops "
+        "of options.image_size from images resized to options.resize (cub200, image_folder); "
+        "auto: memory when the decoded set fits memory_budget_gb, else stream.",
+    )
+    memory_budget_gb: float = Field(
+        4.0,
+        ge=0.0,
+        description="auto mode: the most host memory (GB, 1e9 bytes) the decoded images may "
+        "take in memory mode (both splits, one byte per value at options.resize or "
+        "options.image_size).",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Memory mode, image-file sets: keep the decoded images in this directory "
+        "as memory-mapped .npy files (named by a hash of the file list, sizes, modification "
+        "times and the decode options), so later runs skip decoding and a set larger than RAM "
+        "is paged in from disk. null = no cache.",
+    )
+    normalize: Literal["dataset", "imagenet"] = Field(
+        "dataset",
+        description="Normalisation statistics: dataset (per-channel mean/std of the training "
+        "split; in stream mode of 256 evenly spaced training images) or imagenet "
+        "(torchvision's, for pretrained weights).",
+    )
 
     @model_validator(mode="after")
     def _check_name_and_options(self) -> DataConfig:
