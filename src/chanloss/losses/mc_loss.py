@@ -36,6 +36,8 @@ class _DefaultKeepRatio(float):
 
 _DEFAULT_KEEP_RATIO = _DefaultKeepRatio(2.0 / 3.0)
 _POOLS = ("max", "avg")
+GROUP_AVERAGES = ("pooled", "per_size")
+PAPER_READINGS = ("equation", "code")
 
 
 def _group_max(v: Tensor) -> Tensor:
@@ -245,6 +247,36 @@ class _MCCore(torch.autograd.Function):
         return grad, None, None, None, None
 
 
+def _check_drop(drop: object, sizes: list[int]) -> dict[int, int]:
+    """``drop`` (an int, or ``{group size: count}``) as ``{size: channels dropped}``."""
+    if not isinstance(drop, dict):
+        n = check_int("drop", drop, low=0)
+        if n > sizes[0] - 1:
+            raise ValueError(
+                f"drop must be in [0, {sizes[0] - 1}] so that the smallest group ({sizes[0]} "
+                f"channels) keeps at least one channel, got {n}"
+            )
+        return dict.fromkeys(sizes, n)
+    out = {}
+    for key, value in drop.items():
+        size = int(key) if isinstance(key, str) and key.isdigit() else key
+        if size not in sizes:
+            raise ValueError(
+                f"drop keys must be the group sizes {sizes} (channels per group), got {key!r}"
+            )
+        n = check_int(f"drop[{size}]", value, low=0)
+        if n > size - 1:
+            raise ValueError(
+                f"drop[{size}] must be in [0, {size - 1}] so that a group of {size} channels "
+                f"keeps at least one channel, got {n}"
+            )
+        out[size] = n
+    missing = [s for s in sizes if s not in out]
+    if missing:
+        raise ValueError(f"drop must give a count for every group size {sizes}, missing {missing}")
+    return out
+
+
 def _seg_view(t: Tensor, seg: _Segment) -> Tensor:
     """``(N, groups, size, P)`` view of a segment's channels of ``t`` ``(N, C, P)``."""
     if seg.start == 0 and seg.stop == t.shape[1]:
@@ -273,16 +305,26 @@ class MCLoss(Loss):
 
     - ``dis`` (discriminality component, ``L_dis``): in training a random channel-wise attention mask keeps
       ``keep(g) = max(1, round(keep_ratio * size(g)))`` channels of every group (rounded half
-      up), or all but ``drop`` of them; the masked features are pooled across the channels of
+      up), or all but ``drop`` of them (``drop``: an int for every group, or ``{size: count}``
+      per group size, e.g. ``{10: 4, 11: 4}``); the masked features are pooled across the channels of
       each group (``pool="max"``: CCMP, ``"avg"``: CCAP), averaged over ``H, W`` and the ``(B, K)``
       scores go into cross-entropy with the labels.
-    - ``div`` (diversity component; the paper's ``L_div`` is ``mean S``): a softmax over the ``H * W`` positions of every unmasked channel, CCMP
-      per group, summed over the positions: ``S[b, g]`` in ``[1, size(g)]``;
-      ``div = 1 - mean_{b, g}(S[b, g] / size(g))``, in ``[0, 1 - 1/size]``.
+    - ``div`` (diversity component; the paper's ``L_div`` is ``mean S``, see :meth:`from_paper`):
+      a softmax over the ``H * W`` positions of every unmasked channel, CCMP per group, summed
+      over the positions: ``S[b, g]`` in ``[1, size(g)]``. With ``group_average="pooled"``
+      (default) ``div = 1 - mean_{b, g}(S[b, g] / size(g))``, one mean over all groups, in
+      ``[0, 1 - 1/size]``. With ``"per_size"`` (the authors' ResNet-50 script, MC_ResNet50.py)
+      the groups of each size ``s`` are averaged separately and the results added:
+      ``div = sum_s (1 - mean_{b, g: size(g) = s} S[b, g] / s)``. The two are identical when
+      every group has the same size; with 152 groups of 10 and 48 of 11 (2048 channels, 200
+      classes) ``per_size`` is about twice ``pooled`` and weighs each 11-channel group
+      ``152 / 48`` times as much as a 10-channel one.
 
-    ``forward = alpha * dis + beta * div`` (the authors' code: ``alpha=1.5``, ``beta=20``).
-    With uneven groups the authors' ResNet-50 script averages the two group sizes separately and
-    adds the results; we take one mean over all groups (identical for equal sizes).
+    ``forward = alpha * dis + beta * div`` (the authors' VGG16 code: ``alpha=1.5``,
+    ``beta=20``). The authors' ResNet-50 recipe is ``CE + 0.0005 * (dis + 10 * div)`` with
+    ``group_average="per_size"`` and ``drop=4`` (6 of 10 and 7 of 11 channels kept): a config
+    entry ``{name: mc, weight: 0.0005, alpha: 1.0, beta: 10.0, drop: 4, group_average:
+    per_size}``.
 
     The mask is one ``(C,)`` draw per call shared by the batch (the authors' behaviour) or one
     per sample with ``per_sample_mask=True``; it is drawn on the features' device from
@@ -306,9 +348,10 @@ class MCLoss(Loss):
         alpha: float = 1.5,
         beta: float = 20.0,
         keep_ratio: float = _DEFAULT_KEEP_RATIO,
-        drop: int | None = None,
+        drop: int | dict[int, int] | None = None,
         pool: str = "max",
         per_sample_mask: bool = False,
+        group_average: str = "pooled",
         check_finite: bool = False,
     ) -> None:
         alpha = check_float("alpha", alpha, low=0.0)
@@ -322,6 +365,7 @@ class MCLoss(Loss):
                 f"got num_channels={self.num_channels} < num_classes={self.num_classes}"
             )
         self.pool = check_choice("pool", pool, _POOLS)
+        self.group_average = check_choice("group_average", group_average, GROUP_AVERAGES)
         self.per_sample_mask = bool(per_sample_mask)
         q, r = divmod(self.num_channels, self.num_classes)
         if q == 1:
@@ -336,12 +380,7 @@ class MCLoss(Loss):
                     f"give either keep_ratio or drop, not both: got keep_ratio={keep_ratio!r} "
                     f"and drop={drop!r}"
                 )
-            self.drop: int | None = check_int("drop", drop, low=0)
-            if self.drop > q - 1:
-                raise ValueError(
-                    f"drop must be in [0, {q - 1}] so that the smallest group ({q} channels) "
-                    f"keeps at least one channel, got {self.drop}"
-                )
+            self.drop: dict[int, int] | None = _check_drop(drop, [q, q + 1] if r else [q])
             self.keep_ratio: float | None = None
         else:
             self.drop = None
@@ -364,7 +403,7 @@ class MCLoss(Loss):
 
     def _keep(self, size: int) -> int:
         if self.drop is not None:
-            return size - self.drop
+            return size - self.drop[size]
         return max(1, math.floor(self.keep_ratio * size + 0.5))  # type: ignore[operator]
 
     @property
@@ -373,18 +412,34 @@ class MCLoss(Loss):
         return tuple(seg.keep for seg in self._segments for _ in range(seg.groups))
 
     @classmethod
-    def from_paper(cls, *, mu: float, lam: float, **kwargs: object) -> MCLoss:
-        """Build the loss from the paper's ``L = CE + mu * (L_dis - lam * L_div)`` weights.
+    def from_paper(
+        cls, *, mu: float, lam: float, reading: str = "equation", **kwargs: object
+    ) -> MCLoss:
+        """Build the loss from the paper's ``mu`` and ``lambda``.
 
-        The paper's ``L_div = mean_{b,g} S[b, g]``; ours is ``1 - mean(S / size)``. With equal
-        group sizes ``xi = C / K``, ``alpha = mu`` and ``beta = mu * lam * xi`` give the same
-        gradients (the totals differ by a constant). With uneven groups (``q`` and ``q + 1``
-        channels) we use the mean group size ``xi = C / K``, so a group of ``q`` (``q + 1``)
-        channels gets ``xi / q`` (``xi / (q + 1)``) times its gradient under the paper's weights,
-        within a factor ``1 +- 1/q`` of it.
+        The paper (Chang et al., TIP 2020, arXiv 2002.04264) writes the objective as
+        ``Loss = L_CE + mu * L_MC`` and ``L_MC = L_dis - lambda * L_div`` (its equations 2 and 3,
+        as numbered in the arXiv version), with ``L_div = 1/c sum_i h(F_i)`` the mean over the
+        class groups of ``h(F_i) = sum_positions max_channels softmax`` (our ``S``, in
+        ``[1, xi]``; its equations 7 and 8). The authors' code instead weights the normalised
+        ``1 - S / xi`` (our ``div``). Which of the two the paper's published values refer to
+        is not stated, so both readings are offered (docs/mc-loss.md shows the numbers):
+
+        - ``reading="equation"`` (default): ``lambda`` multiplies the paper's ``L_div = mean S``.
+          ``-mu * lambda * mean S = mu * lambda * xi * (1 - mean S / xi) - const``, so
+          ``alpha = mu`` and ``beta = mu * lambda * xi``: the same gradients for equal group
+          sizes ``xi = C / K``. With uneven groups (``q`` and ``q + 1`` channels) the mean size
+          ``C / K`` is used and a group gets within a factor ``1 +- 1/q`` of its gradient under
+          the paper's weights (no ``group_average`` reproduces the un-normalised mean exactly).
+        - ``reading="code"``: ``lambda`` multiplies the normalised ``div`` as in the authors'
+          scripts, ``alpha = mu``, ``beta = mu * lambda``; ``xi`` does not enter.
+
+        Under the ``"equation"`` reading a ``lambda`` meant for the code's form over-weights
+        diversity by ``xi`` (3x for the VGG16 600-channel setting, 10.24x for ResNet-50).
         """
         mu = check_float("mu", mu, low=0.0)
         lam = check_float("lam", lam, low=0.0)
+        reading = check_choice("reading", reading, PAPER_READINGS)
         if "alpha" in kwargs or "beta" in kwargs:
             raise ValueError(
                 f"from_paper takes mu and lam instead of alpha and beta, got "
@@ -392,7 +447,7 @@ class MCLoss(Loss):
             )
         num_classes = check_int("num_classes", kwargs.get("num_classes"), low=1)
         num_channels = check_int("num_channels", kwargs.get("num_channels"), low=1)
-        xi = num_channels / num_classes
+        xi = num_channels / num_classes if reading == "equation" else 1.0
         return cls(alpha=mu, beta=mu * lam * xi, **kwargs)  # type: ignore[arg-type]
 
     # -- the API -------------------------------------------------------------------------------
@@ -465,6 +520,11 @@ class MCLoss(Loss):
         dis = F.cross_entropy(scores, labels)
         if len(self._segments) == 1:
             div = 1.0 - sums.mean() / self._segments[0].size
+        elif self.group_average == "per_size":
+            first, second = self._segments  # at most two sizes, q and q + 1
+            div = (1.0 - sums[:, first.groups_slice].mean() / first.size) + (
+                1.0 - sums[:, second.groups_slice].mean() / second.size
+            )
         else:
             div = 1.0 - (sums * self._inv_sizes.to(sums.dtype)).mean()
         return {"dis": dis, "div": div}
@@ -579,5 +639,6 @@ class MCLoss(Loss):
         cwa = f"drop={self.drop}" if self.drop is not None else f"keep_ratio={self.keep_ratio:.4g}"
         return (
             f"num_classes={self.num_classes}, num_channels={self.num_channels}, {cwa}, "
-            f"pool={self.pool!r}, per_sample_mask={self.per_sample_mask}, weights={self.weights}"
+            f"pool={self.pool!r}, per_sample_mask={self.per_sample_mask}, "
+            f"group_average={self.group_average!r}, weights={self.weights}"
         )
