@@ -6,7 +6,8 @@ continues a run exactly. A file holding anything else (a pickle that would impor
 call a function) is refused without running it.
 
 Writing goes to a temporary file in the same directory, flushed to disk, then renamed over
-the old file, so a checkpoint on disk is always complete: a process killed mid-write leaves
+the old file (created with the umask's permissions, see :mod:`chanloss.training.run_dir`), so
+a checkpoint on disk is always complete: a process killed mid-write leaves
 the previous file and a stray ``.NAME.*.tmp``. The environment variable
 ``CHANLOSS_TEST_SLOW_CHECKPOINT`` (seconds; used only by the tests) pauses half-way through
 the write, so that tests can kill a run inside that window.
@@ -18,7 +19,6 @@ import io
 import os
 import random
 import re
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from chanloss.training.config import ConfigError
+from chanloss.training.run_dir import open_temp
 
 FORMAT = "chanloss-checkpoint"
 VERSION = 1
@@ -49,7 +50,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, **state}
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = open_temp(path)
     except OSError as err:
         raise CheckpointError(f"cannot write checkpoint {path}: {_os_reason(err)}") from None
     try:

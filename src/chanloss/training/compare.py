@@ -1,7 +1,10 @@
 """``chanloss compare``: every config for every seed, then a table and accuracy curves.
 
 Runs live in ``OUT/<label>/seed<S>``. Finished runs are skipped and interrupted ones resumed,
-so a comparison can be stopped and started again. The number a run contributes is its final
+so a comparison can be stopped and started again. Each run directory is locked while it is
+checked and trained (:class:`~chanloss.training.run_dir.RunDir`), so two comparisons into the
+same ``OUT`` never train the same run twice at once: the second one stops with a one-line error
+naming the first. The number a run contributes is its final
 epoch's test accuracy.
 """
 
@@ -23,6 +26,7 @@ from chanloss.training.config import (
     resolved_config_dict,
     validate_config,
 )
+from chanloss.training.run_dir import RunDir
 from chanloss.training.trainer import train
 
 # Keys that may differ between a stored run and the config without changing what it trains.
@@ -83,12 +87,13 @@ def compare(
             config = base.model_copy(update={"seed": base.seed + i})
             config = validate_config(config_to_dict(config))
             run_dir = out_dir / label / f"seed{config.seed}"
-            status = _run_status(run_dir, config)
             start = time.perf_counter()
-            if status == "done":
-                summary = json.loads((run_dir / "summary.json").read_text())
-            else:
-                summary = train(config, run_dir, resume=status == "resume", verbose=min(verbose, 1))
+            with RunDir(run_dir) as run:
+                status = _run_status(run_dir, config)
+                if status == "done":
+                    summary = json.loads((run_dir / "summary.json").read_text())
+                else:
+                    summary = train(config, run, resume=status == "resume", verbose=min(verbose, 1))
             done += 1
             acc = summary["final_test_acc"]
             result.seeds.append(config.seed)

@@ -10,7 +10,8 @@ import torch
 
 from chanloss.training.checkpoint import CheckpointError, describe, load_checkpoint
 from chanloss.training.config import ConfigError, validate_config
-from chanloss.training.trainer import Trainer, _write_json
+from chanloss.training.run_dir import write_json
+from chanloss.training.trainer import Trainer
 
 
 def evaluate_checkpoint(
@@ -103,7 +104,7 @@ def evaluate_checkpoint(
     _plot_confusion(
         confusion, names, out / "confusion_matrix.png", title=f"{checkpoint.name} ({split})"
     )
-    _write_json(out / "eval.json", result)
+    write_json(out / "eval.json", result)
     if verbose:
         print(
             f"{checkpoint} ({split}, {count} images): top-1 {100 * result['top1']:.2f}%  "

@@ -1,7 +1,8 @@
-"""The training loop: configured losses, per-step schedule, AMP, checkpoints and run files.
+"""The training loop: configured losses, per-step schedule, AMP and checkpoints.
 
-A run directory holds ``config.yaml`` (the resolved config), ``metrics.csv`` (one row per
-epoch), ``summary.json``, ``last.pt`` and ``best.pt`` (chosen on the validation split when
+The run directory (:class:`~chanloss.training.run_dir.RunDir`: its lock, files and their
+permissions) holds ``config.yaml`` (the resolved config), ``metrics.csv`` (one row per epoch),
+``summary.json``, ``last.pt`` and ``best.pt`` (chosen on the validation split when
 ``data.val_fraction > 0``, else the last epoch). The accuracy a run reports is the test
 accuracy of its final epoch.
 
@@ -15,15 +16,10 @@ leaves readable checkpoints; ``--resume`` continues from the last one.
 from __future__ import annotations
 
 import contextlib
-import csv
 import itertools
-import json
 import math
-import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -51,7 +47,6 @@ from chanloss.training.checkpoint import (
     describe,
     load_checkpoint,
     restore_rng,
-    save_checkpoint,
 )
 from chanloss.training.config import (
     ConfigError,
@@ -64,6 +59,7 @@ from chanloss.training.distributed import (
     all_gather_object,
     barrier,
     broadcast_buffers,
+    broadcast_object,
     check_world_size,
     get_rank,
     get_world_size,
@@ -78,6 +74,7 @@ from chanloss.training.distributed import (
     wrap_for_training,
 )
 from chanloss.training.optim import build_optimizer, build_scheduler
+from chanloss.training.run_dir import RunDir
 
 try:
     from tqdm.auto import tqdm
@@ -111,9 +108,12 @@ class Trainer:
     prints one line per epoch.
     """
 
-    def __init__(self, config: TrainConfig, out_dir: str | Path, *, verbose: int = 2) -> None:
+    def __init__(
+        self, config: TrainConfig, out_dir: str | Path | RunDir, *, verbose: int = 2
+    ) -> None:
         self.config = config
-        self.out_dir = Path(out_dir)
+        self.run = out_dir if isinstance(out_dir, RunDir) else RunDir(out_dir)
+        self.out_dir = self.run.path
         self.verbose = verbose
         self.device = local_device(resolve_device(config.device))
         seed_everything(config.seed)
@@ -402,7 +402,7 @@ class Trainer:
             "elapsed": time.perf_counter() - start,
         }
         if is_main_process():
-            save_checkpoint(self.state(), self.out_dir / "last.pt")
+            self.run.save(self.state(), best=False)
         self._partial = None
         raise TrainingInterrupted(
             f"interrupted at epoch {epoch + 1}, step {step}/{self.steps_per_epoch}; "
@@ -475,8 +475,7 @@ class Trainer:
         cfg = self.config
         if is_main_process():
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            with _atomic_open(self.out_dir / "config.yaml") as f:  # --resume reads it
-                f.write(dump_config(cfg))
+            self.run.write_text("config.yaml", dump_config(cfg))  # --resume reads it
         writer = self._tensorboard()
         last = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
         ctrl_c = contextlib.ExitStack()
@@ -524,7 +523,7 @@ class Trainer:
                 writer.close()
         summary = self.summary()
         if is_main_process():
-            _write_json(self.out_dir / "summary.json", summary)
+            self.run.write_json("summary.json", summary)
         return summary
 
     def _epoch_line(self, row: dict[str, Any]) -> str:
@@ -602,21 +601,14 @@ class Trainer:
         }
 
     def _save(self, *, best: bool) -> None:
-        last = self.out_dir / "last.pt"
-        save_checkpoint(self.state(), last)
-        if best:
-            _atomic_copy(last, self.out_dir / "best.pt")
+        self.run.save(self.state(), best=best)
 
     def _write_metrics(self) -> None:
         fields = ["epoch", *self.columns, "train_loss", "train_acc", "val_acc", "test_acc", "lr"]
         fields += ["epoch_time", "samples_per_s"]
         if self.config.on_nonfinite == "skip":
             fields.append("skipped_steps")
-        with _atomic_open(self.out_dir / "metrics.csv") as f:
-            out = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            out.writeheader()
-            for row in self.history:
-                out.writerow({k: "" if row.get(k) is None else row[k] for k in fields})
+        self.run.write_metrics(self.history, fields)
 
     def load_state(self, state: dict[str, Any], source: str) -> None:
         """Continue from a checkpoint of the same model, losses and data."""
@@ -673,7 +665,7 @@ def _short(value: Any) -> str:
 
 def train(
     config: TrainConfig,
-    out_dir: str | Path,
+    out_dir: str | Path | RunDir,
     *,
     resume: bool = False,
     stop_after: int | None = None,
@@ -685,113 +677,65 @@ def train(
     run); without it, a directory that already holds a run is an error. ``stop_after`` ends
     after that many epochs in total without changing the schedule (an interruption).
 
+    The run directory is locked for the whole run (:class:`~chanloss.training.run_dir.RunDir`;
+    a second run into it is refused); a ``RunDir`` the caller already holds is used as it is.
+
     Under torchrun (``WORLD_SIZE`` > 1) the process group is initialised here unless it already
     is, and every process trains its share (see :mod:`chanloss.training.distributed`); every
-    rank reads ``last.pt`` (into host memory, then onto its own device), only rank 0 writes.
+    rank reads ``last.pt`` (into host memory, then onto its own device), only rank 0 writes
+    (and holds the lock).
     """
-    out_dir = Path(out_dir)
-    last = out_dir / "last.pt"
-    if not resume and last.exists():
-        raise ConfigError(f"{out_dir} already holds a run (last.pt); use --resume or another --out")
-    if resume and not last.exists():
-        raise CheckpointError(f"cannot resume: {last} does not exist")
-    created = prepare_run_dir(out_dir)
-    with process_group(config.distributed.backend, resolve_device(config.device)):
+    run = out_dir if isinstance(out_dir, RunDir) else RunDir(out_dir)
+    last = run.last
+    held = run.locked  # by the caller (compare, tune): released by the caller
+    _check_start(run, resume)
+    with process_group(config.distributed.backend, resolve_device(config.device)), _owned(run):
         try:
+            _check_start(run, resume)  # again, now that the directory is ours
             state = load_checkpoint(last, map_location="cpu") if resume else None
-            trainer = Trainer(config, out_dir, verbose=verbose)
-            check_free_space(out_dir, trainer)
+            trainer = Trainer(config, run, verbose=verbose)
+            if is_main_process():
+                run.check_free_space(
+                    [*trainer.model.state_dict().values(), *trainer.losses.state_dict().values()]
+                )
             if state is not None:
                 trainer.load_state(state, str(last))
         except BaseException:
-            if created:
-                with contextlib.suppress(OSError):
-                    out_dir.rmdir()  # only if still empty: nothing of the run is removed
+            if not held:
+                run.abandon()  # the lock file and an empty new directory go: nothing else
             raise
         if state is not None and verbose >= 2:
-            log(f"resuming {out_dir} after epoch {trainer.epoch} of {config.epochs}")
+            log(f"resuming {run.path} after epoch {trainer.epoch} of {config.epochs}")
         return trainer.fit(stop_after=stop_after)
 
 
-def prepare_run_dir(out_dir: Path) -> bool:
-    """Create ``out_dir`` if needed and check that files can be written in it (a probe file is
-    written, flushed and removed); remove stray temporary files of a killed run. Returns
-    whether the directory was created. Raises :class:`ConfigError` naming the directory."""
-    created = not out_dir.exists()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
+def _check_start(run: RunDir, resume: bool) -> None:
+    if not resume and run.last.exists():
         raise ConfigError(
-            f"cannot create the run directory {out_dir} ({err.strerror or err}); expected a "
-            "writable directory (--out)"
-        ) from None
-    try:
-        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".chanloss-probe-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(bytes(4096))
-                f.flush()
-                os.fsync(f.fileno())
-        finally:
-            Path(probe).unlink(missing_ok=True)
-    except OSError as err:
-        if created:
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()
-        raise ConfigError(
-            f"cannot write in the run directory {out_dir} ({err.strerror or err}); expected a "
-            "writable directory with free space (--out)"
-        ) from None
-    if os.environ.get("RANK", "0") == "0":  # files of a write cut short by a kill
-        for stray in out_dir.glob(".*.tmp"):
-            if stray.name.split(".")[1] in _RUN_FILES:
-                stray.unlink(missing_ok=True)
-    return created
-
-
-_RUN_FILES = ("last", "best", "metrics", "summary", "config")
-
-
-def check_free_space(out_dir: Path, trainer: Trainer) -> None:
-    """Raise :class:`ConfigError` when ``out_dir`` cannot hold the run's checkpoints.
-
-    Estimate: ``last.pt``, ``best.pt`` and the temporary file of a write, each the model's and
-    losses' tensors three times (weights and up to two optimizer moments).
-    """
-    tensors = [*trainer.model.state_dict().values(), *trainer.losses.state_dict().values()]
-    need = 3 * 3 * sum(t.numel() * t.element_size() for t in tensors) + (1 << 20)
-    free = shutil.disk_usage(out_dir).free
-    if free < need:
-        raise ConfigError(
-            f"not enough free space in the run directory {out_dir}: {free / 2**20:.1f} MiB "
-            f"free, expected at least {need / 2**20:.1f} MiB for last.pt and best.pt"
+            f"{run.path} already holds a run (last.pt); use --resume or another --out"
         )
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with _atomic_open(path) as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
+    if resume and not run.last.exists():
+        raise CheckpointError(f"cannot resume: {run.last} does not exist")
 
 
 @contextlib.contextmanager
-def _atomic_open(path: Path) -> Iterator[Any]:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _owned(run: RunDir) -> Iterator[RunDir]:
+    """Hold ``run``'s lock for the block on the main process (unless it is held already);
+    when it cannot be had, every rank raises the same one-line error."""
+    held = run.locked
+    error: ConfigError | None = None
+    if is_main_process() and not held:
+        try:
+            run.acquire()
+        except ConfigError as err:
+            error = err
+    message = broadcast_object(None if error is None else str(error))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise ConfigError(message)
     try:
-        with os.fdopen(fd, "w", newline="") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield run
+    finally:
+        if not held:
+            run.release()
