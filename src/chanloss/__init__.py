@@ -1,3 +1,23 @@
-"""chanloss: channel-level losses (CC-Loss, MC-Loss) for PyTorch image classifiers."""
+"""chanloss: channel-level losses (CC-Loss, MC-Loss) for PyTorch image classifiers.
+
+``chanloss.load_model(path)`` turns a checkpoint into a classifier with its preprocessing
+(:mod:`chanloss.inference`); it is imported on first use, so ``import chanloss`` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chanloss.inference import load_model
 
 __version__ = "0.1.0"
+__all__ = ["__version__", "load_model"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load_model":
+        from chanloss.inference import load_model
+
+        return load_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -195,6 +195,63 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- predict / export --------------------------------------------------------------------------
+def _configure_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a last.pt or best.pt of a run")
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively"
+    )
+    p.add_argument(
+        "--topk", type=_int_at_least(1), default=1, metavar="K", help="classes per image (1)"
+    )
+    p.add_argument("--out", metavar="FILE.csv", help="write the predictions to this CSV file")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+
+
+@register_command("predict", "classify image files with a trained checkpoint", _configure_predict)
+def _run_predict(args: argparse.Namespace) -> int:
+    from chanloss.inference import load_model, predict, write_predictions
+
+    model = load_model(args.checkpoint, device=args.device)
+    predictions = predict(model, args.paths, topk=args.topk)
+    if args.out:
+        write_predictions(predictions, args.out)
+        print(f"{len(predictions)} predictions in {args.out}", flush=True)
+        return 0
+    width = max(len(p.path) for p in predictions)
+    for p in predictions:
+        ranked = "  ".join(
+            f"{name} {100 * prob:.1f}%"
+            for name, prob in zip(p.classes, p.probabilities, strict=True)
+        )
+        print(f"{p.path:<{width}}  {ranked}", flush=True)
+    return 0
+
+
+def _configure_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a last.pt or best.pt of a run")
+    p.add_argument(
+        "--format",
+        default="torchscript",
+        choices=("torchscript", "onnx"),
+        help="torchscript (default) or onnx (needs the onnx package: pip install 'chanloss[onnx]')",
+    )
+    p.add_argument(
+        "--out", help="output file (default: the checkpoint's path with .torchscript.pt or .onnx)"
+    )
+
+
+@register_command(
+    "export", "export a checkpoint as TorchScript or ONNX (images -> scores)", _configure_export
+)
+def _run_export(args: argparse.Namespace) -> int:
+    from chanloss.inference import export_model
+
+    path = export_model(args.checkpoint, args.out, format=args.format)
+    print(f"exported {args.checkpoint} ({args.format}) to {path}", flush=True)
+    return 0
+
+
 # -- config ------------------------------------------------------------------------------------
 def _configure_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", required=True, help="YAML config file")

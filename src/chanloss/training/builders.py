@@ -304,3 +304,27 @@ def _last_line(err: Exception) -> str:
     last = lines[-1] if lines else type(err).__name__
     prefix = f"{type(err).__module__}.{type(err).__name__}: "
     return last.removeprefix(prefix)
+
+
+def run_preprocessing(config: TrainConfig, bundle: Any) -> dict[str, Any]:
+    """How an image file becomes this run's model input, as primitives for the checkpoint.
+
+    ``colour`` (``"L"``/``"RGB"``, from the channels) and ``image_size`` ``[height, width]``
+    (the size the data set's images have) with ``resize_mode`` say how an image file is read;
+    ``resize`` (``data.augment.resize``) and the training split's per-channel ``mean``/``std``
+    are applied to the batch, as in evaluation. See :class:`chanloss.inference.Preprocessing`.
+    """
+    channels = int(bundle.in_channels)
+    resize = config.data.augment.resize
+    if isinstance(resize, int):
+        resize = [resize, resize]
+    elif isinstance(resize, list) and len(resize) == 1:
+        resize = [resize[0], resize[0]]
+    return {
+        "colour": {1: "L", 3: "RGB"}.get(channels),
+        "image_size": [int(s) for s in bundle.image_size],
+        "resize_mode": str(config.data.options.get("resize_mode", "crop")),
+        "resize": None if resize is None else [int(s) for s in resize],
+        "mean": [float(m) for m in bundle.mean],
+        "std": [float(s) for s in bundle.std],
+    }

@@ -39,6 +39,7 @@ from chanloss.training.builders import (
     build_model,
     count_parameters,
     resolve_device,
+    run_preprocessing,
     seed_everything,
 )
 from chanloss.training.checkpoint import (
@@ -597,6 +598,7 @@ class Trainer:
                 "in_channels": int(self.data.in_channels),
                 "world_size": self.world_size,
                 "class_names": [str(c) for c in (self.data.class_names or [])],
+                "preprocessing": run_preprocessing(self.config, self.data),
             },
         }
 

@@ -1,0 +1,250 @@
+"""Using a trained model: load_model, predict, export (TorchScript, ONNX) and their CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_config import TINY
+
+import chanloss
+from chanloss.cli import main
+from chanloss.data import build_augmentation, build_datasets, channel_stats, to_float_images
+from chanloss.inference import (
+    InferenceError,
+    Preprocessing,
+    TrainedModel,
+    export_model,
+    image_files,
+    predict,
+)
+from chanloss.models import create_model
+from chanloss.training import CheckpointError, load_checkpoint, load_config, save_checkpoint, train
+
+CLASSES = ("ant", "bee", "cat")
+DATA_OPTIONS = {"image_size": [8, 8], "colour": "L", "resize_mode": "crop", "num_workers": 0}
+
+
+def make_folder(root: Path) -> Path:
+    """Grey PNGs of 10x12 pixels (so that the centre crop to 8x8 matters), 3 classes."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("test", 3)):
+        for c, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                base = rng.integers(0, 256, (10, 12))
+                base[:, 4 * c : 4 * c + 4] = 255  # a class-dependent stripe
+                Image.fromarray(base.astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("inference")
+    root = make_folder(base / "imgs")
+    raw = {
+        **TINY,
+        "data": {"name": "image_folder", "root": str(root), "options": DATA_OPTIONS},
+        "batch_size": 6,
+    }
+    raw["data"]["augment"] = {"resize": 12}
+    train(load_config(raw=raw), base / "run", verbose=0)
+    margin = {**TINY, "losses": [{"name": "arcface"}], "batch_size": 256}
+    train(load_config(raw=margin), base / "margin", verbose=0)
+    return {"base": base, "root": root, "ckpt": base / "run" / "last.pt", "raw": raw}
+
+
+def reference_scores(run: dict, images: torch.Tensor) -> torch.Tensor:
+    """The network rebuilt by hand from the checkpoint and the data set's own statistics."""
+    state = load_checkpoint(run["ckpt"])
+    data = build_datasets("image_folder", root=str(run["root"]), **DATA_OPTIONS)
+    net = create_model("convnet_small", num_classes=3, in_channels=1, **_model_options())
+    net.load_state_dict(state["model"])
+    net.eval()
+    mean, std = channel_stats(data.train.images)
+    aug = build_augmentation(train=False, mean=mean, std=std, resize=12)
+    with torch.no_grad():
+        return net(aug(images)).logits
+
+
+def _model_options() -> dict:
+    return {k: v for k, v in TINY["model"].items() if k != "name"}
+
+
+def test_load_model_returns_the_network_with_its_preprocessing(run):
+    model = chanloss.load_model(run["ckpt"])
+    assert isinstance(model, TrainedModel) and not model.training
+    pre = model.preprocessing
+    data = build_datasets("image_folder", root=str(run["root"]), **DATA_OPTIONS)
+    mean, std = channel_stats(data.train.images)
+    assert (pre.colour, pre.image_size, pre.resize_mode, pre.resize) == (
+        "L",
+        (8, 8),
+        "crop",
+        (12, 12),
+    )
+    assert pre.mean == pytest.approx(mean) and pre.std == pytest.approx(std)
+    assert model.class_names == list(CLASSES)
+    images = to_float_images(data.test.images)
+    with torch.no_grad():
+        scores = model(images)
+    torch.testing.assert_close(scores, reference_scores(run, images))
+
+
+def test_predict_reads_files_as_training_read_them(run, tmp_path):
+    model = chanloss.load_model(run["ckpt"])
+    files = image_files([run["root"] / "test"])
+    assert [f.parent.name for f in files] == [c for c in CLASSES for _ in range(3)]
+    predictions = model.predict([run["root"] / "test"], topk=3, batch_size=4)
+    data = build_datasets("image_folder", root=str(run["root"]), **DATA_OPTIONS)
+    probs = reference_scores(run, to_float_images(data.test.images)).softmax(1)
+    for p, row in zip(predictions, probs, strict=True):
+        order = row.argsort(descending=True).tolist()
+        assert list(p.indices) == order
+        assert list(p.classes) == [CLASSES[i] for i in order]
+        assert p.probabilities == pytest.approx(row[order].tolist(), abs=1e-6)
+    one = predict(model, files[4], topk=1)
+    assert one[0].path == str(files[4]) and one[0].indices == predictions[4].indices[:1]
+
+
+def test_a_margin_head_scores_as_in_training(run):
+    model = chanloss.load_model(run["base"] / "margin" / "last.pt")
+    assert model.head is not None
+    state = load_checkpoint(run["base"] / "margin" / "last.pt")
+    data = build_datasets("digits")
+    x = data.test.images[:16]
+    with torch.no_grad():
+        out = model.network(model.transform(x))
+        expected = model.head.logits(out.embedding)
+        assert not torch.allclose(expected, out.logits)
+        torch.testing.assert_close(model(x), expected)
+    weight = next(v for k, v in state["losses"][0].items() if v.dim() == 2)
+    assert any(torch.equal(weight, p) for p in model.head.state_dict().values())
+    assert model.class_names == [str(i) for i in range(10)]
+
+
+def test_an_older_checkpoint_loads_with_a_warning(run, tmp_path):
+    state = load_checkpoint(run["ckpt"])
+    stored = state["meta"].pop("preprocessing")
+    old = tmp_path / "old.pt"
+    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "version")}, old)
+    with pytest.warns(UserWarning, match="before checkpoints stored their preprocessing"):
+        model = chanloss.load_model(old)
+    assert model.preprocessing == Preprocessing.from_dict(stored, "x")
+    state["config"]["data"]["root"] = str(tmp_path / "moved")
+    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "version")}, old)
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="could not be rebuilt"):
+        chanloss.load_model(old)
+
+
+def test_prediction_errors(run, tmp_path):
+    model = chanloss.load_model(run["ckpt"])
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(InferenceError, match="notes.png is not an image Pillow can read"):
+        model.predict([text])
+    with pytest.raises(InferenceError, match="image not found"):
+        model.predict([tmp_path / "missing.png"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InferenceError, match="no image files in"):
+        model.predict([tmp_path / "empty"])
+    for bad in (0, 4, 1.5, True):
+        with pytest.raises(InferenceError, match=r"topk must be an integer in \[1, 3\]"):
+            model.predict([run["root"] / "test"], topk=bad)
+    with pytest.raises(InferenceError, match="unknown export format 'tflite'"):
+        export_model(run["ckpt"], tmp_path / "m", format="tflite")
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        chanloss.load_model(tmp_path / "none.pt")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_export_torchscript(run, tmp_path):
+    path = export_model(run["ckpt"], tmp_path / "model.pt")
+    extra = {"chanloss.json": ""}
+    scripted = torch.jit.load(str(path), _extra_files=extra)
+    info = json.loads(extra["chanloss.json"])
+    model = chanloss.load_model(run["ckpt"])
+    assert info == {"preprocessing": model.preprocessing.to_dict(), "class_names": list(CLASSES)}
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+
+
+def test_export_onnx(run, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    path = export_model(run["ckpt"], format="onnx")
+    assert path == run["ckpt"].with_suffix(".onnx")
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["chanloss"])["class_names"] == list(CLASSES)
+    x = torch.rand(3, 1, 8, 8)
+    (scores,) = ReferenceEvaluator(proto).run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        expected = chanloss.load_model(run["ckpt"])(x).numpy()
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)
+    path.unlink()
+
+
+def one_error_line(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("chanloss: error: "), captured.err
+    return lines[0]
+
+
+def test_predict_and_export_commands(run, tmp_path, capsys):
+    ckpt, test = str(run["ckpt"]), str(run["root"] / "test")
+    assert main(["predict", ckpt, test, "--topk", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 9
+    expected = chanloss.load_model(ckpt).predict([test], topk=2)
+    first = expected[0]
+    assert lines[0].split() == [
+        first.path,
+        first.classes[0],
+        f"{100 * first.probabilities[0]:.1f}%",
+        first.classes[1],
+        f"{100 * first.probabilities[1]:.1f}%",
+    ]
+    out = tmp_path / "p.csv"
+    assert main(["predict", ckpt, test, "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"9 predictions in {out}"
+    rows = list(csv.DictReader(out.open()))
+    assert [r["path"] for r in rows] == [p.path for p in expected]
+    assert [r["class_1"] for r in rows] == [p.classes[0] for p in expected]
+    assert float(rows[0]["probability_1"]) == pytest.approx(first.probabilities[0], rel=1e-5)
+    assert list(rows[0]) == ["path", "class_1", "probability_1"]
+
+    target = tmp_path / "m.torchscript.pt"
+    assert main(["export", ckpt, "--out", str(target)]) == 0
+    assert target.is_file() and f"to {target}" in capsys.readouterr().out
+
+    text = tmp_path / "a.png"
+    text.write_text("hello")
+    assert "a.png is not an image" in one_error_line(capsys, ["predict", ckpt, str(text)])
+    assert "checkpoint not found" in one_error_line(
+        capsys, ["predict", str(tmp_path / "no.pt"), test]
+    )
+    assert "argument --topk: must be an integer >= 1, got '0'" in one_error_line(
+        capsys, ["predict", ckpt, test, "--topk", "0"]
+    )
+    assert "topk must be an integer in [1, 3]" in one_error_line(
+        capsys, ["predict", ckpt, test, "--topk", "5"]
+    )
+    assert "invalid choice: 'keras'" in one_error_line(
+        capsys, ["export", ckpt, "--format", "keras"]
+    )
+    assert "the directory does not exist" in one_error_line(
+        capsys, ["predict", ckpt, test, "--out", str(tmp_path / "nowhere" / "p.csv")]
+    )
+    assert not (tmp_path / "nowhere").exists()
