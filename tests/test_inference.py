@@ -14,7 +14,7 @@ from tiny_config import TINY
 
 import chanloss
 from chanloss.cli import main
-from chanloss.data import build_augmentation, build_datasets, channel_stats, to_float_images
+from chanloss.data import build_datasets, channel_stats, to_float_images
 from chanloss.inference import (
     InferenceError,
     Preprocessing,
@@ -23,11 +23,18 @@ from chanloss.inference import (
     image_files,
     predict,
 )
-from chanloss.models import create_model
-from chanloss.training import CheckpointError, load_checkpoint, load_config, save_checkpoint, train
+from chanloss.training import (
+    CheckpointError,
+    Trainer,
+    load_checkpoint,
+    load_config,
+    save_checkpoint,
+    train,
+)
 
 CLASSES = ("ant", "bee", "cat")
-DATA_OPTIONS = {"image_size": [8, 8], "colour": "L", "resize_mode": "crop", "num_workers": 0}
+# shorter side to 10, centre 8x8 crop: stored 10x10 in memory, cropped on the device
+DATA_OPTIONS = {"image_size": [8, 8], "resize": 10, "colour": "L", "num_workers": 0}
 
 
 def make_folder(root: Path) -> Path:
@@ -53,28 +60,33 @@ def run(tmp_path_factory) -> dict:
         "data": {"name": "image_folder", "root": str(root), "options": DATA_OPTIONS},
         "batch_size": 6,
     }
-    raw["data"]["augment"] = {"resize": 12}
     train(load_config(raw=raw), base / "run", verbose=0)
-    margin = {**TINY, "losses": [{"name": "arcface"}], "batch_size": 256}
+    margin = {
+        **TINY,
+        "data": {"name": "digits", "augment": {"resize": 12}},
+        "losses": [{"name": "arcface"}],
+        "batch_size": 256,
+    }
     train(load_config(raw=margin), base / "margin", verbose=0)
     return {"base": base, "root": root, "ckpt": base / "run" / "last.pt", "raw": raw}
 
 
-def reference_scores(run: dict, images: torch.Tensor) -> torch.Tensor:
-    """The network rebuilt by hand from the checkpoint and the data set's own statistics."""
-    state = load_checkpoint(run["ckpt"])
-    data = build_datasets("image_folder", root=str(run["root"]), **DATA_OPTIONS)
-    net = create_model("convnet_small", num_classes=3, in_channels=1, **_model_options())
-    net.load_state_dict(state["model"])
-    net.eval()
-    mean, std = channel_stats(data.train.images)
-    aug = build_augmentation(train=False, mean=mean, std=std, resize=12)
+def trainer_scores(ckpt: Path, images: torch.Tensor) -> torch.Tensor:
+    """What the trainer scores in evaluation: its eval augmentation, model and logit head."""
+    state = load_checkpoint(ckpt)
+    trainer = Trainer(load_config(raw=state["config"]), ckpt.parent / "ref", verbose=0)
+    trainer.model.load_state_dict(state["model"])
+    for slot, sd in zip(trainer.slots, state["losses"], strict=True):
+        slot.loss.load_state_dict(sd)
+    trainer.model.eval()
+    trainer.losses.eval()
     with torch.no_grad():
-        return net(aug(images)).logits
+        return trainer.class_scores(trainer.model(trainer.eval_aug(images)))
 
 
-def _model_options() -> dict:
-    return {k: v for k, v in TINY["model"].items() if k != "name"}
+def centre(images: torch.Tensor, size: int = 8) -> torch.Tensor:
+    top, left = (images.shape[2] - size) // 2, (images.shape[3] - size) // 2
+    return images[:, :, top : top + size, left : left + size]
 
 
 def test_load_model_returns_the_network_with_its_preprocessing(run):
@@ -82,19 +94,16 @@ def test_load_model_returns_the_network_with_its_preprocessing(run):
     assert isinstance(model, TrainedModel) and not model.training
     pre = model.preprocessing
     data = build_datasets("image_folder", root=str(run["root"]), **DATA_OPTIONS)
+    assert data.crop == (8, 8) and data.test.images.shape[2:] == (10, 10)
     mean, std = channel_stats(data.train.images)
-    assert (pre.colour, pre.image_size, pre.resize_mode, pre.resize) == (
-        "L",
-        (8, 8),
-        "crop",
-        (12, 12),
-    )
+    assert (pre.colour, pre.image_size, pre.resize_mode) == ("L", (8, 8), "crop")
+    assert (pre.shorter_side, pre.batch_resize) == (10, None)
     assert pre.mean == pytest.approx(mean) and pre.std == pytest.approx(std)
     assert model.class_names == list(CLASSES)
-    images = to_float_images(data.test.images)
+    stored = to_float_images(data.test.images)
     with torch.no_grad():
-        scores = model(images)
-    torch.testing.assert_close(scores, reference_scores(run, images))
+        scores = model(centre(stored))
+    torch.testing.assert_close(scores, trainer_scores(run["ckpt"], stored))
 
 
 def test_predict_reads_files_as_training_read_them(run, tmp_path):
@@ -103,7 +112,7 @@ def test_predict_reads_files_as_training_read_them(run, tmp_path):
     assert [f.parent.name for f in files] == [c for c in CLASSES for _ in range(3)]
     predictions = model.predict([run["root"] / "test"], topk=3, batch_size=4)
     data = build_datasets("image_folder", root=str(run["root"]), **DATA_OPTIONS)
-    probs = reference_scores(run, to_float_images(data.test.images)).softmax(1)
+    probs = trainer_scores(run["ckpt"], to_float_images(data.test.images)).softmax(1)
     for p, row in zip(predictions, probs, strict=True):
         order = row.argsort(descending=True).tolist()
         assert list(p.indices) == order
@@ -114,18 +123,14 @@ def test_predict_reads_files_as_training_read_them(run, tmp_path):
 
 
 def test_a_margin_head_scores_as_in_training(run):
-    model = chanloss.load_model(run["base"] / "margin" / "last.pt")
-    assert model.head is not None
-    state = load_checkpoint(run["base"] / "margin" / "last.pt")
-    data = build_datasets("digits")
-    x = data.test.images[:16]
+    ckpt = run["base"] / "margin" / "last.pt"
+    model = chanloss.load_model(ckpt)
+    assert model.head is not None and model.preprocessing.batch_resize == (12, 12)
+    x = build_datasets("digits").test.images[:16]
     with torch.no_grad():
-        out = model.network(model.transform(x))
-        expected = model.head.logits(out.embedding)
-        assert not torch.allclose(expected, out.logits)
-        torch.testing.assert_close(model(x), expected)
-    weight = next(v for k, v in state["losses"][0].items() if v.dim() == 2)
-    assert any(torch.equal(weight, p) for p in model.head.state_dict().values())
+        scores = model(x)
+        assert not torch.allclose(scores, model.network(model.transform(x)).logits)
+    torch.testing.assert_close(scores, trainer_scores(ckpt, x))
     assert model.class_names == [str(i) for i in range(10)]
 
 

@@ -44,17 +44,20 @@ class InferenceError(ConfigError):
 class Preprocessing:
     """How an image file becomes a model input: what a checkpoint stores.
 
-    A file is opened with Pillow, converted to ``colour`` (``"L"`` grey or ``"RGB"``), brought
-    to ``image_size`` ``(height, width)`` by ``resize_mode`` (``"crop"``: scale to cover and cut
-    the centre; ``"stretch"``: ignore the aspect ratio) and scaled to ``[0, 1]``. The model
-    itself then applies ``resize`` (when set) and the per-channel ``mean``/``std`` of the
-    training split, exactly as in evaluation during training.
+    A file is read as the run's data set read it for evaluation: opened with Pillow, converted
+    to ``colour`` (``"L"`` grey or ``"RGB"``), brought to ``image_size`` ``(height, width)`` by
+    ``resize_mode`` (``"crop"``: scale to cover and cut the centre; ``"stretch"``: ignore the
+    aspect ratio) or, with ``shorter_side`` R (the image-file option ``resize``), scaled to R
+    and centre-cropped (:func:`chanloss.data.files.eval_pixels`), and scaled to ``[0, 1]``.
+    The model then applies ``batch_resize`` (``data.augment.resize``, when set) and the
+    per-channel ``mean``/``std`` of the training split, as in evaluation during training.
     """
 
     colour: str | None
     image_size: tuple[int, int]
     resize_mode: str
-    resize: tuple[int, int] | None
+    shorter_side: int | None
+    batch_resize: tuple[int, int] | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
@@ -62,12 +65,15 @@ class Preprocessing:
     def from_dict(cls, raw: Any, source: str) -> Preprocessing:
         """The preprocessing stored in a checkpoint; a malformed entry is a CheckpointError."""
         try:
-            resize = raw["resize"]
+            batch_resize, shorter = raw["batch_resize"], raw["shorter_side"]
             result = cls(
                 colour=None if raw["colour"] is None else str(raw["colour"]),
                 image_size=(int(raw["image_size"][0]), int(raw["image_size"][1])),
                 resize_mode=str(raw["resize_mode"]),
-                resize=None if resize is None else (int(resize[0]), int(resize[1])),
+                shorter_side=None if shorter is None else int(shorter),
+                batch_resize=None
+                if batch_resize is None
+                else (int(batch_resize[0]), int(batch_resize[1])),
                 mean=tuple(float(m) for m in raw["mean"]),
                 std=tuple(float(s) for s in raw["std"]),
             )
@@ -84,17 +90,13 @@ class Preprocessing:
         out = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """``(height, width)`` of the images :meth:`TrainedModel.forward` expects."""
-        return self.image_size
-
     def load_image(self, path: str | Path) -> Tensor:
-        """The image file ``path`` as a float32 ``(C, H, W)`` tensor in ``[0, 1]``."""
-        import numpy as np
-        from PIL import Image, UnidentifiedImageError
+        """The image file ``path`` as a float32 ``(C, H, W)`` tensor in ``[0, 1]``, of
+        ``image_size``: the input :meth:`TrainedModel.forward` expects."""
+        from PIL import UnidentifiedImageError
 
-        from chanloss.data.datasets import _fit
+        from chanloss.data.base import DatasetError, DatasetFileNotFoundError
+        from chanloss.data.files import ImageSpec, eval_pixels
 
         path = Path(path)
         if self.colour is None:
@@ -102,30 +104,27 @@ class Preprocessing:
                 f"this model takes {len(self.mean)}-channel input, which is not read from image "
                 "files (only 1-channel grey or 3-channel RGB)"
             )
+        spec = ImageSpec(self.image_size, self.shorter_side, self.resize_mode, self.colour)
+        if path.is_dir():
+            raise InferenceError(f"{path} is a directory, expected an image file")
         try:
-            with Image.open(path) as image:
-                fitted = _fit(image.convert(self.colour), self.image_size, self.resize_mode)
-                array = np.array(fitted, dtype=np.uint8)
-        except FileNotFoundError:
+            array = eval_pixels(path, spec, "predict")
+        except DatasetFileNotFoundError:
             raise InferenceError(f"image not found: {path}") from None
-        except IsADirectoryError:
-            raise InferenceError(f"{path} is a directory, expected an image file") from None
-        except UnidentifiedImageError:
-            raise InferenceError(
-                f"{path} is not an image Pillow can read (expected png, jpg, ...)"
-            ) from None
-        except (OSError, ValueError, SyntaxError) as err:
-            raise InferenceError(f"cannot read image {path}: {err}") from None
-        if array.ndim == 2:
-            array = array[:, :, None]
-        return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
+        except DatasetError as err:
+            if isinstance(err.__cause__, UnidentifiedImageError):
+                raise InferenceError(
+                    f"{path} is not an image Pillow can read (expected png, jpg, ...)"
+                ) from None
+            raise InferenceError(str(err)) from None
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
 
 
 class TrainedModel(nn.Module):
     """A trained classifier with its preprocessing, in eval mode (see :func:`load_model`).
 
     ``model(x)`` takes images as float ``(B, C, H, W)`` in ``[0, 1]`` at
-    ``preprocessing.input_size`` and returns the class scores ``(B, K)``: the run's evaluation
+    ``preprocessing.image_size`` and returns the class scores ``(B, K)``: the run's evaluation
     resize and normalisation, the network, then the classifier, or the loss head's
     ``logits(embedding)`` for a margin loss or L-GM (as the trainer scores accuracy).
     ``network`` is the backbone (returning ``ModelOutput``), ``class_names`` the class labels.
@@ -146,7 +145,10 @@ class TrainedModel(nn.Module):
         self.preprocessing = preprocessing
         self.class_names = [str(c) for c in class_names]
         self.transform = build_augmentation(
-            train=False, mean=preprocessing.mean, std=preprocessing.std, resize=preprocessing.resize
+            train=False,
+            mean=preprocessing.mean,
+            std=preprocessing.std,
+            resize=preprocessing.batch_resize,
         )
         self.eval()
 
@@ -352,7 +354,7 @@ def export_model(
         {"preprocessing": model.preprocessing.to_dict(), "class_names": model.class_names}
     )
     pre = model.preprocessing
-    example = torch.rand(2, len(pre.mean), *pre.input_size)
+    example = torch.rand(2, len(pre.mean), *pre.image_size)
     with warnings.catch_warnings():  # shape checks traced as constants: the input size is fixed
         warnings.simplefilter("ignore")
         if format == "torchscript":

@@ -309,10 +309,11 @@ def _last_line(err: Exception) -> str:
 def run_preprocessing(config: TrainConfig, bundle: Any) -> dict[str, Any]:
     """How an image file becomes this run's model input, as primitives for the checkpoint.
 
-    ``colour`` (``"L"``/``"RGB"``, from the channels) and ``image_size`` ``[height, width]``
-    (the size the data set's images have) with ``resize_mode`` say how an image file is read;
-    ``resize`` (``data.augment.resize``) and the training split's per-channel ``mean``/``std``
-    are applied to the batch, as in evaluation. See :class:`chanloss.inference.Preprocessing`.
+    An image file is read as in evaluation: ``colour`` (``"L"``/``"RGB"``, from the channels),
+    brought to ``image_size`` ``[height, width]`` (what the model sees) by ``resize_mode``, or,
+    with ``shorter_side`` (the image-file option ``resize``), scaled and centre-cropped as in
+    :mod:`chanloss.data.files`; then ``batch_resize`` (``data.augment.resize``) and the
+    per-channel ``mean``/``std``. See :class:`chanloss.inference.Preprocessing`.
     """
     channels = int(bundle.in_channels)
     resize = config.data.augment.resize
@@ -320,11 +321,13 @@ def run_preprocessing(config: TrainConfig, bundle: Any) -> dict[str, Any]:
         resize = [resize, resize]
     elif isinstance(resize, list) and len(resize) == 1:
         resize = [resize[0], resize[0]]
+    shorter = config.data.options.get("resize")
     return {
         "colour": {1: "L", 3: "RGB"}.get(channels),
         "image_size": [int(s) for s in bundle.image_size],
         "resize_mode": str(config.data.options.get("resize_mode", "crop")),
-        "resize": None if resize is None else [int(s) for s in resize],
+        "shorter_side": int(shorter) if isinstance(shorter, int) else None,
+        "batch_resize": None if resize is None else [int(s) for s in resize],
         "mean": [float(m) for m in bundle.mean],
         "std": [float(s) for s in bundle.std],
     }
