@@ -149,8 +149,13 @@ def test_skip_leaves_the_weights_as_a_zero_gradient_step_and_counts_skips(tmp_pa
     assert summary["finished"]
     a, b = load_checkpoint(skipped / "last.pt"), load_checkpoint(zeroed / "last.pt")
     assert finite_model(a)
-    for key in a["model"]:
+    buffers = {k for k in a["model"] if "running_" in k or "num_batches_tracked" in k}
+    assert buffers
+    for key in a["model"].keys() - buffers:
         assert torch.equal(a["model"][key], b["model"][key]), key
+    # the zero-gradient steps updated the batch-norm statistics, the skipped ones did not
+    tracked = [k for k in buffers if "num_batches_tracked" in k]
+    assert all(int(b["model"][k]) - int(a["model"][k]) == len(bad) for k in tracked)
     assert a["global_step"] == b["global_step"] == 3 * STEPS
     rows = metrics(skipped)
     assert [r["skipped_steps"] for r in rows] == ["1", "2", "0"]
@@ -168,3 +173,56 @@ def test_on_nonfinite_is_validated():
         ValueError, match=r"on_nonfinite: Input should be 'stop' or 'skip', got 'ignore'"
     ):
         config("on_nonfinite=ignore", at=[])
+
+
+def test_skipped_steps_leave_batch_norm_statistics_and_checkpoints_finite(tmp_path):
+    """A batch that drives activations to NaN (the model diverging) is skipped: every buffer
+    is as before the step (else the running statistics turn NaN and reach last.pt)."""
+    trainer = Trainer(config("on_nonfinite=skip", at=[]), tmp_path / "run", verbose=0)
+    bad = {2, STEPS + 5}
+    entry: dict[int, dict[str, torch.Tensor]] = {}
+
+    def poison(module, args):
+        step = trainer.global_step
+        entry[step] = {k: v.clone() for k, v in trainer.model.named_buffers()}
+        return (args[0] * math.nan,) if step in bad else None
+
+    trainer.model.register_forward_pre_hook(poison)
+    summary = trainer.fit()
+    assert summary["finished"]
+    assert [r["skipped_steps"] for r in metrics(tmp_path / "run")] == ["1", "1"]
+    for step in bad:
+        before, after = entry[step], entry[step + 1]
+        for key in before:
+            assert torch.equal(before[key], after[key]), (step, key)
+    key = next(k for k in entry[0] if "running_mean" in k)
+    assert not torch.equal(entry[0][key], entry[1][key])  # a step that is taken updates them
+    assert finite_model(load_checkpoint(tmp_path / "run" / "last.pt"))
+
+
+def test_a_checkpoint_with_non_finite_weights_is_not_written(tmp_path, capsys):
+    """Weights that became inf in a step whose loss was finite: the save at the end of the
+    epoch is refused (one line, exit 2) and the previous checkpoint stays."""
+    run = tmp_path / "run"
+    trainer = Trainer(config(at=[]), run, verbose=0)
+    trainer.fit(stop_after=1)
+    good = (run / "last.pt").read_bytes()
+    weight = next(trainer.model.parameters())
+
+    def blow_up(optimizer, args, kwargs):
+        if trainer.global_step == 2 * STEPS - 1:  # the last step: its loss was finite
+            with torch.no_grad():
+                weight.fill_(math.inf)
+
+    trainer.optimizer.register_step_post_hook(blow_up)
+    from chanloss.training.run_dir import NonFiniteStateError
+
+    with pytest.raises(NonFiniteStateError) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert (
+        message.startswith(f"refusing to write {run / 'last.pt'}: model.") and "\n" not in message
+    )
+    assert "hold NaN or inf values (epoch 2); the previous last.pt is kept" in message
+    assert (run / "last.pt").read_bytes() == good
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]

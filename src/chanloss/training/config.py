@@ -388,7 +388,8 @@ class TrainConfig(_Section):
         "stop",
         description="What a NaN/inf loss does. stop: end the run with an error naming the loss "
         "term, epoch and step; the last good checkpoint is kept. skip: skip that optimisation "
-        "step (the schedule still advances) and count it in metrics.csv (skipped_steps). "
+        "step (weights and buffers such as batch-norm statistics stay as before the step; "
+        "the schedule still advances) and count it in metrics.csv (skipped_steps). "
         "Checked every step on CPU; on accelerators stop checks a device flag every 10 steps "
         "and at the end of each epoch (no host sync per step) and still reports the first bad "
         "step, while skip syncs every step.",

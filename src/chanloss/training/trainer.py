@@ -7,7 +7,9 @@ permissions) holds ``config.yaml`` (the resolved config), ``metrics.csv`` (one r
 accuracy of its final epoch.
 
 Faults: a NaN/inf loss stops the run at the step it happens (or skips the step, see the config
-key ``on_nonfinite``), keeping the last good checkpoint. Ctrl-C finishes the current step,
+key ``on_nonfinite``: a skipped step leaves the weights and every buffer, batch-norm
+statistics included, as they were), keeping the last good checkpoint; a checkpoint that would
+hold NaN/inf tensors is never written. Ctrl-C finishes the current step,
 writes ``last.pt`` (mid-epoch; ``--resume`` continues from that step exactly) and raises
 :class:`TrainingInterrupted`. Every file is written atomically, so a run killed at any point
 leaves readable checkpoints; ``--resume`` continues from the last one.
@@ -196,6 +198,13 @@ class Trainer:
         self._check_every_step = self.device.type == "cpu" or config.on_nonfinite == "skip"
         self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self._bad_values = torch.zeros(len(self.columns) + 1, device=self.device)
+        # on_nonfinite: skip restores every buffer (BN statistics...) of a skipped step
+        self._buffers = [*self.model.buffers(), *self.losses.buffers()]
+        self._buffer_copy = (
+            [b.detach().clone() for b in self._buffers]
+            if config.on_nonfinite == "skip" and self._buffers
+            else None
+        )
 
     # -- one step / one epoch --------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -244,6 +253,8 @@ class Trainer:
             for slot in self.slots:
                 slot.loss.update_schedule(self.global_step)
             x = self._prepare(x, self.train_aug)
+            if self._buffer_copy is not None:
+                torch._foreach_copy_(self._buffer_copy, self._buffers)
             with self._autocast():
                 out, slot_terms = self.step_module(x, y, self.generator)
                 values: list[Tensor] = []
@@ -276,6 +287,8 @@ class Trainer:
                 self.scheduler.step()
             else:  # on_nonfinite: skip; the schedule advances as if the step had been taken
                 self.optimizer.zero_grad(set_to_none=True)
+                if self._buffer_copy is not None:  # the forward's buffer updates are undone
+                    torch._foreach_copy_(self._buffers, self._buffer_copy)
                 skipped += 1
                 with warnings.catch_warnings():  # torch warns if no optimizer step came yet
                     warnings.simplefilter("ignore", UserWarning)
