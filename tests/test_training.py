@@ -471,7 +471,7 @@ def test_eval_writes_accuracy_per_class_and_confusion(tmp_path):
     run = tmp_path / "run"
     summary = train(tiny("epochs=2"), run, verbose=0)
     result = evaluate_checkpoint(run / "last.pt", verbose=0)
-    out = run / "eval-last"
+    out = run / "eval-last" / "test"
     assert json.loads((out / "eval.json").read_text()) == result
     assert result["top1"] == pytest.approx(summary["final_test_acc"], abs=1e-6)
     assert result["top5"] >= result["top1"] and result["samples"] == 360 and result["epoch"] == 2

@@ -147,7 +147,10 @@ def _run_train(args: argparse.Namespace) -> int:
 # -- eval --------------------------------------------------------------------------------------
 def _configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a last.pt or best.pt of a run")
-    p.add_argument("--out", help="output directory (default <run dir>/eval-<checkpoint name>)")
+    p.add_argument(
+        "--out",
+        help="output directory; the files go to OUT/<split>/ (default OUT: <run dir>/eval-<checkpoint name>)",
+    )
     p.add_argument("--split", default="test", choices=("test", "val"), help="the split to evaluate")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 

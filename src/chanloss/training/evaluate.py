@@ -1,4 +1,8 @@
-"""``chanloss eval``: top-1/top-5, per-class accuracy and the confusion matrix of a checkpoint."""
+"""``chanloss eval``: top-1/top-5, per-class accuracy and the confusion matrix of a checkpoint.
+
+Each split gets its own folder (``<run dir>/eval-<checkpoint name>/<split>/``), and the
+terminal shows the worst classes and the most confused pairs beside the overall accuracy.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +29,11 @@ def evaluate_checkpoint(
     """Evaluate ``checkpoint`` on a split and write ``eval.json``, per-class and confusion files.
 
     The model and losses are rebuilt from the config stored in the checkpoint; a margin head's
-    or L-GM's scores replace the model's classifier, as in training. ``out_dir`` defaults to
-    ``<checkpoint dir>/eval-<checkpoint name>``. Returns the contents of ``eval.json``.
+    or L-GM's scores replace the model's classifier, as in training. The files go to
+    ``<out_dir>/<split>/``, ``out_dir`` defaulting to ``<checkpoint dir>/eval-<checkpoint
+    name>``, so that evaluating another split keeps the first one's results. ``verbose``
+    prints the accuracy line and :func:`class_report` (the worst classes, the most confused
+    pairs). Returns the contents of ``eval.json``.
     """
     from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
@@ -40,7 +47,8 @@ def evaluate_checkpoint(
         config = validate_config(raw, source=f"{checkpoint} (stored config)")
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
-    out = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval-{checkpoint.stem}"
+    base = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval-{checkpoint.stem}"
+    out = base / split
     trainer = Trainer(config, out, verbose=0)
     try:
         trainer.model.load_state_dict(state["model"])
@@ -111,7 +119,55 @@ def evaluate_checkpoint(
             f"top-{top5_k} {100 * result[f'top{top5_k}']:.2f}%  -> {out}",
             flush=True,
         )
+        print(class_report(names, confusion), flush=True)
     return result
+
+
+def worst_classes(confusion: torch.Tensor, count: int = 5) -> list[tuple[int, float, int]]:
+    """``(class, accuracy, support)`` of the ``count`` classes with the lowest accuracy (ties:
+    the lower class index first); classes without samples are left out."""
+    support = confusion.sum(1)
+    accuracy = confusion.diag().double() / support.clamp_min(1)
+    present = (support > 0).nonzero().flatten()
+    order = present[torch.argsort(accuracy[present], stable=True)][:count]
+    return [(int(i), float(accuracy[i]), int(support[i])) for i in order]
+
+
+def most_confused(confusion: torch.Tensor, count: int = 5) -> list[tuple[int, int, int]]:
+    """``(true, predicted, images)`` of the ``count`` largest off-diagonal entries (ties: in
+    row-major order); pairs never confused are left out."""
+    off = confusion.clone()
+    off.fill_diagonal_(0)
+    flat = off.flatten()
+    order = torch.argsort(flat, descending=True, stable=True)[:count]
+    k = confusion.shape[0]
+    return [(int(i) // k, int(i) % k, int(flat[i])) for i in order if flat[i] > 0]
+
+
+def class_report(names: list[str], confusion: torch.Tensor, count: int = 5) -> str:
+    """The terminal table of ``chanloss eval``: the worst classes and most confused pairs."""
+    worst = worst_classes(confusion, count)
+    w = max(5, *(len(names[i]) for i, _, _ in worst))
+    lines = [
+        f"worst {len(worst)} of {len(names)} classes:",
+        f"  {'class':<{w}}  {'accuracy':>8}  {'images':>6}",
+    ]
+    lines += [f"  {names[i]:<{w}}  {100 * acc:7.2f}%  {n:6d}" for i, acc, n in worst]
+    pairs = most_confused(confusion, count)
+    if not pairs:
+        lines.append("no image was confused with another class")
+        return "\n".join(lines)
+    support = confusion.sum(1)
+    t_w = max(4, *(len(names[t]) for t, _, _ in pairs))
+    p_w = max(9, *(len(names[p]) for _, p, _ in pairs))
+    lines += [
+        "most confused pairs:",
+        f"  {'true':<{t_w}}    {'predicted':<{p_w}}  {'images':>6}  {'of true':>7}",
+    ]
+    for t, p, n in pairs:
+        share = 100 * n / int(support[t])
+        lines.append(f"  {names[t]:<{t_w}} -> {names[p]:<{p_w}}  {n:6d}  {share:6.2f}%")
+    return "\n".join(lines)
 
 
 def _plot_confusion(confusion: torch.Tensor, names: list[str], path: Path, *, title: str) -> None:
