@@ -18,6 +18,7 @@ from chanloss.analysis.views import (
 from chanloss.data.base import to_float_images
 from chanloss.losses.cc_loss import CCLoss
 from chanloss.losses.mc_loss import MCLoss
+from chanloss.models.pretrained import checkpoint_weights
 
 if TYPE_CHECKING:
     from chanloss.training import Trainer
@@ -83,7 +84,8 @@ def load_trainer(checkpoint: str | Path, *, device: str = "auto") -> tuple[Train
         config = validate_config({**raw, "device": device}, source=f"{checkpoint} (stored config)")
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
-    trainer = Trainer(config, checkpoint.parent, verbose=0)
+    with checkpoint_weights():  # the model's tensors come from the checkpoint
+        trainer = Trainer(config, checkpoint.parent, verbose=0)
     trainer.load_state(state, str(checkpoint))
     trainer.model.eval()
     trainer.losses.eval()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from torch import Tensor, nn
 
 from chanloss._validation import check_choice, check_int
@@ -141,6 +143,21 @@ class Backbone(nn.Module):
         return ModelOutput(self.classifier(embedding), features, embedding)
 
 
+def with_weights(model: Backbone, weights: str | None) -> Backbone:
+    """``model`` after loading ``weights`` (a local file; ``None``: as initialised). The load
+    report is kept as ``model.pretrained_report``; see :mod:`chanloss.models.pretrained`."""
+    if weights is not None:
+        from chanloss.models.pretrained import load_pretrained, loading_weights, mark_pretrained
+
+        if not isinstance(weights, (str, os.PathLike)):
+            raise ValueError(f"weights must be a path to a state_dict file, got {weights!r}")
+        if loading_weights():
+            model.pretrained_report = load_pretrained(model, weights)
+        else:
+            mark_pretrained(model)
+    return model
+
+
 def spatial_after(image_size: int, downsample: int) -> tuple[int, int]:
     """The feature-map size of a square input after total stride ``downsample``."""
     side = image_size // downsample
@@ -156,4 +173,5 @@ __all__ = [
     "init_weights",
     "scaled",
     "spatial_after",
+    "with_weights",
 ]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chanloss._validation import check_bool, check_choice, check_float, check_int
-from chanloss.models.common import Backbone, build_head, scaled
+from chanloss.models.common import Backbone, build_head, scaled, with_weights
 from chanloss.models.registry import register_model
 
 
@@ -249,7 +249,7 @@ def resnet110(
 
 
 def _imagenet(block: str, layers, num_classes: int, in_channels: int, **opts) -> ResNet:
-    return ResNet(
+    model = ResNet(
         block=block,
         layers=layers,
         num_classes=num_classes,
@@ -261,6 +261,7 @@ def _imagenet(block: str, layers, num_classes: int, in_channels: int, **opts) ->
         head=opts["head"],
         head_hidden=opts["head_hidden"],
     )
+    return with_weights(model, opts["weights"])
 
 
 @register_model("resnet18")
@@ -274,8 +275,13 @@ def resnet18(
     feature_channels: int | None = None,
     head: str = "gap",
     head_hidden: int = 512,
+    weights: str | None = None,
 ) -> ResNet:
-    """ResNet-18 (basic blocks 2-2-2-2), ImageNet layout."""
+    """ResNet-18 (basic blocks 2-2-2-2), ImageNet layout.
+
+    ``weights``: a local state_dict to start from, in torchvision's layout or this model's
+    (:mod:`chanloss.models.pretrained`).
+    """
     return _imagenet(
         "basic",
         (2, 2, 2, 2),
@@ -287,6 +293,7 @@ def resnet18(
         feature_channels=feature_channels,
         head=head,
         head_hidden=head_hidden,
+        weights=weights,
     )
 
 
@@ -301,8 +308,13 @@ def resnet50(
     feature_channels: int | None = None,
     head: str = "gap",
     head_hidden: int = 512,
+    weights: str | None = None,
 ) -> ResNet:
-    """ResNet-50 (bottlenecks 3-4-6-3), ImageNet layout, 2048 feature channels at width 1."""
+    """ResNet-50 (bottlenecks 3-4-6-3), ImageNet layout, 2048 feature channels at width 1.
+
+    ``weights``: a local state_dict to start from, in torchvision's layout or this model's
+    (:mod:`chanloss.models.pretrained`).
+    """
     return _imagenet(
         "bottleneck",
         (3, 4, 6, 3),
@@ -314,4 +326,5 @@ def resnet50(
         feature_channels=feature_channels,
         head=head,
         head_hidden=head_hidden,
+        weights=weights,
     )

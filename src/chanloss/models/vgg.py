@@ -26,7 +26,14 @@ from __future__ import annotations
 from torch import nn
 
 from chanloss._validation import check_bool, check_float, check_int
-from chanloss.models.common import Backbone, build_head, conv_bn_relu, scaled, spatial_after
+from chanloss.models.common import (
+    Backbone,
+    build_head,
+    conv_bn_relu,
+    scaled,
+    spatial_after,
+    with_weights,
+)
 from chanloss.models.registry import register_model
 
 _CONFIG_D = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -82,8 +89,13 @@ def vgg16_bn(
     widen_conv4_3: bool = False,
     head: str = "gap",
     head_hidden: int = 512,
+    weights: str | None = None,
 ) -> VGG16BN:
-    """VGG-16-BN; ``image_size`` a multiple of 32 (32 for CIFAR, 224 for CUB)."""
+    """VGG-16-BN; ``image_size`` a multiple of 32 (32 for CIFAR, 224 for CUB).
+
+    ``weights``: a local state_dict to start from, in torchvision's ``vgg16_bn`` layout or this
+    model's (:mod:`chanloss.models.pretrained`).
+    """
     image_size = check_int("image_size", image_size, low=32)
     if image_size % 32:
         raise ValueError(f"image_size must be a multiple of 32 (e.g. 32 or 224), got {image_size}")
@@ -99,7 +111,7 @@ def vgg16_bn(
             )
     elif feature_channels is not None:
         channels = check_int("feature_channels", feature_channels, low=1)
-    return VGG16BN(
+    model = VGG16BN(
         num_classes=num_classes,
         in_channels=in_channels,
         image_size=image_size,
@@ -109,3 +121,4 @@ def vgg16_bn(
         head=head,
         head_hidden=head_hidden,
     )
+    return with_weights(model, weights)

@@ -96,7 +96,7 @@ def build_model(config: TrainConfig, *, num_classes: int, in_channels: int) -> n
     from chanloss.models import create_model
 
     try:
-        return create_model(
+        model = create_model(
             config.model.name,
             num_classes=num_classes,
             in_channels=in_channels,
@@ -104,6 +104,25 @@ def build_model(config: TrainConfig, *, num_classes: int, in_channels: int) -> n
         )
     except (ValueError, TypeError, ImportError) as err:
         raise ConfigError(f"model: {err}") from None
+    report = getattr(model, "pretrained_report", None)
+    if report is not None:
+        from chanloss.training.distributed import log
+
+        adapted = f"; {report['adapted']}" if report["adapted"] else ""
+        log(
+            f"model: loaded {report['loaded']} tensors of {config.model.options()['weights']} "
+            f"({report['layout']} layout); new: {_summarise(report['new'])}; not used from "
+            f"the file: {_summarise(report['skipped'])}{adapted}"
+        )
+    return model
+
+
+def _summarise(keys: list[str]) -> str:
+    """``classifier (2 tensors), head (9 tensors)`` from a list of state_dict keys."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        counts[key.split(".")[0]] = counts.get(key.split(".")[0], 0) + 1
+    return ", ".join(f"{k} ({n} tensor{'s' if n > 1 else ''})" for k, n in counts.items()) or "none"
 
 
 @dataclass

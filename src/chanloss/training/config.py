@@ -283,6 +283,13 @@ class OptimConfig(_Section):
         max_length=2,
         description="AdamW betas (adamw only).",
     )
+    pretrained_lr_mult: float = Field(
+        1.0,
+        gt=0.0,
+        description="Learning-rate multiplier of the layers loaded from model.weights (lr * "
+        "this); the new layers (classifier, head) and the losses use lr. The MC-Loss authors' "
+        "ResNet-50 recipe: lr 0.1, multiplier 0.1 (backbone 0.01).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> OptimConfig:

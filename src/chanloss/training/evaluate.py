@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from chanloss.models.pretrained import checkpoint_weights
 from chanloss.training.checkpoint import CheckpointError, describe, load_checkpoint
 from chanloss.training.config import ConfigError, validate_config
 from chanloss.training.run_dir import write_json
@@ -49,7 +50,8 @@ def evaluate_checkpoint(
         raise CheckpointError(str(err)) from None
     base = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval-{checkpoint.stem}"
     out = base / split
-    trainer = Trainer(config, out, verbose=0)
+    with checkpoint_weights():  # the model's tensors come from the checkpoint
+        trainer = Trainer(config, out, verbose=0)
     try:
         trainer.model.load_state_dict(state["model"])
         for slot, sd in zip(trainer.slots, state["losses"], strict=True):

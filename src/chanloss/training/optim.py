@@ -20,11 +20,14 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """SGD or AdamW over the model's parameters and each loss's parameters.
 
-    Each loss with parameters gets its own parameter group, with its own ``lr`` when the loss
-    entry sets one. All groups follow the same schedule (the scheduler scales every group's
-    initial learning rate by the same factor).
+    The model's parameters loaded from pretrained weights (``model.pretrained_parameters``,
+    see :mod:`chanloss.models.pretrained`) form a group with learning rate ``lr *
+    pretrained_lr_mult``; the others (the new classifier and head) use ``lr``. Each loss with
+    parameters gets its own parameter group, with its own ``lr`` when the loss entry sets one.
+    All groups follow the same schedule (the scheduler scales every group's initial learning
+    rate by the same factor).
     """
-    groups: list[dict] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    groups = model_groups(model, config.lr, config.pretrained_lr_mult)
     for loss, lr in zip(losses, loss_lrs, strict=True):
         params = [p for p in loss.parameters() if p.requires_grad]
         if params:
@@ -40,6 +43,20 @@ def build_optimizer(
     return torch.optim.AdamW(
         groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay
     )
+
+
+def model_groups(model: nn.Module, lr: float, pretrained_lr_mult: float) -> list[dict]:
+    """The model's parameter groups: the new layers at ``lr`` (first, so that the first group's
+    rate is the one logged), then the pretrained ones at ``lr * pretrained_lr_mult``."""
+    pretrained = getattr(model, "pretrained_parameters", None) or set()
+    new, loaded = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (loaded if name in pretrained else new).append(param)
+    groups = [{"params": new, "lr": lr}] if new else []
+    if loaded:
+        groups.append({"params": loaded, "lr": lr * pretrained_lr_mult})
+    return groups
 
 
 def lr_factor(
