@@ -253,3 +253,7 @@ def test_a_run_from_pretrained_weights_trains_and_evaluates_without_the_file(tmp
     path.unlink()  # evaluation takes the tensors from the checkpoint
     result = evaluate_checkpoint(tmp_path / "run" / "last.pt", tmp_path / "eval", verbose=0)
     assert result["top1"] == pytest.approx(summary["final_test_acc"])
+    from chanloss.inference import load_model
+
+    trained = load_model(tmp_path / "run" / "last.pt")
+    assert trained.network.body.stem[0].weight.shape[1] == 1

@@ -201,7 +201,10 @@ def load_model(path: str | Path, *, device: str = "cpu") -> TrainedModel:
         if raw is not None
         else _rebuilt_preprocessing(config, path)
     )
-    network = build_model(config, num_classes=num_classes, in_channels=in_channels)
+    from chanloss.models.pretrained import checkpoint_weights
+
+    with checkpoint_weights():  # the tensors come from the checkpoint, not model.weights
+        network = build_model(config, num_classes=num_classes, in_channels=in_channels)
     heads = build_losses(config, network, num_classes)
     slot = next((s for s in heads if s.loss.provides_logits), None)
     try:
