@@ -229,7 +229,18 @@ def test_subsample_and_labels():
     paths = [Path("a/ce/last.pt"), Path("b/cc/last.pt")]
     assert run_labels(paths) == ["ce", "cc"]
     assert run_labels([Path("r/last.pt"), Path("r/best.pt")]) == ["r/last", "r/best"]
-    assert run_labels([Path("r/last.pt"), Path("r/last.pt")]) == ["r/last#1", "r/last#2"]
+    assert run_labels([Path("r/last.pt"), Path("r/last.pt")]) == ["r#1", "r#2"]
+    # chanloss compare: OUT/<config name>/seed<S>/; the seed only where names repeat
+    cmp = [Path(f"runs/digits/{name}/seed{s}/last.pt") for name, s in (("cc", 0), ("mc", 0))]
+    assert run_labels(cmp) == ["cc", "mc"]
+    cmp.append(Path("runs/digits/cc/seed1/last.pt"))
+    assert run_labels(cmp) == ["cc/seed0", "mc", "cc/seed1"]
+    # chanloss train's default runs/<config name>-<date>-<time>
+    dated = [Path("runs/digits-cc-20260101-120000/best.pt"), Path("runs/mc-20260101-130000/b.pt")]
+    assert run_labels(dated) == ["digits-cc", "mc"]
+    dated[1] = Path("runs/digits-cc-20260102-090000/best.pt")
+    assert run_labels(dated) == ["digits-cc-20260101-120000", "digits-cc-20260102-090000"]
+    assert run_labels([Path("x/ce/last.pt"), Path("y/z/ce/last.pt")]) == ["x/ce", "z/ce"]
 
 
 # -- tiny trained runs -----------------------------------------------------------------------
@@ -315,9 +326,35 @@ def test_collected_views_match_per_class_loops_on_a_tiny_model(runs):
 
 def test_analyze_command_writes_every_file(runs, tmp_path, capsys):
     out = tmp_path / "report"
+    out.mkdir()
+    stale = ["mc_channel_maps_1_old-run.png", "mc_channel_maps_4_gone.png", "tsne.png"]
+    for name in stale:
+        (out / name).write_bytes(b"an earlier analysis")
+    (out / "notes.png").write_text("the user's own file")
+    (out / "mc_channel_maps_7_dir.png").mkdir()  # not a file analyze wrote: kept
     argv = ["analyze", *(str(p) for p in runs.values()), "--out", str(out)]
     assert main([*argv, "--max-samples", "150", "--device", "cpu"]) == 0
-    assert "report.html" in capsys.readouterr().out
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == f"report in {out / 'report.html'}"
+    stages = [line.split("] ", 1)[1] for line in printed[:-1]]
+    paths = list(runs.values())
+    assert stages[:4] == [
+        f"ce (1/3): loading {paths[0]}",
+        "ce (1/3): test pass over 360 images",
+        "ce (1/3): separability metrics on 150 samples",
+        "ce (1/3): t-SNE of 150 embeddings",
+    ]
+    assert stages[12:] == [
+        f"removed 3 files of an earlier analysis from {out}",
+        "figures",
+        "report",
+        f"done: {out / 'report.html'}",
+    ]
+    assert all(line.startswith("analyze [") for line in printed[:-1])
+    assert (out / "notes.png").read_text() == "the user's own file"
+    assert (out / "mc_channel_maps_7_dir.png").is_dir()
+    (out / "notes.png").unlink()
+    (out / "mc_channel_maps_7_dir.png").rmdir()
     expected = {
         "report.html",
         "metrics.csv",
@@ -360,11 +397,20 @@ def test_analyze_without_mc_view_and_errors(tmp_path, capsys):
     raw["model"]["feature_channels"] = 8  # fewer channels than the 10 classes
     train(load_config(raw=raw), tmp_path / "narrow", verbose=0)
     ck = tmp_path / "narrow" / "last.pt"
-    rows = analyze([ck], tmp_path / "out", max_samples=50, images=2, progress=False)
+    (tmp_path / "out").mkdir()
+    for name in ("mc_class_group.png", "mc_channel_maps_1_narrow.png", "report.html"):
+        (tmp_path / "out" / name).write_bytes(b"an earlier analysis with an MC view")
+    rows = analyze(
+        [ck], tmp_path / "out", max_samples=50, images=2, progress=False, labels=["my run"]
+    )
+    assert rows[0]["label"] == "my run"
+    assert capsys.readouterr().out == ""
     assert math.isnan(rows[0]["group_top1"])
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert not any(name.startswith("mc_") for name in files)
-    assert "No MC view for narrow" in (tmp_path / "out" / "report.html").read_text()
+    assert "No MC view for my run" in (tmp_path / "out" / "report.html").read_text()
+    with pytest.raises(ValueError, match=r"one label per checkpoint \(1\), got 2"):
+        analyze([ck], tmp_path / "x", labels=["a", "b"])
     with pytest.raises(ValueError, match="max_samples must be an integer >= 3, got 2"):
         analyze([ck], tmp_path / "x", max_samples=2)
     with pytest.raises(ValueError, match="at least one checkpoint"):
@@ -381,6 +427,12 @@ def test_analyze_without_mc_view_and_errors(tmp_path, capsys):
         ["analyze", str(ck), "--out", out, "--max-samples", "1"]
     )
     assert "required: --out" in err(["analyze", str(ck)])
+    assert "--label was given 1 times for 2 checkpoints" in err(
+        ["analyze", str(ck), str(ck), "--out", out, "--label", "a"]
+    )
+    assert "--label names must be unique" in err(
+        ["analyze", str(ck), str(ck), "--out", out, "--label", "a", "--label", "a"]
+    )
     bad = tmp_path / "bad.pt"
     bad.write_text("not a checkpoint")
     assert "not a readable chanloss checkpoint" in err(["analyze", str(bad), "--out", out])

@@ -297,6 +297,14 @@ def _configure_analyze(p: argparse.ArgumentParser) -> None:
         help="test samples for the separability metrics and t-SNE (default 1000)",
     )
     p.add_argument("--images", type=_int_at_least(1), default=4, help="MC-view examples (4)")
+    p.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        metavar="NAME",
+        help="name of a run in the report, one per checkpoint in order (default: the config "
+        "name, from the run directory); repeat",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
@@ -308,12 +316,21 @@ def _configure_analyze(p: argparse.ArgumentParser) -> None:
 def _run_analyze(args: argparse.Namespace) -> int:
     from chanloss.analysis import analyze
 
+    if args.labels is not None:
+        if len(args.labels) != len(args.checkpoints):
+            raise UsageError(
+                f"--label was given {len(args.labels)} times for {len(args.checkpoints)} "
+                "checkpoints; give one per checkpoint, in order"
+            )
+        if len(set(args.labels)) < len(args.labels) or not all(args.labels):
+            raise UsageError(f"--label names must be unique and non-empty, got {args.labels}")
     analyze(
         args.checkpoints,
         args.out,
         max_samples=args.max_samples,
         images=args.images,
         device=args.device,
+        labels=args.labels,
     )
     print(f"report in {Path(args.out) / 'report.html'}", flush=True)
     return 0

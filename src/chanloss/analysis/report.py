@@ -14,6 +14,7 @@ import csv
 import html
 import math
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from chanloss.analysis.metrics import separability
 from chanloss.analysis.plots import finite_range, plot_channel_maps, plot_heatmaps, plot_tsne
 from chanloss.analysis.views import class_correlation, class_means
 
-__all__ = ["METRIC_COLUMNS", "analyze", "subsample"]
+__all__ = ["METRIC_COLUMNS", "analyze", "remove_earlier_outputs", "run_labels", "subsample"]
 
 METRIC_COLUMNS = (
     "label",
@@ -70,13 +71,60 @@ def subsample(n: int, max_samples: int, *, seed: int = _SEED) -> torch.Tensor:
 
 
 def run_labels(checkpoints: Sequence[Path]) -> list[str]:
-    """Short unique names: the run directory, plus the file name or a number when needed."""
-    labels = [p.parent.name or p.stem for p in checkpoints]
-    if len(set(labels)) < len(labels):
-        labels = [f"{p.parent.name}/{p.stem}" if p.parent.name else p.stem for p in checkpoints]
+    """Short unique names of the runs: the config name, from the run directory.
+
+    ``chanloss compare`` keeps runs in ``OUT/<config name>/seed<S>/`` and ``chanloss train``
+    in ``runs/<config name>-<date>-<time>/`` by default, so the name is the directory above a
+    ``seed<S>`` directory, or the run directory without a date suffix. Where names repeat,
+    the seed, the run directory as it is, the directory above and the checkpoint file are
+    added (each only when it tells the runs apart), then a number.
+    """
+    dirs = [p.absolute().parent for p in checkpoints]
+    seeded = [_SEED_DIR.fullmatch(d.name) is not None for d in dirs]
+    homes = [d.parent if s else d for d, s in zip(dirs, seeded, strict=True)]
+    labels = [_DATE_SUFFIX.sub("", h.name) or h.name or "run" for h in homes]
+    steps = [
+        lambda i, label: f"{label}/{dirs[i].name}" if seeded[i] else label,
+        lambda i, label: label.replace(_DATE_SUFFIX.sub("", homes[i].name), homes[i].name, 1),
+        lambda i, label: f"{homes[i].parent.name}/{label}" if homes[i].parent.name else label,
+        lambda i, label: f"{label}/{Path(checkpoints[i]).stem}",
+    ]
+    for step in steps:
+        if len(set(labels)) == len(labels):
+            break
+        repeated = {x for x in labels if labels.count(x) > 1}
+        tried = [step(i, x) if x in repeated else x for i, x in enumerate(labels)]
+        if len(set(tried)) > len(set(labels)):
+            labels = tried
     if len(set(labels)) < len(labels):
         labels = [f"{label}#{i}" for i, label in enumerate(labels, start=1)]
     return labels
+
+
+_SEED_DIR = re.compile(r"seed\d+")
+_DATE_SUFFIX = re.compile(r"-\d{8}-\d{6}$")
+#: What analyze writes into its output directory; earlier files of these names are removed.
+_OUTPUT_NAMES = (
+    "report.html",
+    "metrics.csv",
+    "tsne.png",
+    "cc_class_channel.png",
+    "cc_class_correlation.png",
+    "mc_class_group.png",
+)
+_OUTPUT_PATTERN = re.compile(r"mc_channel_maps_\d+_[A-Za-z0-9_.-]+\.png")
+
+
+def remove_earlier_outputs(out: Path) -> list[str]:
+    """Delete the files an earlier ``analyze`` wrote into ``out`` (only those names: the report,
+    the CSV and the figures, never other files or folders); returns the names removed."""
+    removed = []
+    for path in sorted(out.iterdir()):
+        ours = path.name in _OUTPUT_NAMES or _OUTPUT_PATTERN.fullmatch(path.name)
+        if ours and path.is_file() and not path.is_symlink():
+            path.unlink()
+            removed.append(path.name)
+    return removed
 
 
 def _slug(text: str) -> str:
@@ -147,6 +195,7 @@ def analyze(
     images: int = 4,
     device: str = "auto",
     progress: bool = True,
+    labels: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Analyse checkpoints side by side; write ``report.html``, ``metrics.csv`` and PNGs.
 
@@ -157,9 +206,11 @@ def analyze(
     split); the CC view (class x channel attention, class-class correlation), and the MC view
     (class x group activation, the true group's channel maps of ``images`` examples) for runs
     with at least as many feature channels as classes. Returns the metric rows.
-    """
-    from tqdm.auto import tqdm
 
+    ``labels`` name the runs (default :func:`run_labels`). ``progress`` prints a line as each
+    stage starts. The files of an earlier analysis in ``out_dir`` are removed once the runs
+    are collected (:func:`remove_earlier_outputs`), so it holds only this analysis.
+    """
     paths = [Path(p) for p in checkpoints]
     if not paths:
         raise ValueError("analyze needs at least one checkpoint, got none")
@@ -168,45 +219,52 @@ def analyze(
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"checkpoint not found: {p}")
+    if labels is None:
+        labels = run_labels(paths)
+    else:
+        labels = [str(label) for label in labels]
+        if len(labels) != len(paths):
+            raise ValueError(f"expected one label per checkpoint ({len(paths)}), got {len(labels)}")
+        if len(set(labels)) < len(labels) or not all(labels):
+            raise ValueError(f"labels must be unique and non-empty, got {labels}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    labels = run_labels(paths)
+    start = time.perf_counter()
 
-    bar = tqdm(
-        total=4 * len(paths) + 2, desc="analyze", unit="step", disable=None if progress else True
-    )
+    def stage(text: str) -> None:
+        if progress:
+            print(f"analyze [{time.perf_counter() - start:5.1f}s] {text}", flush=True)
+
     runs: list[RunData] = []
     rows: list[dict[str, Any]] = []
     tsne: list[np.ndarray] = []
     samples: list[torch.Tensor] = []
-    for path, label in zip(paths, labels, strict=True):
-        bar.set_description(f"{label}: load")
+    for i, (path, label) in enumerate(zip(paths, labels, strict=True), start=1):
+        where = f"{label} ({i}/{len(paths)})"
+        stage(f"{where}: loading {path}")
         trainer, state = load_trainer(path, device=device)
-        bar.update(1)
-        bar.set_description(f"{label}: test pass")
+        stage(f"{where}: test pass over {len(trainer.data.test)} images")
         run = collect(
             trainer, label=label, checkpoint=path, epoch=int(state["epoch"]), images=images
         )
         del trainer, state
-        bar.update(1)
-        bar.set_description(f"{label}: metrics")
         idx = subsample(run.labels.shape[0], max_samples)
+        stage(f"{where}: separability metrics on {idx.shape[0]} samples")
         rows.append(_metrics_row(run, idx))
-        bar.update(1)
-        bar.set_description(f"{label}: t-SNE")
+        stage(f"{where}: t-SNE of {idx.shape[0]} embeddings")
         tsne.append(_tsne(run.embeddings[idx].numpy()))
         samples.append(idx)
-        bar.update(1)
         runs.append(run)
 
-    bar.set_description("figures")
+    removed = remove_earlier_outputs(out)
+    if removed:
+        stage(f"removed {len(removed)} files of an earlier analysis from {out}")
+    stage("figures")
     figures = _figures(out, runs, tsne, samples)
-    bar.update(1)
-    bar.set_description("report")
+    stage("report")
     _write_csv(out / "metrics.csv", rows)
     (out / "report.html").write_text(_html(runs, rows, figures, max_samples))
-    bar.update(1)
-    bar.close()
+    stage(f"done: {out / 'report.html'}")
     return rows
 
 
