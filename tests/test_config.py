@@ -222,3 +222,12 @@ def test_every_schema_field_has_a_description():
                 if isinstance(arg, type) and issubclass(arg, BaseModel):
                     stack.append(arg)
     assert len(seen) == 8  # TrainConfig and its 7 sections
+
+
+def test_cub_configs_kept_under_their_earlier_names_equal_the_vgg16_ones():
+    for loss in ("ce", "mc"):
+        old = load_config(CONFIGS / f"cub-{loss}.yaml")
+        assert old == load_config(CONFIGS / f"cub-vgg16-{loss}.yaml")
+    r50 = load_config(CONFIGS / "cub-r50-mc.yaml")
+    assert r50.model.options()["weights"] and r50.optim.pretrained_lr_mult == 0.1
+    assert r50.data.options == {"image_size": 448, "resize": 600, "resize_mode": "stretch"}

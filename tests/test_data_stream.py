@@ -250,6 +250,8 @@ def test_stream_and_cache_options_reject_what_they_cannot_do(tmp_path):
         build_datasets("image_folder", root=root, image_size=12, resize=10)
     with pytest.raises(ValueError, match="mode must be one of"):
         build_datasets("image_folder", root=root, mode="disk")
+    symmetric = build_datasets("image_folder", root=root, image_size=12, normalize="symmetric")
+    assert symmetric.mean == symmetric.std == (0.5, 0.5, 0.5)
     with pytest.raises(ValueError, match="normalize must be one of"):
         build_datasets("image_folder", root=root, normalize="cifar")
 

@@ -143,7 +143,7 @@ DATASETS: dict[str, DatasetLoader] = {}
 FILE_SETS: dict[str, Callable[..., Any]] = {}
 
 MODES = ("memory", "stream", "auto")
-NORMALIZE = ("dataset", "imagenet")
+NORMALIZE = ("dataset", "imagenet", "symmetric")
 #: torchvision's ImageNet statistics (for pretrained backbones).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -242,7 +242,8 @@ def build_datasets(
     the decoded set would take more than ``memory_budget_gb`` GB. ``cache_dir``: memory mode
     keeps the decoded pixels of image-file sets there, memory-mapped
     (:func:`~chanloss.data.files.cached_decode`). ``normalize``: statistics of the training
-    split (``"dataset"``) or ImageNet's (``"imagenet"``, for pretrained backbones).
+    split (``"dataset"``), ImageNet's (``"imagenet"``, for pretrained backbones) or 0.5 and
+    0.5 (``"symmetric"``: ``[0, 1]`` to ``[-1, 1]``, the MC-Loss authors' ResNet-50 script).
     Unknown names or options raise ``ValueError`` listing the allowed ones; missing or
     malformed files raise :class:`DatasetError` (a ``ValueError``) naming the file.
     """
@@ -307,6 +308,8 @@ def build_datasets(
         size = crop or (train.images.shape[2], train.images.shape[3])
     if sample is not None:
         mean, std = channel_stats(sample)
+    elif normalize == "symmetric":
+        mean, std = (0.5,) * channels, (0.5,) * channels
     elif channels == 3:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:

@@ -200,11 +200,12 @@ class DataConfig(_Section):
         "times and the decode options), so later runs skip decoding and a set larger than RAM "
         "is paged in from disk. null = no cache.",
     )
-    normalize: Literal["dataset", "imagenet"] = Field(
+    normalize: Literal["dataset", "imagenet", "symmetric"] = Field(
         "dataset",
         description="Normalisation statistics: dataset (per-channel mean/std of the training "
-        "split; in stream mode of 256 evenly spaced training images) or imagenet "
-        "(torchvision's, for pretrained weights).",
+        "split; in stream mode of 256 evenly spaced training images), imagenet "
+        "(torchvision's, for pretrained weights) or symmetric (mean 0.5, std 0.5: [0, 1] to "
+        "[-1, 1], the MC-Loss authors' ResNet-50 script).",
     )
 
     @model_validator(mode="after")
