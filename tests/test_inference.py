@@ -103,6 +103,7 @@ def test_load_model_returns_the_network_with_its_preprocessing(run):
     stored = to_float_images(data.test.images)
     with torch.no_grad():
         scores = model(centre(stored))
+        assert torch.equal(model(centre(data.test.images)), scores)  # uint8 in: scaled by 1/255
     torch.testing.assert_close(scores, trainer_scores(run["ckpt"], stored))
 
 

@@ -1,7 +1,7 @@
 """Using a trained model: :func:`load_model`, :func:`predict` and :func:`export_model`.
 
-A checkpoint (``last.pt``/``best.pt`` of a run) holds the resolved config, the weights and,
-since this module exists, the run's preprocessing in ``meta["preprocessing"]``: how an image
+A checkpoint (``last.pt``/``best.pt`` of a run) holds the resolved config, the weights and
+the run's preprocessing in ``meta["preprocessing"]``: how an image
 file is read (colour, size, resize mode) and the per-channel normalisation of the training
 split. :func:`load_model` rebuilds the network (and, for a margin loss or L-GM, the loss head
 whose scores replace the classifier, as in training) as a :class:`TrainedModel` in eval mode::
@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -123,8 +121,8 @@ class Preprocessing:
 class TrainedModel(nn.Module):
     """A trained classifier with its preprocessing, in eval mode (see :func:`load_model`).
 
-    ``model(x)`` takes images as float ``(B, C, H, W)`` in ``[0, 1]`` at
-    ``preprocessing.image_size`` and returns the class scores ``(B, K)``: the run's evaluation
+    ``model(x)`` takes images ``(B, C, H, W)`` at ``preprocessing.image_size``, float in
+    ``[0, 1]`` or uint8 ``0..255``, and returns the class scores ``(B, K)``: the run's evaluation
     resize and normalisation, the network, then the classifier, or the loss head's
     ``logits(embedding)`` for a margin loss or L-GM (as the trainer scores accuracy).
     ``network`` is the backbone (returning ``ModelOutput``), ``class_names`` the class labels.
@@ -153,7 +151,9 @@ class TrainedModel(nn.Module):
         self.eval()
 
     def forward(self, images: Tensor) -> Tensor:
-        out = self.network(self.transform(images))
+        from chanloss.data import to_float_images
+
+        out = self.network(self.transform(to_float_images(images)))
         return out.logits if self.head is None else self.head.logits(out.embedding)
 
     @property
@@ -396,17 +396,12 @@ def _onnx_bytes(model: TrainedModel, example: Tensor) -> bytes:
 @contextlib.contextmanager
 def _atomic_write(path: Path, mode: str) -> Iterator[Any]:
     """A file object whose content replaces ``path`` only once it is complete."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except FileNotFoundError:
-        raise InferenceError(f"cannot write {path}: the directory does not exist") from None
-    try:
-        with os.fdopen(fd, mode, **({"newline": ""} if "b" not in mode else {})) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from chanloss.training.run_dir import atomic_open
+
+    if not path.parent.is_dir():
+        raise InferenceError(f"cannot write {path}: the directory does not exist")
+    with atomic_open(path, mode) as f:
+        yield f
 
 
 __all__ = [
