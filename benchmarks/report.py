@@ -90,7 +90,7 @@ def load(results: Path, *, include_quick: bool = False) -> dict[str, Any]:
                 png = path.with_suffix(".png")
                 data["_png"] = png if png.exists() else None
                 found["speed"].setdefault(name, []).append(data)
-    for name in ("cc_loss_cpu", "mc_loss_cpu"):
+    for name in ("cc_loss_cpu", "mc_loss_cpu", "data_cpu", "gpu_check_cuda"):
         data = _read_json(results / f"{name}.json", include_quick)
         if data is not None:
             found["speed"][name] = [data]
@@ -416,8 +416,85 @@ def speed_section(found: dict[str, Any], base: Path) -> list[str]:
             line = "CC-Loss component benchmark: results in an unknown format."
         if line:
             extra.append(line)
+    for data in speed.get("data_cpu", []):
+        try:
+            extra.append(_data_line(data))
+        except (KeyError, TypeError, ValueError):
+            extra.append("Data loading benchmark: results in an unknown format.")
     if extra:
         out += [*[f"- {e}" for e in extra], ""]
+    for data in speed.get("gpu_check_cuda", []):
+        try:
+            out += _gpu_check_lines(data)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            out += ["GPU check: results in an unknown format.", ""]
+    return out
+
+
+def _data_line(data: dict[str, Any]) -> str:
+    """One sentence from ``bench_data.py``: images per worker and the RSS of both modes."""
+    rates = ", ".join(
+        f"{name} px {r['images_per_cpu_s']:.0f}" for name, r in data["per_worker"].items()
+    )
+    rss = data["peak_rss"]
+    return (
+        f"Image decoding (decode, resize, random crop) per DataLoader worker, images per CPU "
+        f"second: {rates}; peak RSS above the imports for {data['train_images']} training "
+        f"images at 512 px: memory mode {rss['memory']['data_mb']:.0f} MB, stream mode "
+        f"{rss['stream']['data_mb']:.0f} MB ({machine_line(data.get('machine'))}, "
+        "`bench_data.py`)."
+    )
+
+
+def _gpu_check_lines(data: dict[str, Any]) -> list[str]:
+    """The GPU check (``gpu_check.sh``): a sentence per section and the backbone table."""
+    out = [
+        f"GPU check ({machine_line(data.get('machine'))}, `benchmarks/gpu_check.sh`): "
+        f"{'all checks passed' if data.get('ok') else '**some checks failed**'}.",
+        "",
+    ]
+    losses = data.get("losses") or []
+    if losses:
+        match = sum(bool(r["fp32_match"]) for r in losses)
+        finite = sum(bool(r["fp16_finite"]) and bool(r["bf16_finite"]) for r in losses)
+        worst = max(r["fp32_grad_rel_diff"] for r in losses)
+        out += [
+            f"- Losses: {match} of {len(losses)} equal their CPU results in float32 (largest "
+            f"relative gradient difference {worst:.1e}); {finite} of {len(losses)} finite under "
+            "float16 and bfloat16 autocast.",
+        ]
+    for r in data.get("loss_speed") or []:
+        out.append(
+            f"- B={r['B']}, C={r['C']}, {r['H']}x{r['W']}, K={r['K']}: MC-Loss {r['mc_ms']:.2f} "
+            f"ms ({r['mc_over_ce']:.1f}x the softmax cross-entropy), CC-Loss {r['cc_ms']:.2f} "
+            f"ms ({r['cc_over_ce']:.1f}x), forward + backward."
+        )
+    stream = data.get("stream")
+    if stream:
+        out.append(
+            f"- Stream mode ({stream['recipe']}, {stream['workers']} workers): "
+            f"{stream['loading_images_per_s']:.0f} images/s loaded, "
+            f"{stream['resnet50_training_images_per_s']:.0f} images/s into ResNet-50 training."
+        )
+    ddp = data.get("ddp")
+    if ddp:
+        out.append(f"- `chanloss train --nproc` with NCCL: {ddp['status']}.")
+    out.append("")
+    backbones = data.get("backbones") or []
+    if backbones:
+        out += [
+            "| backbone | px | batch | losses | ms / step (AMP, channels-last) | images/s "
+            "| CUB epoch (s) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in backbones:
+            epoch = r.get("epoch_estimate_s")
+            out.append(
+                f"| {r['model']} | {r['image_size']} | {r['batch']} | {'+'.join(r['losses'])} "
+                f"| {r['ms_per_step']:.1f} | {r['images_per_s']:.0f} "
+                f"| {'' if epoch is None else f'{epoch:.0f}'} |"
+            )
+        out.append("")
     return out
 
 

@@ -1,0 +1,571 @@
+"""Everything a GPU must confirm, in one run of at most about five minutes on one GPU.
+
+Run it through ``benchmarks/gpu_check.sh`` (or directly). Sections, each timed and recorded
+even when another one fails:
+
+1. ``losses``: every registered loss on CUDA equals the CPU result in float32 (value and the
+   gradients of the input and of the loss's parameters, TF32 off; MC-Loss with the same
+   channel mask on both), and stays finite under float16 and bfloat16 autocast.
+2. ``backbones``: a few training steps of each built-in backbone with AMP (float16 and a
+   gradient scaler) and channels-last, CE plus MC-Loss where the map has a channel per class;
+   the step time of ResNet-50 at 448 px and VGG16-BN (600 channels) at 224 px gives the
+   time per CUB epoch (``epoch_estimate_s``: 5,994 training images per epoch, no data wait).
+3. ``loss_speed``: MC-Loss and CC-Loss forward + backward against the softmax cross-entropy
+   floor on the logits of the same batch, at the CUB shapes.
+4. ``stream``: stream-mode loading of generated CUB-sized JPEGs at 448 px (``workers``
+   processes, pinned memory), alone and feeding ResNet-50 training steps.
+5. ``ddp``: ``chanloss train --nproc N`` with NCCL when more than one GPU is present.
+6. ``benchmarks``: ``bench_train_step.py`` (the train-step overhead) and ``bench_losses.py``
+   on CUDA, which write ``results/train_step_cuda.json`` and ``results/losses_cuda.json``.
+
+Writes ``benchmarks/results/gpu_check_cuda.json`` (``make report`` shows it in the README).
+Without CUDA it says so and exits 0. ``--device cpu --quick`` runs sections 1-4 at toy sizes
+on the CPU (a dry run of the script itself; the tests use it) and writes nothing unless
+``--out`` is given.
+
+    bash benchmarks/gpu_check.sh             # on a GPU machine
+    python benchmarks/gpu_check.py --device cpu --quick --out /tmp/gpu_check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as common  # noqa: E402
+
+NAME = "gpu_check"
+CUB_TRAIN = 5994
+CUB_TEST = 5794
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+# -- 1. losses: CUDA equals CPU ------------------------------------------------------------------
+def _loss_inputs(consumes: str, b: int, k: int, c: int, d: int, hw: int) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    if consumes == "features":
+        x = torch.randn(b, c, hw, hw, generator=gen).relu_()
+    elif consumes == "embedding":
+        x = torch.randn(b, d, generator=gen)
+    else:
+        x = 2.0 * torch.randn(b, k, generator=gen)
+    return x, torch.randint(0, k, (b,), generator=gen)
+
+
+def _run_loss(loss: torch.nn.Module, x: Tensor, y: Tensor, kwargs: dict) -> tuple[Tensor, list]:
+    x = x.detach().clone().requires_grad_(True)
+    loss.zero_grad(set_to_none=True)
+    value = loss(x, y, **kwargs)
+    value.float().backward()
+    grads = [x.grad] + [p.grad for p in loss.parameters() if p.grad is not None]
+    return value.detach().float(), [g.detach().float() for g in grads]
+
+
+def check_losses(device: torch.device, quick: bool) -> list[dict[str, Any]]:
+    from chanloss.losses import create_loss
+
+    losses = common.import_all_losses()
+    b, k, c, d, hw = (4, 5, 10, 8, 3) if quick else (16, 20, 80, 64, 7)
+    context = {"num_classes": k, "num_channels": c, "embedding_dim": d}
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    rows = []
+    try:
+        for name in sorted(losses):
+            torch.manual_seed(0)
+            cpu_loss = create_loss(name, context=context).train()
+            gpu_loss = copy.deepcopy(cpu_loss).to(device)
+            x, y = _loss_inputs(cpu_loss.consumes, b, k, c, d, hw)
+            kwargs: dict[str, Any] = {}
+            if name == "mc":
+                kwargs["mask"] = (
+                    torch.rand(c, generator=torch.Generator().manual_seed(1)) < 0.7
+                ).float()
+            value, grads = _run_loss(cpu_loss, x, y, kwargs)
+            gkw = {key: v.to(device) for key, v in kwargs.items()}
+            gvalue, ggrads = _run_loss(gpu_loss, x.to(device), y.to(device), gkw)
+            value_diff = float((gvalue.cpu() - value).abs().max())
+            grad_diff = max(
+                float((g2.cpu() - g1).abs().max() / g1.abs().max().clamp_min(1e-12))
+                for g1, g2 in zip(grads, ggrads, strict=True)
+            )
+            row: dict[str, Any] = {
+                "loss": name,
+                "consumes": cpu_loss.consumes,
+                "fp32_value": float(value),
+                "fp32_value_abs_diff": value_diff,
+                "fp32_grad_rel_diff": grad_diff,
+                "fp32_match": value_diff <= 1e-4 * max(1.0, abs(float(value)))
+                and grad_diff <= 1e-3,
+            }
+            for dtype in (torch.float16, torch.bfloat16):
+                key = "fp16" if dtype == torch.float16 else "bf16"
+                try:
+                    with torch.autocast(device.type, dtype=dtype):
+                        v, gs = _run_loss(gpu_loss, x.to(device).to(dtype), y.to(device), gkw)
+                    row[f"{key}_finite"] = bool(torch.isfinite(v)) and all(
+                        bool(torch.isfinite(g).all()) for g in gs
+                    )
+                except (RuntimeError, TypeError) as err:  # e.g. a dtype the CPU autocast lacks
+                    row[f"{key}_finite"] = None
+                    row[f"{key}_error"] = f"{type(err).__name__}: {str(err)[:200]}"
+            rows.append(row)
+            common.log(
+                f"  {name:>16}: fp32 |diff| {value_diff:.2e}, grad rel {grad_diff:.2e} "
+                f"({'ok' if row['fp32_match'] else 'MISMATCH'}); finite fp16 {row['fp16_finite']}"
+                f", bf16 {row['bf16_finite']}"
+            )
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    return rows
+
+
+# -- 2. backbones with AMP and channels-last -----------------------------------------------------
+def _backbones(quick: bool) -> list[dict[str, Any]]:
+    if quick:
+        return [
+            {"model": "convnet_small", "options": {}, "size": 32, "batch": 2, "classes": 10},
+            {"model": "resnet20", "options": {}, "size": 32, "batch": 2, "classes": 10},
+            {
+                "model": "resnet18",
+                "options": {"width": 0.25},
+                "size": 64,
+                "batch": 2,
+                "classes": 10,
+            },
+            {
+                "model": "resnet50",
+                "options": {"width": 0.25, "head": "mcloss"},
+                "size": 64,
+                "batch": 2,
+                "classes": 10,
+                "mc": {"drop": 1, "group_average": "per_size"},
+            },
+            {
+                "model": "vgg16_bn",
+                "options": {
+                    "width": 0.25,
+                    "channels_per_class": 3,
+                    "widen_conv4_3": True,
+                    "image_size": 64,
+                    "head": "mcloss",
+                },
+                "size": 64,
+                "batch": 2,
+                "classes": 10,
+                "mc": {},
+            },
+        ]
+    return [
+        {"model": "convnet_small", "options": {}, "size": 32, "batch": 128, "classes": 10},
+        {"model": "resnet20", "options": {}, "size": 32, "batch": 128, "classes": 10},
+        {"model": "resnet110", "options": {}, "size": 32, "batch": 128, "classes": 10},
+        {"model": "resnet18", "options": {}, "size": 224, "batch": 64, "classes": 200},
+        {
+            "model": "resnet50",
+            "options": {"head": "mcloss"},
+            "size": 448,
+            "batch": 32,
+            "classes": 200,
+            "mc": {
+                "weight": 0.0005,
+                "alpha": 1.0,
+                "beta": 10.0,
+                "drop": 4,
+                "group_average": "per_size",
+            },
+            "cub": True,
+        },
+        {
+            "model": "vgg16_bn",
+            "options": {
+                "channels_per_class": 3,
+                "widen_conv4_3": True,
+                "image_size": 224,
+                "head": "mcloss",
+            },
+            "size": 224,
+            "batch": 32,
+            "classes": 200,
+            "mc": {},
+            "cub": True,
+        },
+    ]
+
+
+def _timed_steps(
+    model: torch.nn.Module,
+    ce: torch.nn.Module,
+    mc: torch.nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    x: Tensor,
+    y: Tensor,
+    amp_dtype: torch.dtype,
+    steps: int,
+    warmup: int,
+) -> tuple[float, bool]:
+    """Median ms of an AMP training step (CE, plus MC on the features) and whether every
+    loss was finite."""
+    finite = torch.ones((), dtype=torch.bool, device=x.device)
+
+    def step() -> None:
+        nonlocal finite
+        with torch.autocast(x.device.type, dtype=amp_dtype):
+            out = model(x)
+            loss = ce(out.logits, y)
+            if mc is not None:
+                loss = loss + mc(out.features, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        finite = finite & torch.isfinite(loss.detach())
+
+    ms = _median_ms(step, x.device, steps, warmup)
+    return ms, bool(finite)
+
+
+def check_backbones(device: torch.device, quick: bool) -> list[dict[str, Any]]:
+    from chanloss.losses import create_loss
+    from chanloss.models import create_model
+    from chanloss.training.config import OptimConfig
+    from chanloss.training.optim import build_optimizer
+
+    steps, warmup = (1, 0) if quick else (8, 3)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    rows = []
+    for setup in _backbones(quick):
+        torch.manual_seed(0)
+        k, size, batch = setup["classes"], setup["size"], setup["batch"]
+        in_ch = 3
+        model = create_model(setup["model"], num_classes=k, in_channels=in_ch, **setup["options"])
+        model = model.to(device).to(memory_format=torch.channels_last).train()
+        ce = create_loss("ce").to(device)
+        mc = None
+        if "mc" in setup:
+            mc = create_loss(
+                "mc", context={"num_classes": k, "num_channels": model.num_features}, **setup["mc"]
+            ).to(device)
+        optimizer = build_optimizer(OptimConfig(lr=0.01), model, [], [])
+        scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+        x = torch.randn(batch, in_ch, size, size, device=device).contiguous(
+            memory_format=torch.channels_last
+        )
+        y = torch.randint(0, k, (batch,), device=device)
+        ms, finite = _timed_steps(model, ce, mc, optimizer, scaler, x, y, amp_dtype, steps, warmup)
+        row = {
+            "model": setup["model"],
+            "options": setup["options"],
+            "image_size": size,
+            "batch": batch,
+            "losses": ["ce", "mc"] if mc is not None else ["ce"],
+            "amp": str(amp_dtype).removeprefix("torch."),
+            "channels_last": True,
+            "finite": finite,
+            "ms_per_step": ms,
+            "images_per_s": 1000 * batch / ms,
+        }
+        if setup.get("cub"):
+            row["epoch_estimate_s"] = CUB_TRAIN * ms / 1000 / batch
+        if device.type == "cuda":
+            row["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+            torch.cuda.reset_peak_memory_stats(device)
+        rows.append(row)
+        common.log(
+            f"  {setup['model']:>14} {size:>3} px, batch {batch:>3}: {ms:8.1f} ms/step "
+            f"({row['images_per_s']:.0f} img/s), finite {row['finite']}"
+        )
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+# -- 3. MC/CC against the softmax floor ----------------------------------------------------------
+def check_loss_speed(device: torch.device, quick: bool) -> list[dict[str, Any]]:
+    from chanloss.losses import create_loss
+
+    shapes = [(2, 20, 3, 5)] if quick else [(32, 600, 14, 200), (64, 2048, 14, 200)]
+    repeats, warmup = (1, 0) if quick else (30, 5)
+    rows = []
+    for b, c, hw, k in shapes:
+        gen = torch.Generator().manual_seed(0)
+        feats = torch.randn(b, c, hw, hw, generator=gen).relu_().to(device).requires_grad_(True)
+        logits = torch.randn(b, k, generator=gen).to(device).requires_grad_(True)
+        y = torch.randint(0, k, (b,), generator=gen).to(device)
+        row: dict[str, Any] = {"B": b, "C": c, "H": hw, "W": hw, "K": k}
+        for name, inputs in (("ce", logits), ("mc", feats), ("cc", feats)):
+            loss = create_loss(name, context={"num_classes": k, "num_channels": c}).to(device)
+
+            def call(loss=loss, inputs=inputs, y=y) -> None:
+                inputs.grad = None
+                loss(inputs, y).backward()
+
+            row[f"{name}_ms"] = _median_ms(call, device, repeats, warmup)
+        row["mc_over_ce"] = row["mc_ms"] / row["ce_ms"]
+        row["cc_over_ce"] = row["cc_ms"] / row["ce_ms"]
+        rows.append(row)
+        common.log(
+            f"  B={b} C={c} {hw}x{hw} K={k}: CE {row['ce_ms']:.3f} ms, MC {row['mc_ms']:.3f} ms "
+            f"({row['mc_over_ce']:.1f}x), CC {row['cc_ms']:.3f} ms ({row['cc_over_ce']:.1f}x)"
+        )
+    return rows
+
+
+# -- 4. stream mode ------------------------------------------------------------------------------
+def check_stream(device: torch.device, quick: bool, workers: int | None) -> dict[str, Any]:
+    from bench_data import make_tree
+
+    from chanloss.data import build_datasets
+    from chanloss.losses import create_loss
+    from chanloss.models import create_model
+    from chanloss.training.builders import Batches
+
+    images = 8 if quick else 384
+    size, resize = (32, 40) if quick else (448, 512)
+    batch = 4 if quick else 32
+    workers = (
+        workers if workers is not None else (0 if quick else min(8, (os.cpu_count() or 2) - 1))
+    )
+    with tempfile.TemporaryDirectory(prefix="chanloss-gpu-check-") as tmp:
+        make_tree(Path(tmp), images)
+        bundle = build_datasets(
+            "image_folder",
+            root=tmp,
+            mode="stream",
+            normalize="imagenet",
+            image_size=size,
+            resize=resize,
+        )
+        batches = Batches(
+            bundle.train, batch_size=batch, device=device, train=True, workers=workers
+        )
+        try:
+            for _ in batches.epoch(0):  # starts the workers
+                pass
+            _sync(device)
+            start = time.perf_counter()
+            seen = 0
+            for x, _ in batches.epoch(1):
+                seen += x.shape[0]
+            _sync(device)
+            loading = seen / (time.perf_counter() - start)
+            model = create_model("resnet50", num_classes=4, **({"width": 0.25} if quick else {}))
+            model = model.to(device).to(memory_format=torch.channels_last).train()
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            ce = create_loss("ce").to(device)
+            scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+            amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+            start = time.perf_counter()
+            seen = 0
+            for x, y in batches.epoch(2):
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype):
+                    loss = ce(model(x).logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                seen += x.shape[0]
+            _sync(device)
+            training = seen / (time.perf_counter() - start)
+        finally:
+            batches.close()
+    result = {
+        "recipe": f"shorter side {resize}, random {size} crop",
+        "images": images,
+        "batch": batch,
+        "workers": workers,
+        "loading_images_per_s": loading,
+        "resnet50_training_images_per_s": training,
+    }
+    common.log(
+        f"  {workers} workers: loading {loading:.0f} img/s, feeding ResNet-50 training "
+        f"{training:.0f} img/s"
+    )
+    return result
+
+
+# -- 5./6. subprocesses --------------------------------------------------------------------------
+def _run(cmd: list[str], timeout: float) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(common.REPO_ROOT / "src")}
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=common.REPO_ROOT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {"command": cmd, "status": f"timed out after {timeout:.0f} s"}
+    tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
+    return {
+        "command": cmd,
+        "status": "ok" if done.returncode == 0 else f"failed (exit {done.returncode})",
+        "seconds": time.perf_counter() - start,
+        "output_tail": tail,
+    }
+
+
+def check_ddp(device: torch.device) -> dict[str, Any]:
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if gpus < 2:
+        return {"gpus": gpus, "status": "skipped: needs more than one GPU"}
+    with tempfile.TemporaryDirectory(prefix="chanloss-gpu-ddp-") as tmp:
+        config = Path(tmp) / "ddp.yaml"
+        config.write_text(
+            "model: {name: resnet20}\ndata: {name: digits}\nlosses: [{name: ce}, {name: cc}]\n"
+            "epochs: 1\nbatch_size: 64\ndevice: cuda\ndistributed: {backend: nccl}\n"
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "chanloss",
+            "train",
+            "-c",
+            str(config),
+            "--out",
+            str(Path(tmp) / "run"),
+            "--nproc",
+            str(gpus),
+            "-q",
+        ]
+        result = _run(cmd, 150)
+        result["gpus"] = gpus
+        result["finished"] = (Path(tmp) / "run" / "summary.json").exists()
+    return result
+
+
+def run_benchmarks() -> dict[str, Any]:
+    bench = common.BENCH_DIR
+    return {
+        "train_step": _run(
+            [
+                sys.executable,
+                str(bench / "bench_train_step.py"),
+                "--device",
+                "cuda",
+                "--rounds",
+                "10",
+            ],
+            90,
+        ),
+        "losses": _run(
+            [
+                sys.executable,
+                str(bench / "bench_losses.py"),
+                "--device",
+                "cuda",
+                "--rounds",
+                "10",
+                "--no-memory",
+            ],
+            60,
+        ),
+    }
+
+
+def _section(name: str, fn: Callable[[], Any], payload: dict[str, Any]) -> None:
+    common.log(f"[{name}]")
+    start = time.perf_counter()
+    try:
+        payload[name] = fn()
+    except Exception as err:  # noqa: BLE001 - recorded; the other sections still run
+        payload[name] = None
+        payload.setdefault("errors", {})[name] = "".join(
+            traceback.format_exception_only(type(err), err)
+        ).strip()
+        common.log(f"  FAILED: {payload['errors'][name]}")
+    payload.setdefault("seconds", {})[name] = round(time.perf_counter() - start, 1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
+    parser.add_argument("--quick", action="store_true", help="toy sizes (a dry run)")
+    parser.add_argument("--workers", type=int, default=None, help="stream-mode workers")
+    parser.add_argument("--out", type=Path, default=None, help="results JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        common.log(
+            f"gpu_check: CUDA is not available (torch {torch.__version__}); nothing to check "
+            "on this machine. Run it where a GPU is present."
+        )
+        return 0
+    info = common.machine_info(device)
+    common.log(common.describe(info))
+    payload: dict[str, Any] = {
+        "benchmark": "GPU check: losses CUDA vs CPU, AMP/channels-last backbones, MC/CC vs the "
+        "softmax floor, stream-mode loading, DDP with NCCL",
+        "machine": info,
+        "quick": args.quick,
+    }
+    _section("losses", lambda: check_losses(device, args.quick), payload)
+    _section("backbones", lambda: check_backbones(device, args.quick), payload)
+    _section("loss_speed", lambda: check_loss_speed(device, args.quick), payload)
+    _section("stream", lambda: check_stream(device, args.quick, args.workers), payload)
+    if device.type == "cuda" and not args.quick:
+        _section("ddp", lambda: check_ddp(device), payload)
+        _section("benchmarks", run_benchmarks, payload)
+    losses = payload.get("losses") or []
+    backbones = payload.get("backbones") or []
+    payload["ok"] = (
+        not payload.get("errors")
+        and all(r["fp32_match"] and r["fp16_finite"] is not False for r in losses)
+        and all(r["bf16_finite"] is not False for r in losses)
+        and all(r["finite"] for r in backbones)
+    )
+    payload["machine_after"] = {"load_average": [round(v, 2) for v in os.getloadavg()]}
+    out = args.out
+    if out is None and device.type == "cuda" and not args.quick:
+        out = common.RESULTS_DIR / f"{NAME}_cuda.json"
+    if out is not None:
+        common.write_json(out, payload)
+        common.log(f"wrote {out}")
+    common.log(f"gpu_check: {'all checks passed' if payload['ok'] else 'SOME CHECKS FAILED'}")
+    return 0 if payload["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
