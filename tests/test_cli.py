@@ -91,7 +91,7 @@ def test_train_resume_and_eval_from_the_command_line(tmp_path, capsys):
 
     assert main(["eval", str(run / "best.pt"), "--out", str(tmp_path / "ev")]) == 0
     assert "top-1" in capsys.readouterr().out
-    result = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    result = json.loads((tmp_path / "ev" / "test" / "eval.json").read_text())
     assert result["epoch"] == 2 and 0.0 <= result["top1"] <= result["top5"] <= 1.0
 
 

@@ -27,7 +27,7 @@ for argv in [["--help"], *[[name, "--help"] for name in COMMANDS]]:
         except SystemExit as exit:
             assert exit.code == 0, (argv, exit.code)
     texts[" ".join(argv)] = out.getvalue()
-heavy = sorted(m for m in ("torch", "numpy", "kornia", "sklearn", "matplotlib") if m in sys.modules)
+heavy = [m for m in ("torch", "numpy", "pydantic", "yaml", "matplotlib") if m in sys.modules]
 print(json.dumps({"heavy": heavy, "texts": texts}))
 """
 

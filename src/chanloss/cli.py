@@ -351,8 +351,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    from chanloss.training.config import ConfigError
-
     args = None
     try:
         args = build_parser().parse_args(argv)
@@ -362,7 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"a command is required: one of {', '.join(COMMANDS)} (see '{PROG} --help')"
             )
         status = COMMANDS[args.command].run(args)
-    except (UsageError, ConfigError, FileNotFoundError) as err:
+    except SystemExit:  # --help and --version, before pydantic is imported for the next line
+        raise
+    except (UsageError, _config_error(), FileNotFoundError) as err:
         message = " ".join(str(err).split())
         print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
         return USER_ERROR
@@ -385,6 +385,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return 130
     return int(status or 0)
+
+
+def _config_error() -> type[Exception]:
+    from chanloss.training.config import ConfigError
+
+    return ConfigError
 
 
 def _command(arguments: Sequence[str]) -> str:
