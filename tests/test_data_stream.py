@@ -275,5 +275,14 @@ def test_a_stream_run_trains_and_evaluates_from_a_config(tmp_path):
     }
     summary = train(load_config(raw=raw), tmp_path / "run", verbose=0)
     assert summary["finished"] and summary["final_test_acc"] is not None
+    # the analysis shows the test images as the model saw them (decoded, centre crop)
+    from chanloss.analysis.collect import collect, load_trainer
+
+    checkpoint = tmp_path / "run" / "last.pt"
+    trainer, state = load_trainer(checkpoint, device="cpu")
+    data = collect(trainer, label="stream", checkpoint=checkpoint, epoch=1, images=2)
+    assert data.example_images.shape == (2, 3, 12, 12)
+    expected = trainer.data.test[int(data.examples[0])][0].float() / 255
+    torch.testing.assert_close(data.example_images[0], expected)
     with pytest.raises(ConfigError, match="data.mode"):
         load_config(raw={**raw, "data": {**raw["data"], "mode": "disk"}})

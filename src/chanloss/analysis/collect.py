@@ -60,6 +60,19 @@ class RunData:
         return float((self.predictions == self.labels).double().mean())
 
 
+def _example_images(test: Any, examples: Tensor, crop: tuple[int, int] | None) -> Tensor:
+    """The chosen test images as the model saw them, float ``(n, C, H, W)`` in ``[0, 1]``:
+    indexed in memory (centre-cropped to ``crop`` when the stored images are larger), or
+    decoded with the evaluation crop from a streamed split."""
+    if not isinstance(getattr(test, "images", None), Tensor):
+        return to_float_images(torch.stack([test[int(i)][0] for i in examples]))
+    images = to_float_images(test.images[examples]).clone()
+    if crop is not None:
+        top, left = (images.shape[2] - crop[0]) // 2, (images.shape[3] - crop[1]) // 2
+        images = images[:, :, top : top + crop[0], left : left + crop[1]].contiguous()
+    return images
+
+
 def load_trainer(checkpoint: str | Path, *, device: str = "auto") -> tuple[Trainer, dict[str, Any]]:
     """The run's :class:`~chanloss.training.Trainer` with the checkpoint's weights, and the state.
 
@@ -161,6 +174,6 @@ def collect(
         group_scores=cat["scores"],
         diversity=cat["div"],
         examples=examples,
-        example_images=to_float_images(test.images[examples]).clone(),
+        example_images=_example_images(test, examples, getattr(t.data, "crop", None)),
         example_maps=maps,
     )
