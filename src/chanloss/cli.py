@@ -1,5 +1,5 @@
 """The ``chanloss`` command line: ``train``, ``eval``, ``compare``, ``demo``, ``analyze``,
-``predict``, ``export`` and ``config``.
+``predict``, ``export``, ``config`` and ``tune``.
 
 Subcommands are registered with :func:`register_command` (a name, a help line, a function
 that adds the arguments and one that runs the command), so other modules can add their own.
@@ -333,6 +333,90 @@ def _run_analyze(args: argparse.Namespace) -> int:
         labels=args.labels,
     )
     print(f"report in {Path(args.out) / 'report.html'}", flush=True)
+    return 0
+
+
+# -- tune --------------------------------------------------------------------------------------
+def _duration(text: str) -> float:
+    from chanloss.training.tune import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _configure_tune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", required=True, help="YAML config (needs data.val_fraction)")
+    _add_set(p)
+    p.add_argument("--out", required=True, help="directory of the study (study.db, report.html)")
+    p.add_argument(
+        "--trials", type=_int_at_least(1), default=20, metavar="N", help="trials (default 20)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=_duration,
+        default=None,
+        metavar="T",
+        help="wall-clock budget, e.g. 2h or 90m: no trial starts once the time left is what "
+        "the confirmation runs need",
+    )
+    p.add_argument(
+        "--jobs",
+        type=_int_at_least(1),
+        default=1,
+        metavar="J",
+        help="trials at once, in separate processes (cores // J torch threads each)",
+    )
+    p.add_argument(
+        "--confirm-seeds",
+        type=_int_at_least(0),
+        default=3,
+        metavar="S",
+        help="seeds of the final check of the best setting against CE alone (default 3; 0: none)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the study in --out (finished trials kept)"
+    )
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="a shared Optuna storage: sqlite:///PATH, postgresql://..., or journal:PATH "
+        "(default: OUT/study.db)",
+    )
+    p.add_argument(
+        "--pruner",
+        choices=("median", "halving", "none"),
+        default="median",
+        help="stops poor trials early from the per-epoch validation accuracy (default median)",
+    )
+
+
+@register_command(
+    "tune", "search loss/optimiser settings on validation (Optuna), then check", _configure_tune
+)
+def _run_tune(args: argparse.Namespace) -> int:
+    from chanloss.training import load_config
+    from chanloss.training.tune import TuneInterrupted, tune
+
+    config = load_config(args.config, args.overrides)
+    try:
+        tune(
+            config,
+            args.out,
+            trials=args.trials,
+            timeout_s=args.timeout,
+            jobs=args.jobs,
+            confirm_seeds=args.confirm_seeds,
+            resume=args.resume,
+            storage=args.storage,
+            pruner=args.pruner,
+            config_path=args.config,
+        )
+    except TuneInterrupted as err:
+        again = list(args.argv) + ([] if args.resume else ["--resume"])
+        print(f"{PROG}: {err}; continue with: {_command(again)}", file=sys.stderr, flush=True)
+        return 130
     return 0
 
 

@@ -10,6 +10,7 @@ from torch import Tensor
 from chanloss._validation import check_float
 from chanloss.losses._margin import MarginHead, cosine, replace_target, target_cos_sin, unit
 from chanloss.losses.registry import register_loss
+from chanloss.losses.search import Choice, Uniform
 
 
 @register_loss("arcface")
@@ -34,6 +35,8 @@ class ArcFaceLoss(MarginHead):
     """
 
     term = "arcface"
+    #: What ``chanloss tune`` varies (see chanloss.losses.search).
+    search_space = {"scale": Choice((16.0, 32.0, 64.0)), "margin": Uniform(0.05, 0.6)}
 
     def __init__(
         self,

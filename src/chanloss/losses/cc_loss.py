@@ -17,6 +17,7 @@ from chanloss._validation import (
 from chanloss.losses import distributed
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
+from chanloss.losses.search import Choice, LogUniform
 
 PAIR_REDUCTIONS = ("mean", "sum")
 
@@ -70,6 +71,12 @@ class CCLoss(Loss):
     """
 
     consumes = "features"
+    #: What ``chanloss tune`` varies (see chanloss.losses.search).
+    search_space = {
+        "weight": LogUniform(1e-3, 10.0),
+        "reduction": Choice((4, 8, 16)),
+        "pair_reduction": Choice(("mean", "sum")),
+    }
 
     def __init__(
         self,

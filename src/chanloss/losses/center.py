@@ -9,6 +9,7 @@ from chanloss._validation import check_choice, check_float, check_int
 from chanloss.losses import distributed
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
+from chanloss.losses.search import LogUniform
 
 CENTER_UPDATES = ("paper", "sgd")
 
@@ -55,6 +56,8 @@ class CenterLoss(Loss):
     """
 
     consumes = "embedding"
+    #: What ``chanloss tune`` varies (see chanloss.losses.search).
+    search_space = {"weight": LogUniform(1e-3, 10.0)}
 
     def __init__(
         self,

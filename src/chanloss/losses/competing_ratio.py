@@ -10,6 +10,7 @@ from torch import Tensor
 from chanloss._validation import check_float
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
+from chanloss.losses.search import Uniform
 
 
 @register_loss("competing_ratio")
@@ -40,6 +41,8 @@ class CompetingRatioLoss(Loss):
     """
 
     consumes = "logits"
+    #: What ``chanloss tune`` varies (see chanloss.losses.search).
+    search_space = {"alpha": Uniform(0.0, 1.0), "beta": Uniform(0.0, 1.0)}
 
     def __init__(
         self,

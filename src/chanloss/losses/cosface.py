@@ -7,6 +7,7 @@ from torch import Tensor
 from chanloss._validation import check_float
 from chanloss.losses._margin import MarginHead, cosine, replace_target, unit
 from chanloss.losses.registry import register_loss
+from chanloss.losses.search import Choice, Uniform
 
 
 @register_loss("cosface")
@@ -29,6 +30,8 @@ class CosFaceLoss(MarginHead):
     """
 
     term = "cosface"
+    #: What ``chanloss tune`` varies (see chanloss.losses.search).
+    search_space = {"scale": Choice((16.0, 32.0, 64.0)), "margin": Uniform(0.0, 0.5)}
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ from chanloss._validation import (
 )
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
+from chanloss.losses.search import IntRange, LogUniform, Uniform
 
 
 @register_loss("em_softmax")
@@ -51,6 +52,12 @@ class EMSoftmaxLoss(Loss):
     """
 
     consumes = "embedding"
+    #: What ``chanloss tune`` varies (see chanloss.losses.search).
+    search_space = {
+        "num_classifiers": IntRange(1, 4),
+        "margin": Uniform(0.0, 2.0),
+        "hsic_weight": LogUniform(1e-3, 1.0),
+    }
     provides_logits = True
 
     def __init__(

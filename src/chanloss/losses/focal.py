@@ -8,6 +8,7 @@ from torch import Tensor
 from chanloss._validation import check_float, check_int
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
+from chanloss.losses.search import Uniform
 
 
 @register_loss("focal")
@@ -31,6 +32,8 @@ class FocalLoss(Loss):
     """
 
     consumes = "logits"
+    #: What ``chanloss tune`` varies (see chanloss.losses.search).
+    search_space = {"gamma": Uniform(0.0, 5.0)}
 
     def __init__(
         self,

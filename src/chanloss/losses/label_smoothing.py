@@ -8,6 +8,7 @@ from torch import Tensor
 from chanloss._validation import check_float, check_int
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
+from chanloss.losses.search import Uniform
 
 
 @register_loss("label_smoothing")
@@ -27,6 +28,8 @@ class LabelSmoothingLoss(Loss):
     """
 
     consumes = "logits"
+    #: What ``chanloss tune`` varies (see chanloss.losses.search).
+    search_space = {"smoothing": Uniform(0.0, 0.3)}
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ from chanloss._validation import (
 )
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
+from chanloss.losses.search import LogUniform, Uniform
 
 COVARIANCES = ("identity", "diagonal")
 
@@ -55,6 +56,8 @@ class LGMLoss(Loss):
     """
 
     consumes = "embedding"
+    #: What ``chanloss tune`` varies (see chanloss.losses.search).
+    search_space = {"alpha": Uniform(0.0, 1.0), "likelihood_weight": LogUniform(1e-4, 0.1)}
     provides_logits = True
 
     def __init__(

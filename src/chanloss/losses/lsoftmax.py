@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from chanloss.losses._margin import AnnealedMultiplicativeMargin
 from chanloss.losses.registry import register_loss
+from chanloss.losses.search import IntRange, Uniform
 
 
 @register_loss("lsoftmax")
@@ -34,6 +35,8 @@ class LSoftmaxLoss(AnnealedMultiplicativeMargin):
     """
 
     term = "lsoftmax"
+    #: What ``chanloss tune`` varies (see chanloss.losses.search).
+    search_space = {"margin": IntRange(1, 4), "lambda_min": Uniform(0.0, 10.0)}
     normalize_weight = False
 
     def __init__(

@@ -13,6 +13,7 @@ from torch import Tensor
 from chanloss._validation import check_choice, check_float, check_int, check_labels
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
+from chanloss.losses.search import Choice, LogUniform
 
 
 class _Segment(NamedTuple):
@@ -339,6 +340,13 @@ class MCLoss(Loss):
     """
 
     consumes = "features"
+    #: What ``chanloss tune`` varies (see chanloss.losses.search).
+    search_space = {
+        "alpha": LogUniform(1e-3, 10.0),
+        "beta": LogUniform(1e-2, 100.0),
+        "keep_ratio": Choice((1 / 3, 2 / 3, 1.0)),
+        "pool": Choice(("max", "avg")),
+    }
 
     def __init__(
         self,

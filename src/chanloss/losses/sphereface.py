@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from chanloss.losses._margin import AnnealedMultiplicativeMargin
 from chanloss.losses.registry import register_loss
+from chanloss.losses.search import IntRange, LogUniform
 
 
 @register_loss("sphereface")
@@ -35,6 +36,8 @@ class SphereFaceLoss(AnnealedMultiplicativeMargin):
     """
 
     term = "sphereface"
+    #: What ``chanloss tune`` varies (see chanloss.losses.search).
+    search_space = {"margin": IntRange(1, 4), "lambda_min": LogUniform(0.1, 100.0)}
     normalize_weight = True
 
     def __init__(

@@ -411,12 +411,35 @@ class TrainConfig(_Section):
     distributed: DistributedConfig = Field(
         default_factory=DistributedConfig, description="Multi-process training options."
     )
+    search: dict[str, dict[str, Any] | None] = Field(
+        default_factory=dict,
+        description="chanloss tune only (training ignores it): narrows or overrides the "
+        "losses' search spaces and may add optimiser keys, e.g. {mc: {alpha: [0.01, 10], "
+        "pool: null}, optim: {lr: [0.01, 0.2]}}; see docs/tuning.md and the default spaces "
+        "under loss parameters.",
+    )
 
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("search")
+    @classmethod
+    def _check_search(
+        cls, value: dict[str, dict[str, Any] | None], info: ValidationInfo
+    ) -> dict[str, dict[str, Any] | None]:
+        from types import SimpleNamespace
+
+        from chanloss.training.search import resolve_space
+
+        if value and "losses" in info.data:
+            try:
+                resolve_space(SimpleNamespace(losses=info.data["losses"], search=value))
+            except ValueError as err:
+                raise ValueError(str(err).removeprefix("search.")) from None
         return value
 
     @field_validator("batch_size")

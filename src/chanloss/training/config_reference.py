@@ -261,6 +261,7 @@ def render() -> str:
         out += _table(
             ["Parameter", "Default"], _signature_rows(cls.__init__, ("self",), CONTEXT_PARAMS)
         )
+        out += ["", _search_line(cls)]
         out.append("")
 
     out += [
@@ -293,6 +294,23 @@ def render() -> str:
         out += _table(["Option", "Default"], rows) if rows else ["No options."]
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _search_line(cls: type) -> str:
+    """The loss's default search space for ``chanloss tune`` (its ``search_space``)."""
+    from chanloss.losses.search import describe
+
+    space = getattr(cls, "search_space", None) or {}
+    if not space:
+        return (
+            "`chanloss tune` searches nothing of this loss unless the config's `search:` adds it."
+        )
+    items = "; ".join(f"`{k}` {describe(v)}" for k, v in space.items())
+    note = "; `weight` is the entry's multiplier" if "weight" in space else ""
+    return (
+        f"Default search space of `chanloss tune`: {items}{note}. A config's `search:` block "
+        "narrows or overrides it (docs/tuning.md)."
+    )
 
 
 def _terms_line(cls: type) -> str:

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,16 +108,26 @@ class Trainer:
     """Trains ``config`` into ``out_dir``; see the module docstring for the files it writes.
 
     ``verbose``: 0 prints nothing, 1 shows a progress bar per epoch (on a terminal), 2 also
-    prints one line per epoch.
+    prints one line per epoch. ``evaluate_test=False`` never reads the test split (its
+    ``test_acc`` is empty; ``chanloss tune`` searches so). ``on_epoch_end(epoch, row)`` is
+    called after each epoch's files are written, with the epoch's metrics row; an exception it
+    raises (e.g. ``optuna.TrialPruned``) ends the run there, the checkpoints kept.
     """
 
     def __init__(
-        self, config: TrainConfig, out_dir: str | Path | RunDir, *, verbose: int = 2
+        self,
+        config: TrainConfig,
+        out_dir: str | Path | RunDir,
+        *,
+        verbose: int = 2,
+        evaluate_test: bool = True,
+        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
     ) -> None:
         self.config = config
         self.run = out_dir if isinstance(out_dir, RunDir) else RunDir(out_dir)
         self.out_dir = self.run.path
         self.verbose = verbose
+        self.on_epoch_end = on_epoch_end
         self.device = local_device(resolve_device(config.device))
         seed_everything(config.seed)
 
@@ -166,7 +176,7 @@ class Trainer:
                 world_size=self.world_size,
             )
             for split, ds in (("val", self.data.val), ("test", self.data.test))
-            if ds is not None
+            if ds is not None and (split != "test" or evaluate_test)
         }
         self.steps_per_epoch = len(self.train_batches)
         self.optimizer = build_optimizer(
@@ -502,7 +512,9 @@ class Trainer:
                 row["val_acc"] = (
                     self.accuracy("val") if evaluate and "val" in self.eval_batches else None
                 )
-                row["test_acc"] = self.accuracy("test") if evaluate else None
+                row["test_acc"] = (
+                    self.accuracy("test") if evaluate and "test" in self.eval_batches else None
+                )
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
                 row["epoch_time"] = time.perf_counter() - start
                 self.epoch = epoch + 1
@@ -526,6 +538,8 @@ class Trainer:
                 barrier()  # the epoch's files are written before any rank goes on
                 if self.verbose >= 2:
                     log(self._epoch_line(row))
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(self.epoch, row)
                 if self.stop_requested and self.epoch < last:
                     raise TrainingInterrupted(
                         f"interrupted after epoch {self.epoch}; saved {self.out_dir / 'last.pt'}",
@@ -685,8 +699,11 @@ def train(
     resume: bool = False,
     stop_after: int | None = None,
     verbose: int = 2,
+    evaluate_test: bool = True,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``config`` into ``out_dir`` and return the summary (see :class:`Trainer`).
+    """Train ``config`` into ``out_dir`` and return the summary (see :class:`Trainer`, also for
+    ``evaluate_test`` and ``on_epoch_end``).
 
     ``resume=True`` continues from ``out_dir/last.pt`` (a larger ``epochs`` extends a finished
     run); without it, a directory that already holds a run is an error. ``stop_after`` ends
@@ -708,7 +725,13 @@ def train(
         try:
             _check_start(run, resume)  # again, now that the directory is ours
             state = load_checkpoint(last, map_location="cpu") if resume else None
-            trainer = Trainer(config, run, verbose=verbose)
+            trainer = Trainer(
+                config,
+                run,
+                verbose=verbose,
+                evaluate_test=evaluate_test,
+                on_epoch_end=on_epoch_end,
+            )
             if is_main_process():
                 run.check_free_space(
                     [*trainer.model.state_dict().values(), *trainer.losses.state_dict().values()]

@@ -1,0 +1,266 @@
+"""The HTML report of ``chanloss tune``: optimisation history, parameter importances, accuracy
+against each parameter, learning curves of the trials and the confirmation table.
+
+Written like ``chanloss analyze``'s report: ``report.html`` next to its PNGs (referenced by
+relative paths, so the folder is self-contained) and ``trials.csv``.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from chanloss.losses.search import Choice, LogUniform  # noqa: E402
+from chanloss.training.search import Dimension  # noqa: E402
+
+__all__ = ["write_report"]
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; padding: 0 1em; max-width: 1400px;
+       box-sizing: border-box; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
+th { background: #f2f2f2; } td.l { text-align: left; }
+img { max-width: 100%; border: 1px solid #eee; }
+p.note { font-size: 0.85em; color: #555; }
+"""
+_DPI = 100
+
+
+def _trials(study: Any) -> tuple[list[Any], list[Any]]:
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    return complete, pruned
+
+
+def _last(t: Any) -> float | None:
+    iv = t.intermediate_values
+    return iv[max(iv)] if iv else None
+
+
+def plot_history(study: Any, path: Path) -> None:
+    """Validation accuracy per trial (complete: dots, pruned: crosses at their last value) and
+    the best so far."""
+    complete, pruned = _trials(study)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.scatter(
+        [t.number for t in complete], [100 * t.value for t in complete], label="complete", s=22
+    )
+    px = [(t.number, _last(t)) for t in pruned if _last(t) is not None]
+    if px:
+        ax.scatter(
+            [n for n, _ in px], [100 * v for _, v in px], marker="x", c="grey", label="pruned"
+        )
+    best, xs, ys = -math.inf, [], []
+    for t in sorted(complete, key=lambda t: t.number):
+        best = max(best, t.value)
+        xs.append(t.number)
+        ys.append(100 * best)
+    if xs:
+        ax.step(xs, ys, where="post", c="C3", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+
+
+def plot_importances(importances: dict[str, float], path: Path) -> None:
+    """Horizontal bars of the parameter importances."""
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    ax.barh(names, [importances[n] for n in names], color="C0")
+    ax.set_xlabel("importance (share of the variance of the validation accuracy)")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+
+
+def plot_params(study: Any, dims: list[Dimension], path: Path) -> None:
+    """Validation accuracy of the complete trials against each parameter (log axes for
+    log-uniform ranges; choices as positions)."""
+    complete, pruned = _trials(study)
+    cols = min(3, len(dims))
+    rows = math.ceil(len(dims) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.3 * rows), squeeze=False)
+    for ax, dim in zip(axes.flat, dims, strict=False):
+        for trials, style in ((complete, {"s": 22}), (pruned, {"marker": "x", "c": "grey"})):
+            pts = [
+                (t.params[dim.name], t.value if t.value is not None else _last(t))
+                for t in trials
+                if dim.name in t.params
+            ]
+            pts = [(x, y) for x, y in pts if y is not None]
+            if not pts:
+                continue
+            xs = [x for x, _ in pts]
+            if isinstance(dim.param, Choice):
+                labels = [str(v) for v in dim.param.values]
+                xs = [labels.index(str(x)) if str(x) in labels else -1 for x in xs]
+            ax.scatter(xs, [100 * y for _, y in pts], **style)
+        if isinstance(dim.param, Choice):
+            ax.set_xticks(
+                range(len(dim.param.values)),
+                [f"{v:.3g}" if isinstance(v, float) else str(v) for v in dim.param.values],
+            )
+        elif isinstance(dim.param, LogUniform):
+            ax.set_xscale("log")
+        ax.set_title(dim.name, fontsize=9)
+        ax.set_ylabel("val accuracy (%)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(dims) :]:
+        ax.axis("off")
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1, top=0.93, wspace=0.3, hspace=0.45)
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+
+
+def plot_curves(study: Any, path: Path) -> None:
+    """Per-epoch validation accuracy of every trial (what the pruner saw)."""
+    complete, pruned = _trials(study)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for trials, style in (
+        (complete, {"c": "C0", "alpha": 0.6}),
+        (pruned, {"c": "grey", "alpha": 0.5, "ls": "--"}),
+    ):
+        for t in trials:
+            iv = sorted(t.intermediate_values.items())
+            if iv:
+                ax.plot([e for e, _ in iv], [100 * v for _, v in iv], lw=1, **style)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("complete (blue) and pruned (grey, dashed) trials", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+
+
+def importances(study: Any) -> tuple[dict[str, float], str]:
+    """Optuna's parameter importances, or an empty mapping and the reason."""
+    import optuna
+
+    complete, _ = _trials(study)
+    if len(complete) < 3:
+        return {}, f"needs at least 3 complete trials, has {len(complete)}"
+    try:
+        return dict(optuna.importance.get_param_importances(study)), ""
+    except (RuntimeError, ValueError, ZeroDivisionError) as err:
+        return {}, f"not available ({err})"
+
+
+def _pct(values: list[float]) -> str:
+    from chanloss.training.tune import _mean_std, _pct
+
+    return _pct(*_mean_std(values))
+
+
+def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out_dir: Path) -> None:
+    """Write ``report.html`` and its PNGs into ``out_dir``."""
+    from chanloss.training.tune import _gain_text, trial_rows
+
+    plot_history(study, out_dir / "history.png")
+    plot_curves(study, out_dir / "curves.png")
+    plot_params(study, dims, out_dir / "params.png")
+    imp, why = importances(study)
+    if imp:
+        plot_importances(imp, out_dir / "importances.png")
+    best = summary["best"]
+    counts = summary["counts"]
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>chanloss tune</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>chanloss tune</h1>",
+        f"<p>Config <code>{esc(str(summary.get('config')))}</code>, storage "
+        f"<code>{esc(summary['storage'])}</code>: {counts['COMPLETE']} complete, "
+        f"{counts['PRUNED']} pruned, {counts['FAIL']} failed trials (target "
+        f"{summary['trials_target']}); {summary['wall_s']:.0f} s in this invocation.</p>",
+        "<h2>Result</h2>",
+        f"<p>Best trial {best['trial']}: validation accuracy {100 * best['val_acc']:.2f}% "
+        f"(one seed, the search's). <a href='best.yaml'>best.yaml</a> trains it.</p>",
+        "<table><tr><th>parameter</th><th>chosen</th><th>searched over</th></tr>"
+        + "".join(
+            f"<tr><td class='l'>{esc(d.name)}</td><td>{esc(_val(best['params'].get(d.name)))}"
+            f"</td><td class='l'>{esc(d.describe().split(': ', 1)[1])}</td></tr>"
+            for d in dims
+        )
+        + "</table>",
+    ]
+    conf = summary.get("confirmation")
+    if conf:
+        n = len(conf["seeds"])
+        parts += [
+            "<h2>Confirmation against CE alone</h2>",
+            "<table><tr><th></th><th>validation</th><th>test (read once)</th></tr>",
+            f"<tr><td class='l'>CE alone</td><td>{_pct(conf['val']['ce'])}</td>"
+            f"<td>{_pct(conf['test']['ce'])}</td></tr>",
+            f"<tr><td class='l'>tuned (trial {conf['trial']})</td><td>{_pct(conf['val']['tuned'])}"
+            f"</td><td>{_pct(conf['test']['tuned'])}</td></tr>",
+            f"<tr><td class='l'>gain over CE</td><td>{esc(_gain_text(conf['val']['gain']))}</td>"
+            f"<td>{esc(_gain_text(conf['test']['gain']))}</td></tr></table>",
+            f"<p class='note'>Both trained again over {n} fresh seed(s) "
+            f"({', '.join(map(str, conf['seeds']))}), mean ± sample std of the final epoch. "
+            "The search chose on validation with one seed, so its best score is optimistic; "
+            "these runs are not. The gain counts as real only when it is beyond two standard "
+            "errors of the difference (Welch). The test split was read once per run, after "
+            "training; it played no part in any choice.</p>",
+        ]
+    parts += [
+        "<h2>Optimisation history</h2>",
+        "<img src='history.png' alt='validation accuracy per trial'>",
+        "<p class='note'>Each point is a trial's final validation accuracy; crosses are "
+        "pruned trials at their last evaluated epoch.</p>",
+        "<img src='curves.png' alt='per-epoch validation accuracy of the trials'>",
+        "<h2>Parameter importances</h2>",
+        "<img src='importances.png' alt='parameter importances'>"
+        if imp
+        else f"<p class='note'>Parameter importances: {esc(why)}.</p>",
+        "<h2>Validation accuracy against each parameter</h2>",
+        "<img src='params.png' alt='accuracy against each parameter'>",
+        "<p class='note'>A flat cloud means the parameter matters little in this range; "
+        "a trend towards an end of the range means the range may be too narrow.</p>",
+        "<h2>Trials</h2>",
+    ]
+    rows = sorted(
+        trial_rows(study, dims),
+        key=lambda r: -(r["val_acc"] if isinstance(r["val_acc"], float) else -1.0),
+    )
+    head = ["number", "state", "val_acc", "epochs", "time_s"] + [d.name for d in dims]
+    parts.append(
+        "<table><tr>"
+        + "".join(f"<th>{esc(h)}</th>" for h in head)
+        + "</tr>"
+        + "".join(
+            "<tr>" + "".join(f"<td>{esc(_val(r.get(h), h))}</td>" for h in head) + "</tr>"
+            for r in rows
+        )
+        + "</table>"
+    )
+    parts.append("<p class='note'>All trials: <a href='trials.csv'>trials.csv</a>.</p>")
+    parts.append("</body></html>\n")
+    from chanloss.training.tune import _write_text
+
+    _write_text(out_dir / "report.html", "\n".join(parts))
+
+
+def _val(value: Any, key: str = "") -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{100 * value:.2f}%" if key == "val_acc" else f"{value:.4g}"
+    return str(value)
