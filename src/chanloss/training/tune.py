@@ -135,16 +135,10 @@ def gain_over(tuned: list[float], base: list[float]) -> dict[str, Any]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    import tempfile
+    from chanloss.training.run_dir import atomic_open
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        f.write(text)
 
 
 # -- storage and study ---------------------------------------------------------------------------
@@ -775,16 +769,24 @@ class Tuner:
         return out
 
     def run(self) -> dict[str, Any]:
-        created = not self.out_dir.exists()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        from chanloss.training.run_dir import RunDir
+
+        # one tune per OUT at a time (each trial's own directory is locked by train())
+        run = RunDir(self.out_dir).acquire()
+        had_db = (self.out_dir / "study.db").exists()
         try:
             study = self.open_study()
         except BaseException:
-            if created:  # nothing of ours is left behind by a refused start
+            if not had_db:  # a refused start leaves nothing behind
                 (self.out_dir / "study.db").unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    self.out_dir.rmdir()
+            run.abandon()
             raise
+        try:
+            return self._run(study)
+        finally:
+            run.release()
+
+    def _run(self, study: Any) -> dict[str, Any]:
         start = time.time()
         try:
             self.search(study)
