@@ -56,7 +56,7 @@ from chanloss.training.search import (
     start_params,
 )
 
-__all__ = ["STUDY_NAME", "TuneInterrupted", "parse_duration", "tune"]
+__all__ = ["STUDY_NAME", "TuneInterrupted", "confirm_runs", "parse_duration", "run_confirm", "tune"]
 
 STUDY_NAME = "chanloss-tune"
 PRUNERS = ("median", "halving", "none")
@@ -362,6 +362,46 @@ def _trial_task(task: dict[str, Any]) -> dict[str, Any]:
 
 def _confirm_task(task: dict[str, Any]) -> dict[str, Any]:
     return run_confirm(task["raw"], Path(task["run_dir"]))
+
+
+def confirm_runs(
+    tasks: list[tuple[dict[str, Any], Path]],
+    *,
+    jobs: int = 1,
+    log: Callable[[str], None] | None = None,
+    labels: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`run_confirm` for every ``(raw config, run dir)``, ``jobs`` at a time in separate
+    processes (``cores // jobs`` torch threads each); the results in the order of ``tasks``."""
+    import multiprocessing
+
+    if jobs > 1:
+        executor: Any = ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(max(1, _cores() // jobs),),
+        )
+    else:
+        executor = _Inline()
+    results = []
+    try:
+        futures = [
+            executor.submit(_confirm_task, {"raw": raw, "run_dir": str(run_dir)})
+            for raw, run_dir in tasks
+        ]
+        for i, fut in enumerate(futures):
+            res = fut.result()
+            results.append(res)
+            if log is not None:
+                name = labels[i] if labels else Path(tasks[i][1]).parent.name
+                log(
+                    f"confirm {name:<5} seed {res['seed']}: val {100 * res['val_acc']:.2f}% "
+                    f"({_clock(res['time_s'])})"
+                )
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    return results
 
 
 class _Inline:
@@ -717,8 +757,6 @@ class Tuner:
         return path
 
     def confirm(self, best: Any) -> dict[str, Any]:
-        import multiprocessing
-
         seeds = [self.config.seed + 1 + i for i in range(self.confirm_seeds)]
         tuned = self.best_raw(best)
         ce = copy.deepcopy(self.raw)
@@ -740,27 +778,15 @@ class Tuner:
             f"confirming trial {best.number} against CE alone over {len(seeds)} seed(s) "
             f"({', '.join(map(str, seeds))}): {len(tasks)} runs"
         )
-        if self.jobs > 1:
-            executor: Any = ProcessPoolExecutor(
-                max_workers=self.jobs,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(self.threads,),
-            )
-        else:
-            executor = _Inline()
+        done = confirm_runs(
+            [(task["raw"], Path(task["run_dir"])) for _, task in tasks],
+            jobs=self.jobs,
+            log=self.log,
+            labels=[label for label, _ in tasks],
+        )
         results: dict[str, list[dict[str, Any]]] = {"tuned": [], "ce": []}
-        try:
-            futures = {executor.submit(_confirm_task, task): label for label, task in tasks}
-            for fut in futures:
-                res = fut.result()
-                results[futures[fut]].append(res)
-                self.log(
-                    f"confirm {futures[fut]:<5} seed {res['seed']}: val {100 * res['val_acc']:.2f}% "
-                    f"({_clock(res['time_s'])})"
-                )
-        finally:
-            executor.shutdown(wait=True, cancel_futures=True)
+        for (label, _), res in zip(tasks, done, strict=True):
+            results[label].append(res)
         out: dict[str, Any] = {"seeds": seeds, "trial": best.number}
         for split in ("val", "test"):
             a = [r[f"{split}_acc"] for r in results["tuned"]]
