@@ -8,7 +8,8 @@ markers are appended to the README when it has none). Sources:
   CC/MC values chosen on validation; ``study_*_curves.png``;
 - ``train_step_<device>.json``: CE vs CE+CC vs CE+MC training-step times and ratios;
 - ``losses_<device>.json``: forward+backward time and peak memory of every loss;
-- ``scaling_<device>.json`` / ``.png``; ``cc_loss_cpu.json`` and ``mc_loss_cpu.json``.
+- ``scaling_<device>.json`` / ``.png``; ``cc_loss_cpu.json`` and ``mc_loss_cpu.json``;
+- ``tune_<dataset>.json`` (``benchmarks/bench_tune.py``): tuned vs default CC/MC settings.
 
 Files from ``--quick`` runs (``results/quick/`` or ``"quick": true``) are ignored. The block
 names the machine and commit of every source and says plainly where CC-Loss or MC-Loss does
@@ -83,6 +84,11 @@ def load(results: Path, *, include_quick: bool = False) -> dict[str, Any]:
         elif csv_path.exists():
             entry["rows"] = read_study(csv_path)
             found["study"][meta.get("column", meta["dataset"])] = entry
+    found["tune"] = {}
+    for path in sorted(results.glob("tune_*.json")):
+        data = _read_json(path, include_quick)
+        if data is not None and "dataset" in data:
+            found["tune"][data["dataset"]] = data
     for name in ("train_step", "losses", "scaling"):
         for path in sorted(results.glob(f"{name}_*.json")):
             data = _read_json(path, include_quick)
@@ -213,6 +219,14 @@ def study_section(found: dict[str, Any], base: Path) -> list[str]:
         "cost; finished runs are skipped), then `make report`.",
         "",
     ]
+    if any(study[d]["meta"].get("kind") == "tuned" for d in datasets):
+        out += [
+            "Columns marked *every loss tuned* are the fair comparison: every loss, the "
+            "baselines included, was tuned by `chanloss tune` with the same budget on "
+            "validation (its declared search space plus the learning rate), then trained with "
+            "the chosen settings on the full training split (`run_study.py --part tuned-NAME`).",
+            "",
+        ]
     header = "| loss | " + " | ".join(datasets) + " |"
     out += [header, "|---|" + "---|" * len(datasets)]
     best = {
@@ -301,6 +315,75 @@ def study_section(found: dict[str, Any], base: Path) -> list[str]:
     plots += [(f"sweep-{d}", sweeps[d]["png"]) for d in sweeps if sweeps[d].get("png")]
     if plots:
         out += ["Curves: " + ", ".join(f"[{name}]({link(p, base)})" for name, p in plots), ""]
+    return out
+
+
+def _gain(g: dict[str, Any]) -> str:
+    """``+0.42 points (2 SE = 0.80): within noise``."""
+    if g.get("diff") is None or (isinstance(g["diff"], float) and math.isnan(g["diff"])):
+        return "n/a"
+    text = f"{100 * g['diff']:+.2f} points"
+    if g.get("beyond") is None:
+        return text + " (one seed: no error estimate)"
+    return f"{text} (2 SE = {200 * g['se']:.2f}): " + (
+        "**beyond noise**" if g["beyond"] else "within noise"
+    )
+
+
+def tune_section(found: dict[str, Any]) -> list[str]:
+    """``tune_<dataset>.json`` (``benchmarks/bench_tune.py``): tuned vs default CC/MC vs CE."""
+    tuned = found.get("tune", {})
+    if not tuned:
+        return []
+    out = [
+        "### Tuning with `chanloss tune`",
+        "",
+        "`benchmarks/bench_tune.py`: for each data set, `chanloss tune` searches the default "
+        "space of CC-Loss and of MC-Loss (added to CE) on a validation split (20 % of the "
+        "training split; test never read), with the fixed budget below; then CE, the defaults "
+        "and the chosen settings are trained over the same fresh seeds and each final model is "
+        "scored once on test. Final-epoch test accuracy (%), mean ± sample std. Every run here "
+        "trains on 80 % of the training split and with the shorter schedule below, so these "
+        "numbers compare with each other, not with the study's.",
+        "",
+    ]
+    for d in sorted(tuned, key=column_order):
+        data = tuned[d]
+        res = data["results"]
+        seeds = data["seeds"]
+        out += [
+            f"**{d}** ({data['recipe']['model']['name']}, {data['epochs']} epoch"
+            f"{'s' if data['epochs'] > 1 else ''}, "
+            f"{data['trials_per_search']} trials per search, {data['pruner']} pruner, "
+            f"{data['jobs']} job{'s' if data['jobs'] > 1 else ''} at once; seeds "
+            f"{', '.join(map(str, seeds))}; {fmt_seconds(data['wall_s'])} wall-clock for the "
+            f"whole data set on {machine_line(data.get('machine'))}):",
+            "",
+            "| setting | test accuracy | chosen on validation | search |",
+            "|---|---|---|---|",
+            f"| CE | {pct(res['ce']['test']['mean'], res['ce']['test']['std'])} | | |",
+        ]
+        for loss, label in CHANNEL_LOSSES.items():
+            if f"{loss}-tuned" not in res:
+                continue
+            s = data["searches"][loss]
+            dflt, tun = res[f"{loss}-default"]["test"], res[f"{loss}-tuned"]["test"]
+            chosen = ", ".join(f"{k}={fmt_param(v)}" for k, v in s["chosen"].items())
+            out += [
+                f"| CE + {label}, defaults | {pct(dflt['mean'], dflt['std'])} | | |",
+                f"| CE + {label}, tuned | {pct(tun['mean'], tun['std'])} | {chosen} | "
+                f"{s['complete']} complete + {s['pruned']} pruned trials, best val "
+                f"{100 * s['best_val_acc']:.2f} %, {fmt_seconds(s['search_wall_s'])} |",
+            ]
+        out.append("")
+        for loss, label in CHANNEL_LOSSES.items():
+            c = data["comparisons"].get(loss)
+            if c:
+                out.append(
+                    f"- {d}, {label}: tuned vs defaults {_gain(c['tuned_vs_default'])}; "
+                    f"tuned vs CE {_gain(c['tuned_vs_ce'])}."
+                )
+        out.append("")
     return out
 
 
@@ -536,6 +619,7 @@ def render(found: dict[str, Any], base: Path) -> str:
         "edits inside this block are overwritten._",
         "",
         *study_section(found, base),
+        *tune_section(found),
         *speed_section(found, base),
         END,
     ]

@@ -111,6 +111,14 @@ CORE_LOSSES = (
 )  # fmt: skip
 
 
+#: The fair study (parts of kind "tuned"): every loss, the baselines included, is tuned by
+#: ``chanloss tune`` with the same budget on validation (its declared search space plus the
+#: learning rate, which gives cross-entropy a search of the same size too); the chosen settings
+#: are then trained on the full training split and scored on test like a study part.
+TUNE_TRIALS = 12
+TUNE_LR_RANGE = [0.01, 0.2]
+
+
 @dataclass(frozen=True)
 class Part:
     """One independently runnable piece of the study (each under two hours on 2 CPU cores).
@@ -127,6 +135,7 @@ class Part:
     grids: dict[str, dict[str, list[Any]]] = field(default_factory=lambda: SWEEP_GRIDS)
     model: dict[str, Any] | None = None
     losses: tuple[str, ...] | None = None
+    trials: int = TUNE_TRIALS  # kind "tuned": trials of each loss's search
 
     @property
     def sweep_part(self) -> str:
@@ -136,8 +145,10 @@ class Part:
 
     @property
     def column(self) -> str:
-        """The part's column in the report: the data set, plus the backbone when not the recipe's."""
-        return self.dataset if self.model is None else f"{self.dataset}, {self.model['name']}"
+        """The part's column in the report: the data set, plus the backbone when not the
+        recipe's, plus "tuned" for a part whose every loss is tuned."""
+        name = self.dataset if self.model is None else f"{self.dataset}, {self.model['name']}"
+        return f"{name}, every loss tuned" if self.kind == "tuned" else name
 
 
 PARTS: dict[str, Part] = {
@@ -149,6 +160,8 @@ PARTS: dict[str, Part] = {
         "sweep-finegrained", "finegrained", "sweep", 2, "about 60 min", NARROW_GRIDS
     ),
     "finegrained": Part("finegrained", "finegrained", "study", 3, "about 100 min"),
+    "tuned-digits": Part("tuned-digits", "digits", "tuned", 3, "about 40 min"),
+    "tuned-finegrained": Part("tuned-finegrained", "finegrained", "tuned", 3, "about 12 h"),
     "digits-resnet20": Part(
         "digits-resnet20", "digits", "study", 3, "about 5 min", model=RESNET20, losses=CORE_LOSSES
     ),
@@ -238,6 +251,38 @@ def study_configs(
             params = dict(chosen[label])
             entries[-1].update(params)
         raw["losses"] = entries
+        out.append({"label": label, "params": params, "raw": raw})
+    return out
+
+
+def tuned_search_configs(part: Part, labels: list[str] | None = None) -> list[dict[str, Any]]:
+    """``{"label", "raw"}`` per loss of a "tuned" part: the recipe on the training split minus
+    the validation split, with a ``search:`` block adding the learning rate to the loss's own
+    declared space (so every loss, CE included, gets a search)."""
+    out = []
+    for label, losses in STUDY_LOSSES.items():
+        if (labels is not None and label not in labels) or (
+            part.losses is not None and label not in part.losses
+        ):
+            continue
+        raw = base_config(part, val_fraction=SWEEP_VAL_FRACTION)
+        raw["losses"] = copy.deepcopy(losses)
+        raw["search"] = {"optim": {"lr": list(TUNE_LR_RANGE)}}
+        out.append({"label": label, "raw": raw})
+    return out
+
+
+def tuned_study_configs(part: Part, best: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """``{"label", "params", "raw"}`` per tuned loss: the recipe on the full training split with
+    the losses and optimiser of its ``best.yaml`` (``best[label]``: that config)."""
+    out = []
+    for label, chosen in best.items():
+        raw = base_config(part, val_fraction=0.0)
+        raw["losses"] = copy.deepcopy(chosen["losses"])
+        raw["optim"] = copy.deepcopy(chosen["optim"])
+        params = {"lr": chosen["optim"]["lr"]}
+        for entry in chosen["losses"]:
+            params.update({k: v for k, v in entry.items() if k not in ("name",)})
         out.append({"label": label, "params": params, "raw": raw})
     return out
 

@@ -5,6 +5,7 @@
     python benchmarks/study/run_study.py --part digits [--seeds 3]   # every loss, chosen CC/MC
     python benchmarks/study/run_study.py --part sweep-digits --part digits
     python benchmarks/study/run_study.py --part digits --dry-run     # validate the configs only
+    python benchmarks/study/run_study.py --part tuned-digits          # every loss tuned (chanloss tune)
 
 The protocol (data sets, recipes, grids, selection on validation) is in ``parts.py``. Runs live
 in ``runs/study/<part>/<label>/seed<S>`` (one ``chanloss`` run directory each: config.yaml,
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=common.positive_int, default=None, help="torch threads")
     parser.add_argument("--epochs", type=common.positive_int, default=None, help="override epochs")
+    parser.add_argument(
+        "--trials", type=common.positive_int, default=None, help="tuned parts: trials per loss"
+    )
     parser.add_argument("--quick", action="store_true", help="2 epochs, 1 seed, separate dirs")
     parser.add_argument("--dry-run", action="store_true", help="validate the configs and exit")
     parser.add_argument("--runs", type=Path, default=None, help="run root (default runs/study)")
@@ -344,8 +348,51 @@ class Runner:
         start = time.perf_counter()
         if part.kind == "sweep":
             self.run_sweep(part, start)
+        elif part.kind == "tuned":
+            self.run_tuned(part, start)
         else:
             self.run_study(part, start)
+
+    def run_tuned(self, part: P.Part, start: float) -> None:
+        """Tune every loss with ``chanloss tune`` (same budget, validation only), then train the
+        chosen settings on the full training split over the seeds like a study part."""
+        from chanloss.training import load_config
+        from chanloss.training.config import yaml_load
+        from chanloss.training.tune import tune
+
+        trials = 2 if self.args.quick else (self.args.trials or part.trials)
+        best: dict[str, dict[str, Any]] = {}
+        searches: dict[str, Any] = {}
+        for item in P.tuned_search_configs(part, self.args.only):
+            out = self.runs / part.name / item["label"] / "tune"
+            t0 = time.perf_counter()
+            summary = tune(
+                load_config(raw=self.prepare(item["raw"], 0)),
+                out,
+                trials=trials,
+                confirm_seeds=0,
+                resume=(out / "study.db").exists(),
+                log=common.log,
+            )
+            best[item["label"]] = yaml_load((out / "best.yaml").read_text())
+            searches[item["label"]] = {
+                "chosen": summary["best"]["params"],
+                "val_acc": summary["best"]["val_acc"],
+                "complete": summary["counts"]["COMPLETE"],
+                "pruned": summary["counts"]["PRUNED"],
+                "search_wall_s": round(time.perf_counter() - t0, 1),
+            }
+        items = P.tuned_study_configs(part, best)
+        extra = {
+            "tuned": {
+                "trials": trials,
+                "selection": "chanloss tune: TPE + median pruner, final-epoch validation "
+                f"accuracy (val_fraction {P.SWEEP_VAL_FRACTION}); each loss's declared search "
+                f"space plus optim.lr in {P.TUNE_LR_RANGE}; test never read",
+                "searches": searches,
+            }
+        }
+        self.run_study(part, start, items=items, extra=extra)
 
     def _loop(
         self,
@@ -475,11 +522,19 @@ class Runner:
             f"; {time.perf_counter() - start:.0f} s; results in {self.results}"
         )
 
-    def run_study(self, part: P.Part, start: float) -> None:
+    def run_study(
+        self,
+        part: P.Part,
+        start: float,
+        items: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         only = self.args.only
-        needs_sweep = only is None or any(name in only for name in P.TUNED)
-        chosen = self.chosen(part) if needs_sweep else {}
-        items = P.study_configs(part, chosen, only)
+        chosen: dict[str, Any] = {}
+        if items is None:
+            needs_sweep = only is None or any(name in only for name in P.TUNED)
+            chosen = self.chosen(part) if needs_sweep else {}
+            items = P.study_configs(part, chosen, only)
         epochs = self.prepare(items[0]["raw"], 0)["epochs"] if items else None
 
         def save(outcome: dict[str, list]) -> None:
@@ -515,8 +570,9 @@ class Runner:
                 start,
                 {
                     "complete": self.complete(part, items, rows),
-                    "chosen_from": part.sweep_part,
+                    "chosen_from": part.sweep_part if part.kind == "study" else part.name,
                     "chosen": chosen,
+                    **(extra or {}),
                     "losses": {i["label"]: i["raw"]["losses"] for i in items},
                     "run_time_sum_s": round(
                         sum(x["time_s"] or 0 for v in outcome.values() for x in v), 1
@@ -543,6 +599,8 @@ def dry_run(runner: Runner, part: P.Part) -> None:
 
     if part.kind == "sweep":
         items = P.sweep_configs(part)
+    elif part.kind == "tuned":
+        items = P.tuned_search_configs(part, runner.args.only)
     else:
         chosen = {name: P.grid(P.SWEEP_GRIDS[name])[0] for name in P.TUNED}
         try:

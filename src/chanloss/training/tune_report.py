@@ -116,6 +116,7 @@ def plot_params(study: Any, dims: list[Dimension], path: Path) -> None:
                 range(len(dim.param.values)),
                 [f"{v:.3g}" if isinstance(v, float) else str(v) for v in dim.param.values],
             )
+            ax.set_xlim(-0.5, len(dim.param.values) - 0.5)
         elif isinstance(dim.param, LogUniform):
             ax.set_xscale("log")
         ax.set_title(dim.name, fontsize=9)
