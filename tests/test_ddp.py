@@ -29,7 +29,7 @@ from chanloss.training import (
     load_config,
     train,
 )
-from chanloss.training.distributed import choose_backend, objective_scale, torchrun_command
+from chanloss.training.distributed import choose_backend, objective_scale, worker_command
 
 WORLD, LOCAL_B, SUBSET, EPOCHS = 2, 16, 96, 2  # 3 steps per epoch of 2 x 16 (or 1 x 32) samples
 BASE = {
@@ -241,7 +241,7 @@ def test_train_nproc_2_writes_one_run_scores_the_whole_test_set_and_resumes(
     status, out, err = chanloss(capfd, "train", "-c", "tiny.yaml", "--nproc", "2", "--out", "run")
     assert status == 0, err[-3000:]
     run = tmp_path / "run"
-    files = sorted(p.name for p in run.iterdir())
+    files = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
     assert files == ["best.pt", "config.yaml", "last.pt", "metrics.csv", "summary.json"]
     assert out.count("final test accuracy") == 1  # rank 0 only
     assert out.count("epoch 1/2") == 1
@@ -265,7 +265,7 @@ def test_train_nproc_2_writes_one_run_scores_the_whole_test_set_and_resumes(
     again = read_rows(run)
     assert [r["epoch"] for r in again] == ["1", "2", "3"] and again[:2] == rows
     assert json.loads((run / "summary.json").read_text())["epochs"] == 3
-    assert sorted(p.name for p in run.iterdir()) == files
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == files
 
     with pytest.raises(
         CheckpointError, match=r"written by a run of 2 process\(es\) and this run has 1"
@@ -274,17 +274,13 @@ def test_train_nproc_2_writes_one_run_scores_the_whole_test_set_and_resumes(
 
 
 # -- small pieces ------------------------------------------------------------------------------
-def test_torchrun_command_drops_nproc_in_every_spelling():
+def test_worker_command_drops_nproc_in_every_spelling():
     argv = ["train", "-c", "a.yaml", "--nproc", "2", "--set", "epochs=3", "--npr=4", "--out", "o"]
-    cmd = torchrun_command(2, argv)
-    assert cmd[:5] == [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
+    cmd = worker_command(argv)
+    assert cmd == [
+        *(sys.executable, "-m", "chanloss", "train", "-c", "a.yaml"),
+        *("--set", "epochs=3", "--out", "o"),
     ]
-    assert cmd[5:] == ["-m", "chanloss", "train", "-c", "a.yaml", "--set", "epochs=3", "--out", "o"]
 
 
 def test_nproc_inside_torchrun_is_a_one_line_error(tmp_path, monkeypatch, capsys):
@@ -292,7 +288,7 @@ def test_nproc_inside_torchrun_is_a_one_line_error(tmp_path, monkeypatch, capsys
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["train", "-c", str(tmp_path / "tiny.yaml"), "--nproc", "2"]) == 2
     err = capsys.readouterr().err
-    assert "--nproc starts torchrun itself" in err and "WORLD_SIZE=2" in err
+    assert "--nproc starts the processes itself" in err and "WORLD_SIZE=2" in err
     assert main(["train", "-c", str(tmp_path / "tiny.yaml"), "--nproc", "0"]) == 2
     assert "--nproc: must be an integer >= 1, got '0'" in capsys.readouterr().err
 

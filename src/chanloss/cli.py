@@ -24,6 +24,7 @@ from typing import NoReturn
 
 PROG = "chanloss"
 USER_ERROR = 2
+NPROC_ENV = "CHANLOSS_NPROC"  # set by the --nproc launcher in its workers
 
 
 class UsageError(Exception):
@@ -98,7 +99,7 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
         type=_int_at_least(1),
         default=1,
         metavar="N",
-        help="train in N processes on this machine (runs torchrun; one per GPU, or CPU "
+        help="train in N processes on this machine (DDP; one per GPU, or CPU "
         "processes with gloo); see docs/distributed.md",
     )
 
@@ -121,7 +122,7 @@ def _run_train(args: argparse.Namespace) -> int:
         from chanloss.training.distributed import launch
 
         argv = list(getattr(args, "argv", None) or sys.argv[1:])
-        return launch(args.nproc, argv if args.out else [*argv, "--out", out])
+        return launch(args.nproc, argv if args.out else [*argv, "--out", out], out_dir=out)
     from chanloss.training.builders import resolve_device
     from chanloss.training.distributed import (
         broadcast_object,
@@ -129,7 +130,11 @@ def _run_train(args: argparse.Namespace) -> int:
         process_group,
     )
 
-    with process_group(config.distributed.backend, resolve_device(config.device)):
+    with process_group(
+        config.distributed.backend,
+        resolve_device(config.device),
+        config.distributed.timeout_minutes,
+    ):
         out = broadcast_object(out)  # under torchrun, rank 0's default run directory
         summary = train(config, out, resume=args.resume, verbose=1 if args.quiet else 2)
         main_process = is_main_process()
@@ -456,10 +461,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USER_ERROR
     except KeyboardInterrupt as err:
         out_dir = getattr(err, "out_dir", None)  # TrainingInterrupted: last.pt was written
+        status = 128 + int(getattr(err, "signum", 2))  # 130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1
         if out_dir is None or args is None:
             print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
         elif args.command == "train":
             again = ["train", "--out", str(out_dir), "--resume"]
+            nproc = os.environ.get(NPROC_ENV)  # started by --nproc N: resume with it
+            if nproc:
+                again += ["--nproc", nproc]
             print(f"{PROG}: {err}; resume with: {_command(again)}", file=sys.stderr, flush=True)
         else:  # compare and demo resume their unfinished runs themselves
             print(
@@ -467,7 +476,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-        return 130
+        return status
+    except RuntimeError as err:
+        reason = _distributed_failure(err)
+        if reason is None:
+            raise
+        print(f"{PROG}: error: {reason}", file=sys.stderr, flush=True)
+        return 1
     return int(status or 0)
 
 
@@ -475,6 +490,27 @@ def _config_error() -> type[Exception]:
     from chanloss.training.config import ConfigError
 
     return ConfigError
+
+
+def _distributed_failure(err: RuntimeError) -> str | None:
+    """One line for a failed collective (a peer process stopped, died or timed out), else
+    None. Multi-process runs only."""
+    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "0", "1"):
+        return None
+    dist = sys.modules.get("torch.distributed")
+    text = " ".join(str(err).split())
+    known = ("gloo", "NCCL", "Connection closed by peer", "Timed out", "timed out", "Socket")
+    dist_error = getattr(dist, "DistError", None) if dist is not None else None
+    if not (
+        (dist_error is not None and isinstance(err, dist_error)) or any(k in text for k in known)
+    ):
+        return None
+    rank = os.environ.get("RANK", "?")
+    detail = text[:300] + ("..." if len(text) > 300 else "")
+    return (
+        f"process {rank}: a collective operation with the other processes failed ({detail}); "
+        "another process stopped, died or did not answer within distributed.timeout_minutes"
+    )
 
 
 def _command(arguments: Sequence[str]) -> str:

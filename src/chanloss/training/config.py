@@ -355,6 +355,14 @@ class DistributedConfig(_Section):
         description="Convert batch norms to SyncBatchNorm (statistics over the global batch); "
         "CUDA only.",
     )
+    timeout_minutes: float = Field(
+        10.0,
+        gt=0.0,
+        le=10080.0,
+        description="How long a process waits for the others in a collective operation before "
+        "it gives up: a stopped, hung or dead process ends every rank with a one-line error "
+        "after at most this long (gloo; NCCL's watchdog aborts the processes).",
+    )
 
 
 class TrainConfig(_Section):

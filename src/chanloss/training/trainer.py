@@ -9,9 +9,9 @@ accuracy of its final epoch.
 Faults: a NaN/inf loss stops the run at the step it happens (or skips the step, see the config
 key ``on_nonfinite``: a skipped step leaves the weights and every buffer, batch-norm
 statistics included, as they were), keeping the last good checkpoint; a checkpoint that would
-hold NaN/inf tensors is never written. Ctrl-C finishes the current step,
-writes ``last.pt`` (mid-epoch; ``--resume`` continues from that step exactly) and raises
-:class:`TrainingInterrupted`. Every file is written atomically, so a run killed at any point
+hold NaN/inf tensors is never written. Ctrl-C, SIGTERM and SIGUSR1 (what SLURM and
+Kubernetes send before killing a job) finish the current step, write ``last.pt`` (mid-epoch;
+``--resume`` continues from that step exactly) and raise :class:`TrainingInterrupted`. Every file is written atomically, so a run killed at any point
 leaves readable checkpoints; ``--resume`` continues from the last one.
 """
 
@@ -94,14 +94,24 @@ class NonFiniteLossError(ConfigError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training: the current step was finished and ``last.pt`` written.
+    """Ctrl-C (SIGINT), SIGTERM or SIGUSR1 during training: the current step was finished and
+    ``last.pt`` written.
 
-    ``out_dir`` is the run directory to pass to ``--resume``.
+    ``out_dir`` is the run directory to pass to ``--resume``; ``signum`` the signal (the
+    command line exits with ``128 + signum``: 130, 143, 138).
     """
 
-    def __init__(self, message: str, out_dir: Path) -> None:
+    def __init__(self, message: str, out_dir: Path, signum: int = signal.SIGINT) -> None:
         super().__init__(message)
         self.out_dir = out_dir
+        self.signum = int(signum)
+
+
+# Signals that ask a run to stop after the current step (schedulers send SIGTERM before
+# SIGKILL; SLURM's --signal=USR1@SECONDS sends SIGUSR1 ahead of the time limit).
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name)
+)
 
 
 class Trainer:
@@ -202,7 +212,9 @@ class Trainer:
         self.best_epoch: int | None = None
         self.columns = [col for slot in self.slots for col in slot.columns.values()]
         self._rank_rng: list[Any] | None = None  # every rank's generator states, for last.pt
-        self.stop_requested = False  # set by Ctrl-C; the loop stops after the current step
+        self.stop_requested = False  # set by a stop signal; the loop stops after the step
+        self.stop_signal: int = signal.SIGINT
+        self._partial_ranks: list[Any] | None = None  # every rank's position, for last.pt
         self._partial: dict[str, Any] | None = None  # a mid-epoch position (Ctrl-C, resume)
         # On CPU a per-step check costs nothing; on accelerators "stop" keeps a device flag.
         self._check_every_step = self.device.type == "cpu" or config.on_nonfinite == "skip"
@@ -317,7 +329,10 @@ class Trainer:
                     }
                     post["img/s"] = f"{seen / (time.perf_counter() - start):.0f}"
                     bar.set_postfix(post, refresh=False)
-            if self.stop_requested and step + 1 < self.steps_per_epoch:
+            stop = (
+                self.stop_requested if self.world_size == 1 else log_point and self._stop_agreed()
+            )
+            if stop and step + 1 < self.steps_per_epoch:
                 if bar is not None:
                     bar.close()
                 self._interrupt(epoch, step + 1, sums, correct, seen, skipped, start)
@@ -425,39 +440,66 @@ class Trainer:
             "skipped": skipped,
             "elapsed": time.perf_counter() - start,
         }
+        if self.world_size > 1:  # every rank's position and generators
+            self._partial_ranks = all_gather_object(self._partial)
+            self._rank_rng = all_gather_object(capture_rng(self.device, self.generator))
         if is_main_process():
             self.run.save(self.state(), best=False)
-        self._partial = None
+        self._partial = self._partial_ranks = self._rank_rng = None
+        barrier()  # last.pt is written before any rank ends
         raise TrainingInterrupted(
-            f"interrupted at epoch {epoch + 1}, step {step}/{self.steps_per_epoch}; "
+            f"interrupted{self._by()} at epoch {epoch + 1}, step {step}/{self.steps_per_epoch}; "
             f"saved {self.out_dir / 'last.pt'}",
             self.out_dir,
+            self.stop_signal,
         )
 
+    def _by(self) -> str:
+        if self.stop_signal == signal.SIGINT:
+            return ""
+        return f" by {signal.Signals(self.stop_signal).name}"
+
+    def _stop_agreed(self) -> bool:
+        """Whether any rank was asked to stop (a collective: every rank calls it at the same
+        point); with one process, :attr:`stop_requested`."""
+        if self.world_size > 1:
+            flag = reduce_sum(torch.tensor(float(self.stop_requested), device=self.device))
+            self.stop_requested = bool(flag.item() > 0)
+        return self.stop_requested
+
     @contextlib.contextmanager
-    def _ctrl_c_finishes_the_step(self) -> Iterator[None]:
-        """While training, the first Ctrl-C sets :attr:`stop_requested`; a second one stops at
-        once. Only in the main thread of a single process (ranks would stop at different steps)."""
-        if threading.current_thread() is not threading.main_thread() or self.world_size > 1:
+    def _signals_finish_the_step(self) -> Iterator[None]:
+        """While training, the first Ctrl-C, SIGTERM or SIGUSR1 sets :attr:`stop_requested`:
+        the step is finished, ``last.pt`` written and :class:`TrainingInterrupted` raised. A
+        second Ctrl-C stops at once; a repeated SIGTERM/SIGUSR1 changes nothing (a scheduler's
+        SIGKILL ends the run for good). With several processes the ranks agree on the step at
+        the next log point (every 10 steps). Only in the main thread (signals go there)."""
+        if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def handler(signum: int, frame: Any) -> None:
             if self.stop_requested:
-                raise KeyboardInterrupt
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                return
             self.stop_requested = True
-            print(
-                "chanloss: finishing the current step, then saving last.pt "
-                "(Ctrl-C again stops at once)",
-                file=sys.stderr,
-                flush=True,
-            )
+            self.stop_signal = signum
+            if is_main_process():
+                again = " (Ctrl-C again stops at once)" if signum == signal.SIGINT else ""
+                name = "" if signum == signal.SIGINT else f"{signal.Signals(signum).name}: "
+                print(
+                    f"chanloss: {name}finishing the current step, then saving last.pt{again}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
     def _bar(self, epoch: int) -> Any:
         if self.verbose < 1 or tqdm is None or not is_main_process():
@@ -503,7 +545,7 @@ class Trainer:
         writer = self._tensorboard()
         last = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
         ctrl_c = contextlib.ExitStack()
-        ctrl_c.enter_context(self._ctrl_c_finishes_the_step())
+        ctrl_c.enter_context(self._signals_finish_the_step())
         try:
             for epoch in range(self.epoch, last):
                 start = time.perf_counter()
@@ -540,10 +582,12 @@ class Trainer:
                     log(self._epoch_line(row))
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(self.epoch, row)
-                if self.stop_requested and self.epoch < last:
+                if self._stop_agreed() and self.epoch < last:
                     raise TrainingInterrupted(
-                        f"interrupted after epoch {self.epoch}; saved {self.out_dir / 'last.pt'}",
+                        f"interrupted{self._by()} after epoch {self.epoch}; saved "
+                        f"{self.out_dir / 'last.pt'}",
                         self.out_dir,
+                        self.stop_signal,
                     )
         finally:
             ctrl_c.close()
@@ -618,6 +662,7 @@ class Trainer:
             "rng": capture_rng(self.device, self.generator),
             "rng_ranks": self._rank_rng,
             "partial": self._partial,  # the position inside an epoch (after Ctrl-C), or None
+            "partial_ranks": self._partial_ranks,  # every rank's, with several processes
             "best": {"val_acc": self.best_val, "epoch": self.best_epoch},
             "history": self.history,
             "meta": {
@@ -662,6 +707,9 @@ class Trainer:
                 f"{source} stopped inside epoch {int(partial['epoch']) + 1}, but it records "
                 f"{self.epoch} finished epochs"
             )
+        per_rank = state.get("partial_ranks")
+        if partial is not None and isinstance(per_rank, list) and len(per_rank) == self.world_size:
+            partial = per_rank[get_rank()]
         self._partial = partial
         self.global_step = int(state["global_step"])
         self.history = list(state["history"])
@@ -721,7 +769,14 @@ def train(
     last = run.last
     held = run.locked  # by the caller (compare, tune): released by the caller
     _check_start(run, resume)
-    with process_group(config.distributed.backend, resolve_device(config.device)), _owned(run):
+    with (
+        process_group(
+            config.distributed.backend,
+            resolve_device(config.device),
+            config.distributed.timeout_minutes,
+        ),
+        _owned(run),
+    ):
         try:
             _check_start(run, resume)  # again, now that the directory is ours
             state = load_checkpoint(last, map_location="cpu") if resume else None
