@@ -67,6 +67,9 @@ def plot_history(study: Any, path: Path) -> None:
         xs.append(t.number)
         ys.append(100 * best)
     if xs:
+        last = max(t.number for t in [*complete, *pruned])
+        if last > xs[-1]:  # the line runs on to the last trial
+            xs, ys = [*xs, last], [*ys, ys[-1]]
         ax.step(xs, ys, where="post", c="C3", label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel("validation accuracy (%)")
