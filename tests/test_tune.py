@@ -17,7 +17,7 @@ from chanloss.training import load_config
 from chanloss.training.config import ConfigError
 from chanloss.training.config_reference import builtin_losses
 from chanloss.training.search import apply_params, low_end_params, resolve_space, start_params
-from chanloss.training.tune import gain_over, parse_duration, tune
+from chanloss.training.tune import advice, gain_over, parse_duration, tune
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,6 +132,15 @@ def test_durations_and_the_two_standard_error_rule() -> None:
     assert gain_over([0.80, 0.90], [0.84, 0.85])["beyond"] is False
     assert gain_over([0.9], [0.8])["beyond"] is None  # one seed: no noise estimate
 
+    # the advice follows the validation runs only
+    def conf(val_gain: dict) -> dict:
+        return {"val": {"gain": val_gain}, "test": {"gain": {"diff": -1.0, "beyond": True}}}
+
+    assert "use best.yaml" in advice(conf(g))
+    assert "keep CE" in advice(conf(gain_over([0.79, 0.80, 0.81], [0.89, 0.90, 0.91])))
+    assert "CE alone is as good" in advice(conf(gain_over([0.80, 0.90], [0.84, 0.85])))
+    assert "no noise estimate" in advice(conf(gain_over([0.9], [0.8])))
+
 
 # -- a tiny tune, end to end ---------------------------------------------------------------------
 class _TestSplitGuard:
@@ -206,6 +215,7 @@ def test_tune_searches_on_validation_prunes_resumes_and_writes_a_trainable_best(
     table = next(line for line in lines if "gain over CE" in line)
     assert "validation (2 seeds)" in table and "test (read once)" in table
     assert ("beyond noise" in table) or ("within noise" in table)
+    assert any(w in table for w in ("use best.yaml", "keep CE", "CE alone is as good"))
 
     best = summary["best"]
     assert best["val_acc"] == max(float(r["val_acc"]) for r in rows if r["val_acc"])

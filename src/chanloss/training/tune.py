@@ -907,8 +907,24 @@ def confirmation_table(conf: dict[str, Any]) -> str:
         ("gain over CE", _gain_text(conf["val"]["gain"]), _gain_text(conf["test"]["gain"])),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(
+    table = "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+    return table + "\n" + advice(conf)
+
+
+def advice(conf: dict[str, Any]) -> str:
+    """What to do, decided on the validation runs only (the test row is information)."""
+    g = conf["val"]["gain"]
+    if g["beyond"] is None:
+        return "one seed: no noise estimate; rerun with --confirm-seeds 3 before trusting the gain"
+    if g["beyond"] and g["diff"] > 0:
+        return "the tuned setting beats CE alone on validation beyond noise: use best.yaml"
+    if g["beyond"]:
+        return "CE alone is better on validation beyond noise: keep CE (do not use best.yaml)"
+    return (
+        "no difference beyond noise on validation: the tuned losses are not shown to help; "
+        "CE alone is as good"
     )
 
 

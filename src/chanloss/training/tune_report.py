@@ -174,7 +174,7 @@ def _pct(values: list[float]) -> str:
 
 def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out_dir: Path) -> None:
     """Write ``report.html`` and its PNGs into ``out_dir``."""
-    from chanloss.training.tune import _gain_text, trial_rows
+    from chanloss.training.tune import _gain_text, advice, trial_rows
 
     plot_history(study, out_dir / "history.png")
     plot_curves(study, out_dir / "curves.png")
@@ -217,6 +217,7 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
             f"</td><td>{_pct(conf['test']['tuned'])}</td></tr>",
             f"<tr><td class='l'>gain over CE</td><td>{esc(_gain_text(conf['val']['gain']))}</td>"
             f"<td>{esc(_gain_text(conf['test']['gain']))}</td></tr></table>",
+            f"<p><b>{html.escape(advice(conf))}</b></p>",
             f"<p class='note'>Both trained again over {n} fresh seed(s) "
             f"({', '.join(map(str, conf['seeds']))}), mean ± sample std of the final epoch. "
             "The search chose on validation with one seed, so its best score is optimistic; "
