@@ -101,7 +101,8 @@ class CCLoss(Loss):
     search_space = {
         "weight": LogUniform(1e-3, 10.0),
         "reduction": Choice((4, 8, 16)),
-        "pair_reduction": Choice(("mean", "sum")),
+        # pair_reduction "sum" exists only for the ratio form, so the form is tuned instead
+        "form": Choice(("margin", "softplus", "cosine", "ratio")),
     }
 
     def __init__(
