@@ -477,13 +477,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
         return status
+    except MemoryError:
+        print(f"{PROG}: error: {_OUT_OF_MEMORY}", file=sys.stderr, flush=True)
+        return USER_ERROR
     except RuntimeError as err:
+        if _out_of_memory(err):
+            first = " ".join(str(err).split())[:200]
+            print(f"{PROG}: error: {_OUT_OF_MEMORY} ({first})", file=sys.stderr, flush=True)
+            return USER_ERROR
         reason = _distributed_failure(err)
         if reason is None:
             raise
         print(f"{PROG}: error: {reason}", file=sys.stderr, flush=True)
         return 1
     return int(status or 0)
+
+
+_OUT_OF_MEMORY = (
+    "out of memory; expected a smaller batch_size, eval_batch_size, image size "
+    "(data.augment.resize) or model; the last checkpoint (if any) is kept"
+)
+
+
+def _out_of_memory(err: RuntimeError) -> bool:
+    """A CPU or CUDA allocation that failed (torch raises these as RuntimeError)."""
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    text = str(err)
+    return (oom is not None and isinstance(err, oom)) or any(
+        k in text for k in ("can't allocate memory", "CUDA out of memory", "out of memory")
+    )
 
 
 def _config_error() -> type[Exception]:
