@@ -38,7 +38,16 @@ def test_defaults_are_filled_and_the_dump_round_trips(tmp_path):
     config = load_config(raw=base())
     assert config.epochs == 10 and config.optim.name == "sgd" and config.schedule.name == "cosine"
     assert config.losses[1].weight == 0.5 and config.losses[0].lr is None
-    assert config.model.options() == {"width": 4}
+    # every option and loss parameter is stored, the defaults included (not the ones the
+    # trainer takes from the data and the model: num_classes, num_channels, embedding_dim)
+    assert config.model.options() == {"width": 4, "feature_channels": 64, "pools": 1}
+    assert config.losses[1].params() == {
+        "reduction": 16,
+        "pair_reduction": "mean",
+        "eps": 1e-6,
+        "gather": True,
+        "check_finite": False,
+    }
     path = tmp_path / "resolved.yaml"
     path.write_text(dump_config(config))
     assert load_config(path) == config

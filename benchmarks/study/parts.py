@@ -20,7 +20,7 @@ and L-GM replace the classifier; label smoothing, focal and competing ratio repl
 
 The recipes are fixed here (not read from ``configs/``) so that a resumed study trains exactly
 what it started with; they match ``configs/<dataset>-ce.yaml`` apart from ``val_fraction``,
-the epochs and (mnist5k) the demo's recipe.
+the epochs and (mnist5k) the batch size and learning rate.
 """
 
 from __future__ import annotations

@@ -201,6 +201,7 @@ class ModelConfig(BaseModel):
                 raise ValueError(
                     f"model {self.name!r} has no option {key!r}{hint}; its options are {accepted}"
                 )
+        _fill_defaults(self.__pydantic_extra__, MODELS[self.name], accepted)
         return self
 
     def options(self) -> dict[str, Any]:
@@ -310,6 +311,7 @@ class DataConfig(_Section):
                 raise ValueError(
                     f"dataset {self.name!r} has no option {key!r}{hint}; its options are {accepted}"
                 )
+        _fill_defaults(self.options, DATASETS[self.name], accepted)
         return self
 
 
@@ -347,6 +349,15 @@ class LossConfig(BaseModel):
                     f"loss {self.name!r} has no parameter {key!r}{hint}; "
                     f"its parameters are {accepted}"
                 )
+        given = self.params()
+        wanted = [
+            key
+            for key in accepted
+            if key not in _LOSS_CONTEXT
+            and key != "weight"  # the entry's own ``weight`` (above) scales the whole loss
+            and _EXCLUSIVE_PARAMS.get((self.name, key)) not in given
+        ]
+        _fill_defaults(self.__pydantic_extra__, LOSSES[self.name].__init__, wanted)
         return self
 
     def params(self) -> dict[str, Any]:
@@ -558,6 +569,34 @@ class TrainConfig(_Section):
 
 
 # -- helpers -----------------------------------------------------------------------------------
+# Loss arguments the trainer takes from the data and the model; never stored in a config.
+_LOSS_CONTEXT = ("num_classes", "num_channels", "embedding_dim")
+# (loss, parameter) -> the parameter that excludes it: MC-Loss's keep_ratio gets no default
+# when drop is given (giving both is an error).
+_EXCLUSIVE_PARAMS = {("mc", "keep_ratio"): "drop"}
+
+
+def _fill_defaults(target: dict[str, Any] | None, factory: Any, names: list[str]) -> None:
+    """Add the keyword defaults of ``factory`` for ``names`` that ``target`` lacks, as plain
+    YAML values, so that a stored config names every parameter a run used."""
+    if target is None:
+        return
+    for param in inspect.signature(factory).parameters.values():
+        if param.name not in names or param.name in target or param.default is param.empty:
+            continue
+        target[param.name] = _plain(param.default)
+
+
+def _plain(value: Any) -> Any:
+    """A default as the YAML value that means the same (a float subclass becomes a float)."""
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _constructor_params(cls: type) -> list[str]:
     params = inspect.signature(cls.__init__).parameters.values()
     return sorted(

@@ -743,16 +743,21 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], source: str)
             a, b = {**a, "root": None}, {**b, "root": None}  # the data may have moved
         if a != b:
             raise CheckpointError(
-                f"{source} was trained with {key} {_short(saved.get(key))}, but the config "
-                f"has {key} {_short(current.get(key))}"
+                f"{source} was trained with {key} {_short(saved.get(key), current.get(key))}, "
+                f"but the config has {key} {_short(current.get(key), saved.get(key))}"
             )
 
 
-def _short(value: Any) -> str:
+def _short(value: Any, other: Any = None) -> str:
+    """``value`` for a message: named entries by name, with the keys whose values differ from
+    the same entry of ``other`` (a stored config names every default, so all would be noise)."""
     if isinstance(value, list):
-        return "[" + ", ".join(_short(v) for v in value) + "]"
+        others = other if isinstance(other, list) and len(other) == len(value) else []
+        pairs = itertools.zip_longest(value, others[: len(value)])
+        return "[" + ", ".join(_short(v, o) for v, o in pairs) + "]"
     if isinstance(value, dict) and "name" in value:
-        extra = {k: v for k, v in value.items() if k != "name" and v not in (None, {}, 1.0)}
+        same = isinstance(other, dict) and other.get("name") == value["name"]
+        extra = {k: v for k, v in value.items() if k != "name" and same and other.get(k) != v}
         return f"{value['name']}" + (f" {extra}" if extra else "")
     return repr(value)
 
