@@ -239,4 +239,9 @@ def test_cub_configs_kept_under_their_earlier_names_equal_the_vgg16_ones():
         assert old == load_config(CONFIGS / f"cub-vgg16-{loss}.yaml")
     r50 = load_config(CONFIGS / "cub-r50-mc.yaml")
     assert r50.model.options()["weights"] and r50.optim.pretrained_lr_mult == 0.1
-    assert r50.data.options == {"image_size": 448, "resize": 600, "resize_mode": "stretch"}
+    assert r50.data.options == {
+        "image_size": 448,
+        "resize": 600,
+        "resize_mode": "stretch",
+        "num_workers": None,  # the default, stored too
+    }

@@ -39,6 +39,7 @@ def test_config_yaml_names_every_parameter_and_reproduces_the_run(tmp_path):
         "drop": None,
         "pool": "max",
         "per_sample_mask": False,
+        "group_average": "pooled",
         "check_finite": False,
     }
     assert {"reduction": 16, "pair_reduction": "mean", "eps": 1e-6, "gather": True}.items() <= (
