@@ -96,6 +96,16 @@ CASES: dict[str, tuple[str | None, list[str], str]] = {
     "eval-batch-size-huge": (None, ["--set", f"eval_batch_size={2**40}"], "eval_batch_size:"),
     "workers-huge": (None, ["--set", "workers=100000"], "workers: Input should be less than"),
     "eval-every-huge": (None, ["--set", f"eval_every={10**12}"], "eval_every: Input should be"),
+    "lr-beyond-float32": (None, ["--set", "optim.lr=1e308"], "optim.lr: Input should be less"),
+    "loss-lr-beyond-float32": (None, ["--set", "losses.0.lr=1e39"], "losses.0.lr: Input should"),
+    "weight-decay-beyond-float32": (None, ["--set", "optim.weight_decay=1e40"], "weight_decay:"),
+    "warmup-infinite": (None, ["--set", "schedule.warmup_epochs=.inf"], "warmup_epochs: Input"),
+    "crop-padding-int-huge": (
+        None,
+        ["--set", f"data.augment.crop_padding={10**11}"],
+        "crop_padding: Input should be less than or equal to 65536",
+    ),
+    "resize-huge": (None, ["--set", f"data.augment.resize={10**20}"], "(at most 65536 pixels)"),
     "timeout-zero": (None, ["--set", "distributed.timeout_minutes=0"], "timeout_minutes:"),
     "timeout-a-year": (None, ["--set", "distributed.timeout_minutes=525600"], "timeout_minutes:"),
     "timeout-nan": (None, ["--set", "distributed.timeout_minutes=.nan"], "timeout_minutes:"),
@@ -108,7 +118,7 @@ CASES: dict[str, tuple[str | None, list[str], str]] = {
     "model-width-10e23": (None, ["--set", f"model.width={10**23}"], "model: "),
     "first-batch-too-large": (
         None,
-        ["--set", "data.augment.resize=1000000"],  # 128 x 10^12 pixels
+        ["--set", "data.augment.resize=65536"],  # 128 x 2^32 pixels: 2 TB
         "out of memory; expected a smaller batch_size",
     ),
 }

@@ -82,6 +82,8 @@ MAX_VALUE_CHARS = 1 << 16  # one --set value
 MAX_DEPTH = 32  # nesting of mappings and lists (a --set key's dotted parts too)
 MAX_NODES = 100_000  # scalars, mappings and lists, with every alias expanded
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_PIXELS = 1 << 16  # image sizes and padding
+MAX_FLOAT32 = 3.4e38  # learning rates and decays become float32 tensors
 
 
 class YAMLLimitError(yaml.YAMLError):
@@ -213,7 +215,10 @@ class AugmentConfig(_Section):
     """Training-time augmentation (batched, on the device); normalisation is always applied."""
 
     crop_padding: int = Field(
-        0, ge=0, description="Random crop after zero padding by this many pixels (0 = off)."
+        0,
+        ge=0,
+        le=MAX_PIXELS,
+        description="Random crop after zero padding by this many pixels (0 = off).",
     )
     hflip: bool = Field(False, description="Random horizontal flip with probability 0.5.")
     resize: int | list[int] | None = Field(
@@ -226,8 +231,13 @@ class AugmentConfig(_Section):
     @classmethod
     def _check_resize(cls, value: int | list[int] | None) -> int | list[int] | None:
         sizes = [value] if isinstance(value, int) else value
-        if sizes is not None and (len(sizes) not in (1, 2) or any(v < 1 for v in sizes)):
-            raise ValueError(f"resize must be a size >= 1 or [height, width], got {value!r}")
+        if sizes is not None and (
+            len(sizes) not in (1, 2) or any(not 1 <= v <= MAX_PIXELS for v in sizes)
+        ):
+            raise ValueError(
+                f"resize must be a size >= 1 or [height, width], got {value!r} (at most "
+                f"{MAX_PIXELS} pixels)"
+            )
         return value
 
 
@@ -330,6 +340,7 @@ class LossConfig(BaseModel):
     lr: float | None = Field(
         None,
         gt=0.0,
+        le=MAX_FLOAT32,
         description="Learning rate of the loss's own parameters (attention, centres, margin "
         "heads); null = optim.lr. Follows the same schedule.",
     )
@@ -369,10 +380,12 @@ class OptimConfig(_Section):
     """The optimiser of the model's and the losses' parameters."""
 
     name: Literal["sgd", "adamw"] = Field("sgd", description="sgd or adamw.")
-    lr: float = Field(0.1, gt=0.0, description="Peak learning rate (after warm-up).")
+    lr: float = Field(
+        0.1, gt=0.0, le=MAX_FLOAT32, description="Peak learning rate (after warm-up)."
+    )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum (sgd only).")
     weight_decay: float = Field(
-        5e-4, ge=0.0, description="Weight decay (L2 for sgd, decoupled for adamw)."
+        5e-4, ge=0.0, le=MAX_FLOAT32, description="Weight decay (L2 for sgd, decoupled for adamw)."
     )
     nesterov: bool = Field(False, description="Nesterov momentum (sgd with momentum > 0 only).")
     betas: list[float] = Field(
@@ -408,7 +421,10 @@ class ScheduleConfig(_Section):
         "cosine", description="step (multiply by gamma at epochs), cosine (to min_lr) or constant."
     )
     warmup_epochs: float = Field(
-        0.0, ge=0.0, description="Linear warm-up from 0 to optim.lr over this many epochs."
+        0.0,
+        ge=0.0,
+        le=1_000_000,
+        description="Linear warm-up from 0 to optim.lr over this many epochs.",
     )
     step_size: int | None = Field(
         None, ge=1, description="step: multiply the lr by gamma every step_size epochs."
@@ -417,7 +433,9 @@ class ScheduleConfig(_Section):
         None, description="step: multiply the lr by gamma at each of these epochs."
     )
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: the decay factor.")
-    min_lr: float = Field(0.0, ge=0.0, description="cosine: the final learning rate.")
+    min_lr: float = Field(
+        0.0, ge=0.0, le=MAX_FLOAT32, description="cosine: the final learning rate."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ScheduleConfig:
