@@ -100,6 +100,9 @@ def load(results: Path, *, include_quick: bool = False) -> dict[str, Any]:
         data = _read_json(results / f"{name}.json", include_quick)
         if data is not None:
             found["speed"][name] = [data]
+    cc_forms = _read_json(results / "cc_forms.json", include_quick)
+    if cc_forms is not None and cc_forms.get("rows"):
+        found["cc_forms"] = cc_forms
     return found
 
 
@@ -609,6 +612,68 @@ def _cc_line(data: dict[str, Any]) -> str | None:
     )
 
 
+def _cc_setting(row: dict[str, Any]) -> str:
+    """``ce`` or ``form=margin, weight=10, hidden 7 (reduction 4)[, class_balanced]``."""
+    cc = next((e for e in row["losses"] if e["name"] == "cc"), None)
+    if cc is None:
+        return "ce (no CC-Loss)"
+    channels = 30 if row["model"] == "convnet_small" else 64  # the study recipes' feature maps
+    reduction = cc.get("reduction", 16)
+    hidden = max(channels // reduction, min(cc.get("min_hidden", 1), channels))
+    bits = [f"form={cc.get('form', 'ratio')}", f"weight={fmt_param(cc.get('weight', 1.0))}"]
+    bits.append(f"hidden {hidden} (reduction {reduction})")
+    if row.get("data", {}).get("sampler") == "class_balanced":
+        bits.append(f"class_balanced {row['data'].get('samples_per_class', 4)}/class")
+    return ", ".join(bits)
+
+
+def cc_forms_section(found: dict[str, Any]) -> list[str]:
+    """Every CC-Loss form measured by ``bench_cc_forms.py``, on validation, next to CE."""
+    data = found.get("cc_forms")
+    if not data:
+        return []
+    lines = [
+        "### CC-Loss forms (validation)",
+        "",
+        "Final-epoch **validation** accuracy (%) of CE + CC-Loss in each form (the ratio is the "
+        "original reconstruction; margin, softplus and cosine are our bounded alternatives, "
+        "docs/cc-loss.md), mean ± sample std over seeds, from `benchmarks/bench_cc_forms.py` "
+        "(`benchmarks/results/cc_forms.json`; the test split is never read). Shortened recipes "
+        "(epochs below) to fit a shared 2-core CPU.",
+        "",
+    ]
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for row in data["rows"]:
+        groups.setdefault((row["dataset"], row["model"], row["epochs"]), []).append(row)
+    for (dataset, model, epochs), rows in sorted(
+        groups.items(), key=lambda kv: (column_order(kv[0][0]), kv[0])
+    ):
+        ce = next((r for r in rows if r["label"] == "ce"), None)
+        seeds = sorted({r["seeds"] for r in rows})
+        lines += [
+            f"{dataset}, {model}, {epochs} epochs, {'/'.join(map(str, seeds))} seed(s):",
+            "",
+            "| setting | val acc | vs CE (points) |",
+            "|---|---|---|",
+        ]
+        for row in sorted(rows, key=lambda r: (r["label"] != "ce", -(r["val_acc_mean"] or 0))):
+            mean, std = row["val_acc_mean"], row["val_acc_std"]
+            delta = "" if ce is None or row is ce else f"{100 * (mean - ce['val_acc_mean']):+.2f}"
+            lines.append(f"| {_cc_setting(row)} | {pct(mean, std)} | {delta} |")
+        lines.append("")
+    lines += [
+        f"Runs: {machine_line(data.get('machine'))}.",
+        "",
+        "The default CC-Loss (`form=margin`, `weight=1`) was chosen from these validation "
+        "results; the `cc` rows of the accuracy study above are the ratio form its sweeps "
+        "tuned, and its `center` rows were trained with optimiser-moved centres "
+        "(`center_update: sgd`), before the published update became the default; neither was "
+        "rerun with the new defaults.",
+        "",
+    ]
+    return lines
+
+
 def render(found: dict[str, Any], base: Path) -> str:
     """The block between the markers (markers included)."""
     lines = [
@@ -620,6 +685,7 @@ def render(found: dict[str, Any], base: Path) -> str:
         "",
         *study_section(found, base),
         *tune_section(found),
+        *cc_forms_section(found),
         *speed_section(found, base),
         END,
     ]

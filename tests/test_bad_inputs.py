@@ -746,7 +746,9 @@ def test_untrusted_inputs_are_never_executed():
                 assert isinstance(loader, ast.Name) and loader.id == "_Loader", where
             assert name not in ("eval", "exec", "yaml.unsafe_load", "yaml.full_load"), where
             assert name not in ("pickle.load", "pickle.loads", "torch.jit.load"), where
-    assert "torch.load" in seen and "yaml.load" in seen
+            assert name not in ("yaml.Loader", "yaml.UnsafeLoader", "yaml.FullLoader"), where
+    # config.yaml_load runs its _Loader (a SafeLoader) step by step to check the limits
+    assert "torch.load" in seen and ("yaml.load" in seen or "_Loader" in seen)
     from chanloss.training.config import _Loader
 
     assert issubclass(_Loader, yaml.SafeLoader)

@@ -278,7 +278,8 @@ def test_study_configs_are_valid_and_sweeps_use_validation(parts: ModuleType):
     assert set(by_label) == set(parts.STUDY_LOSSES)
     assert all(c.data.val_fraction == 0.0 for c in by_label.values())
     cc = by_label["cc"].losses[1]
-    assert (cc.name, cc.weight, cc.params()) == ("cc", 0.1, {"reduction": 16})
+    assert (cc.name, cc.weight, cc.params()) == ("cc", 0.1, {"form": "ratio", "reduction": 16})
+    assert by_label["center"].losses[1].params() == {"center_update": "sgd"}  # as recorded
     assert by_label["mc"].losses[1].params() == {"beta": 5.0}
     with pytest.raises(ValueError, match=r"missing for \['mc'\]"):
         parts.study_configs(parts.PARTS["digits"], {"cc": {}})

@@ -21,6 +21,9 @@ def make_loss(**kwargs):
     torch.manual_seed(0)
     kwargs.setdefault("num_channels", C)
     kwargs.setdefault("reduction", 2)
+    kwargs.setdefault(
+        "form", "ratio"
+    )  # this file tests the ratio form (test_cc_loss_forms.py the others)
     return CCLoss(**kwargs)
 
 
@@ -148,7 +151,7 @@ def test_float64_features_with_float32_parameters_compute_in_float64():
 
 
 def test_attention_shape_range_and_se_formula():
-    loss = make_loss(num_channels=12, reduction=16)  # 12 // 16 == 0 -> one hidden unit
+    loss = make_loss(num_channels=12, reduction=16, min_hidden=1)  # 12 // 16 == 0 -> 1 unit
     assert loss.hidden == 1
     x, _ = make_batch([0] * 5, channels=12, hw=(4, 4), dtype=torch.float32)
     a = loss.attention(x)
@@ -181,9 +184,10 @@ def test_parameters_state_dict_and_api_attributes():
 
 
 def test_registry_builds_the_loss_from_the_trainer_context():
-    loss = create_loss("cc", context={"num_classes": 10, "num_channels": 32}, weight=2.0)
+    loss = create_loss("cc", context={"num_classes": 10, "num_channels": 64}, weight=2.0)
     assert isinstance(loss, CCLoss) and LOSSES["cc"] is CCLoss
-    assert loss.num_channels == 32 and loss.weights == {"cc": 2.0}
+    assert loss.num_channels == 64 and loss.weights == {"cc": 2.0} and loss.hidden == 4
+    assert loss.form == "margin"  # the default, chosen on validation (docs/cc-loss.md)
 
 
 def test_terms_keep_no_state_between_calls():

@@ -38,7 +38,14 @@ def test_defaults_are_filled_and_the_dump_round_trips(tmp_path):
     config = load_config(raw=base())
     assert config.epochs == 10 and config.optim.name == "sgd" and config.schedule.name == "cosine"
     assert config.losses[1].weight == 0.5 and config.losses[0].lr is None
-    assert config.model.options() == {"width": 4}
+    # every option and loss parameter is stored, the defaults included (not the ones the
+    # trainer takes from the data and the model: num_classes, num_channels, embedding_dim)
+    assert config.model.options() == {"width": 4, "feature_channels": 64, "pools": 1}
+    params = config.losses[1].params()
+    assert {"reduction": 16, "eps": 1e-6, "gather": True, "check_finite": False}.items() <= (
+        params.items()
+    )
+    assert "num_channels" not in params and "weight" not in params
     path = tmp_path / "resolved.yaml"
     path.write_text(dump_config(config))
     assert load_config(path) == config
@@ -230,4 +237,9 @@ def test_cub_configs_kept_under_their_earlier_names_equal_the_vgg16_ones():
         assert old == load_config(CONFIGS / f"cub-vgg16-{loss}.yaml")
     r50 = load_config(CONFIGS / "cub-r50-mc.yaml")
     assert r50.model.options()["weights"] and r50.optim.pretrained_lr_mult == 0.1
-    assert r50.data.options == {"image_size": 448, "resize": 600, "resize_mode": "stretch"}
+    assert r50.data.options == {
+        "image_size": 448,
+        "resize": 600,
+        "resize_mode": "stretch",
+        "num_workers": None,  # the default, stored too
+    }

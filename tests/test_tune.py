@@ -60,7 +60,7 @@ def test_every_weight_range_can_switch_its_loss_almost_off() -> None:
                 assert param.low < param.high, (name, key)
             if key == "weight" or key in ("alpha", "beta") and name == "mc":
                 assert isinstance(param, LogUniform) and param.low <= 0.01, (name, key)
-    assert {"pair_reduction", "reduction", "weight"} <= set(LOSSES["cc"].search_space)
+    assert {"form", "reduction", "weight"} <= set(LOSSES["cc"].search_space)
     assert isinstance(LOSSES["mc"].search_space["keep_ratio"], Choice)
     assert isinstance(LOSSES["mc"].search_space["pool"], Choice)
 

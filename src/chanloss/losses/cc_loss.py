@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from chanloss._validation import (
@@ -20,6 +23,7 @@ from chanloss.losses.registry import register_loss
 from chanloss.losses.search import Choice, LogUniform
 
 PAIR_REDUCTIONS = ("mean", "sum")
+FORMS = ("ratio", "margin", "cosine", "softplus")
 
 
 @register_loss("cc")
@@ -35,7 +39,10 @@ class CCLoss(Loss):
 
     1. Attention (squeeze-and-excitation, owned by the loss, training only):
        ``z = GAP(F)``, ``a = sigmoid(W2 relu(W1 z + b1) + b2)`` with
-       ``W1: C -> max(1, C // reduction)`` and ``W2`` back to ``C``. The SE form is ours.
+       ``W1: C -> hidden`` and ``W2`` back to ``C``, ``hidden = max(C // reduction,
+       min(min_hidden, C))``: a ``C // reduction`` below ``min_hidden`` is raised to it with a
+       warning (30 channels at the SE default reduction 16 would give a 1-unit bottleneck).
+       The SE form and the floor are ours.
     2. ``D[i, j] = ||a_i - a_j||^2`` from the Gram matrix (``O(B^2)`` memory, never
        ``(B, B, C)``), clamped at 0; the diagonal is excluded. Squared distances are ours.
        ``a`` is centred on its batch mean first (distances are unchanged): the sigmoid
@@ -47,6 +54,25 @@ class CCLoss(Loss):
        count) or their sums (``"sum"``, as a secondary description writes it). The ratio form
        is ours. Without pairs in ``N``, ``cc = 0`` with gradient 0; without pairs in ``P``,
        ``intra = 0`` (so ``cc = 0``: the ratio then carries no signal and its gradient is 0).
+    4. ``form`` (all ours; the abstract allows any of them): ``"ratio"`` is 3. It is
+       scale-free, so its gradient grows like ``1 / s`` as the attention vectors converge
+       (differences of size ``s``). The bounded alternatives use the means (always
+       ``pair_reduction="mean"``; an empty set's mean is 0, so a batch without positive pairs
+       still separates the classes and one without negative pairs still pulls together):
+
+       - ``"margin"``: ``relu(intra_c - inter_c + margin)`` with ``intra_c``, ``inter_c`` the
+         means of the per-channel squared distance ``D / C`` (in ``[0, 1]`` for sigmoid
+         attention); a hinge: zero once the classes are ``margin`` further apart than the
+         samples of one class.
+       - ``"softplus"``: ``temperature * softplus((intra_c - inter_c) / temperature)``, a
+         smooth hinge at 0 that never switches off.
+       - ``"cosine"``: ``intra_n - inter_n`` on the squared distances of the L2-normalised
+         attention vectors, ``||a_i/|a_i| - a_j/|a_j|||^2 = 2 - 2 cos(a_i, a_j)``, in
+         ``[-2, 2]``.
+
+       Their gradients w.r.t. ``a`` are bounded (by ``2 / C`` times the largest attention
+       difference for ``margin``/``softplus``, and by a constant over ``|a|`` for ``cosine``),
+       so they shrink rather than grow as the attention vectors converge.
 
     Terms: ``{"cc": cc}``; ``weights = {"cc": weight}``. ``consumes = "features"``:
     ``forward(features, labels)`` with features ``(B, C, H, W)``, ``C == num_channels``.
@@ -75,7 +101,8 @@ class CCLoss(Loss):
     search_space = {
         "weight": LogUniform(1e-3, 10.0),
         "reduction": Choice((4, 8, 16)),
-        "pair_reduction": Choice(("mean", "sum")),
+        # pair_reduction "sum" exists only for the ratio form, so the form is tuned instead
+        "form": Choice(("margin", "softplus", "cosine", "ratio")),
     }
 
     def __init__(
@@ -87,6 +114,10 @@ class CCLoss(Loss):
         pair_reduction: str = "mean",
         eps: float = 1e-6,
         gather: bool = True,
+        form: str = "margin",
+        margin: float = 0.1,
+        temperature: float = 0.1,
+        min_hidden: int = 4,
         check_finite: bool = False,
     ) -> None:
         super().__init__(
@@ -98,7 +129,26 @@ class CCLoss(Loss):
         self.pair_reduction = check_choice("pair_reduction", pair_reduction, PAIR_REDUCTIONS)
         self.eps = check_float("eps", eps, low=0.0, low_inclusive=False)
         self.gather = check_bool("gather", gather)
+        self.form = check_choice("form", form, FORMS)
+        self.margin = check_float("margin", margin, low=0.0)
+        self.temperature = check_float("temperature", temperature, low=0.0, low_inclusive=False)
+        self.min_hidden = check_int("min_hidden", min_hidden, low=1)
+        if self.form != "ratio" and self.pair_reduction != "mean":
+            raise ValueError(
+                f"pair_reduction='sum' is only for form='ratio' (the bounded forms use means), "
+                f"got form={self.form!r}"
+            )
         self.hidden = max(1, self.num_channels // self.reduction)
+        floor = min(self.min_hidden, self.num_channels)
+        if self.hidden < floor:
+            warnings.warn(
+                f"CCLoss: the attention's hidden width num_channels // reduction = "
+                f"{self.num_channels} // {self.reduction} = {self.hidden} is below "
+                f"min_hidden={self.min_hidden}; using {floor} (set min_hidden=1 to keep "
+                f"{self.hidden}, or a smaller reduction)",
+                stacklevel=2,
+            )
+            self.hidden = floor
         self.fc1 = nn.Linear(self.num_channels, self.hidden)
         self.fc2 = nn.Linear(self.hidden, self.num_channels)
 
@@ -162,15 +212,19 @@ class CCLoss(Loss):
         )
 
     def _cc(self, a: Tensor, labels: Tensor) -> Tensor:
-        # Distances do not change under a shift; centring first keeps the Gram-matrix form
-        # accurate when the attention vectors are close to each other (e.g. all near 0.5).
-        a = a - a.mean(dim=0, keepdim=True)
-        sq = (a * a).sum(dim=1)
-        dist = (sq[:, None] + sq[None, :] - 2.0 * (a @ a.T)).clamp_min(0.0)
         same = labels[:, None] == labels[None, :]
         eye = torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
         pos = same & ~eye
         neg = ~same
+        if self.form == "cosine":
+            u = F.normalize(a, dim=1)
+            dist = (2.0 - 2.0 * (u @ u.T)).clamp_min(0.0)
+        else:
+            # Distances do not change under a shift; centring first keeps the Gram-matrix form
+            # accurate when the attention vectors are close to each other (e.g. all near 0.5).
+            a = a - a.mean(dim=0, keepdim=True)
+            sq = (a * a).sum(dim=1)
+            dist = (sq[:, None] + sq[None, :] - 2.0 * (a @ a.T)).clamp_min(0.0)
         zero = dist.new_zeros(())
         intra = torch.where(pos, dist, zero).sum()
         inter = torch.where(neg, dist, zero).sum()
@@ -178,6 +232,13 @@ class CCLoss(Loss):
         if self.pair_reduction == "mean":
             intra = intra / pos.sum().clamp_min(1)
             inter = inter / n_neg.clamp_min(1)
+        if self.form == "cosine":
+            return intra - inter
+        if self.form in ("margin", "softplus"):
+            gap = (intra - inter) / self.num_channels
+            if self.form == "margin":
+                return torch.relu(gap + self.margin)
+            return self.temperature * F.softplus(gap / self.temperature)
         has_neg = n_neg > 0
         # Without negative pairs the denominator is replaced by 1 so that the discarded branch
         # stays finite and its zero gradient does not turn into NaN.
@@ -186,7 +247,7 @@ class CCLoss(Loss):
 
     def extra_repr(self) -> str:
         return (
-            f"num_channels={self.num_channels}, hidden={self.hidden}, "
+            f"num_channels={self.num_channels}, hidden={self.hidden}, form={self.form!r}, "
             f"pair_reduction={self.pair_reduction!r}, eps={self.eps:g}, gather={self.gather}, "
             f"weights={self.weights}"
         )

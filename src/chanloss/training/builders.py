@@ -103,7 +103,14 @@ def build_model(config: TrainConfig, *, num_classes: int, in_channels: int) -> n
             **config.model.options(),
         )
     except (ValueError, TypeError, ImportError) as err:
-        raise ConfigError(f"model: {err}") from None
+        text = " ".join(str(err).split())
+        raise ConfigError(f"model: {text if len(text) <= 300 else text[:300] + '...'}") from None
+    except (RuntimeError, MemoryError, OverflowError) as err:  # too large for this machine
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ConfigError(
+            f"model: cannot build {config.model.name!r} with {config.model.options()} "
+            f"({type(err).__name__}: {first}); expected a model that fits in memory"
+        ) from None
     report = getattr(model, "pretrained_report", None)
     if report is not None:
         from chanloss.training.distributed import log

@@ -4,19 +4,27 @@ Runs live in ``OUT/<label>/seed<S>``. Finished runs are skipped and interrupted 
 so a comparison can be stopped and started again. Each run directory is locked while it is
 checked and trained (:class:`~chanloss.training.run_dir.RunDir`), so two comparisons into the
 same ``OUT`` never train the same run twice at once: the second one stops with a one-line error
-naming the first. The number a run contributes is its final
-epoch's test accuracy.
+naming the first. The number a run contributes is its final epoch's test accuracy; the table shows the final validation accuracy beside it (choose settings
+on validation, not on test). While runs train, a plain line per finished epoch reports the run,
+its accuracy and the progress of the whole comparison with an estimate of the time left.
+``jobs`` runs that many trainings side by side, each in its own process with a share of the
+CPU threads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
+import sys
+import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from chanloss.training.config import (
     ConfigError,
@@ -27,7 +35,7 @@ from chanloss.training.config import (
     validate_config,
 )
 from chanloss.training.run_dir import RunDir
-from chanloss.training.trainer import train
+from chanloss.training.trainer import TrainingInterrupted, train
 
 # Keys that may differ between a stored run and the config without changing what it trains.
 _IGNORED_KEYS = ("device", "workers", "tensorboard", "eval_batch_size", "epochs")
@@ -35,7 +43,7 @@ _IGNORED_KEYS = ("device", "workers", "tensorboard", "eval_batch_size", "epochs"
 
 @dataclass
 class ConfigResult:
-    """The runs of one config: final test accuracies over seeds and mean time."""
+    """The runs of one config: final test (and validation) accuracies over seeds, mean time."""
 
     label: str
     config: TrainConfig
@@ -44,6 +52,7 @@ class ConfigResult:
     train_time_s: list[float]
     params: int
     run_dirs: list[Path]
+    val_acc: list[float] = field(default_factory=list)  # empty without a validation split
 
     @property
     def mean(self) -> float:
@@ -58,6 +67,19 @@ class ConfigResult:
         m = self.mean
         return math.sqrt(sum((a - m) ** 2 for a in self.test_acc) / (n - 1))
 
+    @property
+    def val_mean(self) -> float | None:
+        """Mean final validation accuracy over seeds; ``None`` without a validation split."""
+        return sum(self.val_acc) / len(self.val_acc) if self.val_acc else None
+
+    @property
+    def val_std(self) -> float:
+        n = len(self.val_acc)
+        if n < 2:
+            return 0.0
+        m = sum(self.val_acc) / n
+        return math.sqrt(sum((a - m) ** 2 for a in self.val_acc) / (n - 1))
+
 
 def compare(
     configs: list[tuple[str, TrainConfig]],
@@ -65,55 +87,274 @@ def compare(
     seeds: int,
     out_dir: str | Path,
     verbose: int = 1,
+    jobs: int = 1,
+    stream: TextIO | None = None,
 ) -> list[ConfigResult]:
     """Train each ``(label, config)`` for ``seeds`` seeds (``config.seed + i``) and report.
 
-    Writes ``results.md``, ``results.csv`` and ``test_accuracy.png`` in ``out_dir``.
+    ``jobs`` trainings run at a time (``jobs > 1``: in worker processes, each with
+    ``cpu_count // jobs`` torch threads). With ``verbose``, a line per finished epoch and per
+    finished run goes to ``stream`` (default stdout). Writes ``results.md``, ``results.csv``
+    and ``accuracy.png`` in ``out_dir``.
     """
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     labels = [label for label, _ in configs]
     duplicates = sorted({x for x in labels if labels.count(x) > 1})
     if duplicates:
         raise ConfigError(f"two configs have the same name {duplicates[0]!r}; rename one file")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    total = len(configs) * seeds
+    plan: list[_Run] = []
+    for label, base in configs:
+        for i in range(seeds):
+            config = validate_config(
+                config_to_dict(base.model_copy(update={"seed": base.seed + i}))
+            )
+            run_dir = out_dir / label / f"seed{config.seed}"
+            plan.append(_Run(label, config, run_dir, _run_status(run_dir, config)))
+    progress = _Progress(plan, stream or sys.stdout) if verbose else None
+    summaries: dict[Path, dict[str, Any]] = {}
+    try:
+        if progress is not None:
+            progress.start()
+        todo = []
+        for run in plan:
+            if run.status == "done":
+                summaries[run.run_dir] = json.loads((run.run_dir / "summary.json").read_text())
+                if progress is not None:
+                    progress.finished(run, summaries[run.run_dir], earlier=True)
+            else:
+                todo.append(run)
+        if jobs == 1 or len(todo) <= 1:
+            for run in todo:
+                summaries[run.run_dir] = _train_locked(run.config, run.run_dir)
+                if progress is not None:
+                    progress.finished(run, summaries[run.run_dir])
+        else:
+            summaries.update(_train_in_processes(todo, jobs, progress))
+    finally:
+        if progress is not None:
+            progress.stop()
     results: list[ConfigResult] = []
-    done = 0
     for label, base in configs:
         result = ConfigResult(label, base, [], [], [], 0, [])
-        for i in range(seeds):
-            config = base.model_copy(update={"seed": base.seed + i})
-            config = validate_config(config_to_dict(config))
-            run_dir = out_dir / label / f"seed{config.seed}"
-            start = time.perf_counter()
-            with RunDir(run_dir) as run:
-                status = _run_status(run_dir, config)
-                if status == "done":
-                    summary = json.loads((run_dir / "summary.json").read_text())
-                else:
-                    summary = train(config, run, resume=status == "resume", verbose=min(verbose, 1))
-            done += 1
-            acc = summary["final_test_acc"]
-            result.seeds.append(config.seed)
-            result.test_acc.append(acc)
+        for run in (r for r in plan if r.label == label):
+            summary = summaries[run.run_dir]
+            result.seeds.append(run.config.seed)
+            result.test_acc.append(summary["final_test_acc"])
             result.train_time_s.append(summary["train_time_s"])
             result.params = summary["params"]
-            result.run_dirs.append(run_dir)
-            if verbose:
-                how = (
-                    "finished earlier"
-                    if status == "done"
-                    else f"{time.perf_counter() - start:.1f} s"
-                )
-                print(
-                    f"[{done}/{total}] {label} seed {config.seed}: test {100 * acc:.2f}% ({how})",
-                    flush=True,
-                )
+            result.run_dirs.append(run.run_dir)
+            val = _final_val(run.run_dir, summary)
+            if val is not None:
+                result.val_acc.append(val)
         results.append(result)
     write_results(results, out_dir, seeds=seeds)
     return results
+
+
+@dataclass
+class _Run:
+    label: str
+    config: TrainConfig
+    run_dir: Path
+    status: str  # new, resume or done
+
+
+def _train_locked(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
+    """Train (or resume, or read the summary of) one run while holding its directory's lock;
+    the status is checked again under the lock."""
+    with RunDir(run_dir) as run:
+        status = _run_status(run_dir, config)
+        if status == "done":
+            return json.loads((run_dir / "summary.json").read_text())
+        return train(config, run, resume=status == "resume", verbose=0)
+
+
+def _train_worker(raw: dict[str, Any], run_dir: str, threads: int) -> dict:
+    """One training in a worker process (module level, so that it can be pickled)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        return _train_locked(validate_config(raw), Path(run_dir))
+    except KeyboardInterrupt as err:  # Ctrl-C: last.pt is saved; a clean return keeps the pool
+        return {"interrupted": str(err)}
+
+
+def _train_in_processes(
+    todo: list[_Run], jobs: int, progress: _Progress | None
+) -> dict[Path, dict[str, Any]]:
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    done: dict[Path, dict[str, Any]] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=context) as pool:
+        futures = {
+            pool.submit(
+                _train_worker,
+                config_to_dict(run.config),
+                str(run.run_dir),
+                threads,
+            ): run
+            for run in todo
+        }
+        pending = set(futures)
+        try:
+            while pending:
+                finished = {f for f in pending if f.done()}
+                for future in finished:
+                    run = futures[future]
+                    summary = future.result()  # a failed run raises here
+                    if "interrupted" in summary:
+                        raise TrainingInterrupted(summary["interrupted"], run.run_dir)
+                    done[run.run_dir] = summary
+                    if progress is not None:
+                        progress.finished(run, summary)
+                pending -= finished
+                if pending:
+                    time.sleep(0.2)
+        except TrainingInterrupted:
+            _stop_workers(pool, pending)
+            raise
+        except KeyboardInterrupt:
+            _stop_workers(pool, pending)
+            raise TrainingInterrupted(
+                "interrupted; the runs in progress saved last.pt", todo[0].run_dir.parent.parent
+            ) from None
+        except BaseException:  # a failed run: stop the others, keep their files
+            _stop_workers(pool, pending)
+            raise
+    return done
+
+
+def _stop_workers(pool: ProcessPoolExecutor, pending: set[Any], grace: float = 60.0) -> None:
+    """Cancel the runs not started; ask the running ones to stop like Ctrl-C does (finish the
+    step, save ``last.pt``), wait up to ``grace`` seconds, then end the workers."""
+    import signal
+
+    running = {f for f in pending if not f.cancel()}
+    workers = list(getattr(pool, "_processes", {}).values())
+    if running:
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                os.kill(worker.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace
+    while any(not f.done() for f in running) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _final_val(run_dir: Path, summary: dict[str, Any]) -> float | None:
+    """The final epoch's validation accuracy (``summary.json``, else ``metrics.csv``)."""
+    if summary.get("final_val_acc") is not None:
+        return float(summary["final_val_acc"])
+    rows = _metrics_rows(run_dir)
+    value = rows[-1].get("val_acc") if rows else None
+    return float(value) if value else None
+
+
+def _metrics_rows(run_dir: Path) -> list[dict[str, str]]:
+    try:
+        with open(run_dir / "metrics.csv", newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, csv.Error):
+        return []
+
+
+class _Progress:
+    """Prints a plain line per finished epoch of every run, with the progress of the whole
+    comparison and the time left (from the epochs trained so far in this invocation).
+
+    A thread reads each running run's ``metrics.csv`` (written atomically after every epoch),
+    so it works the same for runs in this process and in worker processes.
+    """
+
+    def __init__(self, plan: list[_Run], stream: TextIO, every: float = 0.5) -> None:
+        self.plan = plan
+        self.stream = stream
+        self.every = every
+        self.total = sum(run.config.epochs for run in plan)
+        self.seen = {run.run_dir: len(_metrics_rows(run.run_dir)) for run in plan}
+        self.done_before = self._epochs_done()
+        self.runs_done = 0
+        self.start_time = time.perf_counter()
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _epochs_done(self) -> int:
+        return sum(min(self.seen[r.run_dir], r.config.epochs) for r in self.plan)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.poll()
+
+    def poll(self) -> None:
+        """Print the epochs finished since the last poll."""
+        with self.lock:
+            for run in self.plan:
+                if run.status == "done":
+                    continue
+                rows = _metrics_rows(run.run_dir)
+                for number, row in enumerate(rows, start=1):
+                    if number > self.seen[run.run_dir]:
+                        self.seen[run.run_dir] = number
+                        self._print(self._epoch_line(run, row))
+
+    def finished(self, run: _Run, summary: dict[str, Any], *, earlier: bool = False) -> None:
+        """Print the line of a finished run (after its last epoch lines)."""
+        self.poll()
+        with self.lock:
+            self.runs_done += 1
+            self.seen[run.run_dir] = max(self.seen[run.run_dir], run.config.epochs)
+            how = "finished earlier" if earlier else f"{summary['train_time_s']:.1f} s"
+            val = _final_val(run.run_dir, summary)
+            val_text = f"val {100 * val:.2f}%, " if val is not None else ""
+            self._print(
+                f"[{self.runs_done}/{len(self.plan)}] {run.label} seed {run.config.seed}: "
+                f"{val_text}test {100 * summary['final_test_acc']:.2f}% ({how})"
+            )
+
+    def _epoch_line(self, run: _Run, row: dict[str, str]) -> str:
+        parts = [f"{run.label} seed {run.config.seed} epoch {row['epoch']}/{run.config.epochs}"]
+        for key, name in (("train_acc", "train"), ("val_acc", "val")):
+            if row.get(key):
+                parts.append(f"{name} {100 * float(row[key]):.2f}%")
+        return "  ".join(parts) + "  | " + self.overall()
+
+    def overall(self) -> str:
+        """``all runs: 12/90 epochs (13%), 0:41 elapsed, about 4:26 left``."""
+        done = self._epochs_done()
+        elapsed = time.perf_counter() - self.start_time
+        text = f"all runs: {done}/{self.total} epochs ({100 * done / max(self.total, 1):.0f}%), "
+        text += f"{_clock(elapsed)} elapsed"
+        trained = done - self.done_before
+        if trained > 0 and done < self.total:
+            text += f", about {_clock(elapsed / trained * (self.total - done))} left"
+        return text
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def load_labelled(paths: list[str], overrides: list[str]) -> list[tuple[str, TrainConfig]]:
@@ -154,33 +395,99 @@ def _strip(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def results_table(results: list[ConfigResult]) -> str:
-    """The Markdown table of final test accuracy (mean +- std over seeds) per config."""
-    lines = [
-        "| config | model | losses | test acc (%) | seeds | time / run (s) | params |",
-        "|---|---|---|---|---|---|---|",
+# Keys that never tell two configs apart in a table (they do not change what is trained, or
+# are shown in their own column).
+_NOT_SETTINGS = ("seed", "device", "workers", "tensorboard", "eval_batch_size", "losses")
+
+
+def differing_settings(configs: list[TrainConfig]) -> list[dict[str, Any]]:
+    """Per config, the resolved settings (dotted keys) whose values differ between configs.
+
+    Loss parameters are keyed by the loss's name (``mc.beta``; ``mc#2.beta`` for a second
+    ``mc``). A key counts when at least two configs have it with different values; a key
+    that only one config has (its extra loss) is shown by the losses column instead.
+    """
+    flat = [_flatten(config) for config in configs]
+    keys = sorted({k for f in flat for k in f})
+    differing = [
+        k for k in keys if len({json.dumps(f[k], sort_keys=True) for f in flat if k in f}) > 1
     ]
-    for r in results:
+    return [{k: f[k] for k in differing if k in f} for f in flat]
+
+
+def _flatten(config: TrainConfig) -> dict[str, Any]:
+    raw = config_to_dict(config)
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = value
+
+    walk("", {k: v for k, v in raw.items() if k not in _NOT_SETTINGS})
+    counts: dict[str, int] = {}
+    for loss in raw["losses"]:
+        counts[loss["name"]] = counts.get(loss["name"], 0) + 1
+        name = (
+            loss["name"] if counts[loss["name"]] == 1 else f"{loss['name']}#{counts[loss['name']]}"
+        )
+        for k, v in loss.items():
+            if k != "name":
+                out[f"{name}.{k}"] = v
+    return out
+
+
+def _fmt_setting(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt_setting(v) for v in value) + "]"
+    return str(value)
+
+
+def settings_text(settings: dict[str, Any]) -> str:
+    """``mc.beta=5, optim.lr=0.1`` (``—`` when nothing differs)."""
+    return ", ".join(f"{k}={_fmt_setting(v)}" for k, v in settings.items()) or "—"
+
+
+def _pct(mean: float | None, std: float) -> str:
+    return "—" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def results_table(results: list[ConfigResult]) -> str:
+    """The Markdown table: final validation and test accuracy (mean ± std over seeds) per
+    config, with the settings that tell the configs apart."""
+    lines = [
+        "| config | model | losses | settings that differ | val acc (%) | test acc (%) "
+        "| seeds | time / run (s) | params |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    settings = differing_settings([r.config for r in results])
+    for r, differ in zip(results, settings, strict=True):
         losses = " + ".join(
             loss.name if loss.weight == 1.0 else f"{loss.weight:g}*{loss.name}"
             for loss in r.config.losses
         )
         time_s = sum(r.train_time_s) / len(r.train_time_s)
         lines.append(
-            f"| {r.label} | {r.config.model.name} | {losses} | "
-            f"{100 * r.mean:.2f} ± {100 * r.std:.2f} | {len(r.seeds)} | {time_s:.1f} | "
-            f"{r.params:,} |"
+            f"| {r.label} | {r.config.model.name} | {losses} | {settings_text(differ)} | "
+            f"{_pct(r.val_mean, r.val_std)} | {_pct(r.mean, r.std)} | {len(r.seeds)} | "
+            f"{time_s:.1f} | {r.params:,} |"
         )
     return "\n".join(lines)
 
 
 def write_results(results: list[ConfigResult], out_dir: Path, *, seeds: int) -> None:
-    """``results.md``, ``results.csv`` and ``test_accuracy.png``."""
+    """``results.md``, ``results.csv`` and ``accuracy.png``."""
     dataset = ", ".join(sorted({r.config.data.name for r in results}))
     (out_dir / "results.md").write_text(
-        f"# Final test accuracy ({dataset}; mean ± sample std over {seeds} seed"
-        f"{'s' if seeds > 1 else ''})\n\n{results_table(results)}\n"
+        f"# Final accuracy ({dataset}; mean ± sample std over {seeds} seed"
+        f"{'s' if seeds > 1 else ''}; choose on validation, report test)\n\n"
+        f"{results_table(results)}\n"
     )
+    settings = differing_settings([r.config for r in results])
     with open(out_dir / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
@@ -188,7 +495,10 @@ def write_results(results: list[ConfigResult], out_dir: Path, *, seeds: int) -> 
                 "config",
                 "model",
                 "losses",
+                "settings",
                 "seeds",
+                "val_acc_mean",
+                "val_acc_std",
                 "test_acc_mean",
                 "test_acc_std",
                 "test_accs",
@@ -196,13 +506,17 @@ def write_results(results: list[ConfigResult], out_dir: Path, *, seeds: int) -> 
                 "params",
             ]
         )
-        for r in results:
+        for r, differ in zip(results, settings, strict=True):
+            val = r.val_mean
             w.writerow(
                 [
                     r.label,
                     r.config.model.name,
                     "+".join(loss.name for loss in r.config.losses),
+                    settings_text(differ) if differ else "",
                     len(r.seeds),
+                    "" if val is None else f"{val:.6f}",
+                    "" if val is None else f"{r.val_std:.6f}",
                     f"{r.mean:.6f}",
                     f"{r.std:.6f}",
                     ";".join(f"{a:.6f}" for a in r.test_acc),
@@ -210,34 +524,44 @@ def write_results(results: list[ConfigResult], out_dir: Path, *, seeds: int) -> 
                     r.params,
                 ]
             )
-    plot_curves(results, out_dir / "test_accuracy.png")
+    plot_curves(results, out_dir / "accuracy.png")
 
 
-def _curve(run_dir: Path) -> dict[int, float]:
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return {
-            int(row["epoch"]): float(row["test_acc"])
-            for row in csv.DictReader(f)
-            if row["test_acc"]
-        }
+def _curve(run_dir: Path, column: str) -> dict[int, float]:
+    return {int(r["epoch"]): float(r[column]) for r in _metrics_rows(run_dir) if r.get(column)}
+
+
+def curve_column(results: list[ConfigResult]) -> str:
+    """What the curves show: validation accuracy when every run has it per epoch, else test
+    accuracy when evaluated every epoch, else training accuracy."""
+    for column in ("val_acc", "test_acc"):
+        if all(len(_curve(d, column)) > 1 for r in results for d in r.run_dirs):
+            return column
+    return "train_acc"
 
 
 def plot_curves(results: list[ConfigResult], path: Path) -> None:
-    """Test accuracy against epoch, mean over seeds per config (epochs every seed evaluated)."""
+    """Accuracy against epoch (see :func:`curve_column`), mean over seeds per config."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    column = curve_column(results)
+    name = {"val_acc": "validation", "test_acc": "test", "train_acc": "training"}[column]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in results:
-        curves = [_curve(d) for d in r.run_dirs]
+        curves = [_curve(d, column) for d in r.run_dirs]
         epochs = sorted(set.intersection(*(set(c) for c in curves)))
         means = [100 * sum(c[e] for c in curves) / len(curves) for e in epochs]
-        ax.plot(epochs, means, marker="o", markersize=3, label=f"{r.label} ({100 * r.mean:.2f}%)")
+        ax.plot(
+            epochs, means, marker="o", markersize=3, label=f"{r.label} (test {100 * r.mean:.2f}%)"
+        )
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Test accuracy, mean over {len(results[0].seeds) if results else 0} seeds")
+    ax.set_ylabel(f"{name} accuracy (%)")
+    ax.set_title(
+        f"{name.capitalize()} accuracy, mean over {len(results[0].seeds) if results else 0} seeds"
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -75,9 +75,97 @@ _Loader.add_implicit_resolver(
 )
 
 
+# Bounds on what a config (file or --set value) may hold: far above any real config, far below
+# what exhausts memory or the interpreter's stack.
+MAX_CONFIG_BYTES = 1 << 20  # a config file
+MAX_VALUE_CHARS = 1 << 16  # one --set value
+MAX_DEPTH = 32  # nesting of mappings and lists (a --set key's dotted parts too)
+MAX_NODES = 100_000  # scalars, mappings and lists, with every alias expanded
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_PIXELS = 1 << 16  # image sizes and padding
+MAX_FLOAT32 = 3.4e38  # learning rates and decays become float32 tensors
+
+
+class YAMLLimitError(yaml.YAMLError):
+    """YAML text over one of the limits above (one line)."""
+
+
+def _check_limits(root: yaml.Node | None) -> None:
+    """Raise :class:`YAMLLimitError` if the composed YAML, with every alias expanded, has more
+    than :data:`MAX_NODES` nodes, is nested deeper than :data:`MAX_DEPTH` or refers to itself.
+
+    Aliases make a graph of shared nodes: each node's expanded size and depth is computed once
+    (memoised), so a "billion laughs" document costs as much to check as it has nodes.
+    """
+    if root is None:
+        return
+    done: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, depth)
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        key = id(node)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        if expanded:
+            size = 1 + sum(done[id(c)][0] for c in children)
+            depth = 1 + max((done[id(c)][1] for c in children), default=0)
+            active.discard(key)
+            done[key] = (size, depth)
+            if size > MAX_NODES:
+                raise YAMLLimitError(
+                    f"more than {MAX_NODES:,} values once its aliases (*name) are expanded; "
+                    "expected a small config"
+                )
+            if depth > MAX_DEPTH:
+                raise YAMLLimitError(f"nested deeper than {MAX_DEPTH} levels")
+            continue
+        if key in done:
+            continue
+        if key in active:
+            raise YAMLLimitError("an alias (*name) refers to a mapping or list that contains it")
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in done)
+        if len(active) > MAX_DEPTH + 1:
+            raise YAMLLimitError(f"nested deeper than {MAX_DEPTH} levels")
+
+
+def _bracket_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in ``text`` (quotes ignored: an upper bound)."""
+    if text.count("[") + text.count("{") <= 4 * MAX_DEPTH:
+        return 0
+    depth = peak = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            peak = max(peak, depth)
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+    return peak
+
+
 def yaml_load(text: str) -> Any:
-    """Parse YAML text safely (``yaml.safe_load`` semantics, plus ``1e-4`` read as a float)."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+    """Parse YAML text safely (``yaml.safe_load`` semantics, plus ``1e-4`` read as a float).
+
+    Documents bigger than :data:`MAX_NODES` values (aliases expanded), nested deeper than
+    :data:`MAX_DEPTH` or referring to themselves raise :class:`YAMLLimitError`.
+    """
+    if _bracket_depth(text) > 4 * MAX_DEPTH:  # PyYAML's scanner is quadratic in this depth
+        raise YAMLLimitError(f"nested deeper than {MAX_DEPTH} levels")
+    loader = _Loader(text)  # noqa: S506 - _Loader derives from SafeLoader
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise YAMLLimitError(f"nested deeper than {MAX_DEPTH} levels") from None
+        _check_limits(node)
+        return loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
 
 
 # -- schema ------------------------------------------------------------------------------------
@@ -115,6 +203,7 @@ class ModelConfig(BaseModel):
                 raise ValueError(
                     f"model {self.name!r} has no option {key!r}{hint}; its options are {accepted}"
                 )
+        _fill_defaults(self.__pydantic_extra__, MODELS[self.name], accepted)
         return self
 
     def options(self) -> dict[str, Any]:
@@ -126,7 +215,10 @@ class AugmentConfig(_Section):
     """Training-time augmentation (batched, on the device); normalisation is always applied."""
 
     crop_padding: int = Field(
-        0, ge=0, description="Random crop after zero padding by this many pixels (0 = off)."
+        0,
+        ge=0,
+        le=MAX_PIXELS,
+        description="Random crop after zero padding by this many pixels (0 = off).",
     )
     hflip: bool = Field(False, description="Random horizontal flip with probability 0.5.")
     resize: int | list[int] | None = Field(
@@ -139,8 +231,13 @@ class AugmentConfig(_Section):
     @classmethod
     def _check_resize(cls, value: int | list[int] | None) -> int | list[int] | None:
         sizes = [value] if isinstance(value, int) else value
-        if sizes is not None and (len(sizes) not in (1, 2) or any(v < 1 for v in sizes)):
-            raise ValueError(f"resize must be a size >= 1 or [height, width], got {value!r}")
+        if sizes is not None and (
+            len(sizes) not in (1, 2) or any(not 1 <= v <= MAX_PIXELS for v in sizes)
+        ):
+            raise ValueError(
+                f"resize must be a size >= 1 or [height, width], got {value!r} (at most "
+                f"{MAX_PIXELS} pixels)"
+            )
         return value
 
 
@@ -224,6 +321,7 @@ class DataConfig(_Section):
                 raise ValueError(
                     f"dataset {self.name!r} has no option {key!r}{hint}; its options are {accepted}"
                 )
+        _fill_defaults(self.options, DATASETS[self.name], accepted)
         return self
 
 
@@ -242,6 +340,7 @@ class LossConfig(BaseModel):
     lr: float | None = Field(
         None,
         gt=0.0,
+        le=MAX_FLOAT32,
         description="Learning rate of the loss's own parameters (attention, centres, margin "
         "heads); null = optim.lr. Follows the same schedule.",
     )
@@ -261,6 +360,15 @@ class LossConfig(BaseModel):
                     f"loss {self.name!r} has no parameter {key!r}{hint}; "
                     f"its parameters are {accepted}"
                 )
+        given = self.params()
+        wanted = [
+            key
+            for key in accepted
+            if key not in _LOSS_CONTEXT
+            and key != "weight"  # the entry's own ``weight`` (above) scales the whole loss
+            and _EXCLUSIVE_PARAMS.get((self.name, key)) not in given
+        ]
+        _fill_defaults(self.__pydantic_extra__, LOSSES[self.name].__init__, wanted)
         return self
 
     def params(self) -> dict[str, Any]:
@@ -272,10 +380,12 @@ class OptimConfig(_Section):
     """The optimiser of the model's and the losses' parameters."""
 
     name: Literal["sgd", "adamw"] = Field("sgd", description="sgd or adamw.")
-    lr: float = Field(0.1, gt=0.0, description="Peak learning rate (after warm-up).")
+    lr: float = Field(
+        0.1, gt=0.0, le=MAX_FLOAT32, description="Peak learning rate (after warm-up)."
+    )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum (sgd only).")
     weight_decay: float = Field(
-        5e-4, ge=0.0, description="Weight decay (L2 for sgd, decoupled for adamw)."
+        5e-4, ge=0.0, le=MAX_FLOAT32, description="Weight decay (L2 for sgd, decoupled for adamw)."
     )
     nesterov: bool = Field(False, description="Nesterov momentum (sgd with momentum > 0 only).")
     betas: list[float] = Field(
@@ -311,7 +421,10 @@ class ScheduleConfig(_Section):
         "cosine", description="step (multiply by gamma at epochs), cosine (to min_lr) or constant."
     )
     warmup_epochs: float = Field(
-        0.0, ge=0.0, description="Linear warm-up from 0 to optim.lr over this many epochs."
+        0.0,
+        ge=0.0,
+        le=1_000_000,
+        description="Linear warm-up from 0 to optim.lr over this many epochs.",
     )
     step_size: int | None = Field(
         None, ge=1, description="step: multiply the lr by gamma every step_size epochs."
@@ -320,7 +433,9 @@ class ScheduleConfig(_Section):
         None, description="step: multiply the lr by gamma at each of these epochs."
     )
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: the decay factor.")
-    min_lr: float = Field(0.0, ge=0.0, description="cosine: the final learning rate.")
+    min_lr: float = Field(
+        0.0, ge=0.0, le=MAX_FLOAT32, description="cosine: the final learning rate."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ScheduleConfig:
@@ -379,14 +494,19 @@ class TrainConfig(_Section):
     schedule: ScheduleConfig = Field(
         default_factory=ScheduleConfig, description="The learning-rate schedule."
     )
-    epochs: int = Field(10, ge=1, description="Number of training epochs.")
+    epochs: int = Field(10, ge=1, le=1_000_000, description="Number of training epochs.")
     batch_size: int = Field(
-        128, ge=1, description="Training batch size, per process (see docs/distributed.md)."
+        128,
+        ge=1,
+        le=1 << 24,
+        description="Training batch size, per process (see docs/distributed.md).",
     )
     eval_batch_size: int | None = Field(
-        None, ge=1, description="Evaluation batch size; null = 2 * batch_size."
+        None, ge=1, le=1 << 24, description="Evaluation batch size; null = 2 * batch_size."
     )
-    seed: int = Field(0, ge=0, description="Seed of every random number generator.")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seed of every random number generator (< 2**32)."
+    )
     amp: bool = Field(
         False,
         description="Mixed precision: bfloat16 autocast on CPU, float16 autocast with a "
@@ -394,7 +514,7 @@ class TrainConfig(_Section):
     )
     channels_last: bool = Field(False, description="Use the channels-last memory format.")
     workers: int = Field(
-        0, ge=0, description="DataLoader worker processes (datasets not held in memory)."
+        0, ge=0, le=1024, description="DataLoader worker processes (datasets not held in memory)."
     )
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda or cuda:N.")
     grad_clip: float | None = Field(
@@ -414,7 +534,10 @@ class TrainConfig(_Section):
         False, description="Also log to TensorBoard (in the run dir) when it is installed."
     )
     eval_every: int = Field(
-        1, ge=1, description="Evaluate on val/test every this many epochs (and at the last)."
+        1,
+        ge=1,
+        le=1_000_000,
+        description="Evaluate on val/test every this many epochs (and at the last).",
     )
     distributed: DistributedConfig = Field(
         default_factory=DistributedConfig, description="Multi-process training options."
@@ -464,6 +587,34 @@ class TrainConfig(_Section):
 
 
 # -- helpers -----------------------------------------------------------------------------------
+# Loss arguments the trainer takes from the data and the model; never stored in a config.
+_LOSS_CONTEXT = ("num_classes", "num_channels", "embedding_dim")
+# (loss, parameter) -> the parameter that excludes it: MC-Loss's keep_ratio gets no default
+# when drop is given (giving both is an error).
+_EXCLUSIVE_PARAMS = {("mc", "keep_ratio"): "drop"}
+
+
+def _fill_defaults(target: dict[str, Any] | None, factory: Any, names: list[str]) -> None:
+    """Add the keyword defaults of ``factory`` for ``names`` that ``target`` lacks, as plain
+    YAML values, so that a stored config names every parameter a run used."""
+    if target is None:
+        return
+    for param in inspect.signature(factory).parameters.values():
+        if param.name not in names or param.name in target or param.default is param.empty:
+            continue
+        target[param.name] = _plain(param.default)
+
+
+def _plain(value: Any) -> Any:
+    """A default as the YAML value that means the same (a float subclass becomes a float)."""
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _constructor_params(cls: type) -> list[str]:
     params = inspect.signature(cls.__init__).parameters.values()
     return sorted(
@@ -559,12 +710,21 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"--set expects KEY=VALUE with a dotted KEY, got {item!r}")
+            raise ConfigError(f"--set expects KEY=VALUE with a dotted KEY, got {_clip(item)!r}")
+        if len(key.split(".")) > MAX_DEPTH:
+            raise ConfigError(f"--set {_clip(key)}: more than {MAX_DEPTH} dotted parts")
+        if len(text) > MAX_VALUE_CHARS:
+            raise ConfigError(
+                f"--set {_clip(key)}: the value has {len(text):,} characters, expected at most "
+                f"{MAX_VALUE_CHARS:,}"
+            )
         try:
             value = yaml_load(text) if text.strip() else ""
+        except YAMLLimitError as err:
+            raise ConfigError(f"--set {_clip(key)}: the value is {err}") from None
         except yaml.YAMLError as err:
             raise ConfigError(
-                f"--set {key}: the value {text!r} is not valid YAML ({err})"
+                f"--set {key}: the value {_clip(text)!r} is not valid YAML ({err})"
             ) from None
         parsed.append((key, value))
     return parsed
@@ -623,6 +783,12 @@ def read_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file {path} has {size:,} bytes, expected a YAML config of at most "
+                f"{MAX_CONFIG_BYTES:,}"
+            )
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a UTF-8 text file; expected a YAML config") from None
@@ -630,6 +796,8 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
     try:
         return yaml_load(text)
+    except YAMLLimitError as err:
+        raise ConfigError(f"{path}: refused: the YAML is {err}") from None
     except yaml.YAMLError as err:
         first = str(err).splitlines()
         raise ConfigError(f"{path}: invalid YAML ({' '.join(s.strip() for s in first)})") from None
@@ -679,6 +847,10 @@ def resolved_config_dict(raw: Any) -> Any:
         return config_to_dict(validate_config(raw))
     except ConfigError:
         return raw
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _copy(obj: Any) -> Any:

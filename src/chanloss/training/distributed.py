@@ -415,6 +415,15 @@ def objective_scale(loss: nn.Module) -> int:
     return get_world_size() if getattr(loss, "gathers_across_ranks", False) else 1
 
 
+class LossInputError(ValueError):
+    """A loss refused its input during a training step (``check_finite``: NaN/inf logits or
+    features); ``index`` is the loss's position in ``losses``."""
+
+    def __init__(self, index: int, err: ValueError) -> None:
+        super().__init__(str(err))
+        self.index = index
+
+
 class ModelWithLosses(nn.Module):
     """The model and the configured losses as one module, so DDP synchronises both.
 
@@ -437,9 +446,12 @@ class ModelWithLosses(nn.Module):
     ) -> tuple[Any, list[dict[str, Tensor]]]:
         out = self.model(x)
         terms = []
-        for loss, takes in zip(self.losses, self.takes_generator, strict=True):
+        for index, (loss, takes) in enumerate(zip(self.losses, self.takes_generator, strict=True)):
             kwargs = {"generator": generator} if takes else {}
-            terms.append(loss.terms(getattr(out, loss.consumes), labels, **kwargs))
+            try:
+                terms.append(loss.terms(getattr(out, loss.consumes), labels, **kwargs))
+            except ValueError as err:
+                raise LossInputError(index, err) from None
         return out, terms
 
 

@@ -11,7 +11,7 @@ declarations and may add optimiser keys::
         pool: null               # not tuned: the config's value is kept
       cc:
         weight: {low: 0.01, high: 1, log: true}
-        pair_reduction: {choices: [mean]}
+        form: {choices: [margin, ratio]}
       optim:
         lr: [0.01, 0.2]          # log-uniform
         weight_decay: [1e-5, 1e-3]

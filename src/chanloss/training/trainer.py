@@ -59,6 +59,7 @@ from chanloss.training.config import (
     resolved_config_dict,
 )
 from chanloss.training.distributed import (
+    LossInputError,
     all_gather_object,
     barrier,
     broadcast_buffers,
@@ -278,7 +279,7 @@ class Trainer:
             if self._buffer_copy is not None:
                 torch._foreach_copy_(self._buffer_copy, self._buffers)
             with self._autocast():
-                out, slot_terms = self.step_module(x, y, self.generator)
+                out, slot_terms = self._forward(x, y, epoch, step)
                 values: list[Tensor] = []
                 objective: Tensor | None = None
                 # What is back-propagated: gathered losses x world size (DDP averages ranks).
@@ -362,6 +363,22 @@ class Trainer:
         return row
 
     # -- numeric faults and interruption ---------------------------------------------------
+    def _forward(self, x: Tensor, y: Tensor, epoch: int, step: int) -> Any:
+        """The step module's output and loss terms; a loss refusing its input (``check_finite``)
+        is a :class:`NonFiniteLossError` naming the loss, epoch and step."""
+        try:
+            return self.step_module(x, y, self.generator)
+        except LossInputError as err:
+            slot = self.slots[err.index]
+            last = self.out_dir / "last.pt"
+            kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint"
+            raise NonFiniteLossError(
+                f"loss {slot.name!r} (losses.{err.index}) refused its input at epoch "
+                f"{epoch + 1}, step {step + 1}/{self.steps_per_epoch} (global step "
+                f"{self.global_step + 1}): {err}; the model diverged: lower optim.lr, add "
+                f"warm-up or set grad_clip; {kept}"
+            ) from None
+
     def _step_is_finite(self, stacked: Tensor, epoch: int, step: int) -> bool:
         """False when the step must be skipped; raises for ``on_nonfinite: stop``.
 
@@ -726,16 +743,21 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], source: str)
             a, b = {**a, "root": None}, {**b, "root": None}  # the data may have moved
         if a != b:
             raise CheckpointError(
-                f"{source} was trained with {key} {_short(saved.get(key))}, but the config "
-                f"has {key} {_short(current.get(key))}"
+                f"{source} was trained with {key} {_short(saved.get(key), current.get(key))}, "
+                f"but the config has {key} {_short(current.get(key), saved.get(key))}"
             )
 
 
-def _short(value: Any) -> str:
+def _short(value: Any, other: Any = None) -> str:
+    """``value`` for a message: named entries by name, with the keys whose values differ from
+    the same entry of ``other`` (a stored config names every default, so all would be noise)."""
     if isinstance(value, list):
-        return "[" + ", ".join(_short(v) for v in value) + "]"
+        others = other if isinstance(other, list) and len(other) == len(value) else []
+        pairs = itertools.zip_longest(value, others[: len(value)])
+        return "[" + ", ".join(_short(v, o) for v, o in pairs) + "]"
     if isinstance(value, dict) and "name" in value:
-        extra = {k: v for k, v in value.items() if k != "name" and v not in (None, {}, 1.0)}
+        same = isinstance(other, dict) and other.get("name") == value["name"]
+        extra = {k: v for k, v in value.items() if k != "name" and same and other.get(k) != v}
         return f"{value['name']}" + (f" {extra}" if extra else "")
     return repr(value)
 

@@ -1,0 +1,109 @@
+"""What runs leave and print: complete config.yaml files, compare's table and progress lines."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+
+import pytest
+from tiny_config import TINY
+
+from chanloss.training import compare, load_config, train
+from chanloss.training.compare import differing_settings, results_table, settings_text
+from chanloss.training.config import ConfigError, dump_config
+
+
+def tiny(**changes: object):
+    raw = copy.deepcopy(TINY)
+    raw.update(copy.deepcopy(changes))
+    return load_config(raw=raw)
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_config_yaml_names_every_parameter_and_reproduces_the_run(tmp_path):
+    config = tiny(losses=[{"name": "ce"}, {"name": "mc", "beta": 5.0}, {"name": "cc"}], epochs=1)
+    train(config, tmp_path / "a", verbose=0)
+    text = (tmp_path / "a" / "config.yaml").read_text()
+    stored = load_config(tmp_path / "a" / "config.yaml")
+    mc, cc = stored.losses[1].params(), stored.losses[2].params()
+    assert mc == {
+        "beta": 5.0,
+        "alpha": 1.5,
+        "keep_ratio": pytest.approx(2 / 3),
+        "drop": None,
+        "pool": "max",
+        "per_sample_mask": False,
+        "group_average": "pooled",
+        "check_finite": False,
+    }
+    assert {"reduction": 16, "pair_reduction": "mean", "eps": 1e-6, "gather": True}.items() <= (
+        cc.items()
+    )
+    assert "num_classes" not in text and "num_channels" not in text  # taken from data/model
+    assert stored.model.options() == {"width": 4, "feature_channels": 20, "pools": 1}
+    assert dump_config(stored) == text  # a fixed point: nothing is added a second time
+    train(stored, tmp_path / "b", verbose=0)
+    keep = ("epoch_time", "samples_per_s")
+    strip = [
+        {k: v for k, v in r.items() if k not in keep} for r in _rows(tmp_path / "a" / "metrics.csv")
+    ]
+    again = [
+        {k: v for k, v in r.items() if k not in keep} for r in _rows(tmp_path / "b" / "metrics.csv")
+    ]
+    assert strip == again
+
+
+def test_mc_drop_gets_no_keep_ratio_default_and_still_builds():
+    config = tiny(losses=[{"name": "ce"}, {"name": "mc", "drop": 1}])
+    assert "keep_ratio" not in config.losses[1].params()
+    again = load_config(raw=json.loads(json.dumps(config.model_dump(mode="json"))))
+    assert again == config
+    focal = tiny(losses=[{"name": "focal"}]).losses[0].params()
+    assert focal == {"gamma": 2.0, "check_finite": False}  # num_classes comes from the data
+
+
+def test_compare_labels_runs_by_the_settings_that_differ():
+    a = tiny(losses=[{"name": "ce"}, {"name": "mc", "beta": 20.0}])
+    b = tiny(losses=[{"name": "ce"}, {"name": "mc", "beta": 5.0}], optim={"lr": 0.1})
+    c = tiny(losses=[{"name": "ce"}])
+    settings = differing_settings([a, b, c])
+    assert settings[0] == {"mc.beta": 20.0, "optim.lr": 0.05}
+    assert settings[1] == {"mc.beta": 5.0, "optim.lr": 0.1}
+    assert settings[2] == {"optim.lr": 0.05}  # no mc: its parameters are not its settings
+    assert settings_text(settings[1]) == "mc.beta=5, optim.lr=0.1"
+    assert settings_text({}) == "—"
+    assert differing_settings([a, a.model_copy(update={"seed": 3})]) == [{}, {}]
+
+
+def test_compare_shows_val_beside_test_and_a_line_per_epoch(tmp_path):
+    configs = [
+        ("low", tiny(epochs=2, data={"name": "digits", "val_fraction": 0.2})),
+        ("high", tiny(epochs=2, data={"name": "digits", "val_fraction": 0.2}, optim={"lr": 0.1})),
+    ]
+    stream = io.StringIO()
+    results = compare(configs, seeds=1, out_dir=tmp_path, stream=stream)
+    printed = stream.getvalue()
+    for r, (label, _) in zip(results, configs, strict=True):
+        summary = json.loads((tmp_path / label / "seed0" / "summary.json").read_text())
+        last = _rows(tmp_path / label / "seed0" / "metrics.csv")[-1]
+        assert r.test_acc == [summary["final_test_acc"]]
+        assert r.val_acc == [pytest.approx(float(last["val_acc"]))]
+        assert f"{label} seed 0 epoch 2/2" in printed
+    assert printed.count("all runs: ") == 4 and "all runs: 4/4 epochs (100%)" in printed
+    assert "[2/2]" in printed and "val " in printed
+    table = results_table(results)
+    assert "| val acc (%) | test acc (%) |" in table
+    assert "| low | convnet_small | ce | optim.lr=0.05 | " in table
+    assert f"{100 * results[1].val_mean:.2f} ± 0.00 | {100 * results[1].mean:.2f} ± 0.00" in table
+    row = _rows(tmp_path / "results.csv")[1]
+    assert row["settings"] == "optim.lr=0.1" and float(row["val_acc_mean"]) == pytest.approx(
+        results[1].val_mean, abs=1e-6
+    )
+    with pytest.raises(ConfigError, match="--jobs must be at least 1, got 0"):
+        compare(configs, seeds=1, out_dir=tmp_path, jobs=0)
