@@ -347,7 +347,8 @@ def tune_section(found: dict[str, Any]) -> list[str]:
         "and the chosen settings are trained over the same fresh seeds and each final model is "
         "scored once on test. Final-epoch test accuracy (%), mean ± sample std. Every run here "
         "trains on 80 % of the training split and with the shorter schedule below, so these "
-        "numbers compare with each other, not with the study's.",
+        "numbers compare with each other, not with the study's. With so few epochs a gain may "
+        "be faster early training rather than a better converged model.",
         "",
     ]
     for d in sorted(tuned, key=column_order):
@@ -379,6 +380,14 @@ def tune_section(found: dict[str, Any]) -> list[str]:
                 f"{100 * s['best_val_acc']:.2f} %, {fmt_seconds(s['search_wall_s'])} |",
             ]
         out.append("")
+        cc_space = data["searches"].get("cc", {}).get("space", [])
+        if cc_space and not any(s.startswith("cc.form") for s in cc_space):
+            out += [
+                "The CC-Loss rows of this data set predate CC-Loss's `form` option: they are its "
+                "ratio form (the original reconstruction), searched over `pair_reduction`; rerun "
+                "`benchmarks/bench_tune.py` to measure the current default.",
+                "",
+            ]
         for loss, label in CHANNEL_LOSSES.items():
             c = data["comparisons"].get(loss)
             if c:
