@@ -3,6 +3,7 @@ a storage shared by two processes, and every user error (one line, exit status 2
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 from pathlib import Path
@@ -352,6 +353,13 @@ def test_tune_user_errors_are_one_line_with_status_2(
     assert "holds a study of a different config (differs in epochs)" in line
     line = user_error(capsys, [*base, "--storage", storage, "--set", "search.mc.pool=[max]"])
     assert "different config (differs in search space)" in line
+    # a study written before the schema gained a key is still the same config
+    study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(storage))
+    old = copy.deepcopy(study.user_attrs["chanloss_identity"])
+    del old["config"]["eval_every"]
+    study.set_user_attr("chanloss_identity", old)
+    study.set_user_attr("chanloss_fingerprint", "written-by-an-older-chanloss")
+    Tuner(load_config(cfg), tmp_path / "upgraded", 1, storage=storage).open_study()
     # the same config joins it; a study in --out is continued only with --resume
     Tuner(load_config(cfg), tmp_path / "second", 1, storage=storage).open_study()
     (tmp_path / "third").mkdir()

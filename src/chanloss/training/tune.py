@@ -196,6 +196,20 @@ def identity(config: TrainConfig, dims: list[Dimension], fixed: dict) -> dict[st
     }
 
 
+def _resolved_identity(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored study identity with the config keys that the schema gained since it was
+    written filled in with their defaults (a study survives an upgrade of chanloss)."""
+    config = stored.get("config")
+    if not isinstance(config, dict):
+        return stored
+    resolved = resolved_config_dict(config)
+    if resolved is config:
+        return stored
+    raw = {k: v for k, v in resolved.items() if k not in _IGNORED_KEYS}
+    raw["data"] = {**raw["data"], "root": None}
+    return {**stored, "config": raw}
+
+
 def _fingerprint(ident: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -504,7 +518,10 @@ class Tuner:
         if STUDY_NAME in known:
             attrs = known[STUDY_NAME].user_attrs
             if attrs.get("chanloss_fingerprint") not in (None, _fingerprint(ident)):
-                stored = attrs.get("chanloss_identity", {})
+                stored = _resolved_identity(attrs.get("chanloss_identity", {}))
+            else:
+                stored = ident
+            if stored != ident:
                 keys = sorted(
                     k
                     for k in set(stored.get("config", {})) | set(ident["config"])
