@@ -332,12 +332,12 @@ def run_confirm(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     start = time.perf_counter()
     summary_path = run_dir / "summary.json"
     finished = summary_path.exists() and json.loads(summary_path.read_text()).get("finished")
+    stored_cfg = run_dir / "config.yaml"
+    if stored_cfg.exists() and resolved_config_dict(
+        yaml_load(stored_cfg.read_text())
+    ) != config_to_dict(config):
+        raise ConfigError(f"{run_dir} holds a run of another config; delete it")
     if not finished:
-        stored_cfg = run_dir / "config.yaml"
-        if stored_cfg.exists() and resolved_config_dict(
-            yaml_load(stored_cfg.read_text())
-        ) != config_to_dict(config):
-            raise ConfigError(f"{run_dir} holds a run of another config; delete it")
         train(config, run_dir, resume=(run_dir / "last.pt").exists(), verbose=0,
               evaluate_test=False)  # fmt: skip
     val = _last_val(run_dir)
