@@ -361,7 +361,8 @@ def tune_section(found: dict[str, Any]) -> list[str]:
             f"{data['trials_per_search']} trials per search, {data['pruner']} pruner, "
             f"{data['jobs']} job{'s' if data['jobs'] > 1 else ''} at once; seeds "
             f"{', '.join(map(str, seeds))}; {fmt_seconds(data['wall_s'])} wall-clock for the "
-            f"whole data set on {machine_line(data.get('machine'))}):",
+            f"invocation that wrote the file, finished trials and runs of earlier ones reused, "
+            f"on {machine_line(data.get('machine'))}):",
             "",
             "| setting | test accuracy | chosen on validation | search |",
             "|---|---|---|---|",
