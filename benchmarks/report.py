@@ -378,7 +378,8 @@ def tune_section(found: dict[str, Any]) -> list[str]:
                 f"| CE + {label}, defaults | {pct(dflt['mean'], dflt['std'])} | | |",
                 f"| CE + {label}, tuned | {pct(tun['mean'], tun['std'])} | {chosen} | "
                 f"{s['complete']} complete + {s['pruned']} pruned trials, best val "
-                f"{100 * s['best_val_acc']:.2f} %, {fmt_seconds(s['search_wall_s'])} |",
+                f"{100 * s['best_val_acc']:.2f} %, {fmt_seconds(s['search_wall_s'])} in that "
+                "invocation |",
             ]
         out.append("")
         cc_space = data["searches"].get("cc", {}).get("space", [])

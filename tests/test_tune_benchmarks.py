@@ -109,7 +109,7 @@ def test_report_shows_tuned_against_default_and_ce(tmp_path: Path, report: Modul
     assert "| CE + CC-Loss, defaults | 91.00 ± 1.00 | | |" in text
     assert (
         "| CE + CC-Loss, tuned | 96.00 ± 1.00 | weight=0.0123, reduction=4, pair_reduction=sum "
-        "| 5 complete + 3 pruned trials, best val 95.00 %, 3 min |"
+        "| 5 complete + 3 pruned trials, best val 95.00 %, 3 min in that invocation |"
     ) in text
     assert (
         "- digits, CC-Loss: tuned vs defaults +5.00 points (2 SE = 1.60): **beyond noise**; "
