@@ -45,9 +45,12 @@ class SignalLoss(Loss):
     global steps (a class attribute, so that interrupted and resumed runs share the config)."""
 
     AT: list[tuple[int, int]] = []
+    AT_START: int | None = None  # a signal sent while the run is built
 
     def __init__(self) -> None:
         super().__init__(weights={"zero": 1.0})
+        if self.AT_START is not None:
+            os.kill(os.getpid(), self.AT_START)
 
     def update_schedule(self, step: int) -> None:
         for at, signum in self.AT:
@@ -64,6 +67,7 @@ def signal_loss():
     yield
     LOSSES.pop("test_signal")
     SignalLoss.AT = []
+    SignalLoss.AT_START = None
 
 
 def config(*at: tuple[int, int]):
@@ -107,6 +111,24 @@ def test_sigterm_from_the_command_line_exits_143_with_the_resume_command(tmp_pat
     resume = shlex.split(err[1].split("resume with: ")[1])
     assert resume[-4:] == ["train", "--out", str(run), "--resume"]
     assert load_checkpoint(run / "last.pt")["partial"]["step"] == 3
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_while_the_run_starts_is_one_line_and_leaves_nothing(
+    tmp_path, capsys, signum
+):
+    cfg, run = tmp_path / "cfg.yaml", tmp_path / "run"
+    cfg.write_text(yaml.safe_dump(TINY))
+    SignalLoss.AT_START = signum
+    before = signal.getsignal(signum)
+    assert main(["train", "-c", str(cfg), "--out", str(run), "-q"]) == 128 + signum
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"chanloss: interrupted by {signal.Signals(signum).name} while the run was starting or "
+        "finishing (no training step was cut short; the files on disk are complete)"
+    ]
+    assert not run.exists()  # the directory it had created is removed again
+    assert signal.getsignal(signum) == before
 
 
 # -- the --nproc launcher, with stand-in workers (no torch: milliseconds) ------------------------
