@@ -142,7 +142,8 @@ def stop(signum, frame):
 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
     signal.signal(sig, stop)
 keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "CHANLOSS_NPROC")
-(out / f"rank{rank}.ready").write_text(" ".join(os.environ[k] for k in keys))
+(out / f"rank{rank}.tmp").write_text(" ".join(os.environ[k] for k in keys))
+(out / f"rank{rank}.tmp").rename(out / f"rank{rank}.ready")  # whole when it appears
 if sys.argv[2] == "fail" and rank == "1":
     print("worker 1: something went wrong", file=sys.stderr)
     sys.exit(3)
