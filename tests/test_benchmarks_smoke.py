@@ -278,9 +278,11 @@ def test_study_configs_are_valid_and_sweeps_use_validation(parts: ModuleType):
     assert set(by_label) == set(parts.STUDY_LOSSES)
     assert all(c.data.val_fraction == 0.0 for c in by_label.values())
     cc = by_label["cc"].losses[1]
-    assert (cc.name, cc.weight, cc.params()) == ("cc", 0.1, {"form": "ratio", "reduction": 16})
-    assert by_label["center"].losses[1].params() == {"center_update": "sgd"}  # as recorded
-    assert by_label["mc"].losses[1].params() == {"beta": 5.0}
+    # a validated config names every parameter (the defaults too): check what the study set
+    assert (cc.name, cc.weight) == ("cc", 0.1)
+    assert {"form": "ratio", "reduction": 16}.items() <= cc.params().items()
+    assert by_label["center"].losses[1].params()["center_update"] == "sgd"  # as recorded
+    assert by_label["mc"].losses[1].params()["beta"] == 5.0
     with pytest.raises(ValueError, match=r"missing for \['mc'\]"):
         parts.study_configs(parts.PARTS["digits"], {"cc": {}})
 
@@ -339,6 +341,36 @@ def test_curve_plot_from_metrics_files(tmp_path: Path, run_study: ModuleType):
     out = tmp_path / "curves.png"
     run_study.plot_curves({"ce": runs}, "test_acc", "title", out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curve_zoom_ignores_one_diverged_loss_and_every_panel_is_labelled(
+    tmp_path: Path, run_study: ModuleType
+):
+    good = [([20, 25, 30], [94.0 + i / 10, 95.0, 96.0]) for i in range(12)]
+    diverged = ([20, 25, 30], [67.0, 75.0, 82.0])
+    low, high = run_study.zoom_limits([*good, diverged], 20)
+    assert 93.0 < low < 94.0 and high == 96.5  # not stretched down to 67 %
+    assert run_study.zoom_limits([diverged, good[0]], 20)[0] == 66.5  # two lines: the minimum
+
+    groups = {}
+    for label, accs in (("ce", [0.5, 0.8, 0.9]), ("arcface", [0.1, 0.2, 0.3])):
+        run = tmp_path / label
+        run.mkdir()
+        rows = [f"{e + 1},{1.0 / (e + 1)},{a}" for e, a in enumerate(accs)]
+        (run / "metrics.csv").write_text("\n".join(["epoch,train_loss,test_acc", *rows]) + "\n")
+        groups[label] = [run]
+    fig = run_study.curves_figure(groups, "test_acc", "title")
+    try:
+        assert all(ax.get_title() and ax.get_ylabel() and ax.get_xlabel() for ax in fig.axes)
+        fig.canvas.draw()
+        legend = fig.legends[0].get_window_extent()
+        inside = fig.bbox
+        assert inside.x0 <= legend.x0 and legend.x1 <= inside.x1
+        assert inside.y0 <= legend.y0 and legend.y1 <= inside.y1
+        panels = [ax.get_window_extent() for ax in fig.axes]
+        assert all(legend.y1 <= p.y0 for p in panels)  # below the panels, covering none
+    finally:
+        run_study.common.pyplot().close(fig)
 
 
 def test_resnet20_parts_swap_the_backbone_and_train_the_named_losses(parts: ModuleType):

@@ -253,7 +253,7 @@ def test_train_nproc_2_writes_one_run_scores_the_whole_test_set_and_resumes(
     # The reported accuracy is over the whole test set, not rank 0's half.
     scored = evaluate_checkpoint(run / "last.pt", tmp_path / "eval", device="cpu", verbose=0)
     assert scored["samples"] == 360
-    assert float(rows[-1]["test_acc"]) == pytest.approx(scored["top1"], abs=1e-7)
+    assert float(rows[-1]["test_acc"]) == pytest.approx(scored["top1"], abs=1e-6)  # 6 digits
     assert summary["final_test_acc"] == pytest.approx(scored["top1"], abs=1e-7)
     state = torch.load(run / "last.pt", weights_only=True)
     assert state["meta"]["world_size"] == 2 and len(state["rng_ranks"]) == 2

@@ -137,7 +137,7 @@ def test_kills_and_ctrl_c_then_resume_give_the_weights_of_an_uninterrupted_run(t
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        while line.startswith("resuming "):
+        while line.startswith(("resuming ", "loading data", "loaded ")):
             line = proc.stdout.readline()
         assert line.startswith("epoch "), line  # an epoch went by: training is under way
         time.sleep(0.02)

@@ -93,7 +93,7 @@ def test_compare_shows_val_beside_test_and_a_line_per_epoch(tmp_path):
         summary = json.loads((tmp_path / label / "seed0" / "summary.json").read_text())
         last = _rows(tmp_path / label / "seed0" / "metrics.csv")[-1]
         assert r.test_acc == [summary["final_test_acc"]]
-        assert r.val_acc == [pytest.approx(float(last["val_acc"]))]
+        assert r.val_acc == [pytest.approx(float(last["val_acc"]), rel=1e-5)]
         assert f"{label} seed 0 epoch 2/2" in printed
     assert printed.count("all runs: ") == 4 and "all runs: 4/4 epochs (100%)" in printed
     assert "[2/2]" in printed and "val " in printed
@@ -107,3 +107,53 @@ def test_compare_shows_val_beside_test_and_a_line_per_epoch(tmp_path):
     )
     with pytest.raises(ConfigError, match="--jobs must be at least 1, got 0"):
         compare(configs, seeds=1, out_dir=tmp_path, jobs=0)
+
+
+def test_epoch_lines_show_val_test_comes_once_and_metrics_are_rounded(tmp_path, capsys):
+    run = tmp_path / "run"
+    raw = {"epochs": 2, "data": {"name": "digits", "val_fraction": 0.2}}
+    summary = train(tiny(**raw), run, verbose=2)
+    out = capsys.readouterr().out
+    assert out.startswith("loading data: digits ...\nloaded 1149 train / 288 val / 360 test images")
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and all(" val " in line and " test " not in line for line in lines)
+    assert f"test accuracy after epoch 2: {100 * summary['final_test_acc']:.2f}%" in out
+    rows = _rows(run / "metrics.csv")
+    assert rows[0]["test_acc"] == "" and rows[1]["test_acc"] != ""  # test only at the end
+    assert summary["final_val_acc"] == pytest.approx(float(rows[1]["val_acc"]), rel=1e-5)
+    for row in rows:
+        for key in ("ce", "train_loss", "train_acc", "val_acc", "lr", "epoch_time"):
+            assert len(row[key].replace("-", "").replace(".", "").lstrip("0")) <= 6, row[key]
+    every = train(tiny(test_every_epoch=True, **raw), tmp_path / "every", verbose=0)
+    assert all(r["test_acc"] for r in _rows(tmp_path / "every" / "metrics.csv"))
+    assert every["final_test_acc"] == summary["final_test_acc"]  # it changes nothing else
+
+
+def test_tensorboard_gets_per_step_scalars_under_grouped_tags(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny(
+        epochs=2,
+        tensorboard=True,
+        data={"name": "digits", "val_fraction": 0.2},
+        losses=[{"name": "ce"}, {"name": "center"}],
+    )
+    train(config, tmp_path, verbose=0)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/ce", "loss/center", "loss/total", "train/lr"} <= tags
+    assert {"train/accuracy", "train/epoch_loss", "val/accuracy", "test/accuracy"} <= tags
+    assert not [t for t in tags if "/" not in t]  # every tag in a group
+    # 1149 training images in full batches of 128: 8 steps an epoch, logged every 10th and last
+    assert [e.step for e in events.Scalars("loss/total")] == [8, 16]
+    assert [e.step for e in events.Scalars("val/accuracy")] == [8, 16]
+    assert [e.step for e in events.Scalars("test/accuracy")] == [16]
+
+
+def test_resuming_says_from_which_epoch_and_step(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny(epochs=2), run, stop_after=1, verbose=0)
+    train(tiny(epochs=2), run, resume=True, verbose=2)
+    out = capsys.readouterr().out  # 1437 images in full batches of 128: 11 steps an epoch
+    assert f"resuming {run} after epoch 1 of 2: epoch 2 starts at global step 12" in out

@@ -45,9 +45,12 @@ class SignalLoss(Loss):
     global steps (a class attribute, so that interrupted and resumed runs share the config)."""
 
     AT: list[tuple[int, int]] = []
+    AT_START: int | None = None  # a signal sent while the run is built
 
     def __init__(self) -> None:
         super().__init__(weights={"zero": 1.0})
+        if self.AT_START is not None:
+            os.kill(os.getpid(), self.AT_START)
 
     def update_schedule(self, step: int) -> None:
         for at, signum in self.AT:
@@ -64,6 +67,7 @@ def signal_loss():
     yield
     LOSSES.pop("test_signal")
     SignalLoss.AT = []
+    SignalLoss.AT_START = None
 
 
 def config(*at: tuple[int, int]):
@@ -109,6 +113,24 @@ def test_sigterm_from_the_command_line_exits_143_with_the_resume_command(tmp_pat
     assert load_checkpoint(run / "last.pt")["partial"]["step"] == 3
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_while_the_run_starts_is_one_line_and_leaves_nothing(
+    tmp_path, capsys, signum
+):
+    cfg, run = tmp_path / "cfg.yaml", tmp_path / "run"
+    cfg.write_text(yaml.safe_dump(TINY))
+    SignalLoss.AT_START = signum
+    before = signal.getsignal(signum)
+    assert main(["train", "-c", str(cfg), "--out", str(run), "-q"]) == 128 + signum
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"chanloss: interrupted by {signal.Signals(signum).name} while the run was starting or "
+        "finishing (no training step was cut short; the files on disk are complete)"
+    ]
+    assert not run.exists()  # the directory it had created is removed again
+    assert signal.getsignal(signum) == before
+
+
 # -- the --nproc launcher, with stand-in workers (no torch: milliseconds) ------------------------
 WORKER = """
 import os, pathlib, signal, sys, time
@@ -120,7 +142,8 @@ def stop(signum, frame):
 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
     signal.signal(sig, stop)
 keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "CHANLOSS_NPROC")
-(out / f"rank{rank}.ready").write_text(" ".join(os.environ[k] for k in keys))
+(out / f"rank{rank}.tmp").write_text(" ".join(os.environ[k] for k in keys))
+(out / f"rank{rank}.tmp").rename(out / f"rank{rank}.ready")  # whole when it appears
 if sys.argv[2] == "fail" and rank == "1":
     print("worker 1: something went wrong", file=sys.stderr)
     sys.exit(3)

@@ -144,7 +144,7 @@ def test_one_epoch_writes_the_run_files(tmp_path):
     assert json.loads((run / "summary.json").read_text()) == summary
     assert summary["finished"] and summary["epochs"] == 1 and summary["best_epoch"] == 1
     assert summary["best_val_acc"] is None
-    assert summary["final_test_acc"] == pytest.approx(float(rows[0]["test_acc"]), abs=1e-12)
+    assert summary["final_test_acc"] == pytest.approx(float(rows[0]["test_acc"]), rel=1e-5)
     assert summary["final_test_acc"] == pytest.approx(manual_test_accuracy(run), abs=1e-6)
     model = create_model(
         "convnet_small", num_classes=10, in_channels=1, width=4, feature_channels=20
@@ -161,12 +161,12 @@ def test_best_is_chosen_on_val_and_the_reported_accuracy_is_the_last_epochs(tmp_
     summary = train(tiny("epochs=3", "data.val_fraction=0.3", "eval_every=2"), run, verbose=0)
     rows = read_metrics(run)
     assert [r["val_acc"] != "" for r in rows] == [False, True, True]
-    assert [r["test_acc"] != "" for r in rows] == [False, True, True]
+    assert [r["test_acc"] != "" for r in rows] == [False, False, True]  # test: at the end
     vals = {int(r["epoch"]): float(r["val_acc"]) for r in rows if r["val_acc"]}
     best_epoch = max(vals, key=lambda e: (vals[e], -e))
     assert summary["best_epoch"] == best_epoch
-    assert summary["best_val_acc"] == pytest.approx(vals[best_epoch])
-    assert summary["final_test_acc"] == pytest.approx(float(rows[-1]["test_acc"]))
+    assert summary["best_val_acc"] == pytest.approx(vals[best_epoch], rel=1e-5)  # csv: 6 digits
+    assert summary["final_test_acc"] == pytest.approx(float(rows[-1]["test_acc"]), rel=1e-5)
     assert load_checkpoint(run / "best.pt")["epoch"] == best_epoch
     assert load_checkpoint(run / "last.pt")["epoch"] == 3
     assert summary["final_test_acc"] == pytest.approx(manual_test_accuracy(run), abs=1e-6)
@@ -230,6 +230,9 @@ def test_resume_after_an_interruption_is_bit_identical(tmp_path, test_losses, in
     assert a["global_step"] == b["global_step"] == 3 * (1150 // 128)
     assert a["losses"][1]  # CC-Loss's attention parameters were saved and trained
     timing = ("epoch_time", "samples_per_s")
+    if interruption == "epochs":  # the 1-epoch run was tested at its end; the straight one not
+        assert a["history"][0]["test_acc"] is None and b["history"][0]["test_acc"] is not None
+        b["history"][0]["test_acc"] = None
     strip = [{k: v for k, v in r.items() if k not in timing} for r in a["history"]]
     assert strip == [{k: v for k, v in r.items() if k not in timing} for r in b["history"]]
     assert len(read_metrics(resumed)) == 3

@@ -229,13 +229,27 @@ def _curve(run_dir: Path, column: str) -> dict[int, float]:
         return {int(r["epoch"]): float(r[column]) for r in csv.DictReader(f) if r.get(column)}
 
 
-def plot_curves(groups: dict[str, list[Path]], acc_column: str, title: str, path: Path) -> None:
+def zoom_limits(lines: list[tuple[list[float], list[float]]], x_from: float) -> tuple[float, float]:
+    """The y range of the zoom panel: from the 10th percentile of the lines' lowest values at
+    ``x >= x_from`` (so that one or two diverged runs do not stretch it) to the highest value,
+    with half a point of margin; at most 100."""
+    import numpy as np
+
+    lows = [min(y for x, y in zip(xs, ys, strict=True) if x >= x_from) for xs, ys in lines]
+    highs = [max(y for x, y in zip(xs, ys, strict=True) if x >= x_from) for xs, ys in lines]
+    low = float(np.percentile(lows, 10)) if len(lows) > 2 else min(lows)
+    return low - 0.5, min(100.0, max(highs) + 0.5)
+
+
+def curves_figure(groups: dict[str, list[Path]], acc_column: str, title: str) -> Any:
     """Accuracy (``acc_column``; all epochs, and the last third zoomed) and training objective
-    per epoch, mean over each group's runs."""
+    per epoch, mean over each group's runs; every panel titled and labelled, the legend below
+    the panels inside the figure."""
     plt = common.pyplot()
-    fig, (ax_acc, ax_zoom, ax_loss) = plt.subplots(1, 3, figsize=(15, 4.6))
+    fig, (ax_acc, ax_zoom, ax_loss) = plt.subplots(1, 3, figsize=(15, 5.4))
     colours = plt.get_cmap("tab20").colors
     last_epoch = 0
+    acc_name = acc_column.replace("_acc", "").replace("_", " ")
     for i, (label, run_dirs) in enumerate(groups.items()):
         main = label.split(" ")[0] in ("ce", "cc", "mc")
         style = {
@@ -253,29 +267,42 @@ def plot_curves(groups: dict[str, list[Path]], acc_column: str, title: str, path
             for ax in axes:
                 ax.plot(epochs, means, label=label, **style)
             last_epoch = max(last_epoch, epochs[-1] if epochs else 0)
+    start = max(1, round(2 * last_epoch / 3))
     if last_epoch >= 3:
-        ax_zoom.set_xlim(max(1, round(2 * last_epoch / 3)), last_epoch)
-        ax_zoom.autoscale(axis="y")
-        lo = [
-            min(y for x, y in zip(*line.get_data(), strict=True) if x >= ax_zoom.get_xlim()[0])
+        ax_zoom.set_xlim(start, last_epoch)
+        lines = [
+            (list(line.get_xdata()), list(line.get_ydata()))
             for line in ax_zoom.get_lines()
+            if any(x >= start for x in line.get_xdata())
         ]
-        hi = [max(line.get_ydata()) for line in ax_zoom.get_lines()]
-        if lo:
-            ax_zoom.set_ylim(min(lo) - 0.5, min(100.0, max(hi) + 0.5))
-    ax_acc.set_ylabel(f"{acc_column.replace('_', ' ')} (%)")
-    ax_zoom.set_title("last third of training", fontsize=9)
+        if lines:
+            ax_zoom.set_ylim(*zoom_limits(lines, start))
+    ax_acc.set_title(f"(a) {acc_name} accuracy, all epochs", fontsize=9)
+    ax_zoom.set_title("(b) the last third, zoomed (a diverged run may fall below)", fontsize=9)
+    ax_loss.set_title("(c) training objective (symlog scale)", fontsize=9)
+    for ax in (ax_acc, ax_zoom):
+        ax.set_ylabel(f"{acc_name} accuracy (%)")
     ax_loss.set_ylabel("training objective")
     ax_loss.set_yscale("symlog", linthresh=1e-2)
     for ax in (ax_acc, ax_zoom, ax_loss):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     handles, names = ax_acc.get_legend_handles_labels()
-    fig.legend(handles, names, loc="center right", fontsize=7)
+    rows = max(1, math.ceil(len(names) / 7))
+    if names:
+        fig.legend(
+            handles, names, loc="lower center", ncol=min(7, len(names)), fontsize=8, frameon=False
+        )
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.89, 1))
+    fig.tight_layout(rect=(0, 0.05 * rows + 0.02, 1, 1))
+    return fig
+
+
+def plot_curves(groups: dict[str, list[Path]], acc_column: str, title: str, path: Path) -> None:
+    """Write :func:`curves_figure` to ``path``."""
+    fig = curves_figure(groups, acc_column, title)
     common.save_figure(fig, path)
-    plt.close(fig)
+    common.pyplot().close(fig)
 
 
 # -- parts ---------------------------------------------------------------------------------------

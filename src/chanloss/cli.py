@@ -13,11 +13,12 @@ runs, so that ``chanloss --help`` and ``chanloss COMMAND --help`` do not wait fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -130,10 +131,13 @@ def _run_train(args: argparse.Namespace) -> int:
         process_group,
     )
 
-    with process_group(
-        config.distributed.backend,
-        resolve_device(config.device),
-        config.distributed.timeout_minutes,
+    with (
+        _stop_signals_before_training(),
+        process_group(
+            config.distributed.backend,
+            resolve_device(config.device),
+            config.distributed.timeout_minutes,
+        ),
     ):
         out = broadcast_object(out)  # under torchrun, rank 0's default run directory
         summary = train(config, out, resume=args.resume, verbose=1 if args.quiet else 2)
@@ -147,6 +151,42 @@ def _run_train(args: argparse.Namespace) -> int:
     if final is not None:
         print(f"final test accuracy {100 * final:.2f}%{best}; run in {out}", flush=True)
     return 0
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM/SIGUSR1 outside the training loop (nothing to save): ``128 + signum``."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name} while the run was starting or "
+            "finishing (no training step was cut short; the files on disk are complete)"
+        )
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_signals_before_training() -> Iterator[None]:
+    """SIGTERM and SIGUSR1 while a run starts (data, model, checkpoint loading) end it with one
+    line instead of silently; once training runs, the trainer's own handlers take over."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stopped(signum)
+
+    names = ("SIGTERM", "SIGUSR1")
+    previous = {sig: signal.signal(sig, stop) for n in names if (sig := getattr(signal, n, None))}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 # -- eval --------------------------------------------------------------------------------------
@@ -480,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out_dir = getattr(err, "out_dir", None)  # TrainingInterrupted: last.pt was written
         status = 128 + int(getattr(err, "signum", 2))  # 130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1
         if out_dir is None or args is None:
-            print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+            print(f"{PROG}: {err or 'interrupted'}", file=sys.stderr, flush=True)
         elif args.command == "train":
             again = ["train", "--out", str(out_dir), "--resume"]
             nproc = os.environ.get(NPROC_ENV)  # started by --nproc N: resume with it

@@ -38,7 +38,14 @@ from chanloss.training.run_dir import RunDir
 from chanloss.training.trainer import TrainingInterrupted, train
 
 # Keys that may differ between a stored run and the config without changing what it trains.
-_IGNORED_KEYS = ("device", "workers", "tensorboard", "eval_batch_size", "epochs")
+_IGNORED_KEYS = (
+    "device",
+    "workers",
+    "tensorboard",
+    "eval_batch_size",
+    "epochs",
+    "test_every_epoch",
+)
 
 
 @dataclass
@@ -397,7 +404,15 @@ def _strip(raw: dict[str, Any]) -> dict[str, Any]:
 
 # Keys that never tell two configs apart in a table (they do not change what is trained, or
 # are shown in their own column).
-_NOT_SETTINGS = ("seed", "device", "workers", "tensorboard", "eval_batch_size", "losses")
+_NOT_SETTINGS = (
+    "seed",
+    "device",
+    "workers",
+    "tensorboard",
+    "eval_batch_size",
+    "test_every_epoch",
+    "losses",
+)
 
 
 def differing_settings(configs: list[TrainConfig]) -> list[dict[str, Any]]:

@@ -531,13 +531,22 @@ class TrainConfig(_Section):
         "step, while skip syncs every step.",
     )
     tensorboard: bool = Field(
-        False, description="Also log to TensorBoard (in the run dir) when it is installed."
+        False,
+        description="Also log to TensorBoard (RUN/tensorboard) when it is installed: loss/ "
+        "(every term and the total, every 10 steps), train/ (lr every 10 steps; loss, "
+        "accuracy, speed per epoch), val/ and test/ accuracy; x axis: the global step.",
     )
     eval_every: int = Field(
         1,
         ge=1,
         le=1_000_000,
-        description="Evaluate on val/test every this many epochs (and at the last).",
+        description="Evaluate on the validation split every this many epochs (and at the last).",
+    )
+    test_every_epoch: bool = Field(
+        False,
+        description="Also evaluate the test split at every evaluation, not only after the "
+        "last epoch (false: epoch lines and metrics.csv show validation accuracy, so that "
+        "settings are chosen on validation; test accuracy comes once, at the end).",
     )
     distributed: DistributedConfig = Field(
         default_factory=DistributedConfig, description="Multi-process training options."

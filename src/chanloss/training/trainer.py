@@ -138,11 +138,18 @@ class Trainer:
         self.run = out_dir if isinstance(out_dir, RunDir) else RunDir(out_dir)
         self.out_dir = self.run.path
         self.verbose = verbose
+        self.epoch_lines = verbose >= 2  # plain lines (also in a log file, unlike the bar)
+        self.writer: Any = None  # TensorBoard, while fit() runs with tensorboard: true
         self.on_epoch_end = on_epoch_end
         self.device = local_device(resolve_device(config.device))
         seed_everything(config.seed)
 
+        loading = time.perf_counter()
+        if self.epoch_lines:
+            log(f"loading data: {config.data.name} ...")
         self.data = build_data(config)
+        if self.epoch_lines:
+            log(f"loaded {_describe_data(self.data)} in {time.perf_counter() - loading:.1f} s")
         self.model = build_model(
             config, num_classes=self.data.num_classes, in_channels=self.data.in_channels
         ).to(self.device)
@@ -321,6 +328,8 @@ class Trainer:
             log_point = (step + 1) % _POSTFIX_EVERY == 0 or step + 1 == self.steps_per_epoch
             if log_point and not self._check_every_step:
                 self._raise_first_bad(epoch)
+            if log_point and self.writer is not None:  # one host copy per 10 steps, if asked
+                self._log_step(stacked)
             if bar is not None:
                 bar.update(1)
                 if log_point and seen:
@@ -559,7 +568,7 @@ class Trainer:
         if is_main_process():
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.run.write_text("config.yaml", dump_config(cfg))  # --resume reads it
-        writer = self._tensorboard()
+        writer = self.writer = self._tensorboard()
         last = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
         ctrl_c = contextlib.ExitStack()
         ctrl_c.enter_context(self._signals_finish_the_step())
@@ -571,8 +580,9 @@ class Trainer:
                 row["val_acc"] = (
                     self.accuracy("val") if evaluate and "val" in self.eval_batches else None
                 )
+                test_now = epoch + 1 == cfg.epochs or (evaluate and cfg.test_every_epoch)
                 row["test_acc"] = (
-                    self.accuracy("test") if evaluate and "test" in self.eval_batches else None
+                    self.accuracy("test") if test_now and "test" in self.eval_batches else None
                 )
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
                 row["epoch_time"] = time.perf_counter() - start
@@ -589,13 +599,10 @@ class Trainer:
                     self._save(best=improved or "val" not in self.eval_batches)
                     self._write_metrics()
                     if writer is not None:
-                        for key, value in row.items():
-                            if key != "epoch" and value is not None:
-                                writer.add_scalar(key, value, self.epoch)
-                        writer.flush()
+                        self._log_epoch(row)
                 self._rank_rng = None
                 barrier()  # the epoch's files are written before any rank goes on
-                if self.verbose >= 2:
+                if self.epoch_lines:
                     log(self._epoch_line(row))
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(self.epoch, row)
@@ -610,7 +617,13 @@ class Trainer:
             ctrl_c.close()
             if writer is not None:
                 writer.close()
+            self.writer = None
         summary = self.summary()
+        if self.epoch_lines and summary["final_test_acc"] is not None:
+            log(
+                f"test accuracy after epoch {self.epoch}: {100 * summary['final_test_acc']:.2f}% "
+                "(evaluated once, at the end)"
+            )
         if is_main_process():
             self.run.write_json("summary.json", summary)
         return summary
@@ -621,9 +634,10 @@ class Trainer:
         if len(self.columns) > 1:
             parts.append(f"loss {row['train_loss']:.4f}")
         parts.append(f"train {100 * row['train_acc']:.2f}%")
-        for split in ("val", "test"):
-            if row.get(f"{split}_acc") is not None:
-                parts.append(f"{split} {100 * row[f'{split}_acc']:.2f}%")
+        if row.get("val_acc") is not None:
+            parts.append(f"val {100 * row['val_acc']:.2f}%")
+        if self.config.test_every_epoch and row.get("test_acc") is not None:
+            parts.append(f"test {100 * row['test_acc']:.2f}%")
         parts.append(f"lr {row['lr']:.4g}")
         parts.append(f"{row['epoch_time']:.1f}s ({row['samples_per_s']:.0f} img/s)")
         return "  ".join(parts)
@@ -640,6 +654,31 @@ class Trainer:
             return None
         return SummaryWriter(str(self.out_dir / "tensorboard"))
 
+    def _log_step(self, stacked: Tensor) -> None:
+        """TensorBoard, every 10 steps: this step's loss terms and total, and the lr."""
+        values = stacked.tolist()
+        for column, value in zip([*self.columns, "total"], values, strict=True):
+            self.writer.add_scalar(f"loss/{column}", value, self.global_step)
+        self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.global_step)
+
+    def _log_epoch(self, row: dict[str, Any]) -> None:
+        """TensorBoard, every epoch, at the epoch's last global step (one x axis for all)."""
+        tags = {
+            "train_loss": "train/epoch_loss",
+            "train_acc": "train/accuracy",
+            "samples_per_s": "train/samples_per_s",
+            "epoch_time": "train/epoch_time_s",
+            "skipped_steps": "train/skipped_steps",
+            "val_acc": "val/accuracy",
+            "test_acc": "test/accuracy",
+        }
+        tags.update({c: f"loss/epoch_{c}" for c in self.columns})
+        for key, tag in tags.items():
+            if row.get(key) is not None:
+                self.writer.add_scalar(tag, row[key], self.global_step)
+        self.writer.add_scalar("train/epoch", row["epoch"], self.global_step)
+        self.writer.flush()
+
     def summary(self) -> dict[str, Any]:
         """What a run reports: the final epoch's test accuracy, best val accuracy and epoch."""
         final = self.history[-1] if self.history else {}
@@ -647,6 +686,7 @@ class Trainer:
             "finished": self.epoch >= self.config.epochs,
             "epochs": self.epoch,
             "final_test_acc": final.get("test_acc"),
+            "final_val_acc": final.get("val_acc"),
             "final_train_acc": final.get("train_acc"),
             "final_train_loss": final.get("train_loss"),
             "best_val_acc": self.best_val,
@@ -699,7 +739,7 @@ class Trainer:
         fields += ["epoch_time", "samples_per_s"]
         if self.config.on_nonfinite == "skip":
             fields.append("skipped_steps")
-        self.run.write_metrics(self.history, fields)
+        self.run.write_metrics([_rounded(row) for row in self.history], fields)
 
     def load_state(self, state: dict[str, Any], source: str) -> None:
         """Continue from a checkpoint of the same model, losses and data."""
@@ -820,8 +860,41 @@ def train(
                 run.abandon()  # the lock file and an empty new directory go: nothing else
             raise
         if state is not None and verbose >= 2:
-            log(f"resuming {run.path} after epoch {trainer.epoch} of {config.epochs}")
+            log(_resume_line(trainer, run.path))
         return trainer.fit(stop_after=stop_after)
+
+
+def _resume_line(trainer: Trainer, path: Path) -> str:
+    """Where a resumed run continues: mid-epoch (after Ctrl-C or a signal) or after an epoch."""
+    total = trainer.config.epochs
+    partial = trainer._partial
+    if partial is not None:
+        step = int(partial["step"])
+        return (
+            f"resuming {path} in epoch {trainer.epoch + 1} of {total} at step "
+            f"{step + 1}/{trainer.steps_per_epoch} (global step {trainer.global_step + 1})"
+        )
+    return (
+        f"resuming {path} after epoch {trainer.epoch} of {total}: epoch {trainer.epoch + 1} "
+        f"starts at global step {trainer.global_step + 1}"
+    )
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    """A metrics row with floats at 6 significant digits (float32 noise is not information)."""
+    return {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in row.items()}
+
+
+def _describe_data(data: Any) -> str:
+    """``finegrained: 3000 train / 1000 test images (3 x 32 x 32), 10 classes``."""
+    sizes = [
+        f"{len(ds)} {split}"
+        for split, ds in (("train", data.train), ("val", data.val), ("test", data.test))
+        if ds is not None
+    ]
+    shape = getattr(data.train, "images", None)
+    shape_text = f" ({' x '.join(str(d) for d in shape.shape[1:])})" if shape is not None else ""
+    return f"{' / '.join(sizes)} images{shape_text}, {data.num_classes} classes"
 
 
 def _check_start(run: RunDir, resume: bool) -> None:
