@@ -20,10 +20,11 @@ _IGNORED_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache",
 
 
 def working_tree_state(root: Path = REPO) -> set[str]:
-    """Every file and folder under ``root`` (bar the ignored ones) and ``git status`` lines.
+    """Every file and folder under ``root`` (bar the ignored ones) and the tracked files that
+    ``git status`` reports deleted.
 
-    The walk sees what git does not show: empty folders and files in ignored paths (``runs/``);
-    ``git status`` adds changes to tracked files.
+    The walk sees what git does not show: empty folders and files in ignored paths (``runs/``).
+    Edits to tracked files are not compared (a developer may edit while the suite runs).
     """
     state: set[str] = set()
     for parent, dirs, files in os.walk(root):
@@ -41,7 +42,7 @@ def working_tree_state(root: Path = REPO) -> set[str]:
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         status = ""
-    state.update(f"git: {line}" for line in status.splitlines())
+    state.update(f"git: {line}" for line in status.splitlines() if "D" in line[:2])
     return state
 
 

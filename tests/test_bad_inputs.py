@@ -672,7 +672,7 @@ def test_data_loaders_reject_bad_arguments(tmp_path):
         build_datasets("digits", val_fraction=-0.1)
     with pytest.raises(ValueError, match="image_size must be in"):
         build_datasets("image_folder", root=image_folder(tmp_path), image_size=0)
-    with pytest.raises(ValueError, match="colour must be one of 'RGB', 'L', got 'CMYK'"):
+    with pytest.raises(ValueError, match="colour must be one of 'auto', 'RGB', 'L', got 'CMYK'"):
         build_datasets("image_folder", root=str(tmp_path / "imgs"), colour="CMYK")
 
 

@@ -371,6 +371,15 @@ def test_curve_zoom_ignores_one_diverged_loss_and_every_panel_is_labelled(
         assert all(legend.y1 <= p.y0 for p in panels)  # below the panels, covering none
     finally:
         run_study.common.pyplot().close(fig)
+    for run in groups.values():  # test accuracy only after the last epoch: training accuracy
+        lines = ["epoch,train_loss,train_acc,test_acc", "1,1.0,0.4,", "2,0.5,0.6,0.55"]
+        (run[0] / "metrics.csv").write_text("\n".join(lines) + "\n")
+    fig = run_study.curves_figure(groups, "test_acc", "title")
+    try:
+        assert fig.axes[0].get_ylabel() == "train accuracy (%)"
+        assert list(fig.axes[0].get_lines()[0].get_ydata()) == [40.0, 60.0]
+    finally:
+        run_study.common.pyplot().close(fig)
 
 
 def test_resnet20_parts_swap_the_backbone_and_train_the_named_losses(parts: ModuleType):

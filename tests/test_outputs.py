@@ -157,3 +157,28 @@ def test_resuming_says_from_which_epoch_and_step(tmp_path, capsys):
     train(tiny(epochs=2), run, resume=True, verbose=2)
     out = capsys.readouterr().out  # 1437 images in full batches of 128: 11 steps an epoch
     assert f"resuming {run} after epoch 1 of 2: epoch 2 starts at global step 12" in out
+
+
+def test_image_folder_size_and_colour_default_to_auto_and_say_so(tmp_path, capsys):
+    from PIL import Image
+
+    from chanloss.data import build_datasets
+
+    for split, n in (("train", 3), ("test", 1)):
+        for c in ("a", "b"):
+            folder = tmp_path / split / c
+            folder.mkdir(parents=True)
+            for i in range(n):
+                size = (10, 12) if (split, c, i) != ("train", "b", 2) else (20, 20)  # (w, h)
+                Image.new("L", size, color=40 * i).save(folder / f"{i}.png")
+    bundle = build_datasets("image_folder", root=str(tmp_path))
+    assert bundle.train.images.shape == (6, 1, 12, 10) and bundle.in_channels == 1
+    out = capsys.readouterr().out
+    assert "image_size auto -> 12x10 (5 of 6 sampled training images)" in out
+    assert "colour auto -> L (every sampled image is grey)" in out
+    Image.new("RGB", (10, 12)).save(tmp_path / "train" / "a" / "rgb.png")
+    bundle = build_datasets("image_folder", root=str(tmp_path), image_size=8)
+    assert bundle.train.images.shape[1:] == (3, 8, 8)
+    assert "colour auto -> RGB (colour images among them)" in capsys.readouterr().out
+    explicit = build_datasets("image_folder", root=str(tmp_path), image_size=8, colour="L")
+    assert explicit.train.images.shape[1:] == (1, 8, 8) and capsys.readouterr().out == ""

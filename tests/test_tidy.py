@@ -17,7 +17,7 @@ def _git(root: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True)
 
 
-def test_working_tree_guard_sees_new_files_empty_folders_and_edits(tmp_path):
+def test_working_tree_guard_sees_new_files_empty_folders_and_deletions(tmp_path):
     _git(tmp_path, "init", "-q")
     (tmp_path / "kept.txt").write_text("a")
     (tmp_path / ".gitignore").write_text(".venv/\n")
@@ -31,8 +31,10 @@ def test_working_tree_guard_sees_new_files_empty_folders_and_edits(tmp_path):
     (tmp_path / "x").mkdir()  # an empty folder: invisible to `git status`
     (tmp_path / ".venv" / "ignored").write_text("tools' caches are not the tests' doing")
     assert working_tree_state(tmp_path) - before == {"x/"}
-    (tmp_path / "kept.txt").write_text("b")
-    assert working_tree_state(tmp_path) - before == {"x/", "git:  M kept.txt"}
+    (tmp_path / "kept.txt").write_text("b")  # an edit is not the suite's business
+    assert working_tree_state(tmp_path) - before == {"x/"}
+    (tmp_path / "kept.txt").unlink()  # a tracked file deleted is
+    assert working_tree_state(tmp_path) - before == {"x/", "git:  D kept.txt"}
 
 
 def test_package_ships_py_typed_and_one_validation_module():

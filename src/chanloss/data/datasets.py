@@ -456,26 +456,39 @@ def _folder_files(split_dir: Path, name: str) -> dict[str, list[Path]]:
 def list_image_folder(
     *,
     root: str | None = None,
-    image_size: int | Sequence[int] = 224,
+    image_size: int | Sequence[int] | str = "auto",
     resize: int | None = None,
     resize_mode: str = "crop",
-    colour: str = "RGB",
+    colour: str = "auto",
     num_workers: int | None = None,
 ) -> FileSplits:
     """Images in ``root/train/<class>/*`` and ``root/test/<class>/*`` (png, jpg, ...).
 
     Classes are the sorted sub-directory names of ``train``; every ``test`` class must be one
-    of them. ``colour`` is ``"RGB"`` (3 channels) or ``"L"`` (grey, 1 channel); ``image_size``,
-    ``resize`` and ``resize_mode`` as for ``cub200``.
+    of them. ``colour`` is ``"RGB"`` (3 channels), ``"L"`` (grey, 1 channel) or ``"auto"``
+    (``"L"`` when every sampled training image is grey, else ``"RGB"``); ``image_size`` is a
+    size as for ``cub200`` or ``"auto"`` (the most common size of the sampled training
+    images); an ``auto`` choice is printed. ``resize`` and ``resize_mode`` as for ``cub200``.
     """
     name = "image_folder"
-    colour = str(check_choice("colour", colour, ("RGB", "L")))
-    spec = _spec(image_size, resize, resize_mode, colour)
+    colour = str(check_choice("colour", colour, ("auto", "RGB", "L")))
+    check_choice("resize_mode", resize_mode, RESIZE_MODES)
+    auto_size = image_size == "auto"
+    if not auto_size:
+        check_size("image_size", image_size)
     if num_workers is not None:
         num_workers = check_int("num_workers", num_workers, low=0)
     base = _need_root(root, name, "train/<class>/ and test/<class>/")
     train = _folder_files(base / "train", name)
     test = _folder_files(base / "test", name)
+    if auto_size or colour == "auto":
+        image_size, colour = _probe_images(
+            [p for files in train.values() for p in files],
+            None if auto_size else image_size,
+            None if colour == "auto" else colour,
+            name,
+        )
+    spec = _spec(image_size, resize, resize_mode, colour)
     class_names = list(train)
     unknown = sorted(set(test) - set(train))
     if unknown:
@@ -494,3 +507,45 @@ def list_image_folder(
 
 
 load_image_folder = register_dataset("image_folder")(_decoding(list_image_folder))
+
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+_PROBE = 64  # training images whose headers an ``auto`` choice reads (evenly spread)
+
+
+def _probe_images(
+    paths: list[Path], size: object, colour: str | None, name: str
+) -> tuple[object, str]:
+    """Choose the ``auto`` image size and colour from the headers of up to 64 training images
+    (Pillow reads no pixels for this) and print the choice."""
+    from collections import Counter
+
+    from PIL import Image
+
+    step = max(1, len(paths) // _PROBE)
+    sizes: Counter[tuple[int, int]] = Counter()
+    grey = True
+    first_error = None
+    for path in paths[::step][:_PROBE]:
+        try:
+            with Image.open(path) as image:
+                sizes[(image.height, image.width)] += 1
+                grey = grey and image.mode in _GREY_MODES
+        except (OSError, ValueError) as err:  # decoding names it later; the others decide
+            first_error = first_error or f"{path}: {type(err).__name__}: {err}"
+    if not sizes:
+        raise DatasetError(f"{name}: cannot read image {first_error}")
+    chosen = []
+    if size is None:
+        (height, width), count = sizes.most_common(1)[0]
+        size = height if height == width else [height, width]
+        how = "all" if count == sum(sizes.values()) else f"{count} of {sum(sizes.values())}"
+        chosen.append(f"image_size auto -> {height}x{width} ({how} sampled training images)")
+    if colour is None:
+        colour = "L" if grey else "RGB"
+        chosen.append(
+            f"colour auto -> {colour} ("
+            + ("every sampled image is grey" if grey else "colour images among them")
+            + ")"
+        )
+    print(f"{name}: {'; '.join(chosen)}", flush=True)
+    return size, colour

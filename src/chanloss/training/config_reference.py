@@ -12,9 +12,11 @@ the committed file with :func:`render`, so the reference cannot drift from the c
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import inspect
 import pkgutil
+import re
 import sys
 import types
 import typing
@@ -157,8 +159,13 @@ def _first_line(obj: object) -> str:
 
 
 def _signature_rows(
-    func: Callable[..., Any], skip: Sequence[str], context: Sequence[str] = ()
+    func: Callable[..., Any],
+    skip: Sequence[str],
+    context: Sequence[str] = (),
+    build: Callable[..., Any] | None = None,
 ) -> list[list[str]]:
+    """``[option, default, allowed values]`` per keyword parameter of ``func``; ``build(**kw)``
+    builds the thing (default: ``func``) to ask its validation for a choice's values."""
     rows = []
     for param in inspect.signature(func).parameters.values():
         if param.name in skip or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -169,8 +176,31 @@ def _signature_rows(
             default = "required"
         else:
             default = format_value(param.default)
-        rows.append([f"`{param.name}`", default])
+        rows.append([f"`{param.name}`", default, _allowed(build or func, param)])
     return rows
+
+
+_PROBE = "\x00?"  # a value no option accepts: the validation error lists the allowed ones
+_ALLOWED_TEXT = {"image_size": "auto, an int or [height, width]"}
+
+
+def _allowed(build: Callable[..., Any], param: inspect.Parameter) -> str:
+    """The allowed values of a choice option, as its own validation names them (``one of``),
+    ``true or false`` for a flag, else empty."""
+    if isinstance(param.default, bool):
+        return "true or false"
+    if isinstance(param.default, str) or param.name in ("layer4_stride",):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                build(**{param.name: _PROBE})
+        except Exception as err:  # the validation's message is what we want
+            found = re.search(re.escape(param.name) + r" must be one of (.*), got ", str(err))
+            if found:
+                return "one of " + found.group(1).replace("'", "")
+        if param.default == "auto" and param.name in _ALLOWED_TEXT:
+            return _ALLOWED_TEXT[param.name]
+    return ""
 
 
 # -- the document ------------------------------------------------------------------------------
@@ -178,7 +208,7 @@ def render() -> str:
     """The whole Markdown reference."""
     from chanloss.data import DATASETS
     from chanloss.losses import LOSSES
-    from chanloss.models import MODELS
+    from chanloss.models import MODELS, create_model
 
     _import_all_losses()
     losses, models, datasets = _builtin(LOSSES), _builtin(MODELS), _builtin(DATASETS)
@@ -258,8 +288,12 @@ def render() -> str:
             + ".",
             "",
         ]
+        context = {"num_classes": 10, "num_channels": 40, "embedding_dim": 16}
+        accepted = inspect.signature(cls.__init__).parameters
+        build = functools.partial(cls, **{k: v for k, v in context.items() if k in accepted})
         out += _table(
-            ["Parameter", "Default"], _signature_rows(cls.__init__, ("self",), CONTEXT_PARAMS)
+            ["Parameter", "Default", "Allowed"],
+            _signature_rows(cls.__init__, ("self",), CONTEXT_PARAMS, build),
         )
         out += ["", _search_line(cls)]
         out.append("")
@@ -276,8 +310,9 @@ def render() -> str:
     for name in sorted(models):
         factory = models[name]
         out += [f"### `{name}`", "", _first_line(factory), ""]
-        rows = _signature_rows(factory, ("num_classes", "in_channels"))
-        out += _table(["Option", "Default"], rows) if rows else ["No options."]
+        build = functools.partial(create_model, name, num_classes=10, in_channels=3)
+        rows = _signature_rows(factory, ("num_classes", "in_channels"), (), build)
+        out += _table(["Option", "Default", "Allowed"], rows) if rows else ["No options."]
         out.append("")
 
     out += [
@@ -291,7 +326,7 @@ def render() -> str:
         loader = datasets[name]
         out += [f"### `{name}`", "", _first_line(loader), ""]
         rows = _signature_rows(loader, ("root",))
-        out += _table(["Option", "Default"], rows) if rows else ["No options."]
+        out += _table(["Option", "Default", "Allowed"], rows) if rows else ["No options."]
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
 
