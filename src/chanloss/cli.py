@@ -251,7 +251,7 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
 
 
 @register_command(
-    "demo", "CE vs MC-Loss on a fine-grained set, 3 seeds, about 3 min on 2 cores", _configure_demo
+    "demo", "CE vs CE + MC-Loss on a fine-grained set, 3 seeds, 2 runs at a time", _configure_demo
 )
 def _run_demo(args: argparse.Namespace) -> int:
     from chanloss.training.demo import run_demo
