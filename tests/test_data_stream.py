@@ -141,6 +141,13 @@ def test_stream_training_crops_repeat_whatever_the_workers(tmp_path):
             assert xa.shape == (4, 3, 12, 12) and xa.dtype == torch.float32
             torch.testing.assert_close(xa, xb, rtol=0, atol=0)
             assert torch.equal(ya, yb)
+    # a resumed epoch starts at a later batch and gets the same crops
+    batches = Batches(bundle.train, batch_size=4, device=CPU, train=True, seed=3, workers=2)
+    try:
+        resumed = [x for x, _ in batches.epoch(1, start=1)]
+    finally:
+        batches.close()
+    assert len(resumed) == 1 and torch.equal(resumed[0], in_process[1][1][0])
     # the crops are random: an image's crop changes with the epoch and with the seed
     item = bundle.train[(0, 0)][0]
     assert not torch.equal(item, bundle.train[(0, 1)][0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -246,13 +247,14 @@ class Batches:
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """The batches of epoch ``epoch`` (shuffled when training)."""
+    def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of epoch ``epoch`` (shuffled when training), from batch ``start`` on
+        (a resumed epoch: the batches before it are neither indexed nor decoded)."""
         self.sampler.set_epoch(epoch)
         if self.in_memory:
-            yield from self._memory_batches(self.sampler.index_batches(epoch))
+            yield from self._memory_batches(self.sampler.index_batches(epoch)[start:])
         else:
-            yield from self._loader_batches(epoch)
+            yield from self._loader_batches(epoch, start)
 
     def _memory_batches(self, batches: Tensor | list[slice]) -> Iterator[tuple[Tensor, Tensor]]:
         on_device = self.images.device == self.device
@@ -266,10 +268,10 @@ class Batches:
                 y = y.to(self.device, non_blocking=non_blocking)
             yield to_float_images(x), y
 
-    def _loader_batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def _loader_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         if self._loader is None:
             tagged = isinstance(self.dataset, ImageFileDataset)
-            self._batch_sampler = _EpochTagged(self.sampler) if tagged else self.sampler
+            self._batch_sampler = _EpochTagged(self.sampler, tagged)
             self._loader = torch.utils.data.DataLoader(
                 self.dataset,
                 batch_sampler=self._batch_sampler,
@@ -279,8 +281,7 @@ class Batches:
                 worker_init_fn=functools.partial(_seed_worker, self.seed),
                 generator=torch.Generator().manual_seed(self.seed),
             )
-        if isinstance(self._batch_sampler, _EpochTagged):
-            self._batch_sampler.epoch = epoch
+        self._batch_sampler.epoch, self._batch_sampler.start = epoch, start
         non_blocking = self.device.type == "cuda"
         try:
             for x, y in self._loader:
@@ -302,19 +303,22 @@ class Batches:
 
 
 class _EpochTagged:
-    """Batches of ``(index, epoch)`` pairs: the epoch reaches the workers' random crops."""
+    """The sampler's batches from batch ``start`` on; with ``tag``, of ``(index, epoch)`` pairs
+    (the epoch reaches the workers' random crops)."""
 
-    def __init__(self, sampler: Iterable[list[int]]) -> None:
+    def __init__(self, sampler: Iterable[list[int]], tag: bool) -> None:
         self.sampler = sampler
+        self.tag = tag
         self.epoch = 0
+        self.start = 0
 
     def __len__(self) -> int:
-        return len(self.sampler)  # type: ignore[arg-type]
+        return len(self.sampler) - self.start  # type: ignore[arg-type]
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]] | list[int]]:
         epoch = self.epoch
-        for batch in self.sampler:
-            yield [(int(i), epoch) for i in batch]
+        for batch in itertools.islice(self.sampler, self.start, None):
+            yield [(int(i), epoch) for i in batch] if self.tag else batch
 
 
 def _seed_worker(seed: int, worker_id: int) -> None:

@@ -18,7 +18,6 @@ leaves readable checkpoints; ``--resume`` continues from the last one.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import signal
 import sys
@@ -278,7 +277,7 @@ class Trainer:
         bar = self._bar(epoch)
         if bar is not None and first:
             bar.update(first)
-        batches = itertools.islice(self.train_batches.epoch(epoch), first, None)
+        batches = self.train_batches.epoch(epoch, start=first)
         for step, (x, y) in enumerate(batches, start=first):
             for slot in self.slots:
                 slot.loss.update_schedule(self.global_step)
