@@ -18,6 +18,7 @@ leaves readable checkpoints; ``--resume`` continues from the last one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import signal
 import sys
