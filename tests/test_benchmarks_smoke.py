@@ -437,3 +437,49 @@ def test_report_gives_a_second_backbone_its_own_column(tmp_path: Path, report: M
     assert "— : not trained in that part" in text
     assert "CC/MC settings chosen on validation by `sweep-digits` (the ConvNet)" in text
     assert "digits, resnet20: MC-Loss has a higher mean than CE" in text
+
+
+def test_defaults_parts_train_the_changed_losses_at_their_current_defaults(parts: ModuleType):
+    from chanloss.losses import CCLoss, CenterLoss
+    from chanloss.training import load_config
+
+    for name in ("defaults-digits", "defaults-mnist5k", "defaults-finegrained"):
+        part = parts.PARTS[name]
+        assert part.column == f"{part.dataset}, current defaults"
+        assert parts.recipe(part) == parts.BASES[part.dataset]
+        items = parts.study_configs(part, {})  # no sweep values needed: nothing here is tuned
+        assert [i["label"] for i in items] == ["ce", "cc_default", "center_default"]
+        by_label = {i["label"]: load_config(raw=i["raw"]) for i in items}
+        cc = by_label["cc_default"].losses[1].params()
+        center = by_label["center_default"].losses[1].params()
+        # nothing is pinned: the configs carry the loss classes' own defaults
+        assert cc["form"] == CCLoss.__init__.__kwdefaults__["form"] == "margin"
+        assert center["center_update"] == CenterLoss.__init__.__kwdefaults__["center_update"]
+        assert center["center_update"] == "paper"
+    # the recorded parts keep the pinned forms they were trained with, and no defaults rows
+    labels = [i["label"] for i in parts.study_configs(parts.PARTS["digits"], {"cc": {}, "mc": {}})]
+    assert "cc_default" not in labels and "center_default" not in labels
+    with pytest.raises(ValueError, match="chosen values are missing"):
+        parts.study_configs(parts.PARTS["digits"], {})
+
+
+def test_report_gives_the_defaults_rows_their_own_verdicts(tmp_path: Path, report: ModuleType):
+    results = _write_fake_results(tmp_path)
+    rows = [
+        {**_study_row("ce", [0.97, 0.98, 0.99]), "part": "defaults-digits"},
+        {**_study_row("cc_default", [0.90, 0.91, 0.92]), "part": "defaults-digits"},
+    ]
+    with open(results / "study_defaults-digits.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    meta = json.loads((results / "study_digits.json").read_text())
+    meta.update(part="defaults-digits", column="digits, current defaults", chosen={})
+    (results / "study_defaults-digits.json").write_text(json.dumps(meta))
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert report.main(["--results", str(results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "| loss | digits | digits, current defaults |" in text
+    assert "| cc_default | — | 91.00 ± 1.00 |" in text
+    assert "CC-Loss (margin form, defaults) does not beat CE" in text

@@ -77,7 +77,7 @@ def checkpoints_are_readable(run: Path) -> list[str]:
     return sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp"))
 
 
-def wait_for(condition, process: subprocess.Popen, timeout: float = 60.0) -> None:
+def wait_for(condition, process: subprocess.Popen, timeout: float = 180.0) -> None:
     end = time.monotonic() + timeout
     while not condition():
         assert process.poll() is None, f"the run ended early: {process.communicate()}"
@@ -109,7 +109,7 @@ def sigkill(run: Path, command: list[str], plan: str, rng: random.Random) -> lis
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(signal.SIGKILL)
     finally:
-        proc.wait(timeout=60)
+        proc.wait(timeout=180)
     return checkpoints_are_readable(run)
 
 
@@ -142,7 +142,7 @@ def test_kills_and_ctrl_c_then_resume_give_the_weights_of_an_uninterrupted_run(t
         assert line.startswith("epoch "), line  # an epoch went by: training is under way
         time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=180)
     finally:
         proc.kill()
     assert proc.returncode == 130, err
