@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import torch
@@ -66,6 +67,21 @@ def test_eval_prints_the_table_and_keeps_one_folder_per_split(tmp_path, capsys):
     per_class = result["per_class_accuracy"]
     worst = sorted(per_class, key=lambda c: (per_class[c], int(c)))[:5]
     assert [line.split()[0] for line in printed[3:8]] == worst
+    # eval.json holds what the terminal showed: the worst classes and the most confused pairs
+    assert [c["class"] for c in result["worst_classes"]] == worst
+    assert [c["accuracy"] for c in result["worst_classes"]] == [per_class[c] for c in worst]
+    confusion = list(csv.reader((test_dir / "confusion_matrix.csv").open()))[1:]
+    pairs = sorted(
+        (
+            (-int(n), i, j)
+            for i, row in enumerate(confusion)
+            for j, n in enumerate(row[1:])
+            if i != j and int(n) > 0
+        )
+    )[:5]
+    assert [(c["true"], c["predicted"], c["images"]) for c in result["most_confused"]] == [
+        (confusion[i][0], confusion[j][0], -n) for n, i, j in pairs
+    ]
     assert main(["eval", str(run / "last.pt"), "--split", "val", "--device", "cpu"]) == 0
     capsys.readouterr()
     val = json.loads((run / "eval-last" / "val" / "eval.json").read_text())

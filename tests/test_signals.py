@@ -131,6 +131,39 @@ def test_a_stop_signal_while_the_run_starts_is_one_line_and_leaves_nothing(
     assert signal.getsignal(signum) == before
 
 
+def test_sigterm_between_the_runs_of_compare_is_one_line_and_the_rerun_resumes(
+    tmp_path, capsys, monkeypatch
+):
+    import chanloss.training.compare  # noqa: F401  (the module, not the function)
+
+    compare_module = sys.modules["chanloss.training.compare"]
+
+    cfg, out = tmp_path / "tiny.yaml", tmp_path / "cmp"
+    cfg.write_text(yaml.safe_dump({**TINY, "losses": [{"name": "ce"}], "epochs": 1}))
+    command = ["compare", "-c", str(cfg), "--seeds", "2", "--out", str(out), "--jobs", "1"]
+    train_locked = compare_module._train_locked
+
+    def then_sigterm(config, run_dir):
+        summary = train_locked(config, run_dir)
+        os.kill(os.getpid(), signal.SIGTERM)  # after the first run, before the second starts
+        return summary
+
+    monkeypatch.setattr(compare_module, "_train_locked", then_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(command) == 143
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "chanloss: interrupted by SIGTERM while the run was starting or finishing (no training "
+        "step was cut short; the files on disk are complete)"
+    ]
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert (out / "tiny" / "seed0" / "summary.json").is_file()
+    assert not (out / "tiny" / "seed1").exists()
+    monkeypatch.setattr(compare_module, "_train_locked", train_locked)
+    assert main(command) == 0
+    assert (out / "tiny" / "seed1" / "summary.json").is_file() and (out / "results.csv").is_file()
+
+
 # -- the --nproc launcher, with stand-in workers (no torch: milliseconds) ------------------------
 WORKER = """
 import os, pathlib, signal, sys, time

@@ -186,18 +186,6 @@ PARTS: dict[str, Part] = {
     "finegrained": Part("finegrained", "finegrained", "study", 3, "about 100 min"),
     "tuned-digits": Part("tuned-digits", "digits", "tuned", 3, "about 40 min"),
     "tuned-finegrained": Part("tuned-finegrained", "finegrained", "tuned", 3, "about 12 h"),
-    # The fair study on finegrained cut to fit two CPU hours: CE, CC, MC and the three
-    # baselines that their papers' defaults left far below CE (ArcFace, SphereFace, L-GM).
-    "tuned-finegrained-short": Part(
-        "tuned-finegrained-short",
-        "finegrained",
-        "tuned",
-        3,
-        "about 70 min",
-        losses=("ce", "cc", "mc", "arcface", "sphereface", "lgm"),
-        trials=5,
-        note="5 trials, 6 losses",
-    ),
     "defaults-digits": Part(
         "defaults-digits",
         "digits",

@@ -168,8 +168,10 @@ class _Stopped(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _stop_signals_before_training() -> Iterator[None]:
-    """SIGTERM and SIGUSR1 while a run starts (data, model, checkpoint loading) end it with one
-    line instead of silently; once training runs, the trainer's own handlers take over."""
+    """SIGTERM and SIGUSR1 while a run starts (data, model, checkpoint loading), or between the
+    runs of ``compare`` and ``demo``, end it with one line instead of silently; once training
+    runs, the trainer's own handlers take over (and ``compare --jobs`` passes the stop on to its
+    workers, which save ``last.pt``)."""
     import signal
     import threading
 
@@ -233,12 +235,13 @@ def _add_jobs(p: argparse.ArgumentParser, default: int) -> None:
 def _run_compare(args: argparse.Namespace) -> int:
     from chanloss.training import compare, load_labelled, results_table
 
-    results = compare(
-        load_labelled(args.configs, args.overrides),
-        seeds=args.seeds,
-        out_dir=args.out,
-        jobs=args.jobs,
-    )
+    with _stop_signals_before_training():  # between runs; each run's trainer handles its own
+        results = compare(
+            load_labelled(args.configs, args.overrides),
+            seeds=args.seeds,
+            out_dir=args.out,
+            jobs=args.jobs,
+        )
     print(f"\n{results_table(results)}\n\nresults in {args.out}", flush=True)
     return 0
 
@@ -256,7 +259,8 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from chanloss.training.demo import run_demo
 
-    run_demo(args.out, seeds=args.seeds, overrides=args.overrides, jobs=args.jobs)
+    with _stop_signals_before_training():
+        run_demo(args.out, seeds=args.seeds, overrides=args.overrides, jobs=args.jobs)
     return 0
 
 

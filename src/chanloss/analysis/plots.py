@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -16,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
+
+from chanloss.training.run_dir import atomic_open  # noqa: E402
 
 __all__ = [
     "class_colours",
@@ -26,6 +29,18 @@ __all__ = [
 ]
 
 _DPI = 100
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = _DPI) -> None:
+    """Write ``fig`` as a PNG through a temporary file (``path`` is old or new, never half) and
+    close it."""
+    try:
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+
+
 _TICK_LIMIT = 20  # label every class on an axis up to this many classes
 
 
@@ -91,8 +106,7 @@ def plot_heatmaps(
     assert image is not None
     fig.colorbar(image, ax=list(axes[0]), label=colorbar, shrink=0.9)
     fig.suptitle(title)
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_tsne(
@@ -122,8 +136,7 @@ def plot_tsne(
     if k <= _TICK_LIMIT:
         bar.ax.set_yticklabels(class_names, fontsize=7)
     fig.suptitle("t-SNE of the test embeddings (coloured by true class)")
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _show_image(ax: plt.Axes, img: np.ndarray) -> None:
@@ -177,8 +190,7 @@ def plot_channel_maps(
     if overlay is not None:
         fig.colorbar(overlay, ax=axes[:, 1:].ravel().tolist(), shrink=0.8, label="map / group max")
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def finite_range(

@@ -27,6 +27,7 @@ from chanloss.analysis.collect import ATTENTION_GAP, RunData, collect, load_trai
 from chanloss.analysis.metrics import separability
 from chanloss.analysis.plots import finite_range, plot_channel_maps, plot_heatmaps, plot_tsne
 from chanloss.analysis.views import class_correlation, class_means
+from chanloss.training.run_dir import atomic_open
 
 __all__ = ["METRIC_COLUMNS", "analyze", "remove_earlier_outputs", "run_labels", "subsample"]
 
@@ -174,7 +175,7 @@ def _metrics_row(run: RunData, idx: torch.Tensor) -> dict[str, Any]:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_open(path) as f:
         writer = csv.DictWriter(f, fieldnames=list(METRIC_COLUMNS))
         writer.writeheader()
         for row in rows:
@@ -263,7 +264,8 @@ def analyze(
     figures = _figures(out, runs, tsne, samples)
     stage("report")
     _write_csv(out / "metrics.csv", rows)
-    (out / "report.html").write_text(_html(runs, rows, figures, max_samples))
+    with atomic_open(out / "report.html") as f:
+        f.write(_html(runs, rows, figures, max_samples))
     stage(f"done: {out / 'report.html'}")
     return rows
 

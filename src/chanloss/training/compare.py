@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -228,10 +229,12 @@ def _train_in_processes(
         except TrainingInterrupted:
             _stop_workers(pool, pending)
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGUSR1 through the CLI's handler
             _stop_workers(pool, pending)
             raise TrainingInterrupted(
-                "interrupted; the runs in progress saved last.pt", todo[0].run_dir.parent.parent
+                "interrupted; the runs in progress saved last.pt",
+                todo[0].run_dir.parent.parent,
+                getattr(err, "signum", signal.SIGINT),
             ) from None
         except BaseException:  # a failed run: stop the others, keep their files
             _stop_workers(pool, pending)
@@ -242,8 +245,6 @@ def _train_in_processes(
 def _stop_workers(pool: ProcessPoolExecutor, pending: set[Any], grace: float = 60.0) -> None:
     """Cancel the runs not started; ask the running ones to stop like Ctrl-C does (finish the
     step, save ``last.pt``), wait up to ``grace`` seconds, then end the workers."""
-    import signal
-
     running = {f for f in pending if not f.cancel()}
     workers = list(getattr(pool, "_processes", {}).values())
     if running:

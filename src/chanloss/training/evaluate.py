@@ -15,7 +15,7 @@ import torch
 from chanloss.models.pretrained import checkpoint_weights
 from chanloss.training.checkpoint import CheckpointError, describe, load_checkpoint
 from chanloss.training.config import ConfigError, validate_config
-from chanloss.training.run_dir import write_json
+from chanloss.training.run_dir import atomic_open, write_json
 from chanloss.training.trainer import Trainer
 
 
@@ -101,12 +101,19 @@ def evaluate_checkpoint(
             for name, acc, n in zip(names, per_class.tolist(), support.tolist(), strict=True)
         },
     }
-    with open(out / "per_class_accuracy.csv", "w", newline="") as f:
+    result["worst_classes"] = [
+        {"class": names[i], "accuracy": acc, "images": n} for i, acc, n in worst_classes(confusion)
+    ]
+    result["most_confused"] = [
+        {"true": names[t], "predicted": names[p], "images": n}
+        for t, p, n in most_confused(confusion)
+    ]
+    with atomic_open(out / "per_class_accuracy.csv") as f:
         w = csv.writer(f)
         w.writerow(["class", "accuracy", "support"])
         for name, acc, n in zip(names, per_class.tolist(), support.tolist(), strict=True):
             w.writerow([name, acc if n > 0 else "", n])
-    with open(out / "confusion_matrix.csv", "w", newline="") as f:
+    with atomic_open(out / "confusion_matrix.csv") as f:
         w = csv.writer(f)
         w.writerow(["true \\ predicted", *names])
         for name, row in zip(names, confusion.tolist(), strict=True):
@@ -197,5 +204,8 @@ def _plot_confusion(confusion: torch.Tensor, names: list[str], path: Path, *, ti
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+    finally:
+        plt.close(fig)
