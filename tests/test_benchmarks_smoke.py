@@ -443,10 +443,15 @@ def test_defaults_parts_train_the_changed_losses_at_their_current_defaults(parts
     from chanloss.losses import CCLoss, CenterLoss
     from chanloss.training import load_config
 
-    for name in ("defaults-digits", "defaults-mnist5k", "defaults-finegrained"):
+    names = ("defaults-digits", "defaults-mnist5k", "defaults-finegrained")
+    for name in (*names, "defaults-digits-resnet20"):
         part = parts.PARTS[name]
-        assert part.column == f"{part.dataset}, current defaults"
-        assert parts.recipe(part) == parts.BASES[part.dataset]
+        if name in names:
+            assert part.column == f"{part.dataset}, current defaults"
+            assert parts.recipe(part) == parts.BASES[part.dataset]
+        else:
+            assert part.column == f"{part.dataset}, resnet20, current defaults"
+            assert parts.recipe(part)["model"] == {"name": "resnet20"}
         items = parts.study_configs(part, {})  # no sweep values needed: nothing here is tuned
         assert [i["label"] for i in items] == ["ce", "cc_default", "center_default"]
         by_label = {i["label"]: load_config(raw=i["raw"]) for i in items}

@@ -213,6 +213,16 @@ PARTS: dict[str, Part] = {
         losses=DEFAULTS_LOSSES,
         note="current defaults",
     ),
+    "defaults-digits-resnet20": Part(
+        "defaults-digits-resnet20",
+        "digits",
+        "study",
+        3,
+        "about 3 min",
+        model=RESNET20,
+        losses=DEFAULTS_LOSSES,
+        note="current defaults",
+    ),
     "digits-resnet20": Part(
         "digits-resnet20", "digits", "study", 3, "about 5 min", model=RESNET20, losses=CORE_LOSSES
     ),

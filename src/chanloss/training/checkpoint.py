@@ -16,6 +16,7 @@ the write, so that tests can kill a run inside that window.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import random
 import re
@@ -188,3 +189,34 @@ def restore_rng(
         torch.cuda.set_rng_state_all(list(state["cuda"].unbind(0)))
     if generator is not None and "generator" in state:
         generator.set_state(state["generator"])
+
+
+# Keys of the config that must match for --resume to make sense.
+_IDENTITY_KEYS = ("model", "losses", "data")
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], source: str) -> None:
+    """Raise :class:`CheckpointError` when the checkpoint is of another model, loss or data."""
+    for key in _IDENTITY_KEYS:
+        a, b = saved.get(key), current.get(key)
+        if key == "data" and isinstance(a, dict) and isinstance(b, dict):
+            a, b = {**a, "root": None}, {**b, "root": None}  # the data may have moved
+        if a != b:
+            raise CheckpointError(
+                f"{source} was trained with {key} {_short(saved.get(key), current.get(key))}, "
+                f"but the config has {key} {_short(current.get(key), saved.get(key))}"
+            )
+
+
+def _short(value: Any, other: Any = None) -> str:
+    """``value`` for a message: named entries by name, with the keys whose values differ from
+    the same entry of ``other`` (a stored config names every default, so all would be noise)."""
+    if isinstance(value, list):
+        others = other if isinstance(other, list) and len(other) == len(value) else []
+        pairs = itertools.zip_longest(value, others[: len(value)])
+        return "[" + ", ".join(_short(v, o) for v, o in pairs) + "]"
+    if isinstance(value, dict) and "name" in value:
+        same = isinstance(other, dict) and other.get("name") == value["name"]
+        extra = {k: v for k, v in value.items() if k != "name" and same and other.get(k) != v}
+        return f"{value['name']}" + (f" {extra}" if extra else "")
+    return repr(value)

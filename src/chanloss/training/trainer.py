@@ -11,18 +11,16 @@ key ``on_nonfinite``: a skipped step leaves the weights and every buffer, batch-
 statistics included, as they were), keeping the last good checkpoint; a checkpoint that would
 hold NaN/inf tensors is never written. Ctrl-C, SIGTERM and SIGUSR1 (what SLURM and
 Kubernetes send before killing a job) finish the current step, write ``last.pt`` (mid-epoch;
-``--resume`` continues from that step exactly) and raise :class:`TrainingInterrupted`. Every file is written atomically, so a run killed at any point
-leaves readable checkpoints; ``--resume`` continues from the last one.
+``--resume`` continues from that step exactly) and raise :class:`TrainingInterrupted` (the
+signals and the error wording live in :mod:`chanloss.training.stopping`). Every file is
+written atomically, so a run killed at any point leaves readable checkpoints; ``--resume``
+continues from the last one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
-import signal
-import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -47,6 +45,7 @@ from chanloss.training.builders import (
 from chanloss.training.checkpoint import (
     CheckpointError,
     capture_rng,
+    check_resumable,
     describe,
     load_checkpoint,
     restore_rng,
@@ -79,40 +78,19 @@ from chanloss.training.distributed import (
 )
 from chanloss.training.optim import build_optimizer, build_scheduler
 from chanloss.training.run_dir import RunDir
+from chanloss.training.stopping import (
+    NonFiniteLossError,
+    StopRequest,
+    TrainingInterrupted,
+    nonfinite_error,
+)
 
 try:
     from tqdm.auto import tqdm
 except ImportError:  # pragma: no cover - tqdm is a dependency
     tqdm = None
 
-# Keys of the config that must match for --resume to make sense.
-_IDENTITY_KEYS = ("model", "losses", "data")
 _POSTFIX_EVERY = 10  # steps between progress-bar updates and, on accelerators, NaN checks
-
-
-class NonFiniteLossError(ConfigError):
-    """A loss term became NaN or infinite (``on_nonfinite: stop``); the last checkpoint is kept."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT), SIGTERM or SIGUSR1 during training: the current step was finished and
-    ``last.pt`` written.
-
-    ``out_dir`` is the run directory to pass to ``--resume``; ``signum`` the signal (the
-    command line exits with ``128 + signum``: 130, 143, 138).
-    """
-
-    def __init__(self, message: str, out_dir: Path, signum: int = signal.SIGINT) -> None:
-        super().__init__(message)
-        self.out_dir = out_dir
-        self.signum = int(signum)
-
-
-# Signals that ask a run to stop after the current step (schedulers send SIGTERM before
-# SIGKILL; SLURM's --signal=USR1@SECONDS sends SIGUSR1 ahead of the time limit).
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name)
-)
 
 
 class Trainer:
@@ -220,8 +198,7 @@ class Trainer:
         self.best_epoch: int | None = None
         self.columns = [col for slot in self.slots for col in slot.columns.values()]
         self._rank_rng: list[Any] | None = None  # every rank's generator states, for last.pt
-        self.stop_requested = False  # set by a stop signal; the loop stops after the step
-        self.stop_signal: int = signal.SIGINT
+        self.stop = StopRequest()  # set by a stop signal; the loop stops after the step
         self._partial_ranks: list[Any] | None = None  # every rank's position, for last.pt
         self._partial: dict[str, Any] | None = None  # a mid-epoch position (Ctrl-C, resume)
         # On CPU a per-step check costs nothing; on accelerators "stop" keeps a device flag.
@@ -257,7 +234,7 @@ class Trainer:
         """One pass over the training set; returns the epoch's mean terms, loss and accuracy.
 
         A non-finite loss raises :class:`NonFiniteLossError` or skips the step (see
-        ``on_nonfinite``). After Ctrl-C (:attr:`stop_requested`) the current step is finished,
+        ``on_nonfinite``). After Ctrl-C (:attr:`stop`) the current step is finished,
         ``last.pt`` is written with the position in the epoch and :class:`TrainingInterrupted`
         is raised; a run resumed from it continues with the next step.
         """
@@ -340,7 +317,9 @@ class Trainer:
                     post["img/s"] = f"{seen / (time.perf_counter() - start):.0f}"
                     bar.set_postfix(post, refresh=False)
             stop = (
-                self.stop_requested if self.world_size == 1 else log_point and self._stop_agreed()
+                self.stop.requested
+                if self.world_size == 1
+                else log_point and self.stop.agreed(self.world_size, self.device)
             )
             if stop and step + 1 < self.steps_per_epoch:
                 if bar is not None:
@@ -419,29 +398,8 @@ class Trainer:
             )
 
     def _nonfinite_error(self, values: list[float], epoch: int, step: int) -> NonFiniteLossError:
-        bad = [
-            f"{c!r} ({v})"
-            for c, v in zip(self.columns, values, strict=False)
-            if not math.isfinite(v)
-        ]
-        if bad:
-            what = f"the loss term{'s' if len(bad) > 1 else ''} {', '.join(bad)}"
-        elif not math.isfinite(values[-1]):
-            what = f"the weighted sum of the terms ({values[-1]})"
-        else:
-            what = "a loss on another process"
-        last = self.out_dir / "last.pt"
-        kept = (
-            f"the last good checkpoint {last} is kept"
-            if last.exists()
-            else "no checkpoint had been written yet"
-        )
-        return NonFiniteLossError(
-            f"training diverged in epoch {epoch + 1} (loss {values[-1]}); lower optim.lr, add "
-            f"warm-up or set grad_clip: {what} was non-finite at epoch {epoch + 1}, step "
-            f"{step + 1}/{self.steps_per_epoch} (global step "
-            f"{epoch * self.steps_per_epoch + step + 1}); {kept}; on_nonfinite: skip would "
-            "skip such steps instead"
+        return nonfinite_error(
+            self.columns, values, epoch, step, self.steps_per_epoch, self.out_dir / "last.pt"
         )
 
     def _interrupt(
@@ -474,58 +432,11 @@ class Trainer:
         self._partial = self._partial_ranks = self._rank_rng = None
         barrier()  # last.pt is written before any rank ends
         raise TrainingInterrupted(
-            f"interrupted{self._by()} at epoch {epoch + 1}, step {step}/{self.steps_per_epoch}; "
+            f"interrupted{self.stop.by()} at epoch {epoch + 1}, step {step}/{self.steps_per_epoch}; "
             f"saved {self.out_dir / 'last.pt'}",
             self.out_dir,
-            self.stop_signal,
+            self.stop.signum,
         )
-
-    def _by(self) -> str:
-        if self.stop_signal == signal.SIGINT:
-            return ""
-        return f" by {signal.Signals(self.stop_signal).name}"
-
-    def _stop_agreed(self) -> bool:
-        """Whether any rank was asked to stop (a collective: every rank calls it at the same
-        point); with one process, :attr:`stop_requested`."""
-        if self.world_size > 1:
-            flag = reduce_sum(torch.tensor(float(self.stop_requested), device=self.device))
-            self.stop_requested = bool(flag.item() > 0)
-        return self.stop_requested
-
-    @contextlib.contextmanager
-    def _signals_finish_the_step(self) -> Iterator[None]:
-        """While training, the first Ctrl-C, SIGTERM or SIGUSR1 sets :attr:`stop_requested`:
-        the step is finished, ``last.pt`` written and :class:`TrainingInterrupted` raised. A
-        second Ctrl-C stops at once; a repeated SIGTERM/SIGUSR1 changes nothing (a scheduler's
-        SIGKILL ends the run for good). With several processes the ranks agree on the step at
-        the next log point (every 10 steps). Only in the main thread (signals go there)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            if self.stop_requested:
-                if signum == signal.SIGINT:
-                    raise KeyboardInterrupt
-                return
-            self.stop_requested = True
-            self.stop_signal = signum
-            if is_main_process():
-                again = " (Ctrl-C again stops at once)" if signum == signal.SIGINT else ""
-                name = "" if signum == signal.SIGINT else f"{signal.Signals(signum).name}: "
-                print(
-                    f"chanloss: {name}finishing the current step, then saving last.pt{again}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
-        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
 
     def _bar(self, epoch: int) -> Any:
         if self.verbose < 1 or tqdm is None or not is_main_process():
@@ -571,7 +482,7 @@ class Trainer:
         writer = self.writer = self._tensorboard()
         last = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
         ctrl_c = contextlib.ExitStack()
-        ctrl_c.enter_context(self._signals_finish_the_step())
+        ctrl_c.enter_context(self.stop.handle())
         try:
             for epoch in range(self.epoch, last):
                 start = time.perf_counter()
@@ -606,12 +517,12 @@ class Trainer:
                     log(self._epoch_line(row))
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(self.epoch, row)
-                if self._stop_agreed() and self.epoch < last:
+                if self.stop.agreed(self.world_size, self.device) and self.epoch < last:
                     raise TrainingInterrupted(
-                        f"interrupted{self._by()} after epoch {self.epoch}; saved "
+                        f"interrupted{self.stop.by()} after epoch {self.epoch}; saved "
                         f"{self.out_dir / 'last.pt'}",
                         self.out_dir,
-                        self.stop_signal,
+                        self.stop.signum,
                     )
         finally:
             ctrl_c.close()
@@ -773,33 +684,6 @@ class Trainer:
         self.best_val = state["best"]["val_acc"]
         self.best_epoch = state["best"]["epoch"]
         restore_rng(rank_rng_state(state), self.device, self.generator)
-
-
-def check_resumable(saved: dict[str, Any], current: dict[str, Any], source: str) -> None:
-    """Raise :class:`CheckpointError` when the checkpoint is of another model, loss or data."""
-    for key in _IDENTITY_KEYS:
-        a, b = saved.get(key), current.get(key)
-        if key == "data" and isinstance(a, dict) and isinstance(b, dict):
-            a, b = {**a, "root": None}, {**b, "root": None}  # the data may have moved
-        if a != b:
-            raise CheckpointError(
-                f"{source} was trained with {key} {_short(saved.get(key), current.get(key))}, "
-                f"but the config has {key} {_short(current.get(key), saved.get(key))}"
-            )
-
-
-def _short(value: Any, other: Any = None) -> str:
-    """``value`` for a message: named entries by name, with the keys whose values differ from
-    the same entry of ``other`` (a stored config names every default, so all would be noise)."""
-    if isinstance(value, list):
-        others = other if isinstance(other, list) and len(other) == len(value) else []
-        pairs = itertools.zip_longest(value, others[: len(value)])
-        return "[" + ", ".join(_short(v, o) for v, o in pairs) + "]"
-    if isinstance(value, dict) and "name" in value:
-        same = isinstance(other, dict) and other.get("name") == value["name"]
-        extra = {k: v for k, v in value.items() if k != "name" and same and other.get(k) != v}
-        return f"{value['name']}" + (f" {extra}" if extra else "")
-    return repr(value)
 
 
 def train(

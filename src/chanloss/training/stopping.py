@@ -1,0 +1,133 @@
+"""How a training run stops early: stop signals (Ctrl-C, SIGTERM, SIGUSR1) and non-finite losses.
+
+:class:`StopRequest` turns the first stop signal into a request that the training loop honours
+after the current step (the trainer then saves ``last.pt`` and raises
+:class:`TrainingInterrupted`); :func:`nonfinite_error` words the error of a diverged step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chanloss.training.config import ConfigError
+from chanloss.training.distributed import is_main_process, reduce_sum
+
+# Signals that ask a run to stop after the current step (schedulers send SIGTERM before
+# SIGKILL; SLURM's --signal=USR1@SECONDS sends SIGUSR1 ahead of the time limit).
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name)
+)
+
+
+class NonFiniteLossError(ConfigError):
+    """A loss term became NaN or infinite (``on_nonfinite: stop``); the last checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT), SIGTERM or SIGUSR1 during training: the current step was finished and
+    ``last.pt`` written.
+
+    ``out_dir`` is the run directory to pass to ``--resume``; ``signum`` the signal (the
+    command line exits with ``128 + signum``: 130, 143, 138).
+    """
+
+    def __init__(self, message: str, out_dir: Path, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.out_dir = out_dir
+        self.signum = int(signum)
+
+
+class StopRequest:
+    """Whether a stop signal asked the run to stop after the current step, and which."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signum: int = signal.SIGINT
+
+    def by(self) -> str:
+        """`` by SIGTERM`` for a message (nothing for Ctrl-C)."""
+        if self.signum == signal.SIGINT:
+            return ""
+        return f" by {signal.Signals(self.signum).name}"
+
+    def agreed(self, world_size: int, device: torch.device) -> bool:
+        """Whether any rank was asked to stop (a collective: every rank calls it at the same
+        point); with one process, :attr:`requested`."""
+        if world_size > 1:
+            flag = reduce_sum(torch.tensor(float(self.requested), device=device))
+            self.requested = bool(flag.item() > 0)
+        return self.requested
+
+    @contextlib.contextmanager
+    def handle(self) -> Iterator[None]:
+        """While training, the first Ctrl-C, SIGTERM or SIGUSR1 sets :attr:`requested`: the
+        step is finished, ``last.pt`` written and :class:`TrainingInterrupted` raised. A second
+        Ctrl-C stops at once; a repeated SIGTERM/SIGUSR1 changes nothing (a scheduler's SIGKILL
+        ends the run for good). With several processes the ranks agree on the step at the next
+        log point (every 10 steps). Only in the main thread (signals go there)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.requested:
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                return
+            self.requested = True
+            self.signum = signum
+            if is_main_process():
+                again = " (Ctrl-C again stops at once)" if signum == signal.SIGINT else ""
+                name = "" if signum == signal.SIGINT else f"{signal.Signals(signum).name}: "
+                print(
+                    f"chanloss: {name}finishing the current step, then saving last.pt{again}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
+def nonfinite_error(
+    columns: list[str],
+    values: list[float],
+    epoch: int,
+    step: int,
+    steps_per_epoch: int,
+    last: Path,
+) -> NonFiniteLossError:
+    """The error for a step whose loss terms (``values``, named by ``columns``; the last value
+    is the objective) were not all finite, naming the terms, the epoch and the step."""
+    bad = [f"{c!r} ({v})" for c, v in zip(columns, values, strict=False) if not math.isfinite(v)]
+    if bad:
+        what = f"the loss term{'s' if len(bad) > 1 else ''} {', '.join(bad)}"
+    elif not math.isfinite(values[-1]):
+        what = f"the weighted sum of the terms ({values[-1]})"
+    else:
+        what = "a loss on another process"
+    kept = (
+        f"the last good checkpoint {last} is kept"
+        if last.exists()
+        else "no checkpoint had been written yet"
+    )
+    return NonFiniteLossError(
+        f"training diverged in epoch {epoch + 1} (loss {values[-1]}); lower optim.lr, add "
+        f"warm-up or set grad_clip: {what} was non-finite at epoch {epoch + 1}, step "
+        f"{step + 1}/{steps_per_epoch} (global step "
+        f"{epoch * steps_per_epoch + step + 1}); {kept}; on_nonfinite: skip would "
+        "skip such steps instead"
+    )
