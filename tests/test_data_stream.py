@@ -293,3 +293,24 @@ def test_a_stream_run_trains_and_evaluates_from_a_config(tmp_path):
     torch.testing.assert_close(data.example_images[0], expected)
     with pytest.raises(ConfigError, match="data.mode"):
         load_config(raw={**raw, "data": {**raw["data"], "mode": "disk"}})
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_long_decode_prints_progress_lines(tmp_path, monkeypatch, capsys, workers):
+    from chanloss.data import files
+
+    root = _folder_tree(tmp_path / "imgs", per_class=2)
+    paths = sorted((root / "train").rglob("*.jpg"))
+    spec = ImageSpec(size=(16, 16))
+    clock = iter(range(0, 1000, 4))  # 4 s per reading of the clock
+    monkeypatch.setattr(files, "_clock", lambda: next(clock))
+    monkeypatch.setattr(files, "PROGRESS_EVERY_S", 10.0)
+    pixels = files.decode_files(paths, spec, "mine", num_workers=workers)
+    assert pixels.shape == (6, 3, 16, 16)
+    lines = capsys.readouterr().err.splitlines()
+    # readings at 0 (start), 4, 8, 12 (line after 3 images), 16, 20, 24 (after 6: the end, quiet)
+    assert lines == ["mine: decoded 3/6 images (50%), 12 s, about 12 s left"]
+    capsys.readouterr()
+    monkeypatch.setattr(files, "PROGRESS_EVERY_S", 1000.0)
+    files.decode_files(paths, spec, "mine", num_workers=workers)
+    assert capsys.readouterr().err == ""  # a short decode says nothing
