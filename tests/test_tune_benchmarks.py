@@ -145,6 +145,10 @@ def test_tuned_parts_give_every_loss_the_same_search(parts: ModuleType) -> None:
     assert study["params"] == {"lr": 0.03, "alpha": 0.2}
     load_config(raw=study["raw"])
     assert parts.tuned_search_configs(part, ["ce", "arcface"])[1]["label"] == "arcface"
+    short = parts.PARTS["tuned-finegrained-short"]
+    assert short.column == "finegrained, CE and MC only, 5 trials, every loss tuned"
+    assert [i["label"] for i in parts.tuned_search_configs(short)] == ["ce", "mc"]
+    assert short.trials == 5 and parts.recipe(short) == parts.recipe(part)
 
 
 def test_report_marks_the_tuned_columns(tmp_path: Path, report: ModuleType) -> None:
