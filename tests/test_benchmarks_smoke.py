@@ -408,29 +408,38 @@ def test_resnet20_parts_swap_the_backbone_and_train_the_named_losses(parts: Modu
     assert parts.recipe(parts.PARTS["digits"]) == parts.BASES["digits"]
 
 
-def test_report_gives_a_second_backbone_its_own_column(tmp_path: Path, report: ModuleType):
+def _add_part(tmp_path: Path, report: ModuleType, part: str, rows: list[dict], **meta) -> str:
+    """Fake results of another study part beside the digits ones; the README rendered."""
     results = _write_fake_results(tmp_path)
-    rows = [
-        {**_study_row("ce", [0.97, 0.98, 0.99]), "part": "digits-resnet20", "model": "resnet20"},
-        {**_study_row("mc", [0.99, 0.99, 0.98]), "part": "digits-resnet20", "model": "resnet20"},
-    ]
-    with open(results / "study_digits-resnet20.csv", "w", newline="") as f:
+    rows = [{**row, "part": part} for row in rows]
+    with open(results / f"study_{part}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    meta = json.loads((results / "study_digits.json").read_text())
-    meta.update(
-        part="digits-resnet20",
+    data = json.loads((results / "study_digits.json").read_text())
+    data.update(part=part, **meta)
+    (results / f"study_{part}.json").write_text(json.dumps(data))
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert report.main(["--results", str(results), "--readme", str(readme)]) == 0
+    return readme.read_text()
+
+
+def test_report_gives_a_second_backbone_its_own_column(tmp_path: Path, report: ModuleType):
+    rows = [
+        {**_study_row("ce", [0.97, 0.98, 0.99]), "model": "resnet20"},
+        {**_study_row("mc", [0.99, 0.99, 0.98]), "model": "resnet20"},
+    ]
+    text = _add_part(
+        tmp_path,
+        report,
+        "digits-resnet20",
+        rows,
         column="digits, resnet20",
         recipe={"model": {"name": "resnet20"}},
         chosen_from="sweep-digits",
         chosen={"mc": {"beta": 5.0}},
     )
-    (results / "study_digits-resnet20.json").write_text(json.dumps(meta))
-    readme = tmp_path / "README.md"
-    readme.write_text(README)
-    assert report.main(["--results", str(results), "--readme", str(readme)]) == 0
-    text = readme.read_text()
     assert "| loss | digits | digits, resnet20 |" in text
     assert "| ce | 98.00 ± 1.00 | 98.00 ± 1.00 |" in text
     assert "| cc | 96.00 ± 1.00 | — |" in text
@@ -469,22 +478,10 @@ def test_defaults_parts_train_the_changed_losses_at_their_current_defaults(parts
 
 
 def test_report_gives_the_defaults_rows_their_own_verdicts(tmp_path: Path, report: ModuleType):
-    results = _write_fake_results(tmp_path)
-    rows = [
-        {**_study_row("ce", [0.97, 0.98, 0.99]), "part": "defaults-digits"},
-        {**_study_row("cc_default", [0.90, 0.91, 0.92]), "part": "defaults-digits"},
-    ]
-    with open(results / "study_defaults-digits.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    meta = json.loads((results / "study_digits.json").read_text())
-    meta.update(part="defaults-digits", column="digits, current defaults", chosen={})
-    (results / "study_defaults-digits.json").write_text(json.dumps(meta))
-    readme = tmp_path / "README.md"
-    readme.write_text(README)
-    assert report.main(["--results", str(results), "--readme", str(readme)]) == 0
-    text = readme.read_text()
+    rows = [_study_row("ce", [0.97, 0.98, 0.99]), _study_row("cc_default", [0.90, 0.91, 0.92])]
+    text = _add_part(
+        tmp_path, report, "defaults-digits", rows, column="digits, current defaults", chosen={}
+    )
     assert "| loss | digits | digits, current defaults |" in text
     assert "| cc_default | — | 91.00 ± 1.00 |" in text
     assert "CC-Loss (margin form, defaults) does not beat CE" in text
