@@ -314,6 +314,62 @@ def test_two_processes_share_one_storage(tmp_path: Path, kind: str) -> None:
     assert any(lr == pytest.approx(study.best_trial.params["optim.lr"]) for lr in lrs)
 
 
+def test_a_trial_cut_short_by_a_killed_process_is_queued_again_on_resume(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    import optuna
+
+    from chanloss.training.tune import STUDY_NAME, open_storage
+
+    out = tmp_path / "tune"
+    config = load_config(raw={**TINY, "epochs": 1})
+    tune(config, out, trials=2, confirm_seeds=0, pruner="none", log=lambda line: None)
+    storage = open_storage(f"sqlite:///{out / 'study.db'}")
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    # a trial as a process killed mid-trial leaves it: RUNNING, owned by a pid that is gone
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    cut = study.ask(fixed_distributions=study.trials[0].distributions)
+    cut.set_user_attr("host", socket.gethostname())
+    cut.set_user_attr("pid", int(dead.stdout))
+    lines: list[str] = []
+    tune(config, out, trials=3, confirm_seeds=0, pruner="none", resume=True, log=lines.append)
+    assert f"trial {cut.number} was cut short by an earlier run; queued again" in lines
+    trials = optuna.load_study(study_name=STUDY_NAME, storage=storage).trials
+    assert trials[cut.number].state.name == "FAIL"
+    rerun = trials[-1]
+    assert rerun.number == cut.number + 1 and rerun.state.name == "COMPLETE"
+    assert rerun.params == trials[cut.number].params
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert rows[-1]["origin"] == f"rerun of trial {cut.number}"
+
+
+def test_the_halving_pruner_stops_trials_early() -> None:
+    import optuna
+
+    from chanloss.training.tune import make_pruner
+
+    pruner = make_pruner("halving", epochs=9)
+    assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    stopped = []
+    for accuracy in (0.9, 0.8, 0.7, 0.2, 0.1):  # later trials worse at every epoch
+        trial = study.ask()
+        for epoch in range(9):
+            trial.report(accuracy, epoch)
+            if trial.should_prune():
+                stopped.append(epoch)
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, accuracy)
+    assert stopped and max(stopped) < 8  # the bad trials stopped before their last epoch
+    with pytest.raises(ConfigError, match="--pruner: expected one of median, halving, none"):
+        make_pruner("hyperband", epochs=9)
+
+
 # -- user errors ---------------------------------------------------------------------------------
 def test_tune_user_errors_are_one_line_with_status_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
