@@ -181,15 +181,12 @@ def ranking(rows: dict[str, dict[str, Any]], dataset: str) -> str:
     top = ordered[0]["test_acc_mean"]
     best = ", ".join(r["label"] for r in ordered if r["test_acc_mean"] == top)
     ranks = []
-    for name, label in CHANNEL_LOSSES.items():
+    for name, label in VERDICT_LOSSES.items():
         if name in rows and not math.isnan(rows[name]["test_acc_mean"]):
             rank = 1 + sum(r["test_acc_mean"] > rows[name]["test_acc_mean"] for r in ordered)
             ranks.append(f"{label} ranks {rank} of {len(ordered)}")
-    return (
-        f"{dataset}: highest mean {best} ({100 * top:.2f} %); "
-        + ", ".join(ranks)
-        + " by mean (ties share a rank)."
-    )
+    ranked = "; " + ", ".join(ranks) + " by mean (ties share a rank)" if ranks else ""
+    return f"{dataset}: highest mean {best} ({100 * top:.2f} %){ranked}."
 
 
 def transferred(meta: dict[str, Any]) -> str:

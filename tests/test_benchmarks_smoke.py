@@ -485,3 +485,8 @@ def test_report_gives_the_defaults_rows_their_own_verdicts(tmp_path: Path, repor
     assert "| loss | digits | digits, current defaults |" in text
     assert "| cc_default | — | 91.00 ± 1.00 |" in text
     assert "CC-Loss (margin form, defaults) does not beat CE" in text
+    assert (
+        "digits, current defaults: highest mean ce (98.00 %); CC-Loss (margin form, defaults) "
+        "ranks 2 of 2 by mean (ties share a rank)."
+    ) in text
+    assert "reused unchanged" not in text  # nothing in the part was chosen by a sweep

@@ -564,7 +564,8 @@ class Runner:
         only = self.args.only
         chosen: dict[str, Any] = {}
         if items is None:
-            needs_sweep = only is None or any(name in only for name in P.TUNED)
+            wanted = only if only is not None else part.losses  # None: every loss
+            needs_sweep = wanted is None or any(name in wanted for name in P.TUNED)
             chosen = self.chosen(part) if needs_sweep else {}
             items = P.study_configs(part, chosen, only)
         epochs = self.prepare(items[0]["raw"], 0)["epochs"] if items else None
