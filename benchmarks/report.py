@@ -687,8 +687,10 @@ def cc_forms_section(found: dict[str, Any]) -> list[str]:
         "The default CC-Loss (`form=margin`, `weight=1`) was chosen from these validation "
         "results; the `cc` rows of the accuracy study above are the ratio form its sweeps "
         "tuned, and its `center` rows were trained with optimiser-moved centres "
-        "(`center_update: sgd`), before the published update became the default; neither was "
-        "rerun with the new defaults.",
+        "(`center_update: sgd`), before the published update became the default; the "
+        "*current defaults* columns of the study (`cc_default`, `center_default`; "
+        "`run_study.py --part defaults-NAME`) train both at their current defaults, untuned, "
+        "beside CE.",
         "",
     ]
     return lines
