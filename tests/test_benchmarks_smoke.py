@@ -374,8 +374,9 @@ def test_curve_zoom_ignores_one_diverged_loss_and_every_panel_is_labelled(
     for run in groups.values():  # test accuracy only after the last epoch: training accuracy
         lines = ["epoch,train_loss,train_acc,test_acc", "1,1.0,0.4,", "2,0.5,0.6,0.55"]
         (run[0] / "metrics.csv").write_text("\n".join(lines) + "\n")
-    fig = run_study.curves_figure(groups, "test_acc", "title")
+    fig = run_study.curves_figure(groups, "test_acc", "part: {accuracy} per epoch")
     try:
+        assert fig._suptitle.get_text() == "part: train accuracy per epoch"
         assert fig.axes[0].get_ylabel() == "train accuracy (%)"
         assert list(fig.axes[0].get_lines()[0].get_ydata()) == [40.0, 60.0]
     finally:

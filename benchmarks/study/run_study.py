@@ -244,7 +244,7 @@ def zoom_limits(lines: list[tuple[list[float], list[float]]], x_from: float) -> 
 def curves_figure(groups: dict[str, list[Path]], acc_column: str, title: str) -> Any:
     """Accuracy (``acc_column``; all epochs, and the last third zoomed) and training objective
     per epoch, mean over each group's runs; every panel titled and labelled, the legend below
-    the panels inside the figure."""
+    the panels inside the figure. ``{accuracy}`` in ``title`` names the accuracy shown."""
     runs = [d for run_dirs in groups.values() for d in run_dirs]
     if runs and all(len(_curve(d, acc_column)) <= 1 for d in runs):
         # runs trained since the test split is read only after the last epoch: the training
@@ -298,7 +298,7 @@ def curves_figure(groups: dict[str, list[Path]], acc_column: str, title: str) ->
         fig.legend(
             handles, names, loc="lower center", ncol=min(7, len(names)), fontsize=8, frameon=False
         )
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title.replace("{accuracy}", f"{acc_name} accuracy"), fontsize=10)
     fig.tight_layout(rect=(0, 0.05 * rows + 0.02, 1, 1))
     return fig
 
@@ -619,7 +619,8 @@ class Runner:
             plot_curves(
                 {label: [r["run_dir"] for r in res] for label, res in outcome.items()},
                 "test_acc",
-                f"{part.name}: test accuracy and training objective, mean over {len(self.seeds(part))} seed(s)",
+                f"{part.name}: {{accuracy}} and training objective, mean over "
+                f"{len(self.seeds(part))} seed(s)",
                 self.results / f"study_{part.name}_curves.png",
             )
 
