@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
 
-from chanloss.training.run_dir import atomic_open  # noqa: E402
+from chanloss.training.run_dir import write_png  # noqa: E402
 
 __all__ = [
     "class_colours",
@@ -35,8 +35,7 @@ def save_figure(fig: Any, path: str | Path, dpi: int = _DPI) -> None:
     """Write ``fig`` as a PNG through a temporary file (``path`` is old or new, never half) and
     close it."""
     try:
-        with atomic_open(path, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
+        write_png(fig, path, dpi)
     finally:
         plt.close(fig)
 

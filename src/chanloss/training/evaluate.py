@@ -15,7 +15,7 @@ import torch
 from chanloss.models.pretrained import checkpoint_weights
 from chanloss.training.checkpoint import CheckpointError, describe, load_checkpoint
 from chanloss.training.config import ConfigError, validate_config
-from chanloss.training.run_dir import atomic_open, write_json
+from chanloss.training.run_dir import atomic_open, write_json, write_png
 from chanloss.training.trainer import Trainer
 
 
@@ -205,7 +205,6 @@ def _plot_confusion(confusion: torch.Tensor, names: list[str], path: Path, *, ti
     ax.set_title(title)
     fig.tight_layout()
     try:
-        with atomic_open(path, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
+        write_png(fig, path)
     finally:
         plt.close(fig)

@@ -108,6 +108,12 @@ def atomic_copy(src: str | Path, dst: str | Path) -> None:
         shutil.copyfileobj(f, out, 1 << 20)
 
 
+def write_png(fig: Any, path: str | Path, dpi: int = 100) -> None:
+    """Save a matplotlib figure as a PNG, atomically."""
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_open(path) as f:
