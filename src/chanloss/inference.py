@@ -27,7 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from chanloss.training.checkpoint import CheckpointError, describe, load_checkpoint
+from chanloss.training.checkpoint import (
+    CheckpointError,
+    apply_pruned_structure,
+    describe,
+    load_checkpoint,
+)
 from chanloss.training.config import ConfigError, TrainConfig, validate_config
 
 EXPORT_FORMATS = ("torchscript", "onnx")
@@ -205,6 +210,8 @@ def load_model(path: str | Path, *, device: str = "cpu") -> TrainedModel:
 
     with checkpoint_weights():  # the tensors come from the checkpoint, not model.weights
         network = build_model(config, num_classes=num_classes, in_channels=in_channels)
+    if state.get("pruning") is not None:
+        network = apply_pruned_structure(network, state["pruning"], str(path))
     heads = build_losses(config, network, num_classes)
     slot = next((s for s in heads if s.loss.provides_logits), None)
     try:

@@ -98,7 +98,7 @@ def load_trainer(checkpoint: str | Path, *, device: str = "auto") -> tuple[Train
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
     with checkpoint_weights():  # the model's tensors come from the checkpoint
-        trainer = Trainer(config, checkpoint.parent, verbose=0)
+        trainer = Trainer(config, checkpoint.parent, verbose=0, structure=state.get("pruning"))
     trainer.load_state(state, str(checkpoint))
     trainer.model.eval()
     trainer.losses.eval()

@@ -51,7 +51,7 @@ def evaluate_checkpoint(
     base = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval-{checkpoint.stem}"
     out = base / split
     with checkpoint_weights():  # the model's tensors come from the checkpoint
-        trainer = Trainer(config, out, verbose=0)
+        trainer = Trainer(config, out, verbose=0, structure=state.get("pruning"))
     try:
         trainer.model.load_state_dict(state["model"])
         for slot, sd in zip(trainer.slots, state["losses"], strict=True):

@@ -44,6 +44,7 @@ from chanloss.training.builders import (
 )
 from chanloss.training.checkpoint import (
     CheckpointError,
+    apply_pruned_structure,
     capture_rng,
     check_resumable,
     describe,
@@ -111,8 +112,10 @@ class Trainer:
         verbose: int = 2,
         evaluate_test: bool = True,
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+        structure: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
+        self.structure = structure  # a pruned checkpoint's channel record (models.pruned)
         self.run = out_dir if isinstance(out_dir, RunDir) else RunDir(out_dir)
         self.out_dir = self.run.path
         self.verbose = verbose
@@ -130,7 +133,10 @@ class Trainer:
             log(f"loaded {_describe_data(self.data)} in {time.perf_counter() - loading:.1f} s")
         self.model = build_model(
             config, num_classes=self.data.num_classes, in_channels=self.data.in_channels
-        ).to(self.device)
+        )
+        if structure is not None:
+            self.model = apply_pruned_structure(self.model, structure, "the checkpoint")
+        self.model = self.model.to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.slots = build_losses(config, self.model, self.data.num_classes)
@@ -633,6 +639,7 @@ class Trainer:
             "partial_ranks": self._partial_ranks,  # every rank's, with several processes
             "best": {"val_acc": self.best_val, "epoch": self.best_epoch},
             "history": self.history,
+            **({"pruning": self.structure} if self.structure is not None else {}),
             "meta": {
                 "num_classes": int(self.data.num_classes),
                 "in_channels": int(self.data.in_channels),
@@ -732,6 +739,7 @@ def train(
                 verbose=verbose,
                 evaluate_test=evaluate_test,
                 on_epoch_end=on_epoch_end,
+                structure=None if state is None else state.get("pruning"),
             )
             if is_main_process():
                 run.check_free_space(
