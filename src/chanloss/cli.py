@@ -509,7 +509,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(
                 f"a command is required: one of {', '.join(COMMANDS)} (see '{PROG} --help')"
             )
-        status = COMMANDS[args.command].run(args)
+        from chanloss.messages import command_scope
+
+        with command_scope():
+            status = COMMANDS[args.command].run(args)
     except SystemExit:  # --help and --version, before pydantic is imported for the next line
         raise
     except (UsageError, _config_error(), FileNotFoundError) as err:

@@ -43,6 +43,7 @@ from chanloss.data.files import (
     ImageSpec,
     decode_files,
 )
+from chanloss.messages import once
 
 #: Seed of the fixed train/test splits of digits and mnist5k.
 SPLIT_SEED = 0
@@ -547,5 +548,5 @@ def _probe_images(
             + ("every sampled image is grey" if grey else "colour images among them")
             + ")"
         )
-    print(f"{name}: {'; '.join(chosen)}", flush=True)
+    once(f"{name}: {'; '.join(chosen)}")  # the same for every run of a command: printed once
     return size, colour
