@@ -404,7 +404,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 # -- tune --------------------------------------------------------------------------------------
 def _duration(text: str) -> float:
-    from chanloss.training.tune import parse_duration
+    from chanloss.tuning import parse_duration
 
     try:
         return parse_duration(text)
@@ -463,7 +463,7 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
 )
 def _run_tune(args: argparse.Namespace) -> int:
     from chanloss.training import load_config
-    from chanloss.training.tune import TuneInterrupted, tune
+    from chanloss.tuning import TuneInterrupted, tune
 
     config = load_config(args.config, args.overrides)
     try:
