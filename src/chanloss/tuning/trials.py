@@ -26,9 +26,9 @@ __all__ = ["Inline", "confirm_runs", "final_test_accuracy", "run_confirm", "run_
 
 
 def _diverged(err: BaseException) -> bool:
-    from chanloss.training.trainer import NonFiniteLossError
+    from chanloss.errors import TrainingDiverged
 
-    return isinstance(err, NonFiniteLossError) or "diverged" in str(err)
+    return isinstance(err, TrainingDiverged)
 
 
 def _last_val(run_dir: Path) -> float | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from chanloss.errors import TuneInterrupted
 from chanloss.training.config import ConfigError, TrainConfig, config_to_dict
 from chanloss.training.search import apply_params, resolve_space
 from chanloss.tuning.common import clock, cores, params_text, write_text
@@ -31,14 +32,6 @@ from chanloss.tuning.trials import Inline, confirm_runs, init_worker, run_trial,
 __all__ = ["TuneInterrupted", "Tuner", "tune"]
 
 _FAILURES_IN_A_ROW = 3  # consecutive failed trials (errors, not pruning) end the search
-
-
-class TuneInterrupted(KeyboardInterrupt):
-    """Ctrl-C during ``tune``: running trials were marked for a rerun; continue with --resume."""
-
-    def __init__(self, message: str, out_dir: Path) -> None:
-        super().__init__(message)
-        self.out_dir = out_dir
 
 
 @dataclass
