@@ -1,4 +1,5 @@
-"""Every error type of chanloss, in one module that imports nothing of the package.
+"""Every error type of chanloss, in one module that imports nothing of the package (nor any
+third-party library: the command line imports it for ``--help``).
 
 A user-caused failure is a :class:`ConfigError` (or a subclass): the command line prints it as
 one line ``chanloss: error: ...`` and exits with status 2. The other types say what kind of
@@ -24,8 +25,6 @@ from __future__ import annotations
 import pickle
 import signal
 from pathlib import Path
-
-import yaml
 
 __all__ = [
     "CheckpointError",
@@ -54,8 +53,12 @@ class UsageError(Exception):
     """A bad command line (printed as one line, exit status 2)."""
 
 
-class YAMLLimitError(yaml.YAMLError):
-    """YAML text over one of the loader's limits (one line)."""
+class YAMLLimitError(ValueError):
+    """YAML text over one of the loader's limits (one line).
+
+    A ``ValueError`` rather than a ``yaml.YAMLError`` so that this module (imported by the
+    command line's ``--help``) does not import PyYAML.
+    """
 
 
 class CheckpointError(ConfigError):
