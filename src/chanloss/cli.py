@@ -23,13 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from chanloss.errors import UsageError
+
 PROG = "chanloss"
 USER_ERROR = 2
 NPROC_ENV = "CHANLOSS_NPROC"  # set by the --nproc launcher in its workers
-
-
-class UsageError(Exception):
-    """A bad command line (printed as one line, exit status 2)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -404,7 +402,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 # -- tune --------------------------------------------------------------------------------------
 def _duration(text: str) -> float:
-    from chanloss.training.tune import parse_duration
+    from chanloss.tuning import parse_duration
 
     try:
         return parse_duration(text)
@@ -463,7 +461,7 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
 )
 def _run_tune(args: argparse.Namespace) -> int:
     from chanloss.training import load_config
-    from chanloss.training.tune import TuneInterrupted, tune
+    from chanloss.tuning import TuneInterrupted, tune
 
     config = load_config(args.config, args.overrides)
     try:

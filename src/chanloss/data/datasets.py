@@ -43,6 +43,7 @@ from chanloss.data.files import (
     ImageSpec,
     decode_files,
 )
+from chanloss.errors import UnsafePickleError
 from chanloss.messages import once
 
 #: Seed of the fixed train/test splits of digits and mnist5k.
@@ -138,10 +139,6 @@ _PICKLE_GLOBALS = {
         )
     ),
 }
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle that refers to something other than plain data (it could run code)."""
 
 
 class _DataUnpickler(pickle.Unpickler):
