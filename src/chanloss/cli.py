@@ -301,7 +301,7 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
         "--format",
         default="torchscript",
         choices=("torchscript", "onnx"),
-        help="torchscript (default) or onnx (needs the onnx package: pip install 'chanloss[onnx]')",
+        help="torchscript (default) or onnx (needs the onnx package: pip install onnx)",
     )
     p.add_argument(
         "--out", help="output file (default: the checkpoint's path with .torchscript.pt or .onnx)"

@@ -345,7 +345,7 @@ def export_model(
             import onnx
         except ImportError:
             raise InferenceError(
-                "ONNX export needs the onnx package: pip install 'chanloss[onnx]'"
+                "ONNX export needs the onnx package: pip install onnx"
             ) from None
     checkpoint = Path(checkpoint)
     model = load_model(checkpoint)
