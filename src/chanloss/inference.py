@@ -344,9 +344,7 @@ def export_model(
         try:
             import onnx
         except ImportError:
-            raise InferenceError(
-                "ONNX export needs the onnx package: pip install onnx"
-            ) from None
+            raise InferenceError("ONNX export needs the onnx package: pip install onnx") from None
     checkpoint = Path(checkpoint)
     model = load_model(checkpoint)
     target = Path(out) if out is not None else checkpoint.with_suffix(_SUFFIX[format])
