@@ -76,7 +76,7 @@ def mean_std(values: list[float]) -> dict[str, Any]:
 
 def run_dataset(dataset: str, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
     from chanloss.training import load_config
-    from chanloss.training.tune import confirm_runs, gain_over, tune
+    from chanloss.tuning import confirm_runs, gain_over, tune
 
     budget = BUDGETS.get(dataset, {"epochs": P.BASES[dataset]["epochs"], "trials": 8})
     epochs = args.epochs or (1 if args.quick else budget["epochs"])

@@ -18,7 +18,7 @@ from chanloss.training import load_config
 from chanloss.training.config import ConfigError
 from chanloss.training.config_reference import builtin_losses
 from chanloss.training.search import apply_params, low_end_params, resolve_space, start_params
-from chanloss.training.tune import advice, gain_over, parse_duration, tune
+from chanloss.tuning import advice, gain_over, parse_duration, tune
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +165,7 @@ class _TestSplitGuard:
 @pytest.fixture
 def guarded(monkeypatch: pytest.MonkeyPatch) -> type[_TestSplitGuard]:
     import chanloss.training.trainer as trainer_module
-    from chanloss.training.tune import Tuner
+    from chanloss.tuning import Tuner
 
     build = trainer_module.build_data
     built = {"n": 0}
@@ -266,7 +266,7 @@ def test_two_processes_share_one_storage(tmp_path: Path, kind: str) -> None:
 
     import optuna
 
-    from chanloss.training.tune import STUDY_NAME, open_storage
+    from chanloss.tuning import STUDY_NAME, open_storage
 
     storage = (
         f"journal:{tmp_path / 'study.journal'}"
@@ -278,7 +278,7 @@ def test_two_processes_share_one_storage(tmp_path: Path, kind: str) -> None:
     # torch._dynamo (optimisers) and matplotlib (the report) again
     import torch._dynamo  # noqa: F401
 
-    import chanloss.training.tune_report  # noqa: F401
+    import chanloss.tuning.report  # noqa: F401
     from chanloss.data import build_datasets
 
     build_datasets("digits", val_fraction=0.25)
@@ -321,7 +321,7 @@ def test_a_trial_cut_short_by_a_killed_process_is_queued_again_on_resume(tmp_pat
 
     import optuna
 
-    from chanloss.training.tune import STUDY_NAME, open_storage
+    from chanloss.tuning import STUDY_NAME, open_storage
 
     out = tmp_path / "tune"
     config = load_config(raw={**TINY, "epochs": 1})
@@ -349,7 +349,7 @@ def test_a_trial_cut_short_by_a_killed_process_is_queued_again_on_resume(tmp_pat
 def test_the_halving_pruner_stops_trials_early() -> None:
     import optuna
 
-    from chanloss.training.tune import make_pruner
+    from chanloss.tuning.pruners import make_pruner
 
     pruner = make_pruner("halving", epochs=9)
     assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
@@ -399,7 +399,7 @@ def test_tune_user_errors_are_one_line_with_status_2(
     # a storage that holds a study of another config
     import optuna
 
-    from chanloss.training.tune import STUDY_NAME, Tuner, open_storage
+    from chanloss.tuning import STUDY_NAME, Tuner, open_storage
 
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     tuner = Tuner(load_config(cfg), tmp_path / "first", 1, storage=storage)

@@ -390,7 +390,7 @@ class Runner:
         chosen settings on the full training split over the seeds like a study part."""
         from chanloss.training import load_config
         from chanloss.training.config import yaml_load
-        from chanloss.training.tune import tune
+        from chanloss.tuning import tune
 
         trials = 2 if self.args.quick else (self.args.trials or part.trials)
         best: dict[str, dict[str, Any]] = {}

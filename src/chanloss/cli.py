@@ -23,13 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from chanloss.errors import UsageError
+
 PROG = "chanloss"
 USER_ERROR = 2
 NPROC_ENV = "CHANLOSS_NPROC"  # set by the --nproc launcher in its workers
-
-
-class UsageError(Exception):
-    """A bad command line (printed as one line, exit status 2)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -303,7 +301,7 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
         "--format",
         default="torchscript",
         choices=("torchscript", "onnx"),
-        help="torchscript (default) or onnx (needs the onnx package: pip install 'chanloss[onnx]')",
+        help="torchscript (default) or onnx (needs the onnx package: pip install onnx)",
     )
     p.add_argument(
         "--out", help="output file (default: the checkpoint's path with .torchscript.pt or .onnx)"
@@ -404,7 +402,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 # -- tune --------------------------------------------------------------------------------------
 def _duration(text: str) -> float:
-    from chanloss.training.tune import parse_duration
+    from chanloss.tuning import parse_duration
 
     try:
         return parse_duration(text)
@@ -463,7 +461,7 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
 )
 def _run_tune(args: argparse.Namespace) -> int:
     from chanloss.training import load_config
-    from chanloss.training.tune import TuneInterrupted, tune
+    from chanloss.tuning import TuneInterrupted, tune
 
     config = load_config(args.config, args.overrides)
     try:
@@ -558,7 +556,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(
                 f"a command is required: one of {', '.join(COMMANDS)} (see '{PROG} --help')"
             )
-        status = COMMANDS[args.command].run(args)
+        from chanloss.messages import command_scope
+
+        with command_scope():
+            status = COMMANDS[args.command].run(args)
     except SystemExit:  # --help and --version, before pydantic is imported for the next line
         raise
     except (UsageError, _config_error(), FileNotFoundError) as err:

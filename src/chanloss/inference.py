@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from chanloss.errors import InferenceError
 from chanloss.training.checkpoint import (
     CheckpointError,
     apply_pruned_structure,
@@ -37,10 +38,6 @@ from chanloss.training.config import ConfigError, TrainConfig, validate_config
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 _SUFFIX = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
-
-
-class InferenceError(ConfigError):
-    """A bad input to prediction or export (not an image, a bad ``topk``, an unknown format)."""
 
 
 @dataclass(frozen=True)
@@ -354,9 +351,7 @@ def export_model(
         try:
             import onnx
         except ImportError:
-            raise InferenceError(
-                "ONNX export needs the onnx package: pip install 'chanloss[onnx]'"
-            ) from None
+            raise InferenceError("ONNX export needs the onnx package: pip install onnx") from None
     checkpoint = Path(checkpoint)
     model = load_model(checkpoint)
     target = Path(out) if out is not None else checkpoint.with_suffix(_SUFFIX[format])

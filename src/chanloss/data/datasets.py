@@ -43,6 +43,8 @@ from chanloss.data.files import (
     ImageSpec,
     decode_files,
 )
+from chanloss.errors import UnsafePickleError
+from chanloss.messages import once
 
 #: Seed of the fixed train/test splits of digits and mnist5k.
 SPLIT_SEED = 0
@@ -137,10 +139,6 @@ _PICKLE_GLOBALS = {
         )
     ),
 }
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle that refers to something other than plain data (it could run code)."""
 
 
 class _DataUnpickler(pickle.Unpickler):
@@ -547,5 +545,5 @@ def _probe_images(
             + ("every sampled image is grey" if grey else "colour images among them")
             + ")"
         )
-    print(f"{name}: {'; '.join(chosen)}", flush=True)
+    once(f"{name}: {'; '.join(chosen)}")  # the same for every run of a command: printed once
     return size, colour

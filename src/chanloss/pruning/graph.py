@@ -24,12 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from chanloss.errors import PruneError as PruneError
 from chanloss.models.pruned import RECORD_FORMAT, RECORD_VERSION, sync_feature_width
-from chanloss.training.config import ConfigError
-
-
-class PruneError(ConfigError):
-    """A bad pruning request (one line, exit status 2 on the command line)."""
 
 
 @dataclass

@@ -19,6 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from chanloss.losses.search import Choice, LogUniform  # noqa: E402
 from chanloss.training.search import Dimension  # noqa: E402
+from chanloss.tuning.common import mean_std, write_text  # noqa: E402
+from chanloss.tuning.output import advice, gain_text, trial_rows  # noqa: E402
+from chanloss.tuning.output import pct as output_pct  # noqa: E402
 
 __all__ = ["write_report"]
 
@@ -167,15 +170,11 @@ def importances(study: Any) -> tuple[dict[str, float], str]:
 
 
 def _pct(values: list[float]) -> str:
-    from chanloss.training.tune import _mean_std, _pct
-
-    return _pct(*_mean_std(values))
+    return output_pct(*mean_std(values))
 
 
 def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out_dir: Path) -> None:
     """Write ``report.html`` and its PNGs into ``out_dir``."""
-    from chanloss.training.tune import _gain_text, advice, trial_rows
-
     plot_history(study, out_dir / "history.png")
     plot_curves(study, out_dir / "curves.png")
     plot_params(study, dims, out_dir / "params.png")
@@ -215,8 +214,8 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
             f"<td>{_pct(conf['test']['ce'])}</td></tr>",
             f"<tr><td class='l'>tuned (trial {conf['trial']})</td><td>{_pct(conf['val']['tuned'])}"
             f"</td><td>{_pct(conf['test']['tuned'])}</td></tr>",
-            f"<tr><td class='l'>gain over CE</td><td>{esc(_gain_text(conf['val']['gain']))}</td>"
-            f"<td>{esc(_gain_text(conf['test']['gain']))}</td></tr></table>",
+            f"<tr><td class='l'>gain over CE</td><td>{esc(gain_text(conf['val']['gain']))}</td>"
+            f"<td>{esc(gain_text(conf['test']['gain']))}</td></tr></table>",
             f"<p><b>{html.escape(advice(conf))}</b></p>",
             f"<p class='note'>Both trained again over {n} fresh seed(s) "
             f"({', '.join(map(str, conf['seeds']))}), mean ± sample std of the final epoch. "
@@ -258,9 +257,7 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
     )
     parts.append("<p class='note'>All trials: <a href='trials.csv'>trials.csv</a>.</p>")
     parts.append("</body></html>\n")
-    from chanloss.training.tune import _write_text
-
-    _write_text(out_dir / "report.html", "\n".join(parts))
+    write_text(out_dir / "report.html", "\n".join(parts))
 
 
 def _val(value: Any, key: str = "") -> str:

@@ -1,0 +1,124 @@
+"""Opening a study: the storage checked against the config, the first trials queued, the trials
+of killed processes rerun."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from chanloss.training.config import ConfigError
+from chanloss.training.search import low_end_params, start_params
+from chanloss.tuning.pruners import make_pruner
+from chanloss.tuning.storage import (
+    STUDY_NAME,
+    fingerprint,
+    identity,
+    open_storage,
+    resolved_identity,
+)
+
+if TYPE_CHECKING:
+    from chanloss.tuning.tuner import Tuner
+
+__all__ = ["open_study", "recover"]
+
+
+def open_study(tuner: Tuner) -> Any:
+    """The study of ``tuner`` in its storage: checked against the config (a storage holding a
+    study of another config is refused), created with the config as written and the losses
+    almost off as its first trials, and with the trials of killed processes queued again."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    local = tuner.storage is None
+    db = tuner.out_dir / "study.db"
+    if local and db.exists() and not tuner.resume:
+        raise ConfigError(
+            f"{tuner.out_dir} already holds a study (study.db); add --resume to continue it "
+            "or choose another --out"
+        )
+    if local and tuner.resume and not db.exists():
+        raise ConfigError(
+            f"--resume: {tuner.out_dir} holds no study (study.db); run without --resume to "
+            "start one"
+        )
+    storage = open_storage(tuner.spec)
+    try:
+        names = optuna.study.get_all_study_names(storage)
+    except Exception as err:
+        raise ConfigError(f"--storage {tuner.spec}: cannot read it ({err})") from None
+    if tuner.resume and STUDY_NAME not in names:
+        raise ConfigError(f"--resume: the storage {tuner.spec} holds no chanloss study")
+    ident = identity(tuner.config, tuner.dims, tuner.fixed)
+    existing = optuna.study.get_all_study_summaries(storage) if names else []
+    known = {s.study_name: s for s in existing}
+    if STUDY_NAME in known:
+        attrs = known[STUDY_NAME].user_attrs
+        if attrs.get("chanloss_fingerprint") not in (None, fingerprint(ident)):
+            stored = resolved_identity(attrs.get("chanloss_identity", {}))
+        else:
+            stored = ident
+        if stored != ident:
+            keys = sorted(
+                k
+                for k in set(stored.get("config", {})) | set(ident["config"])
+                if stored.get("config", {}).get(k) != ident["config"].get(k)
+            )
+            if stored.get("space") != ident["space"] or stored.get("fixed") != ident["fixed"]:
+                keys.append("search space")
+            raise ConfigError(
+                f"the storage {tuner.spec} holds a study of a different config (differs in "
+                f"{', '.join(keys) or 'its identity'}); use the same config, or another "
+                "--out/--storage"
+            )
+    previous = known[STUDY_NAME].n_trials if STUDY_NAME in known else 0
+    sampler = optuna.samplers.TPESampler(
+        seed=tuner.config.seed + previous,
+        n_startup_trials=max(3, min(10, tuner.trials // 3)),
+        constant_liar=True,
+    )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=STUDY_NAME,
+        direction="maximize",
+        sampler=sampler,
+        pruner=make_pruner(tuner.pruner, tuner.config.epochs),
+        load_if_exists=True,
+    )
+    if "chanloss_fingerprint" not in study.user_attrs:
+        study.set_user_attr("chanloss_fingerprint", fingerprint(ident))
+        study.set_user_attr("chanloss_identity", ident)
+    if not study.trials:
+        first = start_params(tuner.config, tuner.dims)
+        study.enqueue_trial(first, user_attrs={"origin": "config"}, skip_if_exists=True)
+        low = low_end_params(tuner.config, tuner.dims)
+        if low != first:
+            study.enqueue_trial(low, user_attrs={"origin": "losses off"}, skip_if_exists=True)
+    recover(study, tuner.log)
+    return study
+
+
+def recover(study: Any, log: Callable[[str], None]) -> None:
+    """Trials left running by a killed process of this machine: failed, and queued again."""
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") != host or not isinstance(pid, int) or _alive(pid):
+            continue
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        study.enqueue_trial(t.params, user_attrs={"origin": f"rerun of trial {t.number}"})
+        log(f"trial {t.number} was cut short by an earlier run; queued again")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
