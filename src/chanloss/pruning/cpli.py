@@ -50,11 +50,17 @@ class _Capture:
         self.grad = grad
         self.handle = module.register_forward_pre_hook(self._hook)
 
-    def _hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+    def _hook(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         x = args[0]
-        if self.grad and x.requires_grad:
+        if not self.grad:
+            self.inputs.append(x)
+            return None
+        if not x.requires_grad:  # the first capture: the graph starts here
+            x = x.detach().requires_grad_(True)
+        else:
             x.retain_grad()
         self.inputs.append(x)
+        return (x, *args[1:])
 
     def remove(self) -> None:
         self.handle.remove()
@@ -151,12 +157,53 @@ def cpli_prune(
     ``mc_classes`` makes the feature layer keep the same number in each MC-Loss class group;
     ``targets`` caches the original model's reader outputs (by reader name) across calls.
     """
-    import torch_pruning as tp
 
     original = copy.deepcopy(model).eval()
     original_modules = dict(original.named_modules())
     kept_all: dict[str, list[int]] = {}
     model.eval()
+    # Only the gradient at the readers' inputs is needed: no parameter gradients, and the
+    # backward pass stops at the first captured input.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        _layer_by_layer(
+            model,
+            original,
+            original_modules,
+            layers,
+            counts,
+            calibration,
+            example,
+            mix,
+            mc_classes,
+            targets,
+            progress,
+            kept_all,
+        )
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+    return kept_all
+
+
+def _layer_by_layer(
+    model: nn.Module,
+    original: nn.Module,
+    original_modules: dict[str, nn.Module],
+    layers: Sequence[PrunableLayer],
+    counts: dict[str, int],
+    calibration: Calibration,
+    example: Tensor,
+    mix: float,
+    mc_classes: int | None,
+    targets: dict[str, list[Tensor]] | None,
+    progress: Callable[[str], None] | None,
+    kept_all: dict[str, list[int]],
+) -> None:
+    import torch_pruning as tp
+
     for index, layer in enumerate(layers):
         modules = dict(model.named_modules())
         reader = modules[layer.reader_name]
@@ -167,13 +214,11 @@ def cpli_prune(
         )
         try:
             for x, y in calibration:
-                model.zero_grad(set_to_none=True)
                 calibration.loss(model, x, y).backward()
         finally:
             capture.remove()
             if capture_next is not None:
                 capture_next.remove()
-        model.zero_grad(set_to_none=True)
         s = loss_term(capture.inputs)
         if capture_next is not None:
             w = loss_term(capture_next.inputs)
@@ -204,7 +249,6 @@ def cpli_prune(
         refit_reader(reader, inputs, targets[layer.reader_name])
         if progress is not None:
             progress(f"layer {index + 1}/{len(layers)} {layer.name}: kept {len(kept)}/{total}")
-    return kept_all
 
 
 def _next_pruned(

@@ -53,9 +53,16 @@ def dependency_graph(model: nn.Module, example: torch.Tensor) -> Any:
     """Torch-Pruning's dependency graph of ``model`` traced on ``example``."""
     import torch_pruning as tp
 
-    return tp.DependencyGraph().build_dependency(
-        model, example, output_transform=_logits, verbose=False
-    )
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:  # the graph is traced through autograd
+        p.requires_grad_(True)
+    try:
+        return tp.DependencyGraph().build_dependency(
+            model, example, output_transform=_logits, verbose=False
+        )
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
 
 
 def find_prunable(model: nn.Module, example: torch.Tensor) -> list[PrunableLayer]:
