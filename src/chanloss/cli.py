@@ -310,7 +310,7 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
         "--format",
         default="torchscript",
         choices=("torchscript", "onnx"),
-        help="torchscript (default) or onnx (needs the onnx package: pip install 'chanloss[onnx]')",
+        help="torchscript (default) or onnx (needs the onnx package: pip install onnx)",
     )
     p.add_argument(
         "--out", help="output file (default: the checkpoint's path with .torchscript.pt or .onnx)"
@@ -521,7 +521,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(
                 f"a command is required: one of {', '.join(COMMANDS)} (see '{PROG} --help')"
             )
-        status = COMMANDS[args.command].run(args)
+        from chanloss.messages import command_scope
+
+        with command_scope():
+            status = COMMANDS[args.command].run(args)
     except SystemExit:  # --help and --version, before pydantic is imported for the next line
         raise
     except (UsageError, _config_error(), FileNotFoundError) as err:

@@ -323,9 +323,7 @@ def export_model(
         try:
             import onnx
         except ImportError:
-            raise InferenceError(
-                "ONNX export needs the onnx package: pip install 'chanloss[onnx]'"
-            ) from None
+            raise InferenceError("ONNX export needs the onnx package: pip install onnx") from None
     from chanloss.training.loader import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(checkpoint)  # a run directory: its best.pt (or last.pt)

@@ -44,6 +44,7 @@ from chanloss.data.files import (
     decode_files,
 )
 from chanloss.errors import UnsafePickleError
+from chanloss.messages import once
 
 #: Seed of the fixed train/test splits of digits and mnist5k.
 SPLIT_SEED = 0
@@ -544,5 +545,5 @@ def _probe_images(
             + ("every sampled image is grey" if grey else "colour images among them")
             + ")"
         )
-    print(f"{name}: {'; '.join(chosen)}", flush=True)
+    once(f"{name}: {'; '.join(chosen)}")  # the same for every run of a command: printed once
     return size, colour

@@ -114,14 +114,17 @@ def build_model(config: TrainConfig, *, num_classes: int, in_channels: int) -> n
         ) from None
     report = getattr(model, "pretrained_report", None)
     if report is not None:
-        from chanloss.training.distributed import log
+        from chanloss.messages import once
+        from chanloss.training.distributed import is_main_process
 
         adapted = f"; {report['adapted']}" if report["adapted"] else ""
-        log(
-            f"model: loaded {report['loaded']} tensors of {config.model.options()['weights']} "
-            f"({report['layout']} layout); new: {_summarise(report['new'])}; not used from "
-            f"the file: {_summarise(report['skipped'])}{adapted}"
-        )
+        if is_main_process():
+            once(
+                f"model: loaded {report['loaded']} tensors of "
+                f"{config.model.options()['weights']} ({report['layout']} layout); new: "
+                f"{_summarise(report['new'])}; not used from the file: "
+                f"{_summarise(report['skipped'])}{adapted}"
+            )
     return model
 
 
