@@ -84,6 +84,11 @@ class Ctx:
             path.write_text(content)
         return str(path)
 
+    def folder(self, name: str) -> str:
+        path = self.root / name
+        path.mkdir()
+        return str(path)
+
     def out(self) -> str:
         return str(self.root / "new-run")
 
@@ -481,8 +486,12 @@ CLI_CASES: dict[str, Case] = {
     "eval-missing": Case(
         lambda c: ["eval", str(c.root / "no.pt")], ("checkpoint not found: {root}/no.pt",)
     ),
-    "eval-directory": Case(
-        lambda c: ["eval", str(c.run)], ("checkpoint {run} is a directory, expected a file",)
+    "eval-directory-without-checkpoints": Case(
+        lambda c: ["eval", c.folder("empty")],
+        (
+            "checkpoint {root}/empty is a directory with neither best.pt nor last.pt",
+            "expected a run's last.pt or best.pt",
+        ),
     ),
     "eval-plain-torch-file": Case(
         lambda c: ["eval", c.text("plain.pt", _torch_bytes({"model": {}}))],

@@ -191,7 +191,10 @@ def _stop_signals_before_training() -> Iterator[None]:
 
 # -- eval --------------------------------------------------------------------------------------
 def _configure_eval(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a last.pt or best.pt of a run")
+    p.add_argument(
+        "checkpoint",
+        help="a last.pt or best.pt of a run, or its run directory (best.pt, else last.pt)",
+    )
     p.add_argument(
         "--out",
         help="output directory; the files go to OUT/<split>/ (default OUT: <run dir>/eval-<checkpoint name>)",
@@ -264,7 +267,10 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 # -- predict / export --------------------------------------------------------------------------
 def _configure_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a last.pt or best.pt of a run")
+    p.add_argument(
+        "checkpoint",
+        help="a last.pt or best.pt of a run, or its run directory (best.pt, else last.pt)",
+    )
     p.add_argument(
         "paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively"
     )
@@ -296,7 +302,10 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _configure_export(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a last.pt or best.pt of a run")
+    p.add_argument(
+        "checkpoint",
+        help="a last.pt or best.pt of a run, or its run directory (best.pt, else last.pt)",
+    )
     p.add_argument(
         "--format",
         default="torchscript",
@@ -352,7 +361,12 @@ def _int_at_least(low: int) -> Callable[[str], int]:
 
 
 def _configure_analyze(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="last.pt/best.pt of runs")
+    p.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="last.pt/best.pt of runs, or run directories (their best.pt)",
+    )
     p.add_argument("--out", required=True, help="directory for report.html, metrics.csv, PNGs")
     p.add_argument(
         "--max-samples",

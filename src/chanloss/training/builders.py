@@ -128,6 +128,24 @@ def build_model(config: TrainConfig, *, num_classes: int, in_channels: int) -> n
     return model
 
 
+def model_from_checkpoint(
+    config: TrainConfig, state: dict[str, Any], *, num_classes: int, in_channels: int
+) -> nn.Module:
+    """The network of a checkpoint's run, rebuilt from its stored ``config``, before
+    ``state["model"]`` is loaded into it.
+
+    The one place where a model is rebuilt from a checkpoint: the checkpoint loader
+    (:mod:`chanloss.training.loader`: eval, analyze, predict, export, ``load_model``, tune) and
+    ``train --resume`` both call it. A pretrained model's weights file is not read (its tensors
+    come from the checkpoint). A checkpoint whose model was changed after it was built (e.g. a
+    pruned one, recorded in ``state``) is given that structure here, so that its state dict fits.
+    """
+    from chanloss.models.pretrained import checkpoint_weights
+
+    with checkpoint_weights():
+        return build_model(config, num_classes=num_classes, in_channels=in_channels)
+
+
 def _summarise(keys: list[str]) -> str:
     """``classifier (2 tensors), head (9 tensors)`` from a list of state_dict keys."""
     counts: dict[str, int] = {}

@@ -39,6 +39,7 @@ from chanloss.training.builders import (
     build_losses,
     build_model,
     count_parameters,
+    model_from_checkpoint,
     resolve_device,
     run_preprocessing,
     seed_everything,
@@ -102,6 +103,8 @@ class Trainer:
     ``test_acc`` is empty; ``chanloss tune`` searches so). ``on_epoch_end(epoch, row)`` is
     called after each epoch's files are written, with the epoch's metrics row; an exception it
     raises (e.g. ``optuna.TrialPruned``) ends the run there, the checkpoints kept.
+    ``checkpoint_state``: the checkpoint the trainer will be loaded from (resume, evaluation);
+    its model is then built by :func:`~chanloss.training.builders.model_from_checkpoint`.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class Trainer:
         verbose: int = 2,
         evaluate_test: bool = True,
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+        checkpoint_state: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.run = out_dir if isinstance(out_dir, RunDir) else RunDir(out_dir)
@@ -129,9 +133,11 @@ class Trainer:
         self.data = build_data(config)
         if self.epoch_lines:
             log(f"loaded {_describe_data(self.data)} in {time.perf_counter() - loading:.1f} s")
-        self.model = build_model(
-            config, num_classes=self.data.num_classes, in_channels=self.data.in_channels
-        ).to(self.device)
+        shape = {"num_classes": self.data.num_classes, "in_channels": self.data.in_channels}
+        if checkpoint_state is None:
+            self.model = build_model(config, **shape).to(self.device)
+        else:  # resumed or loaded: rebuilt as the checkpoint's model was
+            self.model = model_from_checkpoint(config, checkpoint_state, **shape).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.slots = build_losses(config, self.model, self.data.num_classes)
@@ -734,6 +740,7 @@ def train(
                 verbose=verbose,
                 evaluate_test=evaluate_test,
                 on_epoch_end=on_epoch_end,
+                checkpoint_state=state,
             )
             if is_main_process():
                 run.check_free_space(
