@@ -617,6 +617,7 @@ class Trainer:
             "model": self.config.model.name,
             "losses": [s.name for s in self.slots],
             "dataset": self.config.data.name,
+            "splits": self.data.splits,
             "num_classes": self.data.num_classes,
             "seed": self.config.seed,
             "device": str(self.device),
