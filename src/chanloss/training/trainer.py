@@ -80,6 +80,7 @@ from chanloss.training.distributed import (
 )
 from chanloss.training.optim import build_optimizer, build_scheduler
 from chanloss.training.preflight import preflight
+from chanloss.training.result import RunResult
 from chanloss.training.run_dir import RunDir
 from chanloss.training.stopping import (
     NonFiniteLossError,
@@ -482,8 +483,9 @@ class Trainer:
         return float(both[0] / both[1].clamp_min(1))
 
     # -- the run -----------------------------------------------------------------------------
-    def fit(self, *, stop_after: int | None = None) -> dict[str, Any]:
-        """Train up to ``config.epochs`` (or until ``stop_after`` epochs are done); summary."""
+    def fit(self, *, stop_after: int | None = None) -> RunResult:
+        """Train up to ``config.epochs`` (or until ``stop_after`` epochs are done); the result
+        (the contents of ``summary.json``)."""
         cfg = self.config
         if is_main_process():
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -546,7 +548,7 @@ class Trainer:
             )
         if is_main_process():
             self.run.write_json("summary.json", summary)
-        return summary
+        return RunResult(summary, self.out_dir)
 
     def _epoch_line(self, row: dict[str, Any]) -> str:
         parts = [f"epoch {row['epoch']}/{self.config.epochs}"]
@@ -705,9 +707,10 @@ def train(
     verbose: int = 2,
     evaluate_test: bool = True,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Train ``config`` into ``out_dir`` and return the summary (see :class:`Trainer`, also for
-    ``evaluate_test`` and ``on_epoch_end``).
+) -> RunResult:
+    """Train ``config`` into ``out_dir`` and return its :class:`~chanloss.training.result.RunResult`
+    (final test/validation accuracy, best epoch, checkpoint paths; also the mapping written to
+    ``summary.json``). See :class:`Trainer`, also for ``evaluate_test`` and ``on_epoch_end``.
 
     ``resume=True`` continues from ``out_dir/last.pt`` (a larger ``epochs`` extends a finished
     run); without it, a directory that already holds a run is an error. ``stop_after`` ends
