@@ -22,7 +22,9 @@ from chanloss.tuning.storage import (
 if TYPE_CHECKING:
     from chanloss.tuning.tuner import Tuner
 
-__all__ = ["open_study", "recover"]
+__all__ = ["NOISE_ORIGIN", "open_study", "recover"]
+
+NOISE_ORIGIN = "config, noise seed"
 
 
 def open_study(tuner: Tuner) -> Any:
@@ -76,7 +78,7 @@ def open_study(tuner: Tuner) -> Any:
     previous = known[STUDY_NAME].n_trials if STUDY_NAME in known else 0
     sampler = optuna.samplers.TPESampler(
         seed=tuner.config.seed + previous,
-        n_startup_trials=max(3, min(10, tuner.trials // 3)),
+        n_startup_trials=max(3, min(10, (tuner.trials or 30) // 3)),
         constant_liar=True,
     )
     study = optuna.create_study(
@@ -92,10 +94,19 @@ def open_study(tuner: Tuner) -> Any:
         study.set_user_attr("chanloss_identity", ident)
     if not study.trials:
         first = start_params(tuner.config, tuner.dims)
-        study.enqueue_trial(first, user_attrs={"origin": "config"}, skip_if_exists=True)
+        seed = tuner.config.seed
+        study.enqueue_trial(first, user_attrs={"origin": "config", "seed": seed},
+                            skip_if_exists=True)  # fmt: skip
+        # the config as written on a second seed: the seed noise of the score (not skipped
+        # as a duplicate: same params, another seed)
+        origins = [t.user_attrs.get("origin") for t in study.get_trials(deepcopy=False)]
+        if NOISE_ORIGIN not in origins:
+            study.enqueue_trial(first, user_attrs={"origin": NOISE_ORIGIN,
+                                                   "seed": tuner.noise_seed})  # fmt: skip
         low = low_end_params(tuner.config, tuner.dims)
         if low != first:
-            study.enqueue_trial(low, user_attrs={"origin": "losses off"}, skip_if_exists=True)
+            study.enqueue_trial(low, user_attrs={"origin": "losses off", "seed": seed},
+                                skip_if_exists=True)  # fmt: skip
     recover(study, tuner.log)
     return study
 
@@ -110,7 +121,8 @@ def recover(study: Any, log: Callable[[str], None]) -> None:
         if t.user_attrs.get("host") != host or not isinstance(pid, int) or _alive(pid):
             continue
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        study.enqueue_trial(t.params, user_attrs={"origin": f"rerun of trial {t.number}"})
+        attrs = {"origin": f"rerun of trial {t.number}", "seed": t.user_attrs.get("seed")}
+        study.enqueue_trial(t.params, user_attrs=attrs)
         log(f"trial {t.number} was cut short by an earlier run; queued again")
 
 
