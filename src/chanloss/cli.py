@@ -23,13 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from chanloss.errors import UsageError
+
 PROG = "chanloss"
 USER_ERROR = 2
 NPROC_ENV = "CHANLOSS_NPROC"  # set by the --nproc launcher in its workers
-
-
-class UsageError(Exception):
-    """A bad command line (printed as one line, exit status 2)."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -27,15 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from chanloss.errors import InferenceError
 from chanloss.training.checkpoint import CheckpointError, describe, load_checkpoint
 from chanloss.training.config import ConfigError, TrainConfig, validate_config
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 _SUFFIX = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
-
-
-class InferenceError(ConfigError):
-    """A bad input to prediction or export (not an image, a bad ``topk``, an unknown format)."""
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,8 @@ from chanloss._validation import (
     check_options,
     keyword_options,
 )
-
-
-class DatasetError(ValueError):
-    """A data-set file is malformed; the message names the file and what was expected."""
-
-
-class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
-    """A data-set file is missing (both a ``ValueError`` and a ``FileNotFoundError``)."""
+from chanloss.errors import DatasetError as DatasetError
+from chanloss.errors import DatasetFileNotFoundError as DatasetFileNotFoundError
 
 
 def to_float_images(images: Tensor) -> Tensor:

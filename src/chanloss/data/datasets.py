@@ -43,6 +43,7 @@ from chanloss.data.files import (
     ImageSpec,
     decode_files,
 )
+from chanloss.errors import UnsafePickleError
 
 #: Seed of the fixed train/test splits of digits and mnist5k.
 SPLIT_SEED = 0
@@ -137,10 +138,6 @@ _PICKLE_GLOBALS = {
         )
     ),
 }
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle that refers to something other than plain data (it could run code)."""
 
 
 class _DataUnpickler(pickle.Unpickler):

@@ -28,15 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from chanloss.training.config import ConfigError
-from chanloss.training.run_dir import open_temp
+from chanloss.atomic import open_temp
+from chanloss.errors import CheckpointError
+from chanloss.errors import ConfigError as ConfigError
 
 FORMAT = "chanloss-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be read or does not fit the run."""
 
 
 SLOW_WRITE_ENV = "CHANLOSS_TEST_SLOW_CHECKPOINT"

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from chanloss.errors import ConfigError, YAMLLimitError
+
 __all__ = [
     "AugmentConfig",
     "ConfigError",
@@ -43,10 +45,6 @@ __all__ = [
     "validate_config",
     "yaml_load",
 ]
-
-
-class ConfigError(ValueError):
-    """A user error in a configuration, an override, a file or a checkpoint (one-line message)."""
 
 
 # -- YAML --------------------------------------------------------------------------------------
@@ -84,10 +82,6 @@ MAX_NODES = 100_000  # scalars, mappings and lists, with every alias expanded
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 MAX_PIXELS = 1 << 16  # image sizes and padding
 MAX_FLOAT32 = 3.4e38  # learning rates and decays become float32 tensors
-
-
-class YAMLLimitError(yaml.YAMLError):
-    """YAML text over one of the limits above (one line)."""
 
 
 def _check_limits(root: yaml.Node | None) -> None:

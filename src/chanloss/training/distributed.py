@@ -53,6 +53,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from chanloss.errors import LossInputError
 from chanloss.training.checkpoint import CheckpointError
 from chanloss.training.config import ConfigError
 
@@ -413,15 +414,6 @@ def objective_scale(loss: nn.Module) -> int:
     batch means (cross-entropy, MC-Loss) are averaged correctly as they are.
     """
     return get_world_size() if getattr(loss, "gathers_across_ranks", False) else 1
-
-
-class LossInputError(ValueError):
-    """A loss refused its input during a training step (``check_finite``: NaN/inf logits or
-    features); ``index`` is the loss's position in ``losses``."""
-
-    def __init__(self, index: int, err: ValueError) -> None:
-        super().__init__(str(err))
-        self.index = index
 
 
 class ModelWithLosses(nn.Module):

@@ -29,18 +29,18 @@ import csv
 import datetime
 import json
 import os
-import secrets
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import filelock
 import torch
 
-from chanloss.training.config import ConfigError
+from chanloss.atomic import atomic_copy, atomic_open, open_temp, write_json, write_png
+from chanloss.errors import ConfigError, NonFiniteStateError, RunDirBusy
 
 __all__ = [
     "HOLDER_FILE",
@@ -52,73 +52,12 @@ __all__ = [
     "atomic_open",
     "open_temp",
     "write_json",
+    "write_png",
 ]
 
 LOCK_FILE = ".chanloss.lock"
 HOLDER_FILE = ".chanloss.lock.json"
 RUN_FILES = ("last", "best", "metrics", "summary", "config")  # names of strays to remove
-
-
-class RunDirBusy(ConfigError):
-    """The run directory is owned by another live run (one-line message naming it)."""
-
-
-class NonFiniteStateError(ConfigError):
-    """A checkpoint would hold NaN/inf parameters or buffers; the previous file is kept."""
-
-
-# -- atomic files ------------------------------------------------------------------------------
-def open_temp(path: Path) -> tuple[int, Path]:
-    """Create ``.NAME.<random>.tmp`` next to ``path`` for writing; ``(fd, temp path)``.
-
-    The file is created with mode ``0o666`` and the kernel applies the umask (unlike
-    ``tempfile.mkstemp``, which always creates ``0o600``).
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:  # pragma: no cover - 48 random bits
-            continue
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary file for writing that replaces ``path`` when the block ends normally.
-
-    ``mode`` is ``"w"`` (text, ``newline=""``) or ``"wb"``. On an exception the temporary file
-    is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    fd, tmp = open_temp(path)
-    try:
-        text = "b" not in mode
-        with os.fdopen(fd, mode, **({"newline": "", "encoding": "utf-8"} if text else {})) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_copy(src: str | Path, dst: str | Path) -> None:
-    """Copy ``src`` to ``dst`` through a temporary file (``dst`` is old or new, never half)."""
-    with atomic_open(dst, "wb") as out, open(src, "rb") as f:
-        shutil.copyfileobj(f, out, 1 << 20)
-
-
-def write_png(fig: Any, path: str | Path, dpi: int = 100) -> None:
-    """Save a matplotlib figure as a PNG, atomically."""
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=dpi)
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-    with atomic_open(path) as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
 
 
 # -- the lock ----------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
-from chanloss.training.config import ConfigError
+from chanloss.errors import ConfigError as ConfigError
+from chanloss.errors import NonFiniteLossError
+from chanloss.errors import TrainingInterrupted as TrainingInterrupted
 from chanloss.training.distributed import is_main_process, reduce_sum
 
 # Signals that ask a run to stop after the current step (schedulers send SIGTERM before
@@ -26,24 +28,6 @@ from chanloss.training.distributed import is_main_process, reduce_sum
 STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name)
 )
-
-
-class NonFiniteLossError(ConfigError):
-    """A loss term became NaN or infinite (``on_nonfinite: stop``); the last checkpoint is kept."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT), SIGTERM or SIGUSR1 during training: the current step was finished and
-    ``last.pt`` written.
-
-    ``out_dir`` is the run directory to pass to ``--resume``; ``signum`` the signal (the
-    command line exits with ``128 + signum``: 130, 143, 138).
-    """
-
-    def __init__(self, message: str, out_dir: Path, signum: int = signal.SIGINT) -> None:
-        super().__init__(message)
-        self.out_dir = out_dir
-        self.signum = int(signum)
 
 
 class StopRequest:

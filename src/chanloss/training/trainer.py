@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from chanloss.errors import TrainingDiverged
 from chanloss.models.base import ModelOutput
 from chanloss.training.builders import (
     Batches,
@@ -344,7 +345,7 @@ class Trainer:
         if self.config.on_nonfinite == "skip":
             row["skipped_steps"] = skipped
         if not math.isfinite(row["train_loss"]):
-            raise NonFiniteLossError(
+            raise TrainingDiverged(
                 f"training diverged in epoch {epoch + 1} (loss {row['train_loss']}); "
                 "lower optim.lr, add warm-up or set grad_clip"
             )

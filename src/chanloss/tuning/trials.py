@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chanloss.errors import TrainingDiverged
 from chanloss.training.config import (
     ConfigError,
     config_to_dict,
@@ -23,7 +24,6 @@ from chanloss.training.config import (
     resolved_config_dict,
     yaml_load,
 )
-from chanloss.training.stopping import NonFiniteLossError
 from chanloss.tuning.common import clock, cores, write_text
 from chanloss.tuning.pruners import make_pruner
 from chanloss.tuning.quiet import collected
@@ -107,7 +107,7 @@ def run_trial(trial: Any, raw: dict[str, Any], run_dir: Path) -> TrialOutcome:
         done["epochs"], classes = summary["epochs"], summary["num_classes"]
     except optuna.TrialPruned:
         state = "pruned"
-    except NonFiniteLossError as err:
+    except TrainingDiverged as err:
         state, error = "diverged", _one_line(err)
     except ConfigError as err:
         state, error = "failed", _one_line(err)

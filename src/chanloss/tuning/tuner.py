@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chanloss.errors import TuneInterrupted
 from chanloss.training.config import ConfigError, TrainConfig, config_to_dict
 from chanloss.training.search import apply_params, resolve_space
 from chanloss.tuning.common import clock, cores, params_text
@@ -31,14 +32,6 @@ __all__ = ["DEFAULT_TRIALS", "TuneInterrupted", "Tuner", "seed_groups", "tune"]
 
 DEFAULT_TRIALS = 20  # without --trials and --timeout
 _FAILURES_IN_A_ROW = 3  # consecutive failed trials (errors, not pruning) end the search
-
-
-class TuneInterrupted(KeyboardInterrupt):
-    """Ctrl-C during ``tune``: running trials were marked for a rerun; continue with --resume."""
-
-    def __init__(self, message: str, out_dir: Path) -> None:
-        super().__init__(message)
-        self.out_dir = out_dir
 
 
 @dataclass
