@@ -22,6 +22,7 @@ from chanloss.tuning.output import (
 )
 from chanloss.tuning.stats import SCORE_EPOCHS, gain_over, paired_fold_test, pooled_seed_std
 from chanloss.tuning.storage import STUDY_NAME
+from chanloss.tuning.study import seed_groups
 from chanloss.tuning.trials import confirm_runs
 
 if TYPE_CHECKING:
@@ -184,8 +185,6 @@ def _pruned_early(tuner: Tuner, study: Any) -> tuple[int, int]:
 
 def finish(tuner: Tuner, study: Any, start: float) -> dict[str, Any]:
     """Everything after the search; returns what ``tune.json`` holds."""
-    from chanloss.tuning.tuner import seed_groups
-
     write_trials_csv(study, tuner.out_dir / "trials.csv", tuner.dims)
     counts = tuner.counts(study)
     if not counts["COMPLETE"]:

@@ -3,8 +3,10 @@ of killed processes rerun."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +24,7 @@ from chanloss.tuning.storage import (
 if TYPE_CHECKING:
     from chanloss.tuning.tuner import Tuner
 
-__all__ = ["NOISE_ORIGIN", "open_study", "recover"]
+__all__ = ["NOISE_ORIGIN", "open_study", "recover", "seed_groups", "set_study_attr"]
 
 NOISE_ORIGIN = "config, noise seed"
 
@@ -134,3 +136,28 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def set_study_attr(study: Any, key: str, value: Any) -> None:
+    """``study.set_user_attr`` that survives another worker writing the same key at the same
+    moment (a unique-key race in the storage: the later write wins on the retry)."""
+    for attempt in range(3):
+        try:
+            study.set_user_attr(key, value)
+            return
+        except Exception:  # noqa: BLE001 - the storage's IntegrityError, whatever the backend
+            if attempt == 2:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
+def seed_groups(study: Any) -> dict[str, list[float]]:
+    """The scores of the complete trials, grouped by setting (the same params on several
+    seeds: the config as written trained twice, trials rerun after a kill)."""
+    from optuna.trial import TrialState
+
+    groups: dict[str, dict[int, float]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        key = json.dumps(t.params, sort_keys=True)
+        groups.setdefault(key, {})[int(t.user_attrs.get("seed", -1))] = t.value
+    return {k: list(v.values()) for k, v in groups.items()}

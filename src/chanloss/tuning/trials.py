@@ -71,6 +71,11 @@ class RunOutcome:
     messages: list[str] = field(default_factory=list)
 
 
+def _diverged(err: BaseException) -> bool:
+    """A trial whose training diverged (the typed error), as opposed to one that failed."""
+    return isinstance(err, TrainingDiverged)
+
+
 def _one_line(err: BaseException, with_type: bool = False) -> str:
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text}" if with_type else text
@@ -107,10 +112,8 @@ def run_trial(trial: Any, raw: dict[str, Any], run_dir: Path) -> TrialOutcome:
         done["epochs"], classes = summary["epochs"], summary["num_classes"]
     except optuna.TrialPruned:
         state = "pruned"
-    except TrainingDiverged as err:
-        state, error = "diverged", _one_line(err)
     except ConfigError as err:
-        state, error = "failed", _one_line(err)
+        state, error = "diverged" if _diverged(err) else "failed", _one_line(err)
     except (RuntimeError, ValueError, TypeError, OSError) as err:
         state, error = "failed", _one_line(err, with_type=True)
     return TrialOutcome(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
 import socket
@@ -25,10 +24,10 @@ from chanloss.tuning.pruners import PRUNERS, warmup_epochs
 from chanloss.tuning.quiet import OncePerCommand
 from chanloss.tuning.stats import pooled_seed_std
 from chanloss.tuning.storage import STUDY_NAME, distribution, storage_url
-from chanloss.tuning.study import open_study
+from chanloss.tuning.study import open_study, recover, seed_groups, set_study_attr
 from chanloss.tuning.trials import TrialOutcome, executor_for, run_trial, trial_task
 
-__all__ = ["DEFAULT_TRIALS", "TuneInterrupted", "Tuner", "seed_groups", "tune"]
+__all__ = ["DEFAULT_TRIALS", "TuneInterrupted", "Tuner", "tune"]
 
 DEFAULT_TRIALS = 20  # without --trials and --timeout
 _FAILURES_IN_A_ROW = 3  # consecutive failed trials (errors, not pruning) end the search
@@ -40,18 +39,6 @@ class _Running:
     params: dict[str, Any]
     seed: int
     run_dir: Path
-
-
-def seed_groups(study: Any) -> dict[str, list[float]]:
-    """The scores of the complete trials, grouped by setting (the same params on several
-    seeds: the config as written trained twice, trials rerun after a kill)."""
-    from optuna.trial import TrialState
-
-    groups: dict[str, dict[int, float]] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        key = json.dumps(t.params, sort_keys=True)
-        groups.setdefault(key, {})[int(t.user_attrs.get("seed", -1))] = t.value
-    return {k: list(v.values()) for k, v in groups.items()}
 
 
 @dataclass
@@ -170,8 +157,8 @@ class Tuner:
         study (``noise_std``: the pruner reads it)."""
         std, dof = pooled_seed_std(list(seed_groups(study).values()))
         if dof and study.user_attrs.get("noise_dof") != dof:
-            study.set_user_attr("noise_std", std)
-            study.set_user_attr("noise_dof", dof)
+            set_study_attr(study, "noise_std", std)
+            set_study_attr(study, "noise_dof", dof)
             self.log(
                 f"noise: on this split, the seed standard deviation of a trial's score is "
                 f"{100 * std:.2f} points ({dof} degree{'s' if dof > 1 else ''} of freedom); "
@@ -219,6 +206,7 @@ class Tuner:
         stopped_by_trials = False
         try:
             while True:
+                recover(study, self.log)  # trials of a worker killed meanwhile: queued again
                 counts = self.counts(study)
                 started = counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"]
                 while len(pending) < self.jobs:
@@ -258,7 +246,7 @@ class Tuner:
                     if result.state == "complete":
                         durations.append(result.time_s)
                         if "num_classes" not in study.user_attrs:
-                            study.set_user_attr("num_classes", result.num_classes)
+                            set_study_attr(study, "num_classes", result.num_classes)
                         self.update_noise(study)
                     mine.append(result.time_s)
                     self._progress(study, start, deadline, mine, len(pending))
