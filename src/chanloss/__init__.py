@@ -11,6 +11,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from chanloss.inference import load_model
 
+from chanloss import messages as _messages
+
+# A worker process of a command (compare/tune --jobs, train --nproc) prints warnings as that
+# command does: one line, once per command (see chanloss.messages).
+_messages.join_command()
+
 __version__ = "0.1.0"
 __all__ = ["__version__", "load_model"]
 

@@ -191,7 +191,10 @@ def _stop_signals_before_training() -> Iterator[None]:
 
 # -- eval --------------------------------------------------------------------------------------
 def _configure_eval(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a last.pt or best.pt of a run")
+    p.add_argument(
+        "checkpoint",
+        help="a last.pt or best.pt of a run, or its run directory (best.pt, else last.pt)",
+    )
     p.add_argument(
         "--out",
         help="output directory; the files go to OUT/<split>/ (default OUT: <run dir>/eval-<checkpoint name>)",
@@ -264,7 +267,10 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 # -- predict / export --------------------------------------------------------------------------
 def _configure_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a last.pt or best.pt of a run")
+    p.add_argument(
+        "checkpoint",
+        help="a last.pt or best.pt of a run, or its run directory (best.pt, else last.pt)",
+    )
     p.add_argument(
         "paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively"
     )
@@ -296,12 +302,15 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _configure_export(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a last.pt or best.pt of a run")
+    p.add_argument(
+        "checkpoint",
+        help="a last.pt or best.pt of a run, or its run directory (best.pt, else last.pt)",
+    )
     p.add_argument(
         "--format",
         default="torchscript",
         choices=("torchscript", "onnx"),
-        help="torchscript (default) or onnx (needs the onnx package: pip install 'chanloss[onnx]')",
+        help="torchscript (default) or onnx (needs the onnx package: pip install onnx)",
     )
     p.add_argument(
         "--out", help="output file (default: the checkpoint's path with .torchscript.pt or .onnx)"
@@ -352,7 +361,12 @@ def _int_at_least(low: int) -> Callable[[str], int]:
 
 
 def _configure_analyze(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="last.pt/best.pt of runs")
+    p.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="last.pt/best.pt of runs, or run directories (their best.pt)",
+    )
     p.add_argument("--out", required=True, help="directory for report.html, metrics.csv, PNGs")
     p.add_argument(
         "--max-samples",
@@ -535,7 +549,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(
                 f"a command is required: one of {', '.join(COMMANDS)} (see '{PROG} --help')"
             )
-        status = COMMANDS[args.command].run(args)
+        from chanloss.messages import command_scope
+
+        with command_scope():
+            status = COMMANDS[args.command].run(args)
     except SystemExit:  # --help and --version, before pydantic is imported for the next line
         raise
     except (UsageError, _config_error(), FileNotFoundError) as err:

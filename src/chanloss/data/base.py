@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -115,6 +115,9 @@ class DataBundle:
     class_names: list[str]
     mode: str = "memory"
     crop: tuple[int, int] | None = None
+    #: each split's size and how it was made (a run's ``summary.json`` stores it), e.g.
+    #: ``{"test": {"images": 80, "from": "80 of the 400 train/ images (20%, ...)"}}``
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Splits(NamedTuple):
@@ -285,28 +288,42 @@ def build_datasets(
         splits = DATASETS[name](root=root, **opts)
         train = TensorImageDataset(splits.train_images, splits.train_labels)
         test = TensorImageDataset(splits.test_images, splits.test_labels)
-        class_names, crop = list(splits.class_names), None
+        class_names, crop, own_val, origin = list(splits.class_names), None, None, {}
     else:
         from chanloss.data.files import ImageFileDataset, cached_decode, decode_files, decoded_bytes
 
         files = FILE_SETS[name](root=root, **opts)
+        if files.val is not None and val_fraction > 0:
+            raise ValueError(
+                f"{name}: the data has its own validation split (val/, {len(files.val.paths)} "
+                f"images), so val_fraction={val_fraction:g} would make a second one: set "
+                "data.val_fraction to 0, or remove val/"
+            )
         if mode == "auto":
             mode = "memory" if decoded_bytes(files) <= budget * 1e9 else "stream"
-        spec, class_names = files.spec, list(files.class_names)
+        spec, class_names, origin = files.spec, list(files.class_names), dict(files.origin)
+        parts = {"train": files.train, "test": files.test}
+        if files.val is not None:
+            parts["val"] = files.val
+            origin["val"] = "val/"
         if mode == "stream":
-            train = ImageFileDataset(files.train, spec, train=True, seed=seed, name=name)
-            test = ImageFileDataset(files.test, spec, train=False, seed=seed, name=name)
+            loaded = {
+                what: ImageFileDataset(split, spec, train=what == "train", seed=seed, name=name)
+                for what, split in parts.items()
+            }
         else:
-            pixels = [
-                cached_decode(split, spec, name, what, cache_dir, files.num_workers)
-                if cache_dir is not None
-                else decode_files(split.paths, spec, name, files.num_workers)
-                for what, split in (("train", files.train), ("test", files.test))
-            ]
-            train = TensorImageDataset(pixels[0], files.train.labels)
-            test = TensorImageDataset(pixels[1], files.test.labels)
+            loaded = {
+                what: TensorImageDataset(
+                    cached_decode(split, spec, name, what, cache_dir, files.num_workers)
+                    if cache_dir is not None
+                    else decode_files(split.paths, spec, name, files.num_workers),
+                    split.labels,
+                )
+                for what, split in parts.items()
+            }
+        train, test, own_val = loaded["train"], loaded["test"], loaded.get("val")
         crop = spec.size if mode == "memory" and spec.stored != spec.size else None
-    val = None
+    val = own_val
     split_seed = seed if split_seed is None else check_int("split_seed", split_seed, low=0)
     folds = check_int("folds", folds, low=0)
     if folds == 1 or (folds and val_fraction > 0):
@@ -326,6 +343,7 @@ def build_datasets(
         train, val = train.subset(keep), train.subset(held)
         if mode == "stream":
             val = val.with_train(False)
+        origin["val"] = f"{100 * val_fraction:g}% of the training split, stratified, seed {seed}"
     if mode == "stream":
         sample = train.sample_pixels() if normalize == "dataset" else None
         channels, size = spec.channels, spec.size
@@ -353,4 +371,9 @@ def build_datasets(
         class_names=class_names,
         mode=mode,
         crop=crop,
+        splits={
+            split: {"images": len(ds), "from": origin.get(split, "the data set's own")}
+            for split, ds in (("train", train), ("val", val), ("test", test))
+            if ds is not None
+        },
     )

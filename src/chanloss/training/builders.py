@@ -117,15 +117,36 @@ def build_model(config: TrainConfig, *, num_classes: int, in_channels: int) -> n
         ) from None
     report = getattr(model, "pretrained_report", None)
     if report is not None:
-        from chanloss.training.distributed import log
+        from chanloss.messages import once
+        from chanloss.training.distributed import is_main_process
 
         adapted = f"; {report['adapted']}" if report["adapted"] else ""
-        log(
-            f"model: loaded {report['loaded']} tensors of {config.model.options()['weights']} "
-            f"({report['layout']} layout); new: {_summarise(report['new'])}; not used from "
-            f"the file: {_summarise(report['skipped'])}{adapted}"
-        )
+        if is_main_process():
+            once(
+                f"model: loaded {report['loaded']} tensors of "
+                f"{config.model.options()['weights']} ({report['layout']} layout); new: "
+                f"{_summarise(report['new'])}; not used from the file: "
+                f"{_summarise(report['skipped'])}{adapted}"
+            )
     return model
+
+
+def model_from_checkpoint(
+    config: TrainConfig, state: dict[str, Any], *, num_classes: int, in_channels: int
+) -> nn.Module:
+    """The network of a checkpoint's run, rebuilt from its stored ``config``, before
+    ``state["model"]`` is loaded into it.
+
+    The one place where a model is rebuilt from a checkpoint: the checkpoint loader
+    (:mod:`chanloss.training.loader`: eval, analyze, predict, export, ``load_model``, tune) and
+    ``train --resume`` both call it. A pretrained model's weights file is not read (its tensors
+    come from the checkpoint). A checkpoint whose model was changed after it was built (e.g. a
+    pruned one, recorded in ``state``) is given that structure here, so that its state dict fits.
+    """
+    from chanloss.models.pretrained import checkpoint_weights
+
+    with checkpoint_weights():
+        return build_model(config, num_classes=num_classes, in_channels=in_channels)
 
 
 def _summarise(keys: list[str]) -> str:

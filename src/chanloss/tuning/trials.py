@@ -130,14 +130,11 @@ def run_trial(trial: Any, raw: dict[str, Any], run_dir: Path) -> TrialOutcome:
 
 def final_test_accuracy(run_dir: Path) -> float:
     """The test accuracy of a finished run's final model (``last.pt``), read once."""
-    from chanloss.training.checkpoint import load_checkpoint
-    from chanloss.training.trainer import Trainer
+    from chanloss.training.loader import load_run
 
-    state = load_checkpoint(run_dir / "last.pt", map_location="cpu")
-    config = load_config(raw=state["config"])
-    trainer = Trainer(config, run_dir, verbose=0)
-    trainer.load_state(state, str(run_dir / "last.pt"))
-    return trainer.accuracy("test")
+    loaded = load_run(run_dir / "last.pt", device=None, with_data=True)
+    assert loaded.trainer is not None
+    return loaded.trainer.accuracy("test")
 
 
 def run_confirm(raw: dict[str, Any], run_dir: Path, read_test: bool = True) -> RunOutcome:

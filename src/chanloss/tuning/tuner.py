@@ -79,10 +79,14 @@ class Tuner:
             raise ConfigError(
                 f"--pruner: expected one of {', '.join(PRUNERS)}, got {self.pruner!r}"
             )
-        if self.config.data.val_fraction <= 0:
+        from chanloss.data import has_own_val
+
+        data = self.config.data
+        if data.val_fraction <= 0 and not has_own_val(data.name, data.root):
             raise ConfigError(
                 "tune needs a validation split to score the trials on: set data.val_fraction "
-                "(e.g. --set data.val_fraction=0.2); the test split is never used to choose"
+                "(e.g. --set data.val_fraction=0.2), or give an image folder a val/ folder; "
+                "the test split is never used to choose"
             )
         try:
             self.dims, self.fixed = resolve_space(self.config)

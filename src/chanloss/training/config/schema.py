@@ -1,9 +1,9 @@
-"""The training configuration: a YAML file validated by a pydantic schema.
+"""The schema of a training config: pydantic models, one per section, and their validation.
 
-The schema below is the single reference for every key and its default. Unknown keys and
-values of the wrong type are errors that name the dotted key (``optim.lr``, ``losses.1.weight``);
-a string is never silently converted to a number. ``--set KEY=VALUE`` overrides are applied
-to the raw YAML before validation, so they are checked exactly like the file.
+The models below are the single reference for every key and its default (``docs/configuration.md``
+is generated from them). Unknown keys and values of the wrong type are errors that name the
+dotted key (``optim.lr``, ``losses.1.weight``) with a "did you mean" hint; a string is never
+silently converted to a number.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -25,11 +24,13 @@ from pydantic import (
     model_validator,
 )
 
-from chanloss.errors import ConfigError, YAMLLimitError
+from chanloss.errors import ConfigError
 
 __all__ = [
+    "MAX_FLOAT32",
+    "MAX_PIXELS",
+    "MAX_SEED",
     "AugmentConfig",
-    "ConfigError",
     "DataConfig",
     "DistributedConfig",
     "LossConfig",
@@ -37,129 +38,16 @@ __all__ = [
     "OptimConfig",
     "ScheduleConfig",
     "TrainConfig",
-    "apply_overrides",
+    "config_to_dict",
     "dump_config",
-    "load_config",
     "resolved_config_dict",
-    "parse_overrides",
     "validate_config",
-    "yaml_load",
 ]
 
-
-# -- YAML --------------------------------------------------------------------------------------
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 does."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-for _first, _resolvers in _Loader.yaml_implicit_resolvers.items():
-    _Loader.yaml_implicit_resolvers[_first] = [
-        (tag, rx) for tag, rx in _resolvers if tag != "tag:yaml.org,2002:float"
-    ]
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-# Bounds on what a config (file or --set value) may hold: far above any real config, far below
-# what exhausts memory or the interpreter's stack.
-MAX_CONFIG_BYTES = 1 << 20  # a config file
-MAX_VALUE_CHARS = 1 << 16  # one --set value
-MAX_DEPTH = 32  # nesting of mappings and lists (a --set key's dotted parts too)
-MAX_NODES = 100_000  # scalars, mappings and lists, with every alias expanded
+# Bounds on values: far above any real config, far below what breaks the libraries.
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 MAX_PIXELS = 1 << 16  # image sizes and padding
 MAX_FLOAT32 = 3.4e38  # learning rates and decays become float32 tensors
-
-
-def _check_limits(root: yaml.Node | None) -> None:
-    """Raise :class:`YAMLLimitError` if the composed YAML, with every alias expanded, has more
-    than :data:`MAX_NODES` nodes, is nested deeper than :data:`MAX_DEPTH` or refers to itself.
-
-    Aliases make a graph of shared nodes: each node's expanded size and depth is computed once
-    (memoised), so a "billion laughs" document costs as much to check as it has nodes.
-    """
-    if root is None:
-        return
-    done: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, depth)
-    active: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, expanded = stack.pop()
-        key = id(node)
-        children: list[yaml.Node] = []
-        if isinstance(node, yaml.SequenceNode):
-            children = list(node.value)
-        elif isinstance(node, yaml.MappingNode):
-            children = [part for pair in node.value for part in pair]
-        if expanded:
-            size = 1 + sum(done[id(c)][0] for c in children)
-            depth = 1 + max((done[id(c)][1] for c in children), default=0)
-            active.discard(key)
-            done[key] = (size, depth)
-            if size > MAX_NODES:
-                raise YAMLLimitError(
-                    f"more than {MAX_NODES:,} values once its aliases (*name) are expanded; "
-                    "expected a small config"
-                )
-            if depth > MAX_DEPTH:
-                raise YAMLLimitError(f"nested deeper than {MAX_DEPTH} levels")
-            continue
-        if key in done:
-            continue
-        if key in active:
-            raise YAMLLimitError("an alias (*name) refers to a mapping or list that contains it")
-        active.add(key)
-        stack.append((node, True))
-        stack.extend((c, False) for c in children if id(c) not in done)
-        if len(active) > MAX_DEPTH + 1:
-            raise YAMLLimitError(f"nested deeper than {MAX_DEPTH} levels")
-
-
-def _bracket_depth(text: str) -> int:
-    """The deepest nesting of ``[``/``{`` in ``text`` (quotes ignored: an upper bound)."""
-    if text.count("[") + text.count("{") <= 4 * MAX_DEPTH:
-        return 0
-    depth = peak = 0
-    for ch in text:
-        if ch in "[{":
-            depth += 1
-            peak = max(peak, depth)
-        elif ch in "]}":
-            depth = max(depth - 1, 0)
-    return peak
-
-
-def yaml_load(text: str) -> Any:
-    """Parse YAML text safely (``yaml.safe_load`` semantics, plus ``1e-4`` read as a float).
-
-    Documents bigger than :data:`MAX_NODES` values (aliases expanded), nested deeper than
-    :data:`MAX_DEPTH` or referring to themselves raise :class:`YAMLLimitError`.
-    """
-    if _bracket_depth(text) > 4 * MAX_DEPTH:  # PyYAML's scanner is quadratic in this depth
-        raise YAMLLimitError(f"nested deeper than {MAX_DEPTH} levels")
-    loader = _Loader(text)  # noqa: S506 - _Loader derives from SafeLoader
-    try:
-        try:
-            node = loader.get_single_node()
-        except RecursionError:
-            raise YAMLLimitError(f"nested deeper than {MAX_DEPTH} levels") from None
-        _check_limits(node)
-        return loader.construct_document(node) if node is not None else None
-    finally:
-        loader.dispose()
 
 
 # -- schema ------------------------------------------------------------------------------------
@@ -733,131 +621,6 @@ def validate_config(raw: Any, *, source: str = "config") -> TrainConfig:
         raise ConfigError(f"{source}: {_format_errors(err)}") from None
 
 
-def parse_overrides(items: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
-    """Parse ``KEY=VALUE`` strings; the value is YAML (``0.05``, ``true``, ``[1, 2]``, ``null``)."""
-    parsed = []
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"--set expects KEY=VALUE with a dotted KEY, got {_clip(item)!r}")
-        if len(key.split(".")) > MAX_DEPTH:
-            raise ConfigError(f"--set {_clip(key)}: more than {MAX_DEPTH} dotted parts")
-        if len(text) > MAX_VALUE_CHARS:
-            raise ConfigError(
-                f"--set {_clip(key)}: the value has {len(text):,} characters, expected at most "
-                f"{MAX_VALUE_CHARS:,}"
-            )
-        try:
-            value = yaml_load(text) if text.strip() else ""
-        except YAMLLimitError as err:
-            raise ConfigError(f"--set {_clip(key)}: the value is {err}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(
-                f"--set {key}: the value {_clip(text)!r} is not valid YAML ({err})"
-            ) from None
-        parsed.append((key, value))
-    return parsed
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[tuple[str, Any]]) -> dict[str, Any]:
-    """Set dotted keys in a raw config (in place, and returned).
-
-    Numeric parts index lists (``losses.1.weight``); the index one past the end appends a new
-    entry. Missing mappings on the way are created.
-    """
-    for key, value in overrides:
-        parts = key.split(".")
-        node: Any = raw
-        for depth, part in enumerate(parts):
-            last = depth == len(parts) - 1
-            where = ".".join(parts[:depth]) or "the config"
-            if isinstance(node, list):
-                if not part.isdigit():
-                    raise ConfigError(
-                        f"--set {key}: {where} is a list, expected an index, got {part!r}"
-                    )
-                index = int(part)
-                if index > len(node):
-                    raise ConfigError(
-                        f"--set {key}: index {index} is out of range for {where} "
-                        f"(it has {len(node)} entries; {len(node)} appends one)"
-                    )
-                if index == len(node):
-                    node.append({} if not last else value)
-                if last:
-                    node[index] = value
-                else:
-                    if node[index] is None:
-                        node[index] = {}
-                    node = node[index]
-            elif isinstance(node, dict):
-                if last:
-                    node[part] = value
-                else:
-                    if node.get(part) is None:
-                        node[part] = {}
-                    node = node[part]
-            else:
-                raise ConfigError(
-                    f"--set {key}: {where} is a {type(node).__name__}, not a mapping or a list"
-                )
-    return raw
-
-
-def read_yaml(path: str | Path) -> Any:
-    """Read a YAML file; a missing or unparsable file is a :class:`ConfigError`."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"config file {path} is a directory, expected a YAML file")
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(
-                f"config file {path} has {size:,} bytes, expected a YAML config of at most "
-                f"{MAX_CONFIG_BYTES:,}"
-            )
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not a UTF-8 text file; expected a YAML config") from None
-    except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
-    try:
-        return yaml_load(text)
-    except YAMLLimitError as err:
-        raise ConfigError(f"{path}: refused: the YAML is {err}") from None
-    except yaml.YAMLError as err:
-        first = str(err).splitlines()
-        raise ConfigError(f"{path}: invalid YAML ({' '.join(s.strip() for s in first)})") from None
-
-
-def load_config(
-    path: str | Path | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
-    *,
-    raw: dict[str, Any] | None = None,
-) -> TrainConfig:
-    """Load a YAML config file (or a raw mapping), apply ``--set`` overrides and validate."""
-    if raw is None:
-        if path is None:
-            raise ConfigError("no config given")
-        raw = read_yaml(path)
-    source = str(path) if path is not None else "config"
-    if raw is None and not overrides:
-        raise ConfigError(
-            f"{source} is empty; expected a mapping with the keys model, data, losses "
-            "(and optionally optim, schedule, epochs, ...)"
-        )
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of keys, got {type(raw).__name__}")
-    raw = apply_overrides(_copy(raw), parse_overrides(list(overrides)))
-    return validate_config(raw, source=source)
-
-
 def dump_config(config: TrainConfig) -> str:
     """The resolved configuration (every default filled in) as YAML."""
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
@@ -877,15 +640,3 @@ def resolved_config_dict(raw: Any) -> Any:
         return config_to_dict(validate_config(raw))
     except ConfigError:
         return raw
-
-
-def _clip(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _copy(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _copy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_copy(v) for v in obj]
-    return obj
