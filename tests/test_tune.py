@@ -482,14 +482,17 @@ def test_a_search_that_learns_nothing_says_so_and_chooses_nothing(tmp_path: Path
 
 
 def test_a_warning_repeated_by_every_trial_in_worker_processes_is_printed_once(
-    tmp_path: Path,
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    from chanloss.messages import command_scope
+
     # CC-Loss on 20 feature channels with reduction 16: C // 16 = 1 < min_hidden 4 warns
     raw = {**TINY, "losses": [{"name": "ce"}, {"name": "cc", "reduction": 16}],
            "search": {"cc": {"reduction": None, "form": None}}, "epochs": 1}  # fmt: skip
-    lines: list[str] = []
-    tune(load_config(raw=raw), tmp_path / "tune", trials=4, jobs=2, folds=0, top=0,
-         pruner="none", log=lines.append)  # fmt: skip
-    warned = [line for line in lines if "min_hidden" in line]
-    assert len(warned) == 1, lines
-    assert warned[0].startswith("UserWarning: ") and "return cls(" not in warned[0]
+    with command_scope():  # what the command line wraps around a command
+        tune(load_config(raw=raw), tmp_path / "tune", trials=4, jobs=2, folds=0, top=0,
+             pruner="none", log=lambda line: None)  # fmt: skip
+    out, err = capfd.readouterr()
+    warned = [line for line in (out + err).splitlines() if "min_hidden" in line]
+    assert len(warned) == 1, out + err
+    assert warned[0].startswith("chanloss: warning: ") and "return cls(" not in out + err

@@ -5,13 +5,11 @@ pruner, and the once-per-command messages."""
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
 
 from chanloss.data.base import stratified_folds
-from chanloss.tuning.quiet import OncePerCommand, collected
 from chanloss.tuning.stats import curve_score, paired_fold_test, pooled_seed_std, smoothed
 
 
@@ -137,20 +135,3 @@ def test_the_noise_margin_pruner(
             stopped = epoch
             break
     assert stopped == pruned_at
-
-
-def test_messages_are_collected_and_printed_once_per_command() -> None:
-    printed: list[str] = []
-    once = OncePerCommand(printed.append)
-    for _ in range(3):  # three trials say the same
-        got: list[str] = []
-        with collected(got):
-            print("image_folder: image_size auto -> 32x32")
-            warnings.warn(
-                "CCLoss: C // reduction = 2 is below min_hidden=4", UserWarning, stacklevel=1
-            )
-        once(got)
-    assert printed == [
-        "image_folder: image_size auto -> 32x32",
-        "UserWarning: CCLoss: C // reduction = 2 is below min_hidden=4",
-    ]

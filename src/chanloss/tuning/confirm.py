@@ -79,7 +79,7 @@ def choose(tuner: Tuner, study: Any) -> tuple[dict[str, Any], list[dict[str, Any
              for s in top]  # fmt: skip
     tuner.log(f"re-running the {len(top)} best settings on a fresh seed ({seed}) to choose")
     done = confirm_runs(tasks, jobs=tuner.jobs, log=tuner.log, read_test=False,
-                        labels=[f"trial {s['trials'][0]}" for s in top], messages=tuner.once)  # fmt: skip
+                        labels=[f"trial {s['trials'][0]}" for s in top])  # fmt: skip
     rows = [{**s, "trial": s["trials"][0], "rerun_score": r.score}
             for s, r in zip(top, done, strict=True)]  # fmt: skip
     winner = max(rows, key=lambda r: (r["rerun_score"], r["search_score"]))
@@ -105,8 +105,7 @@ def confirm_folds(tuner: Tuner, winner: dict[str, Any]) -> dict[str, Any]:
             labels.append(f"{label} fold {fold}")
     tuner.log(f"confirming trial {winner['trial']} against CE alone on {k} folds (seed {seed}): "
               f"{len(tasks)} runs, then both once on the full training split")  # fmt: skip
-    done = confirm_runs(tasks, jobs=tuner.jobs, log=tuner.log, labels=labels, read_test=False,
-                        messages=tuner.once)  # fmt: skip
+    done = confirm_runs(tasks, jobs=tuner.jobs, log=tuner.log, labels=labels, read_test=False)  # fmt: skip
     scores: dict[str, list[float]] = {"tuned": [], "ce": []}
     for (_, path), res in zip(tasks, done, strict=True):
         scores["tuned" if "trial-" in path.parent.name else "ce"].append(res.score)
@@ -116,8 +115,7 @@ def confirm_folds(tuner: Tuner, winner: dict[str, Any]) -> dict[str, Any]:
         r["data"].update(val_fraction=0.0, folds=0)
         name = f"trial-{winner['trial']:04d}" if label == "tuned" else "ce"
         finals.append((r, tuner.out_dir / "final" / name))
-    final = confirm_runs(finals, jobs=tuner.jobs, log=tuner.log, labels=["tuned full", "ce full"],
-                         messages=tuner.once)  # fmt: skip
+    final = confirm_runs(finals, jobs=tuner.jobs, log=tuner.log, labels=["tuned full", "ce full"])  # fmt: skip
     return {
         "mode": "folds",
         "folds": k,
@@ -145,7 +143,7 @@ def confirm_seeds(tuner: Tuner, winner: dict[str, Any]) -> dict[str, Any]:
             labels.append(label)
     tuner.log(f"confirming trial {winner['trial']} against CE alone over {len(seeds)} seed(s) "
               f"({', '.join(map(str, seeds))}): {len(tasks)} runs")  # fmt: skip
-    done = confirm_runs(tasks, jobs=tuner.jobs, log=tuner.log, labels=labels, messages=tuner.once)
+    done = confirm_runs(tasks, jobs=tuner.jobs, log=tuner.log, labels=labels)
     out: dict[str, Any] = {"mode": "seeds", "seeds": seeds, "trial": winner["trial"]}
     for split, get in (("val", lambda r: r.score), ("test", lambda r: r.test_acc)):
         a = [get(r) for lab, r in zip(labels, done, strict=True) if lab == "tuned"]

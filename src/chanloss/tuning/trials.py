@@ -12,21 +12,15 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from chanloss.errors import TrainingDiverged
-from chanloss.training.config import (
-    ConfigError,
-    config_to_dict,
-    load_config,
-    resolved_config_dict,
-    yaml_load,
-)
+from chanloss.training.config import ConfigError, TrainConfig, config_to_dict, load_config
+from chanloss.training.result import RunResult
 from chanloss.tuning.common import clock, cores, write_text
 from chanloss.tuning.pruners import make_pruner
-from chanloss.tuning.quiet import collected
 from chanloss.tuning.stats import curve_score
 from chanloss.tuning.storage import open_storage
 
@@ -45,8 +39,7 @@ __all__ = [
 class TrialOutcome:
     """A search trial: ``state`` complete | pruned | diverged | failed; ``score`` the mean of
     the last epochs' validation accuracy (:func:`~chanloss.tuning.stats.curve_score`, complete
-    trials); ``curve`` the validation accuracy of every evaluated epoch; ``messages`` what the
-    run printed or warned (printed once per command by the tuner)."""
+    trials); ``curve`` the validation accuracy of every evaluated epoch."""
 
     state: str
     score: float | None
@@ -54,7 +47,6 @@ class TrialOutcome:
     epochs: int
     time_s: float
     error: str | None = None
-    messages: list[str] = field(default_factory=list)
     num_classes: int | None = None
 
 
@@ -68,7 +60,6 @@ class RunOutcome:
     curve: list[float]
     test_acc: float | None
     time_s: float
-    messages: list[str] = field(default_factory=list)
 
 
 def _diverged(err: BaseException) -> bool:
@@ -101,12 +92,10 @@ def run_trial(trial: Any, raw: dict[str, Any], run_dir: Path) -> TrialOutcome:
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-    state, error, messages, classes = "complete", None, [], None
+    state, error, classes = "complete", None, None
     try:
-        with collected(messages):
-            config = load_config(raw=raw)
-            summary = train(config, run_dir, verbose=0, evaluate_test=False,
-                            on_epoch_end=on_epoch_end)  # fmt: skip
+        config = load_config(raw=raw)
+        summary = train(config, run_dir, verbose=0, evaluate_test=False, on_epoch_end=on_epoch_end)
         if not curve:
             raise ConfigError(f"trial run {run_dir} recorded no validation accuracy")
         done["epochs"], classes = summary["epochs"], summary["num_classes"]
@@ -123,7 +112,6 @@ def run_trial(trial: Any, raw: dict[str, Any], run_dir: Path) -> TrialOutcome:
         epochs=done["epochs"],
         time_s=time.perf_counter() - start,
         error=error,
-        messages=messages,
         num_classes=classes,
     )
 
@@ -137,41 +125,35 @@ def final_test_accuracy(run_dir: Path) -> float:
     return loaded.trainer.accuracy("test")
 
 
-def run_confirm(raw: dict[str, Any], run_dir: Path, read_test: bool = True) -> RunOutcome:
-    """A confirmation run: train (or resume, or reuse when finished), then, with
-    ``read_test``, read the final model's test accuracy once. Cached in ``run_dir/confirm.json``."""
+def _validation_only(config: TrainConfig, run_dir: Path) -> RunResult:
+    """The runner's worker for tune: train (or resume, or read) a run without reading the test
+    split (:func:`~chanloss.training.runner.train_locked` reads it)."""
+    from chanloss.training.run_dir import RunDir
+    from chanloss.training.runner import read_result, run_status
     from chanloss.training.trainer import train
 
+    with RunDir(run_dir) as run:
+        status = run_status(run_dir, config)
+        if status == "done":
+            return read_result(run_dir)
+        return train(config, run, resume=status == "resume", verbose=0, evaluate_test=False)
+
+
+def _cached(run_dir: Path, config: TrainConfig, read_test: bool) -> RunOutcome | None:
     cache = run_dir / "confirm.json"
-    config = load_config(raw=raw)
-    if cache.exists():
-        stored = json.loads(cache.read_text())
-        if stored.pop("config", None) == config_to_dict(config) and (
-            stored.get("test_acc") is not None or not read_test
-        ):
-            return RunOutcome(**stored)
-    start = time.perf_counter()
-    stored_cfg = run_dir / "config.yaml"
-    if stored_cfg.exists() and resolved_config_dict(
-        yaml_load(stored_cfg.read_text())
-    ) != config_to_dict(config):
-        raise ConfigError(f"{run_dir} holds a run of another config; delete it")
-    messages: list[str] = []
-    with collected(messages):
-        summary = train(config, run_dir, resume=(run_dir / "last.pt").exists(), verbose=0,
-                        evaluate_test=False)  # fmt: skip
-        test = final_test_accuracy(run_dir) if read_test else None
-    curve = [float(v) for v in summary["val_curve"]]
-    result = RunOutcome(
-        seed=config.seed,
-        score=curve_score(curve) if curve else None,
-        curve=curve,
-        test_acc=test,
-        time_s=time.perf_counter() - start,
-        messages=messages,
-    )
-    write_text(cache, json.dumps({"config": config_to_dict(config), **asdict(result)}, indent=1))
-    return result
+    if not cache.exists():
+        return None
+    stored = json.loads(cache.read_text())
+    if stored.pop("config", None) != config_to_dict(config):
+        return None
+    if read_test and stored.get("test_acc") is None:
+        return None
+    return RunOutcome(**stored)
+
+
+def run_confirm(raw: dict[str, Any], run_dir: Path, read_test: bool = True) -> RunOutcome:
+    """One run after the search (see :func:`confirm_runs`)."""
+    return confirm_runs([(raw, run_dir)], read_test=read_test)[0]
 
 
 # -- worker processes ----------------------------------------------------------------------------
@@ -196,10 +178,6 @@ def trial_task(task: dict[str, Any]) -> TrialOutcome:
     return run_trial(trial, task["raw"], Path(task["run_dir"]))
 
 
-def _confirm_task(task: dict[str, Any]) -> RunOutcome:
-    return run_confirm(task["raw"], Path(task["run_dir"]), task["read_test"])
-
-
 def executor_for(jobs: int) -> Any:
     """``jobs`` worker processes (spawned, ``cores // jobs`` torch threads each), or
     :class:`Inline` for one job."""
@@ -222,31 +200,47 @@ def confirm_runs(
     log: Callable[[str], None] | None = None,
     labels: list[str] | None = None,
     read_test: bool | list[bool] = True,
-    messages: Callable[[list[str]], None] | None = None,
 ) -> list[RunOutcome]:
-    """:func:`run_confirm` for every ``(raw config, run dir)``, ``jobs`` at a time; the results
-    in the order of ``tasks``. ``messages`` receives what each run printed or warned."""
+    """The runs after the search, ``(raw config, run dir)`` each, through the runner
+    (:func:`~chanloss.training.runner.run_many`, ``jobs`` at a time): trained on validation only,
+    resumed when cut short, reused when finished (``run_dir/confirm.json``); then, where
+    ``read_test`` says so, the final model's test accuracy is read once. In the order given."""
+    from chanloss.training.runner import run_many
+
     reads = read_test if isinstance(read_test, list) else [read_test] * len(tasks)
-    executor = executor_for(jobs)
-    results = []
-    try:
-        futures = [
-            executor.submit(_confirm_task, {"raw": raw, "run_dir": str(run_dir), "read_test": read})
-            for (raw, run_dir), read in zip(tasks, reads, strict=True)
-        ]
-        for i, fut in enumerate(futures):
-            res = fut.result()
-            results.append(res)
-            if messages is not None:
-                messages(res.messages)
-            if log is not None:
-                name = labels[i] if labels else Path(tasks[i][1]).parent.name
-                val = f"val {100 * res.score:.2f}%" if res.score is not None else "trained"
-                test = f", test {100 * res.test_acc:.2f}%" if res.test_acc is not None else ""
-                log(f"  {name} seed {res.seed}: {val}{test} ({clock(res.time_s)})")
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-    return results
+    configs = [(load_config(raw=raw), Path(run_dir)) for raw, run_dir in tasks]
+    results: dict[int, RunOutcome] = {}
+    todo = []
+    for i, (config, run_dir) in enumerate(configs):
+        cached = _cached(run_dir, config, reads[i])
+        if cached is not None:
+            results[i] = cached
+        else:
+            todo.append(i)
+    started = time.perf_counter()
+
+    def finished(index: int, result: RunResult) -> None:
+        i = todo[index]
+        config, run_dir = configs[i]
+        curve = [float(v) for v in result.get("val_curve", [])]
+        outcome = RunOutcome(
+            seed=config.seed,
+            score=curve_score(curve) if curve else None,
+            curve=curve,
+            test_acc=final_test_accuracy(run_dir) if reads[i] else None,
+            time_s=time.perf_counter() - started,
+        )
+        write_text(run_dir / "confirm.json",
+                   json.dumps({"config": config_to_dict(config), **asdict(outcome)}, indent=1))  # fmt: skip
+        results[i] = outcome
+        if log is not None:
+            name = labels[i] if labels else run_dir.parent.name
+            val = f"val {100 * outcome.score:.2f}%" if outcome.score is not None else "trained"
+            test = f", test {100 * outcome.test_acc:.2f}%" if outcome.test_acc is not None else ""
+            log(f"  {name} seed {outcome.seed}: {val}{test} ({clock(outcome.time_s)} so far)")
+
+    run_many([configs[i] for i in todo], jobs=jobs, on_finished=finished, worker=_validation_only)
+    return [results[i] for i in range(len(tasks))]
 
 
 class Inline:

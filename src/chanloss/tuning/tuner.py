@@ -21,7 +21,6 @@ from chanloss.training.config import ConfigError, TrainConfig, config_to_dict
 from chanloss.training.search import apply_params, resolve_space
 from chanloss.tuning.common import clock, cores, params_text
 from chanloss.tuning.pruners import PRUNERS, warmup_epochs
-from chanloss.tuning.quiet import OncePerCommand
 from chanloss.tuning.stats import pooled_seed_std
 from chanloss.tuning.storage import STUDY_NAME, distribution, storage_url
 from chanloss.tuning.study import open_study, recover, seed_groups, set_study_attr
@@ -105,7 +104,6 @@ class Tuner:
         self.raw["data"]["split_seed"] = self.split_seed  # every seed validates on one split
         self.spec = storage_url(self.storage, self.out_dir)
         self.threads = max(1, cores() // self.jobs)
-        self.once = OncePerCommand(self.log)
         self.notes: list[str] = []  # what the terminal said about the budget and the pruner
 
     # -- seeds: the search's, the noise trial's, the re-runs', the confirmation's ----------------
@@ -244,7 +242,6 @@ class Tuner:
                     running = pending[fut]
                     result: TrialOutcome = fut.result()  # Ctrl-C in a trial: raised here
                     del pending[fut]
-                    self.once(result.messages)
                     failures = failures + 1 if result.state == "failed" else 0
                     self._tell(study, running, result)
                     if result.state == "complete":
