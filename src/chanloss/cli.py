@@ -436,7 +436,11 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
     _add_set(p)
     p.add_argument("--out", required=True, help="directory of the study (study.db, report.html)")
     p.add_argument(
-        "--trials", type=_int_at_least(1), default=20, metavar="N", help="trials (default 20)"
+        "--trials",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="trials (default 20; with --timeout alone: until the time is spent)",
     )
     p.add_argument(
         "--timeout",
@@ -444,7 +448,7 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="T",
         help="wall-clock budget, e.g. 2h or 90m: no trial starts once the time left is what "
-        "the confirmation runs need",
+        "the runs after the search need",
     )
     p.add_argument(
         "--jobs",
@@ -454,11 +458,27 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
         help="trials at once, in separate processes (cores // J torch threads each)",
     )
     p.add_argument(
+        "--folds",
+        type=_int_at_least(2),
+        default=None,
+        metavar="K",
+        help="confirm the winner against CE alone by paired, stratified K-fold cross-validation "
+        "of the training split (default 5)",
+    )
+    p.add_argument(
         "--confirm-seeds",
         type=_int_at_least(0),
-        default=3,
+        default=None,
         metavar="S",
-        help="seeds of the final check of the best setting against CE alone (default 3; 0: none)",
+        help="instead of --folds: confirm on S fresh seeds on the validation split (0: no "
+        "confirmation)",
+    )
+    p.add_argument(
+        "--top",
+        type=_int_at_least(0),
+        default=3,
+        metavar="N",
+        help="the N best settings are re-run on a fresh seed to choose the winner (default 3)",
     )
     p.add_argument(
         "--resume", action="store_true", help="continue the study in --out (finished trials kept)"
@@ -471,9 +491,10 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--pruner",
-        choices=("median", "halving", "none"),
-        default="median",
-        help="stops poor trials early from the per-epoch validation accuracy (default median)",
+        choices=("noise", "median", "halving", "none"),
+        default="noise",
+        help="stops poor trials early from the per-epoch validation accuracy (default noise: "
+        "after half of the epochs, only below the others by more than the measured noise)",
     )
 
 
@@ -482,9 +503,12 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
 )
 def _run_tune(args: argparse.Namespace) -> int:
     from chanloss.training import load_config
+    from chanloss.training.config import ConfigError
     from chanloss.training.preflight import preflight
     from chanloss.tuning import TuneInterrupted, tune
 
+    if args.folds is not None and args.confirm_seeds is not None:
+        raise ConfigError("--folds and --confirm-seeds are two confirmations; choose one")
     config = load_config(args.config, args.overrides)
     preflight(config)
     try:
@@ -494,7 +518,11 @@ def _run_tune(args: argparse.Namespace) -> int:
             trials=args.trials,
             timeout_s=args.timeout,
             jobs=args.jobs,
-            confirm_seeds=args.confirm_seeds,
+            folds=args.folds
+            if args.folds is not None
+            else (5 if args.confirm_seeds is None else 0),
+            confirm_seeds=args.confirm_seeds or 0,
+            top=args.top,
             resume=args.resume,
             storage=args.storage,
             pruner=args.pruner,

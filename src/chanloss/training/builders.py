@@ -62,6 +62,9 @@ def build_data(config: TrainConfig) -> Any:
             memory_budget_gb=data.memory_budget_gb,
             cache_dir=data.cache_dir,
             normalize=data.normalize,
+            split_seed=data.split_seed,
+            folds=data.folds,
+            fold=data.fold,
             **data.options,
         )
     except (ValueError, TypeError) as err:

@@ -609,6 +609,7 @@ class Trainer:
             "epochs": self.epoch,
             "final_test_acc": final.get("test_acc"),
             "final_val_acc": final.get("val_acc"),
+            "val_curve": [r["val_acc"] for r in self.history if r.get("val_acc") is not None],
             "final_train_acc": final.get("train_acc"),
             "final_train_loss": final.get("train_loss"),
             "best_val_acc": self.best_val,

@@ -141,6 +141,20 @@ class DataConfig(_Section):
         description="Fraction of the training set held out for validation; best.pt is chosen "
         "on it. 0 = no validation split (best.pt is then the last epoch).",
     )
+    split_seed: int | None = Field(
+        None,
+        ge=0,
+        description="Seed of the validation split (and of the folds); null = the run's seed. "
+        "Runs that differ only in seed then validate on the same images (chanloss tune).",
+    )
+    folds: int = Field(
+        0,
+        ge=0,
+        description="k-fold validation: 0 = off (val_fraction decides); K >= 2 splits the "
+        "training set into K stratified folds and validates on fold number fold (val_fraction "
+        "must be 0).",
+    )
+    fold: int = Field(0, ge=0, description="With folds: the fold held out for validation, 0..K-1.")
     options: dict[str, Any] = Field(
         default_factory=dict, description="Further keyword arguments for build_datasets."
     )
@@ -205,6 +219,19 @@ class DataConfig(_Section):
                     f"dataset {self.name!r} has no option {key!r}{hint}; its options are {accepted}"
                 )
         _fill_defaults(self.options, DATASETS[self.name], accepted)
+        return self
+
+    @model_validator(mode="after")
+    def _check_folds(self) -> DataConfig:
+        if self.folds == 1:
+            raise ValueError("data.folds: expected 0 (off) or at least 2 folds, got 1")
+        if self.folds and self.val_fraction > 0:
+            raise ValueError(
+                "data.folds and data.val_fraction both choose the validation split; set "
+                "data.val_fraction=0 with data.folds"
+            )
+        if self.folds and self.fold >= self.folds:
+            raise ValueError(f"data.fold: expected 0..{self.folds - 1}, got {self.fold}")
         return self
 
 
