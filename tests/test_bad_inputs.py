@@ -84,6 +84,11 @@ class Ctx:
             path.write_text(content)
         return str(path)
 
+    def folder(self, name: str) -> str:
+        path = self.root / name
+        path.mkdir()
+        return str(path)
+
     def out(self) -> str:
         return str(self.root / "new-run")
 
@@ -214,7 +219,7 @@ CLI_CASES: dict[str, Case] = {
     ),
     "config-truncated-yaml": Case(
         lambda c: c.train(c.text("cut.yaml", "model: {name: convnet_small, width: 4\n")),
-        ("cut.yaml: invalid YAML", "line 2"),
+        ("cut.yaml, line 2, column 1: invalid YAML: while parsing a flow mapping (from line 1",),
     ),
     "config-binary": Case(
         lambda c: c.train(c.text("bin.yaml", b"\x89PNG\r\n\x1a\n\x00\xff\xfe")),
@@ -481,8 +486,12 @@ CLI_CASES: dict[str, Case] = {
     "eval-missing": Case(
         lambda c: ["eval", str(c.root / "no.pt")], ("checkpoint not found: {root}/no.pt",)
     ),
-    "eval-directory": Case(
-        lambda c: ["eval", str(c.run)], ("checkpoint {run} is a directory, expected a file",)
+    "eval-directory-without-checkpoints": Case(
+        lambda c: ["eval", c.folder("empty")],
+        (
+            "checkpoint {root}/empty is a directory with neither best.pt nor last.pt",
+            "expected a run's last.pt or best.pt",
+        ),
     ),
     "eval-plain-torch-file": Case(
         lambda c: ["eval", c.text("plain.pt", _torch_bytes({"model": {}}))],

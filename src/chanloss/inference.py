@@ -28,13 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from chanloss.errors import InferenceError
-from chanloss.training.checkpoint import (
-    CheckpointError,
-    apply_pruned_structure,
-    describe,
-    load_checkpoint,
-)
-from chanloss.training.config import ConfigError, TrainConfig, validate_config
+from chanloss.training.checkpoint import CheckpointError
+from chanloss.training.config import ConfigError, TrainConfig
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 _SUFFIX = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
@@ -185,51 +180,27 @@ class Prediction:
 def load_model(path: str | Path, *, device: str = "cpu") -> TrainedModel:
     """The trained model of checkpoint ``path`` in eval mode, with its preprocessing.
 
+    ``path`` is a checkpoint file or a run directory (its ``best.pt``, else its ``last.pt``).
     ``device``: cpu (default), cuda, cuda:N or auto. A checkpoint written before the
     preprocessing was stored warns and rebuilds it from the run's data set.
     """
-    from chanloss.training.builders import build_losses, build_model, resolve_device
+    from chanloss.training.builders import resolve_device
+    from chanloss.training.loader import load_run, read_checkpoint
 
-    path = Path(path)
-    state = load_checkpoint(path)
-    config = _stored_config(state, path)
-    meta = state.get("meta")
-    if not isinstance(meta, dict) or "num_classes" not in meta:
-        raise CheckpointError(f"{path} holds no meta (num_classes, in_channels)")
-    num_classes, in_channels = int(meta["num_classes"]), int(meta.get("in_channels", 3))
+    stored = read_checkpoint(path, device="cpu")
+    path = stored.path
+    meta = stored.meta
     raw = meta.get("preprocessing")
     preprocessing = (
         Preprocessing.from_dict(raw, str(path))
         if raw is not None
-        else _rebuilt_preprocessing(config, path)
+        else _rebuilt_preprocessing(stored.config, path)
     )
-    from chanloss.models.pretrained import checkpoint_weights
-
-    with checkpoint_weights():  # the tensors come from the checkpoint, not model.weights
-        network = build_model(config, num_classes=num_classes, in_channels=in_channels)
-    if state.get("pruning") is not None:
-        network = apply_pruned_structure(network, state["pruning"], str(path))
-    heads = build_losses(config, network, num_classes)
-    slot = next((s for s in heads if s.loss.provides_logits), None)
-    try:
-        network.load_state_dict(state["model"])
-        if slot is not None:
-            slot.loss.load_state_dict(state["losses"][slot.index])
-    except (RuntimeError, KeyError, IndexError, ValueError) as err:
-        raise CheckpointError(f"{path} does not fit its own config ({describe(err)})") from None
-    names = meta.get("class_names") or [str(i) for i in range(num_classes)]
-    model = TrainedModel(network, None if slot is None else slot.loss, preprocessing, names)
+    loaded = load_run(stored)
+    slot = loaded.head
+    names = meta.get("class_names") or [str(i) for i in range(stored.num_classes)]
+    model = TrainedModel(loaded.model, None if slot is None else slot.loss, preprocessing, names)
     return model.to(resolve_device(device))
-
-
-def _stored_config(state: dict[str, Any], path: Path) -> TrainConfig:
-    raw = state.get("config")
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} holds no config")
-    try:
-        return validate_config({**raw, "device": "cpu"}, source=f"{path} (stored config)")
-    except ConfigError as err:
-        raise CheckpointError(str(err)) from None
 
 
 def _rebuilt_preprocessing(config: TrainConfig, path: Path) -> Preprocessing:
@@ -341,7 +312,8 @@ def export_model(
     the preprocessing and class names, see ``torch.jit.load(..., _extra_files=...)``) or
     ``"onnx"`` (needs the ``onnx`` package; input ``images``, output ``scores``, a dynamic batch
     axis, the same JSON in the metadata property ``chanloss``). ``out`` defaults to the
-    checkpoint's path with ``.torchscript.pt`` or ``.onnx``. Returns the written path.
+    checkpoint's path with ``.torchscript.pt`` or ``.onnx`` (``checkpoint`` may be a run
+    directory: its ``best.pt``, else its ``last.pt``). Returns the written path.
     """
     if format not in EXPORT_FORMATS:
         raise InferenceError(
@@ -352,7 +324,9 @@ def export_model(
             import onnx
         except ImportError:
             raise InferenceError("ONNX export needs the onnx package: pip install onnx") from None
-    checkpoint = Path(checkpoint)
+    from chanloss.training.loader import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint)  # a run directory: its best.pt (or last.pt)
     model = load_model(checkpoint)
     target = Path(out) if out is not None else checkpoint.with_suffix(_SUFFIX[format])
     info = json.dumps(

@@ -18,7 +18,6 @@ from chanloss.analysis.views import (
 from chanloss.data.base import to_float_images
 from chanloss.losses.cc_loss import CCLoss
 from chanloss.losses.mc_loss import MCLoss
-from chanloss.models.pretrained import checkpoint_weights
 
 if TYPE_CHECKING:
     from chanloss.training import Trainer
@@ -76,33 +75,15 @@ def _example_images(test: Any, examples: Tensor, crop: tuple[int, int] | None) -
 def load_trainer(checkpoint: str | Path, *, device: str = "auto") -> tuple[Trainer, dict[str, Any]]:
     """The run's :class:`~chanloss.training.Trainer` with the checkpoint's weights, and the state.
 
-    The config stored in the checkpoint is validated (with ``device`` replaced) and the trainer
-    is built from it; :meth:`Trainer.load_state` restores the model and the losses' parameters
-    (CC-Loss attention, margin heads) with the trainer's own checks.
+    ``checkpoint`` is a file or a run directory; the run is rebuilt by the one checkpoint
+    loader (:func:`chanloss.training.loader.load_run` with its data), ``device`` replacing the
+    stored config's, with the model's and the losses' weights (CC-Loss attention, margin heads).
     """
-    from chanloss.training import (
-        CheckpointError,
-        ConfigError,
-        Trainer,
-        load_checkpoint,
-        validate_config,
-    )
+    from chanloss.training.loader import load_run
 
-    checkpoint = Path(checkpoint)
-    state = load_checkpoint(checkpoint)
-    raw = state.get("config")
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{checkpoint} holds no config")
-    try:
-        config = validate_config({**raw, "device": device}, source=f"{checkpoint} (stored config)")
-    except ConfigError as err:
-        raise CheckpointError(str(err)) from None
-    with checkpoint_weights():  # the model's tensors come from the checkpoint
-        trainer = Trainer(config, checkpoint.parent, verbose=0, structure=state.get("pruning"))
-    trainer.load_state(state, str(checkpoint))
-    trainer.model.eval()
-    trainer.losses.eval()
-    return trainer, state
+    loaded = load_run(checkpoint, device=device, with_data=True)
+    assert loaded.trainer is not None
+    return loaded.trainer, loaded.state
 
 
 def example_indices(labels: Tensor, count: int) -> Tensor:

@@ -212,14 +212,13 @@ def analyze(
     stage starts. The files of an earlier analysis in ``out_dir`` are removed once the runs
     are collected (:func:`remove_earlier_outputs`), so it holds only this analysis.
     """
-    paths = [Path(p) for p in checkpoints]
-    if not paths:
+    from chanloss.training.loader import resolve_checkpoint
+
+    if not checkpoints:
         raise ValueError("analyze needs at least one checkpoint, got none")
     max_samples = _check_int("max_samples", max_samples, 3)
     images = _check_int("images", images, 1)
-    for p in paths:
-        if not p.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {p}")
+    paths = [resolve_checkpoint(p) for p in checkpoints]  # a run directory: its best.pt
     if labels is None:
         labels = run_labels(paths)
     else:

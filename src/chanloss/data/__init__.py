@@ -29,6 +29,7 @@ from chanloss.data.base import (
     register_dataset,
     to_float_images,
 )
+from chanloss.data.datasets import has_own_val
 from chanloss.data.files import ImageFileDataset, ImageSpec
 from chanloss.data.synthetic import make_finegrained
 
@@ -47,6 +48,7 @@ __all__ = [
     "build_datasets",
     "channel_stats",
     "dataset_options",
+    "has_own_val",
     "make_finegrained",
     "register_dataset",
     "to_float_images",

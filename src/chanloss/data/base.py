@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -115,6 +115,9 @@ class DataBundle:
     class_names: list[str]
     mode: str = "memory"
     crop: tuple[int, int] | None = None
+    #: each split's size and how it was made (a run's ``summary.json`` stores it), e.g.
+    #: ``{"test": {"images": 80, "from": "80 of the 400 train/ images (20%, ...)"}}``
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Splits(NamedTuple):
@@ -197,6 +200,22 @@ def channel_stats(
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+def stratified_folds(labels: np.ndarray, folds: int, seed: int, what: str) -> list[np.ndarray]:
+    """The sorted indices of each of ``folds`` stratified folds of ``labels`` (sklearn
+    ``StratifiedKFold``, shuffled with ``seed``); every class needs at least ``folds`` samples."""
+    from sklearn.model_selection import StratifiedKFold
+
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(labels) == 0 or counts.min() < folds:
+        least = int(classes[counts.argmin()]) if len(labels) else None
+        raise ValueError(
+            f"{what}: {folds} folds need at least {folds} images of every class; class "
+            f"{least} has {int(counts.min()) if len(labels) else 0}"
+        )
+    split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [np.sort(held) for _, held in split.split(np.zeros(len(labels)), labels)]
+
+
 def stratified_split(
     labels: np.ndarray, test_size: float | int, seed: int, what: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -225,11 +244,16 @@ def build_datasets(
     memory_budget_gb: float = 4.0,
     cache_dir: str | None = None,
     normalize: str = "dataset",
+    split_seed: int | None = None,
+    folds: int = 0,
+    fold: int = 0,
     **opts: object,
 ) -> DataBundle:
     """Load the data set ``name`` (a key of :data:`DATASETS`).
 
-    ``val_fraction`` of the training split (stratified, drawn with ``seed``) becomes ``val``;
+    ``val_fraction`` of the training split (stratified, drawn with ``split_seed``, by default
+    ``seed``) becomes ``val``; with ``folds`` K >= 2 instead, fold ``fold`` of K stratified folds
+    (:func:`stratified_folds`) does, so K runs validate on every training image once;
     the train/test split itself is the data set's own and does not depend on ``seed``.
     ``mode``: ``"memory"`` decodes everything into tensors; ``"stream"`` (image-file sets,
     :data:`FILE_SETS`) decodes per item, in the ``DataLoader`` workers; ``"auto"`` streams when
@@ -264,35 +288,62 @@ def build_datasets(
         splits = DATASETS[name](root=root, **opts)
         train = TensorImageDataset(splits.train_images, splits.train_labels)
         test = TensorImageDataset(splits.test_images, splits.test_labels)
-        class_names, crop = list(splits.class_names), None
+        class_names, crop, own_val, origin = list(splits.class_names), None, None, {}
     else:
         from chanloss.data.files import ImageFileDataset, cached_decode, decode_files, decoded_bytes
 
         files = FILE_SETS[name](root=root, **opts)
+        if files.val is not None and val_fraction > 0:
+            raise ValueError(
+                f"{name}: the data has its own validation split (val/, {len(files.val.paths)} "
+                f"images), so val_fraction={val_fraction:g} would make a second one: set "
+                "data.val_fraction to 0, or remove val/"
+            )
         if mode == "auto":
             mode = "memory" if decoded_bytes(files) <= budget * 1e9 else "stream"
-        spec, class_names = files.spec, list(files.class_names)
+        spec, class_names, origin = files.spec, list(files.class_names), dict(files.origin)
+        parts = {"train": files.train, "test": files.test}
+        if files.val is not None:
+            parts["val"] = files.val
+            origin["val"] = "val/"
         if mode == "stream":
-            train = ImageFileDataset(files.train, spec, train=True, seed=seed, name=name)
-            test = ImageFileDataset(files.test, spec, train=False, seed=seed, name=name)
+            loaded = {
+                what: ImageFileDataset(split, spec, train=what == "train", seed=seed, name=name)
+                for what, split in parts.items()
+            }
         else:
-            pixels = [
-                cached_decode(split, spec, name, what, cache_dir, files.num_workers)
-                if cache_dir is not None
-                else decode_files(split.paths, spec, name, files.num_workers)
-                for what, split in (("train", files.train), ("test", files.test))
-            ]
-            train = TensorImageDataset(pixels[0], files.train.labels)
-            test = TensorImageDataset(pixels[1], files.test.labels)
+            loaded = {
+                what: TensorImageDataset(
+                    cached_decode(split, spec, name, what, cache_dir, files.num_workers)
+                    if cache_dir is not None
+                    else decode_files(split.paths, spec, name, files.num_workers),
+                    split.labels,
+                )
+                for what, split in parts.items()
+            }
+        train, test, own_val = loaded["train"], loaded["test"], loaded.get("val")
         crop = spec.size if mode == "memory" and spec.stored != spec.size else None
-    val = None
-    if val_fraction > 0:
+    val = own_val
+    split_seed = seed if split_seed is None else check_int("split_seed", split_seed, low=0)
+    folds = check_int("folds", folds, low=0)
+    if folds == 1 or (folds and val_fraction > 0):
+        raise ValueError(f"folds: expected 0 or >= 2 with val_fraction 0, got {folds}")
+    if folds:
+        fold = check_int("fold", fold, low=0, high=folds - 1)
+        labels = train.labels.numpy()
+        held = stratified_folds(labels, folds, split_seed, f"{name} validation folds")[fold]
+        keep = np.setdiff1d(np.arange(len(labels)), held)
+        train, val = train.subset(keep), train.subset(held)
+        if mode == "stream":
+            val = val.with_train(False)
+    elif val_fraction > 0:
         keep, held = stratified_split(
-            train.labels.numpy(), val_fraction, seed, f"{name} validation split"
+            train.labels.numpy(), val_fraction, split_seed, f"{name} validation split"
         )
         train, val = train.subset(keep), train.subset(held)
         if mode == "stream":
             val = val.with_train(False)
+        origin["val"] = f"{100 * val_fraction:g}% of the training split, stratified, seed {seed}"
     if mode == "stream":
         sample = train.sample_pixels() if normalize == "dataset" else None
         channels, size = spec.channels, spec.size
@@ -320,4 +371,9 @@ def build_datasets(
         class_names=class_names,
         mode=mode,
         crop=crop,
+        splits={
+            split: {"images": len(ds), "from": origin.get(split, "the data set's own")}
+            for split, ds in (("train", train), ("val", val), ("test", test))
+            if ds is not None
+        },
     )

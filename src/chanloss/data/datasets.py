@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from chanloss._validation import check_choice, check_int, check_size
+from chanloss._validation import check_choice, check_float, check_int, check_size
 from chanloss.data.base import (
     DatasetError,
     DatasetFileNotFoundError,
@@ -331,7 +331,8 @@ def _spec(
 
 
 def decode_splits(files: FileSplits) -> Splits:
-    """Memory mode: decode both splits of an image-file set into uint8 tensors."""
+    """Memory mode: decode the train and test splits of an image-file set into uint8 tensors
+    (a ``val/`` folder is :func:`~chanloss.data.build_datasets`'s)."""
     decode = [
         decode_files(split.paths, files.spec, files.name, files.num_workers)
         for split in (files.train, files.test)
@@ -459,26 +460,36 @@ def list_image_folder(
     resize_mode: str = "crop",
     colour: str = "auto",
     num_workers: int | None = None,
+    test_fraction: float = 0.2,
 ) -> FileSplits:
-    """Images in ``root/train/<class>/*`` and ``root/test/<class>/*`` (png, jpg, ...).
+    """Images in ``root/train/<class>/*`` (png, jpg, ...), and optionally ``root/test/<class>/*``
+    and ``root/val/<class>/*``.
 
-    Classes are the sorted sub-directory names of ``train``; every ``test`` class must be one
-    of them. ``colour`` is ``"RGB"`` (3 channels), ``"L"`` (grey, 1 channel) or ``"auto"``
-    (``"L"`` when every sampled training image is grey, else ``"RGB"``); ``image_size`` is a
-    size as for ``cub200`` or ``"auto"`` (the most common size of the sampled training
-    images); an ``auto`` choice is printed. ``resize`` and ``resize_mode`` as for ``cub200``.
+    Classes are the sorted sub-directory names of ``train``; every ``test`` and ``val`` class
+    must be one of them. Without ``test/``, a fixed stratified ``test_fraction`` of ``train/``
+    (drawn with seed :data:`SPLIT_SEED`, the same for every run) is the test split, and the
+    rest is the training set; this is printed. ``val/``, when present, is the validation split
+    (``build_datasets`` then needs ``val_fraction=0``). ``colour`` is ``"RGB"`` (3 channels),
+    ``"L"`` (grey, 1 channel) or ``"auto"`` (``"L"`` when every sampled training image is grey,
+    else ``"RGB"``); ``image_size`` is a size as for ``cub200`` or ``"auto"`` (the most common
+    size of the sampled training images); an ``auto`` choice is printed. ``resize`` and
+    ``resize_mode`` as for ``cub200``.
     """
     name = "image_folder"
     colour = str(check_choice("colour", colour, ("auto", "RGB", "L")))
     check_choice("resize_mode", resize_mode, RESIZE_MODES)
+    test_fraction = check_float(
+        "test_fraction", test_fraction, low=0.0, high=0.9, low_inclusive=False
+    )
     auto_size = image_size == "auto"
     if not auto_size:
         check_size("image_size", image_size)
     if num_workers is not None:
         num_workers = check_int("num_workers", num_workers, low=0)
-    base = _need_root(root, name, "train/<class>/ and test/<class>/")
+    base = _need_root(root, name, "train/<class>/, optionally test/<class>/ and val/<class>/")
     train = _folder_files(base / "train", name)
-    test = _folder_files(base / "test", name)
+    test = _folder_files(base / "test", name) if (base / "test").exists() else None
+    val = _folder_files(base / "val", name) if (base / "val").exists() else None
     if auto_size or colour == "auto":
         image_size, colour = _probe_images(
             [p for files in train.values() for p in files],
@@ -488,12 +499,13 @@ def list_image_folder(
         )
     spec = _spec(image_size, resize, resize_mode, colour)
     class_names = list(train)
-    unknown = sorted(set(test) - set(train))
-    if unknown:
-        raise DatasetError(
-            f"{name}: {base / 'test' / unknown[0]}: class {unknown[0]!r} is not among the "
-            f"train classes {class_names}"
-        )
+    for split, folder in (("test", test), ("val", val)):
+        unknown = sorted(set(folder or ()) - set(train))
+        if unknown:
+            raise DatasetError(
+                f"{name}: {base / split / unknown[0]}: class {unknown[0]!r} is not among the "
+                f"train classes {class_names}"
+            )
     index = {c: i for i, c in enumerate(class_names)}
 
     def files(split: dict[str, list[Path]]) -> ImageFiles:
@@ -501,7 +513,56 @@ def list_image_folder(
         labels = [index[c] for c, files in split.items() for _ in files]
         return ImageFiles(paths, torch.tensor(labels, dtype=torch.int64))
 
-    return FileSplits(name, files(train), files(test), class_names, spec, num_workers)
+    origin: dict[str, str] = {}
+    if test is not None:
+        train_files, test_files = files(train), files(test)
+    else:
+        train_files, test_files, origin["test"] = _carve_test(files(train), test_fraction, base)
+    return FileSplits(
+        name,
+        train_files,
+        test_files,
+        class_names,
+        spec,
+        num_workers,
+        val=None if val is None else files(val),
+        origin=origin,
+    )
+
+
+def has_own_val(name: str, root: str | None) -> bool:
+    """True when the data set brings its own validation split: an image folder with ``val/``
+    (read from the file system only; nothing is decoded)."""
+    return (
+        name == "image_folder" and root is not None and (Path(root).expanduser() / "val").is_dir()
+    )
+
+
+def _carve_test(
+    train: ImageFiles, fraction: float, base: Path
+) -> tuple[ImageFiles, ImageFiles, str]:
+    """Split ``train`` into (train, test) for a folder without ``test/``: stratified, fixed."""
+    try:
+        keep, held = stratified_split(
+            train.labels.numpy(), fraction, SPLIT_SEED, "image_folder test split"
+        )
+    except ValueError as err:
+        raise DatasetError(
+            f"{err}; {base} has no test/ folder, so data.options.test_fraction={fraction} of "
+            "train/ is held out as the test split: give every class at least 2 images (more "
+            "for a smaller fraction), or add test/<class>/ folders"
+        ) from None
+
+    def pick(index: np.ndarray) -> ImageFiles:
+        return ImageFiles([train.paths[i] for i in index], train.labels[torch.from_numpy(index)])
+
+    how = (
+        f"{len(held)} of the {len(train.paths)} train/ images ({100 * fraction:g}%, "
+        f"data.options.test_fraction), stratified by class, seed {SPLIT_SEED} (the same "
+        "for every run)"
+    )
+    once(f"image_folder: {base} has no test/ folder; the test split is {how}")
+    return pick(keep), pick(held), how
 
 
 load_image_folder = register_dataset("image_folder")(_decoding(list_image_folder))

@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +91,11 @@ class ImageFiles:
 
 @dataclass
 class FileSplits:
-    """What an image-file set lists: train/test files, class names and the decode spec."""
+    """What an image-file set lists: train/test files, class names and the decode spec.
+
+    ``val`` is the set's own validation split (an image folder's ``val/``), else ``None``;
+    ``origin`` says how a split was made when it is not the set's own (an image folder
+    without ``test/``: ``{"test": "20% of train/, stratified, seed 0"}``)."""
 
     name: str
     train: ImageFiles
@@ -99,6 +103,8 @@ class FileSplits:
     class_names: list[str]
     spec: ImageSpec
     num_workers: int | None = None  # decoding threads in memory mode
+    val: ImageFiles | None = None
+    origin: dict[str, str] = field(default_factory=dict)
 
 
 # -- pixels ------------------------------------------------------------------------------------
@@ -363,7 +369,8 @@ class ImageFileDataset(Dataset):
 
 
 def decoded_bytes(files: FileSplits) -> int:
-    """Host memory that memory mode needs for both splits (one byte per value)."""
+    """Host memory that memory mode needs for all splits (one byte per value)."""
     height, width = files.spec.stored
     count = len(files.train.paths) + len(files.test.paths)
+    count += len(files.val.paths) if files.val is not None else 0
     return count * files.spec.channels * height * width

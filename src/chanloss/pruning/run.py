@@ -70,7 +70,7 @@ def prune_checkpoint(
     """Prune ``checkpoint`` to ``speedup`` times fewer MACs into ``out_dir``; the prune.json
     contents. Bad input is a :class:`PruneError` (or ``CheckpointError``/``ConfigError``)
     raised before anything is written."""
-    from chanloss.training.checkpoint import CheckpointError, load_checkpoint
+    from chanloss.errors import CheckpointError
     from chanloss.training.config import (
         apply_overrides,
         config_to_dict,
@@ -94,31 +94,21 @@ def prune_checkpoint(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PruneError(f"--out {out} already exists and is not an empty directory")
 
-    checkpoint = Path(checkpoint)
-    state = load_checkpoint(checkpoint)
-    raw = state.get("config")
-    if not isinstance(raw, dict) or "model" not in state or "losses" not in state:
-        raise CheckpointError(f"{checkpoint} is not a run's checkpoint (no config and weights)")
+    from chanloss.training.loader import load_run, read_checkpoint
+
+    stored = read_checkpoint(checkpoint, device=device)
+    checkpoint, state, config = stored.path, stored.state, stored.config
+    if "model" not in state or "losses" not in state:
+        raise CheckpointError(f"{checkpoint} is not a run's checkpoint (no model and loss weights)")
     if state.get("pruning") is not None:
         raise PruneError(
             f"{checkpoint} is already pruned; prune the run's original checkpoint instead"
         )
-    config = validate_config({**raw, "device": device}, source=f"{checkpoint} (stored config)")
     tune_raw = apply_overrides(
         {**config_to_dict(config), "epochs": max(1, finetune_epochs)}, config_overrides
     )
     tune_config = validate_config(tune_raw, source="--set")
-
-    from chanloss.models.pretrained import checkpoint_weights
-
-    with checkpoint_weights():
-        trainer = Trainer(config, out / "finetune", verbose=0)
-    try:
-        trainer.model.load_state_dict(state["model"])
-        for slot, sd in zip(trainer.slots, state["losses"], strict=True):
-            slot.loss.load_state_dict(sd)
-    except (RuntimeError, KeyError, ValueError) as err:
-        raise CheckpointError(f"{checkpoint} does not fit its own config ({err})") from None
+    trainer = load_run(stored, with_data=True, out_dir=out / "finetune").trainer
     model = trainer.model.eval()
     scores = _scorer(trainer)
     calibration, holdout, holdout_name = _calibration(trainer, options, scores)
@@ -201,7 +191,7 @@ def prune_checkpoint(
         tune_config if finetune_epochs > 0 else config,
         out / "finetune",
         verbose=2 if verbose else 0,
-        structure=record,
+        checkpoint_state={"pruning": record},
     )
     tuner.model.load_state_dict(pruned.state_dict())
     for slot, sd in zip(tuner.slots, loss_states, strict=True):

@@ -2,8 +2,10 @@
 
 ``load_config`` reads and validates a YAML config (the schema in
 :mod:`chanloss.training.config` is the reference for every key); ``train`` runs it into a run
-directory; ``evaluate_checkpoint`` scores a checkpoint; ``compare`` runs several configs over
-seeds and tabulates the final test accuracy.
+directory and returns a ``RunResult`` (``read_result`` reads one back from a run directory);
+``load_run`` rebuilds a run from its checkpoint; ``evaluate_checkpoint`` scores a checkpoint;
+``run_many`` runs a set of runs in processes; ``compare`` runs several configs over seeds and
+tabulates the final test accuracy.
 
 The names are imported on first use, so that ``chanloss.training.config`` (and the command
 line's ``--help``) can be used without importing torch.
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
     )
     from chanloss.training.distributed import is_main_process
     from chanloss.training.evaluate import evaluate_checkpoint
+    from chanloss.training.loader import load_run
+    from chanloss.training.result import RunResult, read_result
+    from chanloss.training.runner import run_many
     from chanloss.training.trainer import Trainer, train
 
 _WHERE = {
@@ -48,6 +53,10 @@ _WHERE = {
     "validate_config": "config",
     "is_main_process": "distributed",
     "evaluate_checkpoint": "evaluate",
+    "load_run": "loader",
+    "RunResult": "result",
+    "read_result": "result",
+    "run_many": "runner",
     "Trainer": "trainer",
     "train": "trainer",
 }
@@ -55,6 +64,7 @@ _WHERE = {
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "RunResult",
     "TrainConfig",
     "Trainer",
     "apply_overrides",
@@ -65,8 +75,11 @@ __all__ = [
     "load_checkpoint",
     "load_config",
     "load_labelled",
+    "load_run",
+    "read_result",
     "parse_overrides",
     "results_table",
+    "run_many",
     "save_checkpoint",
     "train",
     "validate_config",

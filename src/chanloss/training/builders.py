@@ -62,6 +62,9 @@ def build_data(config: TrainConfig) -> Any:
             memory_budget_gb=data.memory_budget_gb,
             cache_dir=data.cache_dir,
             normalize=data.normalize,
+            split_seed=data.split_seed,
+            folds=data.folds,
+            fold=data.fold,
             **data.options,
         )
     except (ValueError, TypeError) as err:
@@ -128,6 +131,29 @@ def build_model(config: TrainConfig, *, num_classes: int, in_channels: int) -> n
     return model
 
 
+def model_from_checkpoint(
+    config: TrainConfig, state: dict[str, Any], *, num_classes: int, in_channels: int
+) -> nn.Module:
+    """The network of a checkpoint's run, rebuilt from its stored ``config``, before
+    ``state["model"]`` is loaded into it.
+
+    The one place where a model is rebuilt from a checkpoint: the checkpoint loader
+    (:mod:`chanloss.training.loader`: eval, analyze, predict, export, ``load_model``, tune) and
+    ``train --resume`` both call it. A pretrained model's weights file is not read (its tensors
+    come from the checkpoint). A checkpoint whose model was changed after it was built (e.g. a
+    pruned one, recorded in ``state``) is given that structure here, so that its state dict fits.
+    """
+    from chanloss.models.pretrained import checkpoint_weights
+
+    with checkpoint_weights():
+        model = build_model(config, num_classes=num_classes, in_channels=in_channels)
+    if state.get("pruning") is not None:  # written by chanloss prune
+        from chanloss.training.checkpoint import apply_pruned_structure
+
+        model = apply_pruned_structure(model, state["pruning"], "the checkpoint")
+    return model
+
+
 def _summarise(keys: list[str]) -> str:
     """``classifier (2 tensors), head (9 tensors)`` from a list of state_dict keys."""
     counts: dict[str, int] = {}
@@ -164,7 +190,9 @@ def build_losses(config: TrainConfig, model: nn.Module, num_classes: int) -> lis
         try:
             loss = create_loss(entry.name, context=context, **entry.params())
         except (ValueError, TypeError) as err:
-            raise ConfigError(f"losses.{i} ({entry.name}): {err}") from None
+            raise ConfigError(
+                f"losses.{i} ({entry.name}): {err}{_channels_hint(config, str(err), context)}"
+            ) from None
         counts[entry.name] = counts.get(entry.name, 0) + 1
         prefix = entry.name if counts[entry.name] == 1 else f"{entry.name}{counts[entry.name]}"
         columns = {
@@ -175,6 +203,24 @@ def build_losses(config: TrainConfig, model: nn.Module, num_classes: int) -> lis
             LossSlot(i, entry.name, entry.weight, entry.lr, loss, takes_generator, columns)
         )
     return slots
+
+
+def _channels_hint(config: TrainConfig, text: str, context: dict[str, int]) -> str:
+    """Which key sets a loss's ``num_channels`` (the model's feature channels), when the loss
+    refused it."""
+    if "num_channels" not in text:
+        return ""
+    channels, classes = context["num_channels"], context["num_classes"]
+    where = (
+        f"model.feature_channels is {channels}"
+        if "feature_channels" in config.model.options()
+        else f"model {config.model.name!r} has {channels} feature channels"
+    )
+    return (
+        f"; the feature channels come from the model: {where} and the data has {classes} "
+        f"classes, so set model.feature_channels to at least {classes} (a multiple of "
+        f"{classes} gives every class as many channels, e.g. {3 * classes})"
+    )
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -37,6 +37,8 @@ VERSION = 1
 
 
 SLOW_WRITE_ENV = "CHANLOSS_TEST_SLOW_CHECKPOINT"
+# What a checkpoint argument should be, for the errors about a file that is not one.
+EXPECTED = "expected a run's last.pt or best.pt (written by chanloss train)"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -90,7 +92,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"{path} is not a readable chanloss checkpoint (the file is empty)")
+        raise CheckpointError(
+            f"{path} is not a readable chanloss checkpoint (the file is empty); {EXPECTED}"
+        )
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols: not for users
             warnings.simplefilter("ignore")
@@ -98,7 +102,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as err:  # noqa: BLE001 - unpickling raises many types
         raise CheckpointError(_load_failure(path, err)) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a chanloss checkpoint (no {FORMAT!r} marker)")
+        raise CheckpointError(
+            f"{path} is not a chanloss checkpoint (no {FORMAT!r} marker); it is "
+            f"{_what_torch(state)}; {EXPECTED}"
+        )
     if state.get("version") != VERSION:
         raise CheckpointError(
             f"{path} has checkpoint version {state.get('version')}, expected {VERSION}"
@@ -125,19 +132,66 @@ def _load_failure(path: Path, err: Exception) -> str:
                 f"(it would import and call {found.group(1)}); checkpoints are read as data "
                 "(torch.load weights_only=True) and never run code"
             )
-        found = re.search(r"WeightsUnpickler error: (.+?)(?:\n\n|$)", text, re.S)
-        detail = " ".join(found.group(1).split()) if found else "unsupported pickle content"
         return (
-            f"{path} is not a readable chanloss checkpoint (not a torch file, or a pickle of "
-            f"more than plain data: {detail}; nothing in it was run)"
+            f"{path} is not a readable chanloss checkpoint (it is {file_kind(path)}, not a "
+            f"torch checkpoint; nothing in it was run); {EXPECTED}"
         )
     if "zip archive" in text or "central directory" in text or isinstance(err, EOFError):
         first = text.split(". ")[0] if text else type(err).__name__
         return (
-            f"{path} is not a readable chanloss checkpoint (truncated or not a torch file: {first})"
+            f"{path} is not a readable chanloss checkpoint (truncated or not a torch file: "
+            f"{first}; it is {file_kind(path)}); {EXPECTED}"
         )
     first = text.splitlines()[0] if text else type(err).__name__
-    return f"{path} is not a readable chanloss checkpoint ({first})"
+    return f"{path} is not a readable chanloss checkpoint ({first}); {EXPECTED}"
+
+
+# Leading bytes of the kinds of file a checkpoint argument is mistaken for.
+_MAGIC = (
+    (b"PK\x03\x04", "a zip archive"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x93NUMPY", "a numpy .npy array"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"%PDF", "a PDF document"),
+    (b"\x7fELF", "a program (ELF)"),
+)
+
+
+def file_kind(path: Path) -> str:
+    """What the file at ``path`` looks like, from its first bytes (``a Python pickle``,
+    ``a text file``, ``a PNG image``, ...), for an error about a file that is no checkpoint."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return "an unreadable file"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head[:1] == b"\x80" and head[1:2] in {bytes([v]) for v in range(2, 6)}:
+        return "a Python pickle"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 4:  # not a character cut off by the 4096-byte read
+            return "a binary file of another kind"
+    text = head.lstrip()
+    if text[:1] in (b"{", b"["):
+        return "a text file (JSON?)"
+    return "a text file (YAML or CSV?)" if b":" in text or b"," in text else "a text file"
+
+
+def _what_torch(state: Any) -> str:
+    """What a torch file that is no chanloss checkpoint holds."""
+    if isinstance(state, dict):
+        keys = ", ".join(repr(k) for k in list(state)[:3])
+        more = ", ..." if len(state) > 3 else ""
+        return (
+            f"a torch file holding a dict with the keys {keys}{more}" if state else "an empty dict"
+        )
+    return f"a torch file holding a {type(state).__name__}"
 
 
 def capture_rng(device: torch.device, generator: torch.Generator | None = None) -> dict[str, Any]:

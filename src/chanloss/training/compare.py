@@ -13,16 +13,12 @@ CPU threads.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
-import os
-import signal
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,22 +27,22 @@ from chanloss.training.config import (
     ConfigError,
     TrainConfig,
     config_to_dict,
-    read_yaml,
-    resolved_config_dict,
     validate_config,
 )
-from chanloss.training.run_dir import RunDir
-from chanloss.training.trainer import TrainingInterrupted, train
+from chanloss.training.result import RunResult, metrics_rows, read_result
+from chanloss.training.runner import run_many, run_status, train_locked
+from chanloss.training.verdict import compare_verdict
 
-# Keys that may differ between a stored run and the config without changing what it trains.
-_IGNORED_KEYS = (
-    "device",
-    "workers",
-    "tensorboard",
-    "eval_batch_size",
-    "epochs",
-    "test_every_epoch",
-)
+_train_locked = train_locked  # what compare trains a run with (a test replaces it)
+_metrics_rows = metrics_rows
+
+
+@dataclass
+class _Run:
+    label: str
+    config: TrainConfig
+    run_dir: Path
+    status: str  # new, resume or done
 
 
 @dataclass
@@ -122,27 +118,32 @@ def compare(
                 config_to_dict(base.model_copy(update={"seed": base.seed + i}))
             )
             run_dir = out_dir / label / f"seed{config.seed}"
-            plan.append(_Run(label, config, run_dir, _run_status(run_dir, config)))
+            plan.append(_Run(label, config, run_dir, run_status(run_dir, config)))
     progress = _Progress(plan, stream or sys.stdout) if verbose else None
-    summaries: dict[Path, dict[str, Any]] = {}
+    summaries: dict[Path, RunResult] = {}
     try:
         if progress is not None:
             progress.start()
         todo = []
         for run in plan:
             if run.status == "done":
-                summaries[run.run_dir] = json.loads((run.run_dir / "summary.json").read_text())
+                summaries[run.run_dir] = read_result(run.run_dir)
                 if progress is not None:
                     progress.finished(run, summaries[run.run_dir], earlier=True)
             else:
                 todo.append(run)
-        if jobs == 1 or len(todo) <= 1:
-            for run in todo:
-                summaries[run.run_dir] = _train_locked(run.config, run.run_dir)
-                if progress is not None:
-                    progress.finished(run, summaries[run.run_dir])
-        else:
-            summaries.update(_train_in_processes(todo, jobs, progress))
+
+        def finished(index: int, result: RunResult) -> None:
+            summaries[todo[index].run_dir] = result
+            if progress is not None:
+                progress.finished(todo[index], result)
+
+        run_many(
+            [(run.config, run.run_dir) for run in todo],
+            jobs=jobs,
+            on_finished=finished,
+            worker=_train_locked,
+        )
     finally:
         if progress is not None:
             progress.stop()
@@ -156,125 +157,12 @@ def compare(
             result.train_time_s.append(summary["train_time_s"])
             result.params = summary["params"]
             result.run_dirs.append(run.run_dir)
-            val = _final_val(run.run_dir, summary)
+            val = summary.final_val_acc
             if val is not None:
                 result.val_acc.append(val)
         results.append(result)
     write_results(results, out_dir, seeds=seeds)
     return results
-
-
-@dataclass
-class _Run:
-    label: str
-    config: TrainConfig
-    run_dir: Path
-    status: str  # new, resume or done
-
-
-def _train_locked(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
-    """Train (or resume, or read the summary of) one run while holding its directory's lock;
-    the status is checked again under the lock."""
-    with RunDir(run_dir) as run:
-        status = _run_status(run_dir, config)
-        if status == "done":
-            return json.loads((run_dir / "summary.json").read_text())
-        return train(config, run, resume=status == "resume", verbose=0)
-
-
-def _train_worker(raw: dict[str, Any], run_dir: str, threads: int) -> dict:
-    """One training in a worker process (module level, so that it can be pickled)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    try:
-        return _train_locked(validate_config(raw), Path(run_dir))
-    except KeyboardInterrupt as err:  # Ctrl-C: last.pt is saved; a clean return keeps the pool
-        return {"interrupted": str(err)}
-
-
-def _train_in_processes(
-    todo: list[_Run], jobs: int, progress: _Progress | None
-) -> dict[Path, dict[str, Any]]:
-    import multiprocessing
-
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    done: dict[Path, dict[str, Any]] = {}
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=context) as pool:
-        futures = {
-            pool.submit(
-                _train_worker,
-                config_to_dict(run.config),
-                str(run.run_dir),
-                threads,
-            ): run
-            for run in todo
-        }
-        pending = set(futures)
-        try:
-            while pending:
-                finished = {f for f in pending if f.done()}
-                for future in finished:
-                    run = futures[future]
-                    summary = future.result()  # a failed run raises here
-                    if "interrupted" in summary:
-                        raise TrainingInterrupted(summary["interrupted"], run.run_dir)
-                    done[run.run_dir] = summary
-                    if progress is not None:
-                        progress.finished(run, summary)
-                pending -= finished
-                if pending:
-                    time.sleep(0.2)
-        except TrainingInterrupted:
-            _stop_workers(pool, pending)
-            raise
-        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGUSR1 through the CLI's handler
-            _stop_workers(pool, pending)
-            raise TrainingInterrupted(
-                "interrupted; the runs in progress saved last.pt",
-                todo[0].run_dir.parent.parent,
-                getattr(err, "signum", signal.SIGINT),
-            ) from None
-        except BaseException:  # a failed run: stop the others, keep their files
-            _stop_workers(pool, pending)
-            raise
-    return done
-
-
-def _stop_workers(pool: ProcessPoolExecutor, pending: set[Any], grace: float = 60.0) -> None:
-    """Cancel the runs not started; ask the running ones to stop like Ctrl-C does (finish the
-    step, save ``last.pt``), wait up to ``grace`` seconds, then end the workers."""
-    running = {f for f in pending if not f.cancel()}
-    workers = list(getattr(pool, "_processes", {}).values())
-    if running:
-        for worker in workers:
-            with contextlib.suppress(OSError):
-                os.kill(worker.pid, signal.SIGINT)
-    deadline = time.monotonic() + grace
-    while any(not f.done() for f in running) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for worker in workers:
-        if worker.is_alive():
-            worker.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _final_val(run_dir: Path, summary: dict[str, Any]) -> float | None:
-    """The final epoch's validation accuracy (``summary.json``, else ``metrics.csv``)."""
-    if summary.get("final_val_acc") is not None:
-        return float(summary["final_val_acc"])
-    rows = _metrics_rows(run_dir)
-    value = rows[-1].get("val_acc") if rows else None
-    return float(value) if value else None
-
-
-def _metrics_rows(run_dir: Path) -> list[dict[str, str]]:
-    try:
-        with open(run_dir / "metrics.csv", newline="") as f:
-            return list(csv.DictReader(f))
-    except (OSError, csv.Error):
-        return []
 
 
 class _Progress:
@@ -324,14 +212,14 @@ class _Progress:
                         self.seen[run.run_dir] = number
                         self._print(self._epoch_line(run, row))
 
-    def finished(self, run: _Run, summary: dict[str, Any], *, earlier: bool = False) -> None:
+    def finished(self, run: _Run, summary: RunResult, *, earlier: bool = False) -> None:
         """Print the line of a finished run (after its last epoch lines)."""
         self.poll()
         with self.lock:
             self.runs_done += 1
             self.seen[run.run_dir] = max(self.seen[run.run_dir], run.config.epochs)
             how = "finished earlier" if earlier else f"{summary['train_time_s']:.1f} s"
-            val = _final_val(run.run_dir, summary)
+            val = summary.final_val_acc
             val_text = f"val {100 * val:.2f}%, " if val is not None else ""
             self._print(
                 f"[{self.runs_done}/{len(self.plan)}] {run.label} seed {run.config.seed}: "
@@ -372,37 +260,6 @@ def load_labelled(paths: list[str], overrides: list[str]) -> list[tuple[str, Tra
     return [(Path(p).stem, load_config(p, overrides)) for p in paths]
 
 
-def _run_status(run_dir: Path, config: TrainConfig) -> str:
-    """``new``, ``resume`` (interrupted, or ``epochs`` raised) or ``done``."""
-    if not (run_dir / "last.pt").exists():
-        return "new"
-    stored_path = run_dir / "config.yaml"
-    stored = resolved_config_dict(read_yaml(stored_path)) if stored_path.exists() else None
-    current = config_to_dict(config)
-    if not isinstance(stored, dict) or _strip(stored) != _strip(current):
-        raise ConfigError(
-            f"{run_dir} holds a run of a different config; use another --out or delete it"
-        )
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("finished") and summary.get("epochs") == config.epochs:
-            return "done"
-        if summary.get("epochs", 0) > config.epochs:
-            raise ConfigError(
-                f"{run_dir} was trained for {summary['epochs']} epochs, more than the "
-                f"{config.epochs} asked for; use another --out"
-            )
-    return "resume"
-
-
-def _strip(raw: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in raw.items() if k not in _IGNORED_KEYS}
-    if isinstance(out.get("data"), dict):
-        out["data"] = {**out["data"], "root": None}
-    return out
-
-
 # Keys that never tell two configs apart in a table (they do not change what is trained, or
 # are shown in their own column).
 _NOT_SETTINGS = (
@@ -421,14 +278,19 @@ def differing_settings(configs: list[TrainConfig]) -> list[dict[str, Any]]:
 
     Loss parameters are keyed by the loss's name (``mc.beta``; ``mc#2.beta`` for a second
     ``mc``). A key counts when at least two configs have it with different values; a key
-    that only one config has (its extra loss) is shown by the losses column instead.
+    that only one config has (its extra loss) is not; the loss lists themselves are, as
+    ``losses`` (``ce + mc``), when they differ (CE vs CE + MC-Loss).
     """
-    flat = [_flatten(config) for config in configs]
+    flat = [{"losses": _loss_names(config), **_flatten(config)} for config in configs]
     keys = sorted({k for f in flat for k in f})
     differing = [
         k for k in keys if len({json.dumps(f[k], sort_keys=True) for f in flat if k in f}) > 1
     ]
     return [{k: f[k] for k in differing if k in f} for f in flat]
+
+
+def _loss_names(config: TrainConfig) -> str:
+    return " + ".join(loss.name for loss in config.losses)
 
 
 def _flatten(config: TrainConfig) -> dict[str, Any]:
@@ -501,7 +363,7 @@ def write_results(results: list[ConfigResult], out_dir: Path, *, seeds: int) -> 
     (out_dir / "results.md").write_text(
         f"# Final accuracy ({dataset}; mean ± sample std over {seeds} seed"
         f"{'s' if seeds > 1 else ''}; choose on validation, report test)\n\n"
-        f"{results_table(results)}\n"
+        f"{results_table(results)}\n\n{compare_verdict(results)}\n"
     )
     settings = differing_settings([r.config for r in results])
     with open(out_dir / "results.csv", "w", newline="") as f:

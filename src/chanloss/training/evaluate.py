@@ -12,11 +12,9 @@ from typing import Any
 
 import torch
 
-from chanloss.models.pretrained import checkpoint_weights
-from chanloss.training.checkpoint import CheckpointError, describe, load_checkpoint
-from chanloss.training.config import ConfigError, validate_config
-from chanloss.training.run_dir import atomic_open, write_json, write_png
-from chanloss.training.trainer import Trainer
+from chanloss.atomic import atomic_open, write_json, write_png
+from chanloss.errors import ConfigError
+from chanloss.training.loader import load_run, resolve_checkpoint
 
 
 def evaluate_checkpoint(
@@ -38,28 +36,12 @@ def evaluate_checkpoint(
     """
     from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-    checkpoint = Path(checkpoint)
-    state = load_checkpoint(checkpoint)
-    raw = state.get("config")
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{checkpoint} holds no config")
-    raw = {**raw, "device": device}
-    try:
-        config = validate_config(raw, source=f"{checkpoint} (stored config)")
-    except ConfigError as err:
-        raise CheckpointError(str(err)) from None
+    checkpoint = resolve_checkpoint(checkpoint)
     base = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval-{checkpoint.stem}"
     out = base / split
-    with checkpoint_weights():  # the model's tensors come from the checkpoint
-        trainer = Trainer(config, out, verbose=0, structure=state.get("pruning"))
-    try:
-        trainer.model.load_state_dict(state["model"])
-        for slot, sd in zip(trainer.slots, state["losses"], strict=True):
-            slot.loss.load_state_dict(sd)
-    except (RuntimeError, KeyError, ValueError) as err:
-        raise CheckpointError(
-            f"{checkpoint} does not fit its own config ({describe(err)})"
-        ) from None
+    loaded = load_run(checkpoint, device=device, with_data=True, out_dir=out, quiet=True)
+    trainer, state = loaded.trainer, loaded.state
+    assert trainer is not None
     if split not in trainer.eval_batches:
         raise ConfigError(
             f"split {split!r} is not available; the run has {sorted(trainer.eval_batches)}"

@@ -39,13 +39,13 @@ from chanloss.training.builders import (
     build_losses,
     build_model,
     count_parameters,
+    model_from_checkpoint,
     resolve_device,
     run_preprocessing,
     seed_everything,
 )
 from chanloss.training.checkpoint import (
     CheckpointError,
-    apply_pruned_structure,
     capture_rng,
     check_resumable,
     describe,
@@ -79,6 +79,8 @@ from chanloss.training.distributed import (
     wrap_for_training,
 )
 from chanloss.training.optim import build_optimizer, build_scheduler
+from chanloss.training.preflight import preflight
+from chanloss.training.result import RunResult
 from chanloss.training.run_dir import RunDir
 from chanloss.training.stopping import (
     NonFiniteLossError,
@@ -103,6 +105,8 @@ class Trainer:
     ``test_acc`` is empty; ``chanloss tune`` searches so). ``on_epoch_end(epoch, row)`` is
     called after each epoch's files are written, with the epoch's metrics row; an exception it
     raises (e.g. ``optuna.TrialPruned``) ends the run there, the checkpoints kept.
+    ``checkpoint_state``: the checkpoint the trainer will be loaded from (resume, evaluation);
+    its model is then built by :func:`~chanloss.training.builders.model_from_checkpoint`.
     """
 
     def __init__(
@@ -113,10 +117,11 @@ class Trainer:
         verbose: int = 2,
         evaluate_test: bool = True,
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-        structure: dict[str, Any] | None = None,
+        checkpoint_state: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
-        self.structure = structure  # a pruned checkpoint's channel record (models.pruned)
+        # a pruned checkpoint's channel record (chanloss.models.pruned), kept in its checkpoints
+        self.structure = (checkpoint_state or {}).get("pruning")
         self.run = out_dir if isinstance(out_dir, RunDir) else RunDir(out_dir)
         self.out_dir = self.run.path
         self.verbose = verbose
@@ -126,18 +131,18 @@ class Trainer:
         self.device = local_device(resolve_device(config.device))
         seed_everything(config.seed)
 
+        preflight(config)  # what the config alone decides fails before the data is loaded
         loading = time.perf_counter()
         if self.epoch_lines:
             log(f"loading data: {config.data.name} ...")
         self.data = build_data(config)
         if self.epoch_lines:
             log(f"loaded {_describe_data(self.data)} in {time.perf_counter() - loading:.1f} s")
-        self.model = build_model(
-            config, num_classes=self.data.num_classes, in_channels=self.data.in_channels
-        )
-        if structure is not None:
-            self.model = apply_pruned_structure(self.model, structure, "the checkpoint")
-        self.model = self.model.to(self.device)
+        shape = {"num_classes": self.data.num_classes, "in_channels": self.data.in_channels}
+        if checkpoint_state is None:
+            self.model = build_model(config, **shape).to(self.device)
+        else:  # resumed or loaded: rebuilt as the checkpoint's model was
+            self.model = model_from_checkpoint(config, checkpoint_state, **shape).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.slots = build_losses(config, self.model, self.data.num_classes)
@@ -480,8 +485,9 @@ class Trainer:
         return float(both[0] / both[1].clamp_min(1))
 
     # -- the run -----------------------------------------------------------------------------
-    def fit(self, *, stop_after: int | None = None) -> dict[str, Any]:
-        """Train up to ``config.epochs`` (or until ``stop_after`` epochs are done); summary."""
+    def fit(self, *, stop_after: int | None = None) -> RunResult:
+        """Train up to ``config.epochs`` (or until ``stop_after`` epochs are done); the result
+        (the contents of ``summary.json``)."""
         cfg = self.config
         if is_main_process():
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -544,7 +550,7 @@ class Trainer:
             )
         if is_main_process():
             self.run.write_json("summary.json", summary)
-        return summary
+        return RunResult(summary, self.out_dir)
 
     def _epoch_line(self, row: dict[str, Any]) -> str:
         parts = [f"epoch {row['epoch']}/{self.config.epochs}"]
@@ -605,6 +611,7 @@ class Trainer:
             "epochs": self.epoch,
             "final_test_acc": final.get("test_acc"),
             "final_val_acc": final.get("val_acc"),
+            "val_curve": [r["val_acc"] for r in self.history if r.get("val_acc") is not None],
             "final_train_acc": final.get("train_acc"),
             "final_train_loss": final.get("train_loss"),
             "best_val_acc": self.best_val,
@@ -615,6 +622,7 @@ class Trainer:
             "model": self.config.model.name,
             "losses": [s.name for s in self.slots],
             "dataset": self.config.data.name,
+            "splits": self.data.splits,
             "num_classes": self.data.num_classes,
             "seed": self.config.seed,
             "device": str(self.device),
@@ -703,9 +711,10 @@ def train(
     verbose: int = 2,
     evaluate_test: bool = True,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Train ``config`` into ``out_dir`` and return the summary (see :class:`Trainer`, also for
-    ``evaluate_test`` and ``on_epoch_end``).
+) -> RunResult:
+    """Train ``config`` into ``out_dir`` and return its :class:`~chanloss.training.result.RunResult`
+    (final test/validation accuracy, best epoch, checkpoint paths; also the mapping written to
+    ``summary.json``). See :class:`Trainer`, also for ``evaluate_test`` and ``on_epoch_end``.
 
     ``resume=True`` continues from ``out_dir/last.pt`` (a larger ``epochs`` extends a finished
     run); without it, a directory that already holds a run is an error. ``stop_after`` ends
@@ -740,7 +749,7 @@ def train(
                 verbose=verbose,
                 evaluate_test=evaluate_test,
                 on_epoch_end=on_epoch_end,
-                structure=None if state is None else state.get("pruning"),
+                checkpoint_state=state,
             )
             if is_main_process():
                 run.check_free_space(
