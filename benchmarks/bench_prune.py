@@ -9,8 +9,8 @@ the measured CPU latency at batch 64; and two verdicts: where CPLI beats the bes
 more than twice the standard error of the difference of means, and whether MC-trained models
 lose less accuracy than CE-trained ones.
 
-Sized for a shared 2-core CPU (short training, one fine-tune epoch, a reduced synthetic
-fine-grained set): the accuracies are those of small, briefly trained models.
+Sized for a shared 2-core CPU (short training, one fine-tune epoch, a reduced and easier
+synthetic fine-grained set: 100 training images per class, ``difficulty`` 0): the accuracies are those of small, briefly trained models.
 
     nice -n 10 python benchmarks/bench_prune.py            # -> results/prune_cpu.json + .md
     python benchmarks/bench_prune.py --quick               # smoke test (one seed, tiny)
@@ -43,12 +43,17 @@ SETUPS: dict[str, dict[str, Any]] = {
         "data": {
             "name": "finegrained",
             "val_fraction": 0.1,
-            "options": {"num_classes": 10, "train_per_class": 60, "test_per_class": 30},
+            "options": {
+                "num_classes": 10,
+                "train_per_class": 100,
+                "test_per_class": 30,
+                "difficulty": 0.0,
+            },
             "augment": {"crop_padding": 2, "hflip": True},
         },
         "losses": {"ce": [{"name": "ce"}], "mc": [{"name": "ce"}, {"name": "mc"}]},
         "epochs": 5,
-        "batch_size": 64,
+        "batch_size": 32,
     },
     "convnet-mnist5k": {
         "model": {"name": "convnet_small", "width": 16, "feature_channels": 30, "pools": 2},
@@ -378,7 +383,10 @@ def merge(paths: list[Path]) -> dict[str, Any]:
         "finished": all(p.get("finished") for p in parts),
         "settings": {
             **first["settings"],
-            "seeds": min(p["settings"]["seeds"] for p in parts),
+            "seeds": min(
+                len({r["seed"] for r in rows if r["setup"] == name})
+                for name in {r["setup"] for r in rows}
+            ),
             "setups": {k: v for p in parts for k, v in p["settings"]["setups"].items()},
         },
         "sources": [str(p.name) for p in paths],

@@ -185,7 +185,11 @@ def test_bad_inputs_are_one_line_and_write_nothing(runs, tmp_path, capsys):
     assert "not a chanloss checkpoint" in line
     save_checkpoint({"model": {}}, tmp_path / "no_config.pt")
     line = one_error_line(capsys, ["prune", str(tmp_path / "no_config.pt"), "--out", str(out)])
-    assert "is not a run's checkpoint" in line
+    assert "no_config.pt holds no config" in line
+    config_only = {k: v for k, v in load_checkpoint(runs["mc"]).items() if k in ("config", "meta")}
+    save_checkpoint(config_only, tmp_path / "no_weights.pt")
+    line = one_error_line(capsys, ["prune", str(tmp_path / "no_weights.pt"), "--out", str(out)])
+    assert "is not a run's checkpoint (no model and loss weights)" in line
     line = one_error_line(capsys, ["prune", str(tmp_path / "absent.pt"), "--out", str(out)])
     assert "checkpoint not found" in line
     assert not out.exists()
