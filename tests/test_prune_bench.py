@@ -121,3 +121,35 @@ def test_markdown_and_merge(bench, tmp_path):
     assert "| s | ce | 2x (2.10x) | cpli | 90.0 ± 0.0 | 50.0 ± 0.0 | 81.0 ± 1.0 |" in text
     assert "CPLI - l1 = +10.0 points" in text and "CPLI better" in text
     assert "in 0 of 2 (setup, speedup, method) cells" in text
+
+
+def test_report_renders_the_pruning_section(bench, tmp_path):
+    spec = importlib.util.spec_from_file_location("chanloss_bench_report_p", BENCH / "report.py")
+    assert spec is not None and spec.loader is not None
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    rows = [{**r, "setup": "resnet20-finegrained"} for r in _rows()]
+    data = {
+        "benchmark": "prune",
+        "quick": False,
+        "finished": True,
+        "machine": {"cpu_model": "test CPU", "cpu_count": 2, "torch": "x"},
+        "settings": {"seeds": 3, "speedups": [2.0], "finetune_epochs": 1},
+        "rows": rows,
+        "summary": bench.summarise(rows),
+    }
+    (tmp_path / "prune_cpu.json").write_text(json.dumps(data))
+    found = report.load(tmp_path)
+    lines = report.prune_section(found)
+    assert lines[0] == "### Channel pruning (`chanloss prune`)"
+    row = next(x for x in lines if x.startswith("| resnet20-finegrained | ce | 2x"))
+    assert (
+        "| 90.00 ± 0.00 | 81.00 ± 1.00 (50.0) | 71.00 ± 1.00 (50.0) | 61.00 ± 1.00 (50.0) | — | — |"
+        in row
+    )
+    assert any("CPLI − l1 = +10.0 pts" in x and "CPLI better" in x for x in lines)
+    assert any("batch-64 CPU latency 2.00x lower" in x for x in lines)
+    assert "### Channel pruning" in report.render(found, tmp_path)
+    quick = {**data, "quick": True}
+    (tmp_path / "prune_cpu.json").write_text(json.dumps(quick))
+    assert report.prune_section(report.load(tmp_path)) == []
