@@ -140,7 +140,7 @@ def test_report_renders_the_pruning_section(bench, tmp_path):
     }
     (tmp_path / "prune_cpu.json").write_text(json.dumps(data))
     found = report.load(tmp_path)
-    lines = report.prune_section(found)
+    lines = report.prune_section(found.get("prune"), report.machine_line)
     assert lines[0] == "### Channel pruning (`chanloss prune`)"
     row = next(x for x in lines if x.startswith("| resnet20-finegrained | ce | 2x"))
     assert (
@@ -152,4 +152,4 @@ def test_report_renders_the_pruning_section(bench, tmp_path):
     assert "### Channel pruning" in report.render(found, tmp_path)
     quick = {**data, "quick": True}
     (tmp_path / "prune_cpu.json").write_text(json.dumps(quick))
-    assert report.prune_section(report.load(tmp_path)) == []
+    assert report.prune_section(report.load(tmp_path).get("prune"), report.machine_line) == []
