@@ -49,7 +49,7 @@ def run_trial(trial: Any, raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """
     import optuna
 
-    from chanloss.training.trainer import train
+    from chanloss.training.session import train
 
     start = time.perf_counter()
     done = {"epochs": 0}
@@ -96,7 +96,7 @@ def run_confirm(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """A confirmation run: train (or resume, or reuse when finished), then read the final
     model's test accuracy once. ``{"val_acc", "test_acc", "time_s"}``; cached in
     ``run_dir/confirm.json``."""
-    from chanloss.training.trainer import train
+    from chanloss.training.session import train
 
     cache = run_dir / "confirm.json"
     config = load_config(raw=raw)
