@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,7 +156,7 @@ class LossSlot:
 
 def build_losses(config: TrainConfig, model: nn.Module, num_classes: int) -> list[LossSlot]:
     """The configured losses, each with its context (classes, channels, embedding size)."""
-    from chanloss.losses import create_loss
+    from chanloss.losses import loss_spec
 
     context = {
         "num_classes": num_classes,
@@ -168,7 +167,8 @@ def build_losses(config: TrainConfig, model: nn.Module, num_classes: int) -> lis
     counts: dict[str, int] = {}
     for i, entry in enumerate(config.losses):
         try:
-            loss = create_loss(entry.name, context=context, **entry.params())
+            spec = loss_spec(entry.name)
+            loss = spec.build(context, **entry.params())
         except (ValueError, TypeError) as err:
             raise ConfigError(f"losses.{i} ({entry.name}): {err}") from None
         counts[entry.name] = counts.get(entry.name, 0) + 1
@@ -176,9 +176,8 @@ def build_losses(config: TrainConfig, model: nn.Module, num_classes: int) -> lis
         columns = {
             term: prefix if term == entry.name else f"{prefix}_{term}" for term in loss.weights
         }
-        takes_generator = "generator" in inspect.signature(loss.terms).parameters
         slots.append(
-            LossSlot(i, entry.name, entry.weight, entry.lr, loss, takes_generator, columns)
+            LossSlot(i, entry.name, entry.weight, entry.lr, loss, spec.takes_generator, columns)
         )
     return slots
 
