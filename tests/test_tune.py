@@ -22,15 +22,15 @@ from chanloss.tuning import advice, gain_over, parse_duration, tune
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Digits, the narrowest ConvNet, 2 epochs: about half a second per trial on one thread.
+# Digits, the narrowest ConvNet, 3 epochs: about a second per trial on one thread.
 TINY = {
     "model": {"name": "convnet_small", "width": 4, "feature_channels": 20, "pools": 1},
     "data": {"name": "digits", "val_fraction": 0.25},
     "losses": [{"name": "ce"}, {"name": "mc"}],
     "optim": {"lr": 0.1},
     "schedule": {"name": "constant"},
-    "epochs": 2,
-    "batch_size": 128,
+    "epochs": 3,
+    "batch_size": 32,
     "device": "cpu",
     # MC's weights and the learning rate; a wide lr range gives the pruner poor trials to stop
     "search": {"mc": {"keep_ratio": None, "pool": None}, "optim": {"lr": [1e-4, 0.5]}},
@@ -165,27 +165,26 @@ class _TestSplitGuard:
 @pytest.fixture
 def guarded(monkeypatch: pytest.MonkeyPatch) -> type[_TestSplitGuard]:
     import chanloss.training.build as trainer_module  # where the run is built
-    from chanloss.tuning import Tuner
+    import chanloss.tuning.trials as trials_module
 
     build = trainer_module.build_data
-    built = {"n": 0}
+    read_test = trials_module.final_test_accuracy
 
     def build_data(config):  # noqa: ANN001, ANN202
         bundle = build(config)
         bundle.test = _TestSplitGuard(bundle.test)
-        built["n"] += 1
         return bundle
 
-    confirm = Tuner.confirm
-
-    def confirm_after_search(self, best):  # noqa: ANN001, ANN202
-        _TestSplitGuard.phase = "confirm"
-        return confirm(self, best)
+    def final_test_accuracy(run_dir):  # noqa: ANN001, ANN202
+        before, _TestSplitGuard.phase = _TestSplitGuard.phase, "final"
+        try:
+            return read_test(run_dir)
+        finally:
+            _TestSplitGuard.phase = before
 
     _TestSplitGuard.phase, _TestSplitGuard.reads = "search", []
     monkeypatch.setattr(trainer_module, "build_data", build_data)
-    monkeypatch.setattr(Tuner, "confirm", confirm_after_search)
-    _TestSplitGuard.built = built  # type: ignore[attr-defined]
+    monkeypatch.setattr(trials_module, "final_test_accuracy", final_test_accuracy)
     return _TestSplitGuard
 
 
@@ -195,38 +194,63 @@ def test_tune_searches_on_validation_prunes_resumes_and_writes_a_trainable_best(
     out = tmp_path / "tune"
     lines: list[str] = []
     config = load_config(raw=TINY)
-    summary = tune(config, out, trials=6, confirm_seeds=2, log=lines.append, config_path="tiny")
+    summary = tune(config, out, trials=6, folds=2, top=2, log=lines.append, config_path="tiny")
 
-    # the test split was read only after the search, by the confirmation runs
-    assert "search" not in guarded.reads
-    assert "confirm" in guarded.reads
+    # the search, the re-runs and the folds never read the test split; the two final runs did
+    assert guarded.reads and set(guarded.reads) == {"final"}
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert [int(r["number"]) for r in rows] == list(range(6))
-    assert rows[0]["origin"] == "config" and rows[1]["origin"] == "losses off"
+    assert [r["origin"] for r in rows[:3]] == ["config", "config, noise seed", "losses off"]
+    assert [int(r["seed"]) for r in rows[:3]] == [0, 1, 0]
     states = [r["state"] for r in rows]
-    assert "pruned" in states and "complete" in states
-    pruned = next(r for r in rows if r["state"] == "pruned")
-    assert int(pruned["epochs"]) < TINY["epochs"] and pruned["val_acc"] == ""
+    assert "complete" in states
     for r in rows:  # every trial trained, on validation only
         metrics = list(csv.DictReader((Path(r["run_dir"]) / "metrics.csv").open()))
         assert all(m["val_acc"] != "" and m["test_acc"] == "" for m in metrics)
+        if r["state"] == "complete":  # the score: the mean of the last 3 epochs
+            vals = [float(m["val_acc"]) for m in metrics][-3:]
+            assert float(r["val_acc"]) == pytest.approx(sum(vals) / len(vals), abs=1e-6)
+    # the noise: the config as written on seeds 0 and 1
+    a, b = (float(rows[i]["val_acc"]) for i in (0, 1))
+    noise = summary["noise"]
+    assert noise["dof"] >= 1 and noise["std"] > 0
+    assert any(line.startswith("noise: on this split") for line in lines)
+    assert f"{100 * abs(a - b) / 2**0.5:.2f} points" in next(
+        line for line in lines if line.startswith("noise: on this split")
+    )
     # one line per finished trial, a progress line after each, the final table
     assert sum(line.startswith("trial ") for line in lines) == 6
     assert sum("ETA" in line or line.startswith("[####################]") for line in lines) == 6
     table = next(line for line in lines if "gain over CE" in line)
-    assert "validation (2 seeds)" in table and "test (read once)" in table
+    assert "validation (2 folds, paired)" in table and "test (full training split, once)" in table
     assert ("beyond noise" in table) or ("within noise" in table)
+    assert "power: with these 2 folds a true gain of" in table
     assert any(w in table for w in ("use best.yaml", "keep CE", "CE alone is as good"))
 
+    # the 2 best settings re-run on seed 2; the winner is the better re-run
+    reruns = summary["reruns"]
+    assert len(reruns) == 2
     best = summary["best"]
-    assert best["val_acc"] == max(float(r["val_acc"]) for r in rows if r["val_acc"])
+    assert best["rerun_val_acc"] == max(r["rerun_score"] for r in reruns)
+    assert best["trial"] in [r["trial"] for r in reruns]
     conf = summary["confirmation"]
-    assert conf["seeds"] == [1, 2] and len(conf["test"]["ce"]) == 2
-    assert all(0.0 <= a <= 1.0 for a in conf["test"]["tuned"] + conf["val"]["ce"])
+    assert conf["mode"] == "folds" and conf["folds"] == 2
+    assert len(conf["val"]["ce"]) == 2 and len(conf["test"]["ce"]) == 1
+    assert conf["val"]["gain"]["diffs"] == pytest.approx(
+        [t - c for t, c in zip(conf["val"]["tuned"], conf["val"]["ce"], strict=True)]
+    )
+    assert all(0.0 <= acc <= 1.0 for acc in conf["test"]["tuned"] + conf["val"]["ce"])
+    # the folds validate on every training image once, stratified
+    fold_runs = sorted((out / "confirm" / "ce").glob("fold*"))
+    assert [p.name for p in fold_runs] == ["fold0", "fold1"]
     report = (out / "report.html").read_text()
     for png in ("history.png", "params.png", "curves.png"):
         assert f"src='{png}'" in report and (out / png).stat().st_size > 1000
-    assert "Confirmation against CE alone" in report
+    assert "Confirmation against CE alone" in report and "re-run score" in report
+    assert "noise: on this split" in report
+    stored = json.loads((out / "tune.json").read_text())
+    assert stored["noise"]["std"] == pytest.approx(noise["std"])
+    assert "last 3 evaluated epochs" in stored["score"]
 
     # best.yaml is a plain config with the chosen values that `chanloss train` runs
     raw = yaml.safe_load((out / "best.yaml").read_text())
@@ -237,11 +261,10 @@ def test_tune_searches_on_validation_prunes_resumes_and_writes_a_trainable_best(
                  str(tmp_path / "best-run"), "-q"]) == 0  # fmt: skip
     assert json.loads((tmp_path / "best-run" / "summary.json").read_text())["finished"]
 
-    # --resume: the 6 finished trials are kept, 2 more run, the confirmation runs are reused
+    # --resume: the 6 finished trials are kept, 2 more run, finished runs are reused
     guarded.phase, guarded.reads = "search", []
-    built = guarded.built["n"]
     lines.clear()
-    summary = tune(config, out, trials=8, confirm_seeds=2, resume=True, log=lines.append)
+    summary = tune(config, out, trials=8, folds=2, top=2, resume=True, log=lines.append)
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert [int(r["number"]) for r in rows] == list(range(8))
     assert [line.split(":")[0] for line in lines if line.startswith("trial ")] == [
@@ -249,15 +272,20 @@ def test_tune_searches_on_validation_prunes_resumes_and_writes_a_trainable_best(
         "trial   7",
     ]
     assert "search" not in guarded.reads
-    new_best = summary["best"]["trial"]
-    # data built by the 2 new trials, plus (train + test read) x 2 seeds when the best changed
-    assert guarded.built["n"] - built == 2 + (0 if new_best == best["trial"] else 2 * 2)
+    if summary["best"]["trial"] == best["trial"]:  # the same winner: its final runs reused
+        assert guarded.reads == []
 
 
 def _tune_in_child(raw: dict, out: str, storage: str, log: str) -> None:
+    import traceback
+
     with open(log, "w") as f:
-        tune(load_config(raw=raw), out, trials=4, confirm_seeds=0, storage=storage,
-             pruner="none", log=lambda line: print(line, file=f, flush=True))  # fmt: skip
+        try:
+            tune(load_config(raw=raw), out, trials=4, folds=0, top=0, storage=storage,
+                 pruner="none", log=lambda line: print(line, file=f, flush=True))  # fmt: skip
+        except BaseException:
+            traceback.print_exc(file=f)  # into the log the assertion shows
+            raise
 
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
@@ -273,7 +301,7 @@ def test_two_processes_share_one_storage(tmp_path: Path, kind: str) -> None:
         if kind == "journal"
         else f"sqlite:///{tmp_path / 'study.db'}"
     )
-    raw = {**TINY, "epochs": 1}
+    raw = {**TINY, "epochs": 2}
     # forked, so that the two start at once without importing torch, scikit-learn (digits),
     # torch._dynamo (optimisers) and matplotlib (the report) again
     import torch._dynamo  # noqa: F401
@@ -311,7 +339,6 @@ def test_two_processes_share_one_storage(tmp_path: Path, kind: str) -> None:
     ]
     complete = [t.params["optim.lr"] for t in study.trials if t.state.name == "COMPLETE"]
     assert all(any(lr == pytest.approx(c) for c in complete) for lr in lrs)
-    assert any(lr == pytest.approx(study.best_trial.params["optim.lr"]) for lr in lrs)
 
 
 def test_a_trial_cut_short_by_a_killed_process_is_queued_again_on_resume(tmp_path: Path) -> None:
@@ -325,7 +352,7 @@ def test_a_trial_cut_short_by_a_killed_process_is_queued_again_on_resume(tmp_pat
 
     out = tmp_path / "tune"
     config = load_config(raw={**TINY, "epochs": 1})
-    tune(config, out, trials=2, confirm_seeds=0, pruner="none", log=lambda line: None)
+    tune(config, out, trials=2, folds=0, top=0, pruner="none", log=lambda line: None)
     storage = open_storage(f"sqlite:///{out / 'study.db'}")
     study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
     # a trial as a process killed mid-trial leaves it: RUNNING, owned by a pid that is gone
@@ -335,7 +362,7 @@ def test_a_trial_cut_short_by_a_killed_process_is_queued_again_on_resume(tmp_pat
     cut.set_user_attr("host", socket.gethostname())
     cut.set_user_attr("pid", int(dead.stdout))
     lines: list[str] = []
-    tune(config, out, trials=3, confirm_seeds=0, pruner="none", resume=True, log=lines.append)
+    tune(config, out, trials=3, folds=0, top=0, pruner="none", resume=True, log=lines.append)
     assert f"trial {cut.number} was cut short by an earlier run; queued again" in lines
     trials = optuna.load_study(study_name=STUDY_NAME, storage=storage).trials
     assert trials[cut.number].state.name == "FAIL"
@@ -366,7 +393,7 @@ def test_the_halving_pruner_stops_trials_early() -> None:
         else:
             study.tell(trial, accuracy)
     assert stopped and max(stopped) < 8  # the bad trials stopped before their last epoch
-    with pytest.raises(ConfigError, match="--pruner: expected one of median, halving, none"):
+    with pytest.raises(ConfigError, match="--pruner: expected one of noise, median, halving"):
         make_pruner("hyperband", epochs=9)
 
 
@@ -382,6 +409,12 @@ def test_tune_user_errors_are_one_line_with_status_2(
     )
     assert "--jobs: must be an integer >= 1" in user_error(capsys, [*base, "--jobs", "0"])
     assert "--timeout: expected a duration" in user_error(capsys, [*base, "--timeout", "soon"])
+    for bad in ("1", "0", "-2"):
+        assert "--folds: must be an integer >= 2" in user_error(capsys, [*base, "--folds", bad])
+    line = user_error(capsys, [*base, "--folds", "3", "--confirm-seeds", "2"])
+    assert "--folds and --confirm-seeds are two confirmations; choose one" in line
+    line = user_error(capsys, [*base, "--folds", "400"])  # digits: ~140 training images a class
+    assert "--folds 400: every class needs at least 400 training images; class" in line
     line = user_error(capsys, [*base, "--set", "data.val_fraction=0"])
     assert "tune needs a validation split" in line and "data.val_fraction" in line
     line = user_error(capsys, [*base, "--set", "search.arcface.margin=[0.1,0.5]"])
@@ -404,8 +437,8 @@ def test_tune_user_errors_are_one_line_with_status_2(
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     tuner = Tuner(load_config(cfg), tmp_path / "first", 1, storage=storage)
     tuner.open_study()
-    assert len(optuna.load_study(study_name=STUDY_NAME, storage=open_storage(storage)).trials) == 2
-    line = user_error(capsys, [*base, "--storage", storage, "--set", "epochs=3"])
+    assert len(optuna.load_study(study_name=STUDY_NAME, storage=open_storage(storage)).trials) == 3
+    line = user_error(capsys, [*base, "--storage", storage, "--set", "epochs=4"])
     assert "holds a study of a different config (differs in epochs)" in line
     line = user_error(capsys, [*base, "--storage", storage, "--set", "search.mc.pool=[max]"])
     assert "different config (differs in search space)" in line
@@ -429,3 +462,37 @@ def test_tune_user_errors_are_one_line_with_status_2(
     with RunDir(tmp_path / "busy"):
         line = user_error(capsys, ["tune", "-c", str(cfg), "--out", str(tmp_path / "busy")])
     assert "is in use by another chanloss run" in line
+
+
+def test_a_search_that_learns_nothing_says_so_and_chooses_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "tune"
+    lines: list[str] = []
+    raw = {**TINY, "epochs": 2, "search": {**TINY["search"], "optim": {"lr": [1e-7, 1e-6]}}}
+    summary = tune(load_config(raw=raw), out, trials=3, timeout_s=3600, log=lines.append)
+    assert summary["learned"] is False and summary["best"] is None
+    assert summary["confirmation"] is None and summary["chance"] == pytest.approx(0.1)
+    assert any(line.startswith("no trial learned more than chance") for line in lines)
+    assert not (out / "best.yaml").exists() and not (out / "importances.png").exists()
+    report = (out / "report.html").read_text()
+    assert "no trial learned more than chance" in report and "No setting is chosen" in report
+    # --trials stopped the search with (nearly all of) the hour left: said once, and kept
+    note = next(line for line in lines if line.startswith("budget: the search stopped"))
+    assert "--trials 3" in note and "leave --trials out" in note
+    assert summary["notes"] == [note, next(ln for ln in lines if ln.startswith("no trial"))]
+
+
+def test_a_warning_repeated_by_every_trial_in_worker_processes_is_printed_once(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from chanloss.messages import command_scope
+
+    # CC-Loss on 20 feature channels with reduction 16: C // 16 = 1 < min_hidden 4 warns
+    raw = {**TINY, "losses": [{"name": "ce"}, {"name": "cc", "reduction": 16}],
+           "search": {"cc": {"reduction": None, "form": None}}, "epochs": 1}  # fmt: skip
+    with command_scope():  # what the command line wraps around a command
+        tune(load_config(raw=raw), tmp_path / "tune", trials=4, jobs=2, folds=0, top=0,
+             pruner="none", log=lambda line: None)  # fmt: skip
+    out, err = capfd.readouterr()
+    warned = [line for line in (out + err).splitlines() if "min_hidden" in line]
+    assert len(warned) == 1, out + err
+    assert warned[0].startswith("chanloss: warning: ") and "return cls(" not in out + err

@@ -235,15 +235,23 @@ def _add_jobs(p: argparse.ArgumentParser, default: int) -> None:
 @register_command("compare", "train several configs over seeds and tabulate", _configure_compare)
 def _run_compare(args: argparse.Namespace) -> int:
     from chanloss.training import compare, load_labelled, results_table
+    from chanloss.training.preflight import preflight
+    from chanloss.training.verdict import compare_verdict
 
+    labelled = load_labelled(args.configs, args.overrides)
+    for _, config in labelled:  # every config is checked before the first run starts
+        preflight(config)
     with _stop_signals_before_training():  # between runs; each run's trainer handles its own
         results = compare(
-            load_labelled(args.configs, args.overrides),
+            labelled,
             seeds=args.seeds,
             out_dir=args.out,
             jobs=args.jobs,
         )
-    print(f"\n{results_table(results)}\n\nresults in {args.out}", flush=True)
+    print(
+        f"\n{results_table(results)}\n\n{compare_verdict(results)}\n\nresults in {args.out}",
+        flush=True,
+    )
     return 0
 
 
@@ -341,8 +349,11 @@ def _configure_config(p: argparse.ArgumentParser) -> None:
 )
 def _run_config(args: argparse.Namespace) -> int:
     from chanloss.training.config import dump_config, load_config
+    from chanloss.training.preflight import preflight
 
-    print(dump_config(load_config(args.config, args.overrides)), end="", flush=True)
+    config = load_config(args.config, args.overrides)
+    preflight(config)  # the checks that need no data, as train makes them before loading it
+    print(dump_config(config), end="", flush=True)
     return 0
 
 
@@ -429,7 +440,11 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
     _add_set(p)
     p.add_argument("--out", required=True, help="directory of the study (study.db, report.html)")
     p.add_argument(
-        "--trials", type=_int_at_least(1), default=20, metavar="N", help="trials (default 20)"
+        "--trials",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="trials (default 20; with --timeout alone: until the time is spent)",
     )
     p.add_argument(
         "--timeout",
@@ -437,7 +452,7 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="T",
         help="wall-clock budget, e.g. 2h or 90m: no trial starts once the time left is what "
-        "the confirmation runs need",
+        "the runs after the search need",
     )
     p.add_argument(
         "--jobs",
@@ -447,11 +462,27 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
         help="trials at once, in separate processes (cores // J torch threads each)",
     )
     p.add_argument(
+        "--folds",
+        type=_int_at_least(2),
+        default=None,
+        metavar="K",
+        help="confirm the winner against CE alone by paired, stratified K-fold cross-validation "
+        "of the training split (default 5)",
+    )
+    p.add_argument(
         "--confirm-seeds",
         type=_int_at_least(0),
-        default=3,
+        default=None,
         metavar="S",
-        help="seeds of the final check of the best setting against CE alone (default 3; 0: none)",
+        help="instead of --folds: confirm on S fresh seeds on the validation split (0: no "
+        "confirmation)",
+    )
+    p.add_argument(
+        "--top",
+        type=_int_at_least(0),
+        default=3,
+        metavar="N",
+        help="the N best settings are re-run on a fresh seed to choose the winner (default 3)",
     )
     p.add_argument(
         "--resume", action="store_true", help="continue the study in --out (finished trials kept)"
@@ -464,9 +495,10 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--pruner",
-        choices=("median", "halving", "none"),
-        default="median",
-        help="stops poor trials early from the per-epoch validation accuracy (default median)",
+        choices=("noise", "median", "halving", "none"),
+        default="noise",
+        help="stops poor trials early from the per-epoch validation accuracy (default noise: "
+        "after half of the epochs, only below the others by more than the measured noise)",
     )
 
 
@@ -475,9 +507,14 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
 )
 def _run_tune(args: argparse.Namespace) -> int:
     from chanloss.training import load_config
+    from chanloss.training.config import ConfigError
+    from chanloss.training.preflight import preflight
     from chanloss.tuning import TuneInterrupted, tune
 
+    if args.folds is not None and args.confirm_seeds is not None:
+        raise ConfigError("--folds and --confirm-seeds are two confirmations; choose one")
     config = load_config(args.config, args.overrides)
+    preflight(config)
     try:
         tune(
             config,
@@ -485,7 +522,11 @@ def _run_tune(args: argparse.Namespace) -> int:
             trials=args.trials,
             timeout_s=args.timeout,
             jobs=args.jobs,
-            confirm_seeds=args.confirm_seeds,
+            folds=args.folds
+            if args.folds is not None
+            else (5 if args.confirm_seeds is None else 0),
+            confirm_seeds=args.confirm_seeds or 0,
+            top=args.top,
             resume=args.resume,
             storage=args.storage,
             pruner=args.pruner,

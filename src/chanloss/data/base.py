@@ -200,6 +200,22 @@ def channel_stats(
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+def stratified_folds(labels: np.ndarray, folds: int, seed: int, what: str) -> list[np.ndarray]:
+    """The sorted indices of each of ``folds`` stratified folds of ``labels`` (sklearn
+    ``StratifiedKFold``, shuffled with ``seed``); every class needs at least ``folds`` samples."""
+    from sklearn.model_selection import StratifiedKFold
+
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(labels) == 0 or counts.min() < folds:
+        least = int(classes[counts.argmin()]) if len(labels) else None
+        raise ValueError(
+            f"{what}: {folds} folds need at least {folds} images of every class; class "
+            f"{least} has {int(counts.min()) if len(labels) else 0}"
+        )
+    split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [np.sort(held) for _, held in split.split(np.zeros(len(labels)), labels)]
+
+
 def stratified_split(
     labels: np.ndarray, test_size: float | int, seed: int, what: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -228,11 +244,16 @@ def build_datasets(
     memory_budget_gb: float = 4.0,
     cache_dir: str | None = None,
     normalize: str = "dataset",
+    split_seed: int | None = None,
+    folds: int = 0,
+    fold: int = 0,
     **opts: object,
 ) -> DataBundle:
     """Load the data set ``name`` (a key of :data:`DATASETS`).
 
-    ``val_fraction`` of the training split (stratified, drawn with ``seed``) becomes ``val``;
+    ``val_fraction`` of the training split (stratified, drawn with ``split_seed``, by default
+    ``seed``) becomes ``val``; with ``folds`` K >= 2 instead, fold ``fold`` of K stratified folds
+    (:func:`stratified_folds`) does, so K runs validate on every training image once;
     the train/test split itself is the data set's own and does not depend on ``seed``.
     ``mode``: ``"memory"`` decodes everything into tensors; ``"stream"`` (image-file sets,
     :data:`FILE_SETS`) decodes per item, in the ``DataLoader`` workers; ``"auto"`` streams when
@@ -303,9 +324,21 @@ def build_datasets(
         train, test, own_val = loaded["train"], loaded["test"], loaded.get("val")
         crop = spec.size if mode == "memory" and spec.stored != spec.size else None
     val = own_val
-    if val_fraction > 0:
+    split_seed = seed if split_seed is None else check_int("split_seed", split_seed, low=0)
+    folds = check_int("folds", folds, low=0)
+    if folds == 1 or (folds and val_fraction > 0):
+        raise ValueError(f"folds: expected 0 or >= 2 with val_fraction 0, got {folds}")
+    if folds:
+        fold = check_int("fold", fold, low=0, high=folds - 1)
+        labels = train.labels.numpy()
+        held = stratified_folds(labels, folds, split_seed, f"{name} validation folds")[fold]
+        keep = np.setdiff1d(np.arange(len(labels)), held)
+        train, val = train.subset(keep), train.subset(held)
+        if mode == "stream":
+            val = val.with_train(False)
+    elif val_fraction > 0:
         keep, held = stratified_split(
-            train.labels.numpy(), val_fraction, seed, f"{name} validation split"
+            train.labels.numpy(), val_fraction, split_seed, f"{name} validation split"
         )
         train, val = train.subset(keep), train.subset(held)
         if mode == "stream":

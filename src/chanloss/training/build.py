@@ -39,6 +39,7 @@ from chanloss.training.distributed import (
     objective_scale,
 )
 from chanloss.training.optim import build_optimizer, build_scheduler
+from chanloss.training.preflight import preflight
 from chanloss.training.seeding import seed_everything, seed_rank
 
 __all__ = ["RunParts", "build_run", "describe_data", "wrap_for_training"]
@@ -85,6 +86,7 @@ def build_run(
     device = local_device(resolve_device(config.device))
     seed_everything(config.seed)
 
+    preflight(config)  # what the config alone decides fails before the data is loaded
     loading = time.perf_counter()
     if announce:
         log(f"loading data: {config.data.name} ...")

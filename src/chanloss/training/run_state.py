@@ -102,6 +102,7 @@ def run_summary(t: Trainer) -> dict[str, Any]:
         "epochs": t.epoch,
         "final_test_acc": final.get("test_acc"),
         "final_val_acc": final.get("val_acc"),
+        "val_curve": [r["val_acc"] for r in t.history if r.get("val_acc") is not None],
         "final_train_acc": final.get("train_acc"),
         "final_train_loss": final.get("train_loss"),
         "best_val_acc": t.best_val,

@@ -10,7 +10,18 @@ from typing import Any
 from chanloss.training.search import Dimension
 from chanloss.tuning.common import mean_std, write_text
 
-__all__ = ["advice", "confirmation_table", "gain_text", "pct", "trial_rows", "write_trials_csv"]
+__all__ = [
+    "advice",
+    "chance_line",
+    "confirmation_table",
+    "gain_text",
+    "noise_line",
+    "pct",
+    "power_line",
+    "pruned_early_line",
+    "trial_rows",
+    "write_trials_csv",
+]
 
 
 def pct(mean: float, std: float) -> str:
@@ -22,20 +33,49 @@ def pct(mean: float, std: float) -> str:
 
 
 def gain_text(g: dict[str, Any]) -> str:
+    """A gain and its verdict: paired k-fold (``threshold``) or Welch (``se``)."""
     if math.isnan(g["diff"]):
         return "-"
     text = f"{100 * g['diff']:+.2f} pts"
     if g["beyond"] is None:
-        return text + " (one seed: noise unknown)"
+        return text + " (one run each: information, not a verdict)"
     verdict = "beyond noise" if g["beyond"] else "within noise"
+    if "threshold" in g:
+        return (f"{text}, beyond noise from ±{100 * g['threshold']:.2f} (paired, {g['folds']} "
+                f"folds, p = {g['p']:.2f}): {verdict}")  # fmt: skip
     return f"{text}, 2 SE = {200 * g['se']:.2f}: {verdict}"
 
 
-def confirmation_table(conf: dict[str, Any]) -> str:
-    """The final table: CE alone vs the tuned setting, validation and test, mean ± std."""
-    n = len(conf["seeds"])
+def power_line(conf: dict[str, Any]) -> str:
+    """What the confirmation could have seen (k-fold mode)."""
+    g = conf["val"]["gain"]
+    if conf.get("mode") != "folds" or g["beyond"] is None:
+        return ""
+    return (
+        f"power: with these {g['folds']} folds a true gain of {100 * g['detectable']:.2f} points "
+        f"or more is found beyond noise 8 times in 10; a smaller real gain may be missed"
+    )
+
+
+def noise_line(noise: dict[str, Any] | None) -> str:
+    if not noise or noise.get("std") is None:
+        return "noise: not measured (the config as written finished on fewer than two seeds)"
+    return (
+        f"noise: on this split, the seed standard deviation of a score is "
+        f"{100 * noise['std']:.2f} points; differences below ±{200 * noise['std']:.2f} are noise"
+    )
+
+
+def confirmation_table(conf: dict[str, Any], noise: dict[str, Any] | None = None) -> str:
+    """The final table: CE alone vs the tuned setting, validation (k folds or seeds) and test,
+    then the noise, the power line and the advice."""
+    if conf.get("mode") == "folds":
+        head = (f"validation ({conf['folds']} folds, paired)", "test (full training split, once)")
+    else:
+        n = len(conf["seeds"])
+        head = (f"validation ({n} seed{'s' if n > 1 else ''})", "test (read once)")
     rows = [
-        ("", f"validation ({n} seed{'s' if n > 1 else ''})", "test (read once)"),
+        ("", *head),
         ("CE alone", pct(*mean_std(conf["val"]["ce"])), pct(*mean_std(conf["test"]["ce"]))),
         (
             f"tuned (trial {conf['trial']})",
@@ -48,14 +88,15 @@ def confirmation_table(conf: dict[str, Any]) -> str:
     table = "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
-    return table + "\n" + advice(conf)
+    extra = [line for line in (noise_line(noise) if noise else "", power_line(conf)) if line]
+    return "\n".join([table, *extra, advice(conf)])
 
 
 def advice(conf: dict[str, Any]) -> str:
     """What to do, decided on the validation runs only (the test row is information)."""
     g = conf["val"]["gain"]
     if g["beyond"] is None:
-        return "one seed: no noise estimate; rerun with --confirm-seeds 3 before trusting the gain"
+        return "one seed: no noise estimate; rerun with --folds 5 or --confirm-seeds 3 before trusting the gain"
     if g["beyond"] and g["diff"] > 0:
         return "the tuned setting beats CE alone on validation beyond noise: use best.yaml"
     if g["beyond"]:
@@ -66,6 +107,24 @@ def advice(conf: dict[str, Any]) -> str:
     )
 
 
+def chance_line(best: float, chance: float) -> str:
+    """The search learned nothing: no "best" is worth presenting."""
+    return (
+        f"no trial learned more than chance: the best validation score is {100 * best:.2f}% "
+        f"and chance is {100 * chance:.2f}%; no best setting is chosen and no importances are "
+        "computed. Check the data (labels, image size), optim.lr and epochs with chanloss train"
+    )
+
+
+def pruned_early_line(early: int, finished: int, pruner: str) -> str:
+    """More than half of the finished trials were pruned before half of the epochs."""
+    return (
+        f"pruning: {early} of {finished} finished trials were pruned before half of the epochs, "
+        f"on early and noisy values (pruner {pruner}); use --pruner noise (it waits for half of "
+        "the epochs and the measured noise) or --pruner none, or train more epochs"
+    )
+
+
 def trial_rows(study: Any, dims: list[Dimension]) -> list[dict[str, Any]]:
     """One row per trial: number, state, value, epochs, time, params, run directory."""
     rows = []
@@ -73,6 +132,7 @@ def trial_rows(study: Any, dims: list[Dimension]) -> list[dict[str, Any]]:
         row = {
             "number": t.number,
             "state": t.user_attrs.get("outcome", t.state.name.lower()),
+            "seed": t.user_attrs.get("seed", ""),
             "val_acc": t.value if t.state.name == "COMPLETE" else "",
             "last_val_acc": t.intermediate_values[max(t.intermediate_values)]
             if t.intermediate_values
@@ -93,7 +153,7 @@ def write_trials_csv(study: Any, path: Path, dims: list[Dimension]) -> None:
     import io
 
     rows = trial_rows(study, dims)
-    fields = ["number", "state", "val_acc", "last_val_acc", "epochs", "time_s"]
+    fields = ["number", "state", "seed", "val_acc", "last_val_acc", "epochs", "time_s"]
     fields += [d.name for d in dims] + ["origin", "run_dir", "error"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")

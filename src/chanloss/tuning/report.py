@@ -16,11 +16,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from chanloss.losses.search import Choice, LogUniform  # noqa: E402
 from chanloss.training.search import Dimension  # noqa: E402
 from chanloss.tuning.common import mean_std, write_text  # noqa: E402
-from chanloss.tuning.output import advice, gain_text, trial_rows  # noqa: E402
+from chanloss.tuning.output import (  # noqa: E402
+    advice,
+    gain_text,
+    noise_line,
+    power_line,
+    trial_rows,
+)
 from chanloss.tuning.output import pct as output_pct  # noqa: E402
 
 __all__ = ["write_report"]
@@ -75,6 +82,7 @@ def plot_history(study: Any, path: Path) -> None:
             xs, ys = [*xs, last], [*ys, ys[-1]]
         ax.step(xs, ys, where="post", c="C3", label="best so far")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -148,6 +156,7 @@ def plot_curves(study: Any, path: Path) -> None:
             if iv:
                 ax.plot([e for e, _ in iv], [100 * v for _, v in iv], lw=1, **style)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title("complete (blue) and pruned (grey, dashed) trials", fontsize=9)
     ax.grid(alpha=0.3)
@@ -178,7 +187,10 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
     plot_history(study, out_dir / "history.png")
     plot_curves(study, out_dir / "curves.png")
     plot_params(study, dims, out_dir / "params.png")
-    imp, why = importances(study)
+    if summary.get("learned", True):
+        imp, why = importances(study)
+    else:
+        imp, why = {}, "skipped: no trial learned more than chance"
     if imp:
         plot_importances(imp, out_dir / "importances.png")
     best = summary["best"]
@@ -192,37 +204,72 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
         f"<p>Config <code>{esc(str(summary.get('config')))}</code>, storage "
         f"<code>{esc(summary['storage'])}</code>: {counts['COMPLETE']} complete, "
         f"{counts['PRUNED']} pruned, {counts['FAIL']} failed trials (target "
-        f"{summary['trials_target']}); {summary['wall_s']:.0f} s in this invocation.</p>",
+        f"{summary['trials_target'] or 'until --timeout'}); {summary['wall_s']:.0f} s in this "
+        f"invocation. A score is the {esc(summary.get('score', 'validation accuracy'))}.</p>",
+        f"<p><b>{esc(noise_line(summary.get('noise')))}</b></p>",
+        *(f"<p><b>{esc(note)}</b></p>" for note in summary.get("notes", [])),
         "<h2>Result</h2>",
-        f"<p>Best trial {best['trial']}: validation accuracy {100 * best['val_acc']:.2f}% "
-        f"(one seed, the search's). <a href='best.yaml'>best.yaml</a> trains it.</p>",
-        "<table><tr><th>parameter</th><th>chosen</th><th>searched over</th></tr>"
-        + "".join(
-            f"<tr><td class='l'>{esc(d.name)}</td><td>{esc(_val(best['params'].get(d.name)))}"
-            f"</td><td class='l'>{esc(d.describe().split(': ', 1)[1])}</td></tr>"
-            for d in dims
-        )
-        + "</table>",
     ]
+    if best is None:
+        parts.append("<p>No setting is chosen (see above).</p>")
+    else:
+        rerun = best.get("rerun_val_acc")
+        parts += [
+            f"<p>Chosen: trial {best['trial']}, search score {100 * best['val_acc']:.2f}%"
+            + (f", {100 * rerun:.2f}% re-run on a fresh seed" if rerun is not None else "")
+            + ". <a href='best.yaml'>best.yaml</a> trains it.</p>",
+            "<table><tr><th>parameter</th><th>chosen</th><th>searched over</th></tr>"
+            + "".join(
+                f"<tr><td class='l'>{esc(d.name)}</td><td>{esc(_val(best['params'].get(d.name)))}"
+                f"</td><td class='l'>{esc(d.describe().split(': ', 1)[1])}</td></tr>"
+                for d in dims
+            )
+            + "</table>",
+        ]
+    reruns = summary.get("reruns") or []
+    if reruns:
+        parts += [
+            "<h2>The best settings re-run on a fresh seed</h2>",
+            "<table><tr><th>trial</th><th>search score</th><th>re-run score</th></tr>"
+            + "".join(
+                f"<tr><td>{r['trial']}</td><td>{100 * r['search_score']:.2f}%</td>"
+                f"<td>{100 * r['rerun_score']:.2f}%</td></tr>"
+                for r in reruns
+            )
+            + "</table>",
+            "<p class='note'>The winner is the best re-run score: the search's best score is "
+            "the maximum over many noisy trials and so biased upward; the re-run is not.</p>",
+        ]
     conf = summary.get("confirmation")
     if conf:
-        n = len(conf["seeds"])
+        folds = conf.get("mode") == "folds"
+        head = f"validation ({conf['folds']} folds, paired)" if folds else "validation"
         parts += [
             "<h2>Confirmation against CE alone</h2>",
-            "<table><tr><th></th><th>validation</th><th>test (read once)</th></tr>",
+            f"<table><tr><th></th><th>{head}</th><th>test (read once)</th></tr>",
             f"<tr><td class='l'>CE alone</td><td>{_pct(conf['val']['ce'])}</td>"
             f"<td>{_pct(conf['test']['ce'])}</td></tr>",
             f"<tr><td class='l'>tuned (trial {conf['trial']})</td><td>{_pct(conf['val']['tuned'])}"
             f"</td><td>{_pct(conf['test']['tuned'])}</td></tr>",
             f"<tr><td class='l'>gain over CE</td><td>{esc(gain_text(conf['val']['gain']))}</td>"
             f"<td>{esc(gain_text(conf['test']['gain']))}</td></tr></table>",
-            f"<p><b>{html.escape(advice(conf))}</b></p>",
-            f"<p class='note'>Both trained again over {n} fresh seed(s) "
-            f"({', '.join(map(str, conf['seeds']))}), mean ± sample std of the final epoch. "
-            "The search chose on validation with one seed, so its best score is optimistic; "
-            "these runs are not. The gain counts as real only when it is beyond two standard "
-            "errors of the difference (Welch). The test split was read once per run, after "
-            "training; it played no part in any choice.</p>",
+            f"<p><b>{esc(advice(conf))}</b></p>",
+            f"<p>{esc(power_line(conf))}</p>" if folds else "",
+            "<p class='note'>"
+            + (
+                f"The winner and CE alone were trained on the same {conf['folds']} stratified "
+                "folds of the training split with the same seed, each fold held out once; the "
+                "gain is judged by a paired t-test on the per-fold differences with the "
+                "Nadeau-Bengio variance correction (the folds' training sets overlap). Then "
+                "both were trained once on the whole training split and the test split read "
+                "once each: information, never a choice."
+                if folds
+                else f"Both trained again over {len(conf['seeds'])} fresh seed(s) "
+                f"({', '.join(map(str, conf['seeds']))}); the gain counts as real only beyond "
+                "two standard errors of the difference (Welch). The test split was read once "
+                "per run, after training; it played no part in any choice."
+            )
+            + "</p>",
         ]
     parts += [
         "<h2>Optimisation history</h2>",

@@ -52,11 +52,12 @@ def open_storage(spec: str) -> Any:
                 f"journal:PATH, got {spec!r}"
             )
         kwargs: dict[str, Any] = {}
+        url = _with_driver(spec)
         if spec.startswith("sqlite"):
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
         for attempt in range(5):
             try:
-                return optuna.storages.RDBStorage(spec, **kwargs)
+                return optuna.storages.RDBStorage(url, **kwargs)
             except Exception as err:  # another process is creating the same new database
                 racing = type(err).__name__ in ("OperationalError", "IntegrityError")
                 if attempt == 4 or not racing or "unable to open" in str(err):
@@ -68,6 +69,17 @@ def open_storage(spec: str) -> Any:
         raise ConfigError(
             f"--storage {spec}: cannot open it ({type(err).__name__}: {err})"
         ) from None
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 means psycopg 3 by
+    it, the dev extras install psycopg2 (``psycopg2-binary``)."""
+    import importlib.util
+
+    find = importlib.util.find_spec
+    if url.startswith("postgresql://") and find("psycopg") is None and find("psycopg2"):
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 def identity(config: TrainConfig, dims: list[Dimension], fixed: dict) -> dict[str, Any]:

@@ -3,8 +3,10 @@ of killed processes rerun."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +24,9 @@ from chanloss.tuning.storage import (
 if TYPE_CHECKING:
     from chanloss.tuning.tuner import Tuner
 
-__all__ = ["open_study", "recover"]
+__all__ = ["NOISE_ORIGIN", "open_study", "recover", "seed_groups", "set_study_attr"]
+
+NOISE_ORIGIN = "config, noise seed"
 
 
 def open_study(tuner: Tuner) -> Any:
@@ -76,7 +80,7 @@ def open_study(tuner: Tuner) -> Any:
     previous = known[STUDY_NAME].n_trials if STUDY_NAME in known else 0
     sampler = optuna.samplers.TPESampler(
         seed=tuner.config.seed + previous,
-        n_startup_trials=max(3, min(10, tuner.trials // 3)),
+        n_startup_trials=max(3, min(10, (tuner.trials or 30) // 3)),
         constant_liar=True,
     )
     study = optuna.create_study(
@@ -92,10 +96,19 @@ def open_study(tuner: Tuner) -> Any:
         study.set_user_attr("chanloss_identity", ident)
     if not study.trials:
         first = start_params(tuner.config, tuner.dims)
-        study.enqueue_trial(first, user_attrs={"origin": "config"}, skip_if_exists=True)
+        seed = tuner.config.seed
+        study.enqueue_trial(first, user_attrs={"origin": "config", "seed": seed},
+                            skip_if_exists=True)  # fmt: skip
+        # the config as written on a second seed: the seed noise of the score (not skipped
+        # as a duplicate: same params, another seed)
+        origins = [t.user_attrs.get("origin") for t in study.get_trials(deepcopy=False)]
+        if NOISE_ORIGIN not in origins:
+            study.enqueue_trial(first, user_attrs={"origin": NOISE_ORIGIN,
+                                                   "seed": tuner.noise_seed})  # fmt: skip
         low = low_end_params(tuner.config, tuner.dims)
         if low != first:
-            study.enqueue_trial(low, user_attrs={"origin": "losses off"}, skip_if_exists=True)
+            study.enqueue_trial(low, user_attrs={"origin": "losses off", "seed": seed},
+                                skip_if_exists=True)  # fmt: skip
     recover(study, tuner.log)
     return study
 
@@ -110,7 +123,8 @@ def recover(study: Any, log: Callable[[str], None]) -> None:
         if t.user_attrs.get("host") != host or not isinstance(pid, int) or _alive(pid):
             continue
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        study.enqueue_trial(t.params, user_attrs={"origin": f"rerun of trial {t.number}"})
+        attrs = {"origin": f"rerun of trial {t.number}", "seed": t.user_attrs.get("seed")}
+        study.enqueue_trial(t.params, user_attrs=attrs)
         log(f"trial {t.number} was cut short by an earlier run; queued again")
 
 
@@ -122,3 +136,28 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def set_study_attr(study: Any, key: str, value: Any) -> None:
+    """``study.set_user_attr`` that survives another worker writing the same key at the same
+    moment (a unique-key race in the storage: the later write wins on the retry)."""
+    for attempt in range(3):
+        try:
+            study.set_user_attr(key, value)
+            return
+        except Exception:  # noqa: BLE001 - the storage's IntegrityError, whatever the backend
+            if attempt == 2:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
+def seed_groups(study: Any) -> dict[str, list[float]]:
+    """The scores of the complete trials, grouped by setting (the same params on several
+    seeds: the config as written trained twice, trials rerun after a kill)."""
+    from optuna.trial import TrialState
+
+    groups: dict[str, dict[int, float]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        key = json.dumps(t.params, sort_keys=True)
+        groups.setdefault(key, {})[int(t.user_attrs.get("seed", -1))] = t.value
+    return {k: list(v.values()) for k, v in groups.items()}

@@ -1,86 +1,119 @@
-"""One trial or confirmation run, in this process or in worker processes."""
+"""One trial or confirmation run, in this process or in worker processes.
+
+A run's outcome is what the training call returns (its validation curve, epochs, the test
+accuracy read once where asked); a plain dict appears only in a confirmation run's cache file
+(``confirm.json``) and in the task a worker process receives.
+"""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from chanloss.training.config import (
-    ConfigError,
-    config_to_dict,
-    load_config,
-    resolved_config_dict,
-    yaml_load,
-)
+from chanloss.errors import TrainingDiverged
+from chanloss.training.config import ConfigError, TrainConfig, config_to_dict, load_config
+from chanloss.training.result import RunResult
 from chanloss.tuning.common import clock, cores, write_text
 from chanloss.tuning.pruners import make_pruner
+from chanloss.tuning.stats import curve_score
 from chanloss.tuning.storage import open_storage
 
-__all__ = ["Inline", "confirm_runs", "final_test_accuracy", "run_confirm", "run_trial"]
+__all__ = [
+    "Inline",
+    "RunOutcome",
+    "TrialOutcome",
+    "confirm_runs",
+    "final_test_accuracy",
+    "run_confirm",
+    "run_trial",
+]
+
+
+@dataclass
+class TrialOutcome:
+    """A search trial: ``state`` complete | pruned | diverged | failed; ``score`` the mean of
+    the last epochs' validation accuracy (:func:`~chanloss.tuning.stats.curve_score`, complete
+    trials); ``curve`` the validation accuracy of every evaluated epoch."""
+
+    state: str
+    score: float | None
+    curve: list[float]
+    epochs: int
+    time_s: float
+    error: str | None = None
+    num_classes: int | None = None
+
+
+@dataclass
+class RunOutcome:
+    """A confirmation run: its seed, validation score and curve (``None``/empty without a
+    validation split), the final model's test accuracy (read once, when asked) and time."""
+
+    seed: int
+    score: float | None
+    curve: list[float]
+    test_acc: float | None
+    time_s: float
 
 
 def _diverged(err: BaseException) -> bool:
-    from chanloss.errors import TrainingDiverged
-
+    """A trial whose training diverged (the typed error), as opposed to one that failed."""
     return isinstance(err, TrainingDiverged)
 
 
-def _last_val(run_dir: Path) -> float | None:
-    path = run_dir / "metrics.csv"
-    if not path.exists():
-        return None
-    with open(path, newline="") as f:
-        vals = [r["val_acc"] for r in csv.DictReader(f) if r.get("val_acc")]
-    return float(vals[-1]) if vals else None
+def _one_line(err: BaseException, with_type: bool = False) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if with_type else text
 
 
-def run_trial(trial: Any, raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def run_trial(trial: Any, raw: dict[str, Any], run_dir: Path) -> TrialOutcome:
     """Train one trial's config into ``run_dir`` (test split never read), reporting the
-    validation accuracy of every evaluated epoch to ``trial`` and stopping when it is pruned.
-
-    Returns ``{"state": complete | pruned | diverged | failed, "value", "epochs", "time_s",
-    "error"}``; ``value`` is the final epoch's validation accuracy (complete trials).
-    """
+    validation accuracy of every evaluated epoch to ``trial`` and stopping when it is pruned."""
     import optuna
 
     from chanloss.training.session import train
 
     start = time.perf_counter()
+    curve: list[float] = []
     done = {"epochs": 0}
 
     def on_epoch_end(epoch: int, row: dict[str, Any]) -> None:
         done["epochs"] = epoch
         if row.get("val_acc") is None:
             return
-        trial.report(float(row["val_acc"]), epoch)
+        curve.append(float(row["val_acc"]))
+        trial.report(curve[-1], epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-    result: dict[str, Any] = {"state": "complete", "value": None, "error": None}
+    state, error, classes = "complete", None, None
     try:
         config = load_config(raw=raw)
         summary = train(config, run_dir, verbose=0, evaluate_test=False, on_epoch_end=on_epoch_end)
-        result["value"] = _last_val(run_dir)
-        if result["value"] is None:
+        if not curve:
             raise ConfigError(f"trial run {run_dir} recorded no validation accuracy")
-        done["epochs"] = summary["epochs"]
+        done["epochs"], classes = summary["epochs"], summary["num_classes"]
     except optuna.TrialPruned:
-        result["state"] = "pruned"
+        state = "pruned"
     except ConfigError as err:
-        result["state"] = "diverged" if _diverged(err) else "failed"
-        result["error"] = " ".join(str(err).split())
+        state, error = "diverged" if _diverged(err) else "failed", _one_line(err)
     except (RuntimeError, ValueError, TypeError, OSError) as err:
-        result["state"] = "failed"
-        result["error"] = f"{type(err).__name__}: {' '.join(str(err).split())}"
-    result["epochs"] = done["epochs"]
-    result["time_s"] = time.perf_counter() - start
-    return result
+        state, error = "failed", _one_line(err, with_type=True)
+    return TrialOutcome(
+        state=state,
+        score=curve_score(curve) if state == "complete" else None,
+        curve=curve,
+        epochs=done["epochs"],
+        time_s=time.perf_counter() - start,
+        error=error,
+        num_classes=classes,
+    )
 
 
 def final_test_accuracy(run_dir: Path) -> float:
@@ -92,40 +125,35 @@ def final_test_accuracy(run_dir: Path) -> float:
     return loaded.trainer.accuracy("test")
 
 
-def run_confirm(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """A confirmation run: train (or resume, or reuse when finished), then read the final
-    model's test accuracy once. ``{"val_acc", "test_acc", "time_s"}``; cached in
-    ``run_dir/confirm.json``."""
+def _validation_only(config: TrainConfig, run_dir: Path) -> RunResult:
+    """The runner's worker for tune: train (or resume, or read) a run without reading the test
+    split (:func:`~chanloss.training.runner.train_locked` reads it)."""
+    from chanloss.training.run_dir import RunDir
+    from chanloss.training.runner import read_result, run_status
     from chanloss.training.session import train
 
+    with RunDir(run_dir) as run:
+        status = run_status(run_dir, config)
+        if status == "done":
+            return read_result(run_dir)
+        return train(config, run, resume=status == "resume", verbose=0, evaluate_test=False)
+
+
+def _cached(run_dir: Path, config: TrainConfig, read_test: bool) -> RunOutcome | None:
     cache = run_dir / "confirm.json"
-    config = load_config(raw=raw)
-    if cache.exists():
-        stored = json.loads(cache.read_text())
-        if stored.get("config") == config_to_dict(config):
-            return stored
-    start = time.perf_counter()
-    summary_path = run_dir / "summary.json"
-    finished = summary_path.exists() and json.loads(summary_path.read_text()).get("finished")
-    stored_cfg = run_dir / "config.yaml"
-    if stored_cfg.exists() and resolved_config_dict(
-        yaml_load(stored_cfg.read_text())
-    ) != config_to_dict(config):
-        raise ConfigError(f"{run_dir} holds a run of another config; delete it")
-    if not finished:
-        train(config, run_dir, resume=(run_dir / "last.pt").exists(), verbose=0,
-              evaluate_test=False)  # fmt: skip
-    val = _last_val(run_dir)
-    test = final_test_accuracy(run_dir)
-    result = {
-        "config": config_to_dict(config),
-        "seed": config.seed,
-        "val_acc": val,
-        "test_acc": test,
-        "time_s": time.perf_counter() - start,
-    }
-    write_text(cache, json.dumps(result, indent=1) + "\n")
-    return result
+    if not cache.exists():
+        return None
+    stored = json.loads(cache.read_text())
+    if stored.pop("config", None) != config_to_dict(config):
+        return None
+    if read_test and stored.get("test_acc") is None:
+        return None
+    return RunOutcome(**stored)
+
+
+def run_confirm(raw: dict[str, Any], run_dir: Path, read_test: bool = True) -> RunOutcome:
+    """One run after the search (see :func:`confirm_runs`)."""
+    return confirm_runs([(raw, run_dir)], read_test=read_test)[0]
 
 
 # -- worker processes ----------------------------------------------------------------------------
@@ -136,7 +164,8 @@ def init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def trial_task(task: dict[str, Any]) -> dict[str, Any]:
+def trial_task(task: dict[str, Any]) -> TrialOutcome:
+    """A trial in a worker process: the study reopened from its storage."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -149,8 +178,19 @@ def trial_task(task: dict[str, Any]) -> dict[str, Any]:
     return run_trial(trial, task["raw"], Path(task["run_dir"]))
 
 
-def _confirm_task(task: dict[str, Any]) -> dict[str, Any]:
-    return run_confirm(task["raw"], Path(task["run_dir"]))
+def executor_for(jobs: int) -> Any:
+    """``jobs`` worker processes (spawned, ``cores // jobs`` torch threads each), or
+    :class:`Inline` for one job."""
+    import multiprocessing
+
+    if jobs == 1:
+        return Inline()
+    return ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker,
+        initargs=(max(1, cores() // jobs),),
+    )
 
 
 def confirm_runs(
@@ -159,38 +199,48 @@ def confirm_runs(
     jobs: int = 1,
     log: Callable[[str], None] | None = None,
     labels: list[str] | None = None,
-) -> list[dict[str, Any]]:
-    """:func:`run_confirm` for every ``(raw config, run dir)``, ``jobs`` at a time in separate
-    processes (``cores // jobs`` torch threads each); the results in the order of ``tasks``."""
-    import multiprocessing
+    read_test: bool | list[bool] = True,
+) -> list[RunOutcome]:
+    """The runs after the search, ``(raw config, run dir)`` each, through the runner
+    (:func:`~chanloss.training.runner.run_many`, ``jobs`` at a time): trained on validation only,
+    resumed when cut short, reused when finished (``run_dir/confirm.json``); then, where
+    ``read_test`` says so, the final model's test accuracy is read once. In the order given."""
+    from chanloss.training.runner import run_many
 
-    if jobs > 1:
-        executor: Any = ProcessPoolExecutor(
-            max_workers=jobs,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=init_worker,
-            initargs=(max(1, cores() // jobs),),
+    reads = read_test if isinstance(read_test, list) else [read_test] * len(tasks)
+    configs = [(load_config(raw=raw), Path(run_dir)) for raw, run_dir in tasks]
+    results: dict[int, RunOutcome] = {}
+    todo = []
+    for i, (config, run_dir) in enumerate(configs):
+        cached = _cached(run_dir, config, reads[i])
+        if cached is not None:
+            results[i] = cached
+        else:
+            todo.append(i)
+    started = time.perf_counter()
+
+    def finished(index: int, result: RunResult) -> None:
+        i = todo[index]
+        config, run_dir = configs[i]
+        curve = [float(v) for v in result.get("val_curve", [])]
+        outcome = RunOutcome(
+            seed=config.seed,
+            score=curve_score(curve) if curve else None,
+            curve=curve,
+            test_acc=final_test_accuracy(run_dir) if reads[i] else None,
+            time_s=time.perf_counter() - started,
         )
-    else:
-        executor = Inline()
-    results = []
-    try:
-        futures = [
-            executor.submit(_confirm_task, {"raw": raw, "run_dir": str(run_dir)})
-            for raw, run_dir in tasks
-        ]
-        for i, fut in enumerate(futures):
-            res = fut.result()
-            results.append(res)
-            if log is not None:
-                name = labels[i] if labels else Path(tasks[i][1]).parent.name
-                log(
-                    f"confirm {name:<5} seed {res['seed']}: val {100 * res['val_acc']:.2f}% "
-                    f"({clock(res['time_s'])})"
-                )
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-    return results
+        write_text(run_dir / "confirm.json",
+                   json.dumps({"config": config_to_dict(config), **asdict(outcome)}, indent=1))  # fmt: skip
+        results[i] = outcome
+        if log is not None:
+            name = labels[i] if labels else run_dir.parent.name
+            val = f"val {100 * outcome.score:.2f}%" if outcome.score is not None else "trained"
+            test = f", test {100 * outcome.test_acc:.2f}%" if outcome.test_acc is not None else ""
+            log(f"  {name} seed {outcome.seed}: {val}{test} ({clock(outcome.time_s)} so far)")
+
+    run_many([configs[i] for i in todo], jobs=jobs, on_finished=finished, worker=_validation_only)
+    return [results[i] for i in range(len(tasks))]
 
 
 class Inline:

@@ -1,36 +1,34 @@
-"""``chanloss tune``: the :class:`Tuner` that runs one invocation."""
+"""``chanloss tune``: the :class:`Tuner` that runs one invocation (the search loop; what comes
+after the search is :mod:`chanloss.tuning.confirm`)."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
 import socket
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from chanloss.errors import TuneInterrupted
 from chanloss.training.config import ConfigError, TrainConfig, config_to_dict
 from chanloss.training.search import apply_params, resolve_space
-from chanloss.tuning.common import clock, cores, params_text, write_text
-from chanloss.tuning.output import confirmation_table, write_trials_csv
-from chanloss.tuning.pruners import PRUNERS
-from chanloss.tuning.stats import gain_over
+from chanloss.tuning.common import clock, cores, params_text
+from chanloss.tuning.pruners import PRUNERS, warmup_epochs
+from chanloss.tuning.stats import pooled_seed_std
 from chanloss.tuning.storage import STUDY_NAME, distribution, storage_url
-from chanloss.tuning.study import open_study
-from chanloss.tuning.trials import Inline, confirm_runs, init_worker, run_trial, trial_task
+from chanloss.tuning.study import open_study, recover, seed_groups, set_study_attr
+from chanloss.tuning.trials import TrialOutcome, executor_for, run_trial, trial_task
 
-__all__ = ["TuneInterrupted", "Tuner", "tune"]
+__all__ = ["DEFAULT_TRIALS", "TuneInterrupted", "Tuner", "tune"]
 
+DEFAULT_TRIALS = 20  # without --trials and --timeout
 _FAILURES_IN_A_ROW = 3  # consecutive failed trials (errors, not pruning) end the search
 
 
@@ -38,8 +36,8 @@ _FAILURES_IN_A_ROW = 3  # consecutive failed trials (errors, not pruning) end th
 class _Running:
     trial: Any
     params: dict[str, Any]
+    seed: int
     run_dir: Path
-    started: float
 
 
 @dataclass
@@ -48,23 +46,34 @@ class Tuner:
 
     config: TrainConfig
     out_dir: Path
-    trials: int
+    trials: int | None = None
     timeout_s: float | None = None
     jobs: int = 1
+    folds: int = 5
     confirm_seeds: int = 3
+    top: int = 3
     resume: bool = False
     storage: str | None = None
-    pruner: str = "median"
+    pruner: str = "noise"
     config_path: str | None = None
     log: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
 
     def __post_init__(self) -> None:
-        if self.trials < 1:
+        if self.trials is None and self.timeout_s is None:
+            self.trials = DEFAULT_TRIALS
+        if self.trials is not None and self.trials < 1:
             raise ConfigError(f"--trials must be >= 1, got {self.trials}")
         if self.jobs < 1:
             raise ConfigError(f"--jobs must be >= 1, got {self.jobs}")
+        if self.folds == 1 or self.folds < 0:
+            raise ConfigError(
+                f"--folds: expected at least 2 folds (or 0 for the seed-only confirmation of "
+                f"--confirm-seeds), got {self.folds}"
+            )
         if self.confirm_seeds < 0:
             raise ConfigError(f"--confirm-seeds must be >= 0, got {self.confirm_seeds}")
+        if self.top < 0:
+            raise ConfigError(f"--top must be >= 0, got {self.top}")
         if self.pruner not in PRUNERS:
             raise ConfigError(
                 f"--pruner: expected one of {', '.join(PRUNERS)}, got {self.pruner!r}"
@@ -89,31 +98,79 @@ class Tuner:
                 "its search: block adds none; add one, e.g. search: {optim: {lr: [0.01, 0.2]}}"
             )
         self.raw = config_to_dict(self.config)
+        self.raw.pop("search", None)
+        split = self.config.data.split_seed
+        self.split_seed = self.config.seed if split is None else split
+        self.raw["data"]["split_seed"] = self.split_seed  # every seed validates on one split
         self.spec = storage_url(self.storage, self.out_dir)
         self.threads = max(1, cores() // self.jobs)
+        self.notes: list[str] = []  # what the terminal said about the budget and the pruner
+
+    # -- seeds: the search's, the noise trial's, the re-runs', the confirmation's ----------------
+    @property
+    def noise_seed(self) -> int:
+        return self.config.seed + 1
+
+    @property
+    def rerun_seed(self) -> int:
+        return self.config.seed + 2
+
+    @property
+    def confirm_seed(self) -> int:
+        return self.config.seed + 3
+
+    def trial_raw(self, params: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
+        """The training config of a setting (``params``) on ``seed`` (default the config's)."""
+        raw = apply_params(self.raw, self.dims, self.fixed, params)
+        raw["seed"] = self.config.seed if seed is None else seed
+        return raw
+
+    def ce_raw(self) -> dict[str, Any]:
+        """The config with cross-entropy alone (the optimiser as written)."""
+        raw = copy.deepcopy(self.raw)
+        raw["losses"] = [{"name": "ce"}]
+        return raw
 
     # -- study ---------------------------------------------------------------------------------
     def open_study(self) -> Any:
         """Open (or create) the study in the storage; see :func:`~chanloss.tuning.study.open_study`."""
         return open_study(self)
 
-    # -- search --------------------------------------------------------------------------------
-    def _counts(self, study: Any) -> dict[str, int]:
+    def counts(self, study: Any) -> dict[str, int]:
         counts = {s: 0 for s in ("COMPLETE", "PRUNED", "RUNNING", "FAIL", "WAITING")}
         for t in study.get_trials(deepcopy=False):
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
         return counts
 
-    def _reserve(self, durations: list[float]) -> float:
-        """Seconds to keep for the confirmation runs (median full-trial time each)."""
-        if not durations or self.confirm_seeds == 0:
+    def runs_after_search(self) -> int:
+        """Full training runs after the search: the re-run top trials, then the k-fold
+        confirmation (2 per fold) and the two final runs, or 2 per --confirm-seeds seed."""
+        confirm = 2 * self.folds + 2 if self.folds else 2 * self.confirm_seeds
+        return self.top + confirm
+
+    def reserve(self, durations: list[float]) -> float:
+        """Seconds to keep for the runs after the search (median full-trial time each)."""
+        if not durations:
             return 0.0
-        rounds = math.ceil(2 * self.confirm_seeds / self.jobs)
-        return rounds * statistics.median(durations)
+        return math.ceil(self.runs_after_search() / self.jobs) * statistics.median(durations)
 
+    def update_noise(self, study: Any) -> None:
+        """The seed noise of the score, from the settings trained on several seeds, kept in the
+        study (``noise_std``: the pruner reads it)."""
+        std, dof = pooled_seed_std(list(seed_groups(study).values()))
+        if dof and study.user_attrs.get("noise_dof") != dof:
+            set_study_attr(study, "noise_std", std)
+            set_study_attr(study, "noise_dof", dof)
+            self.log(
+                f"noise: on this split, the seed standard deviation of a trial's score is "
+                f"{100 * std:.2f} points ({dof} degree{'s' if dof > 1 else ''} of freedom); "
+                f"differences below ±{200 * std:.2f} points are noise"
+            )
+
+    # -- search --------------------------------------------------------------------------------
     def search(self, study: Any) -> None:
-        import multiprocessing
-
+        """Run trials until --trials are finished or running, or the time left is what the
+        runs after the search need."""
         from optuna.trial import TrialState
 
         dists = {d.name: distribution(d.param) for d in self.dims}
@@ -127,85 +184,83 @@ class Tuner:
             if "time_s" in t.user_attrs
         ]
         mine: list[float] = []
-        if self.jobs > 1:
-            executor: Any = ProcessPoolExecutor(
-                max_workers=self.jobs,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=init_worker,
-                initargs=(self.threads,),
-            )
-        else:
-            executor = Inline()
+        executor = executor_for(self.jobs)
         pending: dict[Future, _Running] = {}
         failures = 0
-        counts = self._counts(study)
+        counts = self.counts(study)
         finished = counts["COMPLETE"] + counts["PRUNED"]
         threads = f"{self.threads} torch thread{'s' if self.threads > 1 else ''} each"
+        target = f"{self.trials} trials" if self.trials else "trials until --timeout"
         self.log(
-            f"tune: {self.trials} trials of {self.config.epochs} epochs, {self.jobs} at a time"
+            f"tune: {target} of {self.config.epochs} epochs, {self.jobs} at a time"
             + (f" ({threads})" if self.jobs > 1 else "")
-            + f", scored on validation; storage {self.spec}"
+            + f", scored on validation (mean of the last epochs); pruner {self.pruner}"
+            + (
+                f" after a warm-up of {warmup_epochs(self.config.epochs)} epochs"
+                if self.pruner in ("noise", "median")
+                else ""
+            )  # fmt: skip
+            + f"; storage {self.spec}"
             + (f"; {finished} finished earlier" if finished else "")
         )
         for d in self.dims:
             self.log(f"  {d.describe()}")
+        stopped_by_trials = False
         try:
             while True:
-                counts = self._counts(study)
+                recover(study, self.log)  # trials of a worker killed meanwhile: queued again
+                counts = self.counts(study)
                 started = counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"]
-                while (
-                    len(pending) < self.jobs
-                    and started < self.trials
-                    and not self._out_of_time(deadline, durations)
-                ):
+                while len(pending) < self.jobs:
+                    if self.trials is not None and started >= self.trials:
+                        stopped_by_trials = True
+                        break
+                    if self._out_of_time(deadline, durations):
+                        break
                     trial = study.ask(dists)
+                    seed = trial.user_attrs.get("seed")
+                    seed = self.config.seed if seed is None else int(seed)
+                    trial.set_user_attr("seed", seed)
                     trial.set_user_attr("host", socket.gethostname())
                     trial.set_user_attr("pid", os.getpid())
                     run_dir = trials_dir / f"trial-{trial.number:04d}"
                     trial.set_user_attr("run_dir", str(run_dir))
-                    raw = apply_params(self.raw, self.dims, self.fixed, trial.params)
+                    raw = self.trial_raw(trial.params, seed)
                     if self.jobs > 1:
-                        task = {
-                            "storage": self.spec,
-                            "study": STUDY_NAME,
-                            "trial_id": trial._trial_id,
-                            "raw": raw,
-                            "run_dir": str(run_dir),
-                            "pruner": self.pruner,
-                            "epochs": self.config.epochs,
-                        }
+                        task = {"storage": self.spec, "study": STUDY_NAME,
+                                "trial_id": trial._trial_id, "raw": raw, "run_dir": str(run_dir),
+                                "pruner": self.pruner, "epochs": self.config.epochs}  # fmt: skip
                         fut = executor.submit(trial_task, task)
                     else:
                         fut = executor.submit(run_trial, trial, raw, run_dir)
-                    pending[fut] = _Running(trial, dict(trial.params), run_dir, time.time())
+                    pending[fut] = _Running(trial, dict(trial.params), seed, run_dir)
                     started += 1
                 if not pending:
                     break
                 done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
                 for fut in done:
                     running = pending[fut]
-                    result = fut.result()  # Ctrl-C in a trial: raised here, the trial pending
+                    result: TrialOutcome = fut.result()  # Ctrl-C in a trial: raised here
                     del pending[fut]
-                    failures = failures + 1 if result["state"] == "failed" else 0
+                    failures = failures + 1 if result.state == "failed" else 0
                     self._tell(study, running, result)
-                    if result["state"] == "complete":
-                        durations.append(result["time_s"])
-                        mine.append(result["time_s"])
-                    elif result["state"] in ("pruned", "diverged"):
-                        mine.append(result["time_s"])
+                    if result.state == "complete":
+                        durations.append(result.time_s)
+                        if "num_classes" not in study.user_attrs:
+                            set_study_attr(study, "num_classes", result.num_classes)
+                        self.update_noise(study)
+                    mine.append(result.time_s)
                     self._progress(study, start, deadline, mine, len(pending))
                     if failures >= _FAILURES_IN_A_ROW:
                         raise ConfigError(
-                            f"{failures} trials in a row failed; the last one: {result['error']}"
+                            f"{failures} trials in a row failed; the last one: {result.error}"
                         )
         except KeyboardInterrupt:
             for running in pending.values():
                 with contextlib.suppress(Exception):
                     study.tell(running.trial, state=TrialState.FAIL, skip_if_finished=True)
-                    study.enqueue_trial(
-                        running.params,
-                        user_attrs={"origin": f"rerun of trial {running.trial.number}"},
-                    )
+                    study.enqueue_trial(running.params, user_attrs={
+                        "origin": f"rerun of trial {running.trial.number}", "seed": running.seed})  # fmt: skip
             executor.shutdown(wait=True, cancel_futures=True)
             raise TuneInterrupted(
                 f"interrupted; {len(pending)} running trial(s) will be rerun", self.out_dir
@@ -217,127 +272,87 @@ class Tuner:
             executor.shutdown(wait=False, cancel_futures=True)
             raise
         executor.shutdown(wait=True)
+        if stopped_by_trials and deadline is not None:
+            left = deadline - time.time()
+            if left > self.timeout_s / 2:
+                self.note(
+                    f"budget: the search stopped at --trials {self.trials} with "
+                    f"{clock(left)} of the {clock(self.timeout_s)} --timeout left; leave "
+                    "--trials out to search until the time is spent"
+                )
+
+    def note(self, line: str) -> None:
+        self.notes.append(line)
+        self.log(line)
 
     def _out_of_time(self, deadline: float | None, durations: list[float]) -> bool:
-        return deadline is not None and time.time() >= deadline - self._reserve(durations)
+        return deadline is not None and time.time() >= deadline - self.reserve(durations)
 
-    def _tell(self, study: Any, running: _Running, result: dict[str, Any]) -> None:
+    def _tell(self, study: Any, running: _Running, result: TrialOutcome) -> None:
         from optuna.trial import TrialState
 
         trial = running.trial
-        trial.set_user_attr("time_s", round(result["time_s"], 2))
-        trial.set_user_attr("epochs", result["epochs"])
-        trial.set_user_attr("outcome", result["state"])
-        if result["error"]:
-            trial.set_user_attr("error", result["error"][:500])
-        state = result["state"]
+        trial.set_user_attr("time_s", round(result.time_s, 2))
+        trial.set_user_attr("epochs", result.epochs)
+        trial.set_user_attr("outcome", result.state)
+        if result.error:
+            trial.set_user_attr("error", result.error[:500])
+        state = result.state
         if state == "complete":
-            study.tell(trial, result["value"])
+            study.tell(trial, result.score)
         elif state in ("pruned", "diverged"):
             study.tell(trial, state=TrialState.PRUNED)
         else:
             study.tell(trial, state=TrialState.FAIL)
         what = {
-            "complete": f"val {100 * result['value']:.2f}%" if result["value"] is not None else "",
-            "pruned": f"pruned after epoch {result['epochs']}",
-            "diverged": f"diverged in epoch {result['epochs'] + 1}",
-            "failed": f"failed: {result['error']}",
+            "complete": f"val {100 * result.score:.2f}%" if result.score is not None else "",
+            "pruned": f"pruned after epoch {result.epochs}",
+            "diverged": f"diverged in epoch {result.epochs + 1}",
+            "failed": f"failed: {result.error}",
         }[state]
-        if state == "pruned":
-            last = study.trials[trial.number].intermediate_values
-            if last:
-                what += f" (val {100 * last[max(last)]:.2f}%)"
+        if state == "pruned" and result.curve:
+            what += f" (val {100 * result.curve[-1]:.2f}%)"
+        seed = f" seed {running.seed}" if running.seed != self.config.seed else ""
         self.log(
-            f"trial {trial.number:>3}: {what:<32} {params_text(running.params)}  "
-            f"({clock(result['time_s'])})"
+            f"trial {trial.number:>3}: {what:<32} {params_text(running.params)}{seed}  "
+            f"({clock(result.time_s)})"
         )
 
     def _progress(
         self, study: Any, start: float, deadline: float | None, mine: list[float], running: int
     ) -> None:
-        counts = self._counts(study)
+        counts = self.counts(study)
         finished = counts["COMPLETE"] + counts["PRUNED"]
         best = ""
         with contextlib.suppress(ValueError):
             b = study.best_trial
             best = f", best val {100 * b.value:.2f}% (trial {b.number})"
         elapsed = time.time() - start
-        left = max(0, self.trials - finished)
         eta = ""
-        if mine and left:
-            per = sum(mine) / len(mine) / self.jobs
-            seconds = per * left
+        left = max(0, self.trials - finished) if self.trials else None
+        if mine and (left or left is None):
+            seconds = sum(mine) / len(mine) / self.jobs * left if left else math.inf
             if deadline is not None:
                 seconds = min(seconds, max(0.0, deadline - time.time()))
-            eta = f", ETA {clock(seconds)}"
-        width = 20
-        filled = min(width, round(width * finished / self.trials))
-        bar = "#" * filled + "." * (width - filled)
-        self.log(
-            f"[{bar}] {finished}/{self.trials} trials ({counts['COMPLETE']} complete, "
-            f"{counts['PRUNED']} pruned{f', {running} running' if running else ''}){best}; "
-            f"elapsed {clock(elapsed)}{eta}"
+            eta = f", ETA {clock(seconds)}" if math.isfinite(seconds) else ""
+        tally = (
+            f"({counts['COMPLETE']} complete, {counts['PRUNED']} pruned"
+            f"{f', {running} running' if running else ''}){best}; elapsed {clock(elapsed)}{eta}"
         )
+        if self.trials:
+            width = 20
+            filled = min(width, round(width * finished / self.trials))
+            bar = "#" * filled + "." * (width - filled)
+            self.log(f"[{bar}] {finished}/{self.trials} trials {tally}")
+        else:
+            self.log(f"{finished} trials {tally}")
 
-    # -- end of tune ---------------------------------------------------------------------------
-    def best_raw(self, best: Any) -> dict[str, Any]:
-        return apply_params(self.raw, self.dims, self.fixed, best.params)
-
-    def write_best(self, best: Any) -> Path:
-        raw = self.best_raw(best)
-        header = (
-            f"# Chosen by chanloss tune (trial {best.number}, validation accuracy "
-            f"{100 * best.value:.2f}%, {self.config.epochs} epochs"
-            + (f", from {self.config_path}" if self.config_path else "")
-            + ").\n# "
-            + params_text(best.params)
-            + "\n# Train it with: chanloss train -c best.yaml\n"
-        )
-        path = self.out_dir / "best.yaml"
-        write_text(path, header + yaml.safe_dump(raw, sort_keys=False))
-        return path
-
-    def confirm(self, best: Any) -> dict[str, Any]:
-        seeds = [self.config.seed + 1 + i for i in range(self.confirm_seeds)]
-        tuned = self.best_raw(best)
-        ce = copy.deepcopy(self.raw)
-        ce.pop("search", None)
-        ce["losses"] = [{"name": "ce"}]
-        tasks = []
-        for seed in seeds:
-            for label, raw in (("tuned", tuned), ("ce", ce)):
-                r = copy.deepcopy(raw)
-                r["seed"] = seed
-                name = f"trial-{best.number:04d}" if label == "tuned" else "ce"
-                tasks.append(
-                    (
-                        label,
-                        {"raw": r, "run_dir": str(self.out_dir / "confirm" / name / f"seed{seed}")},
-                    )
-                )
-        self.log(
-            f"confirming trial {best.number} against CE alone over {len(seeds)} seed(s) "
-            f"({', '.join(map(str, seeds))}): {len(tasks)} runs"
-        )
-        done = confirm_runs(
-            [(task["raw"], Path(task["run_dir"])) for _, task in tasks],
-            jobs=self.jobs,
-            log=self.log,
-            labels=[label for label, _ in tasks],
-        )
-        results: dict[str, list[dict[str, Any]]] = {"tuned": [], "ce": []}
-        for (label, _), res in zip(tasks, done, strict=True):
-            results[label].append(res)
-        out: dict[str, Any] = {"seeds": seeds, "trial": best.number}
-        for split in ("val", "test"):
-            a = [r[f"{split}_acc"] for r in results["tuned"]]
-            b = [r[f"{split}_acc"] for r in results["ce"]]
-            out[split] = {"tuned": a, "ce": b, "gain": gain_over(a, b)}
-        return out
-
+    # -- the whole command ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from chanloss.training.run_dir import RunDir
+        from chanloss.tuning.confirm import check_folds, finish
 
+        check_folds(self)
         # one tune per OUT at a time (each trial's own directory is locked by train())
         run = RunDir(self.out_dir).acquire()
         had_db = (self.out_dir / "study.db").exists()
@@ -349,59 +364,19 @@ class Tuner:
             run.abandon()
             raise
         try:
-            return self._run(study)
+            start = time.time()
+            self.search(study)
+            return finish(self, study, start)
         finally:
             run.release()
 
-    def _run(self, study: Any) -> dict[str, Any]:
-        start = time.time()
-        try:
-            self.search(study)
-        finally:
-            with contextlib.suppress(Exception):
-                write_trials_csv(study, self.out_dir / "trials.csv", self.dims)
-        try:
-            best = study.best_trial
-        except ValueError:
-            counts = self._counts(study)
-            raise ConfigError(
-                f"no trial finished ({counts['PRUNED']} pruned, {counts['FAIL']} failed); "
-                "give more --trials or --timeout, or check the ranges in search:"
-            ) from None
-        best_path = self.write_best(best)
-        self.log(
-            f"best: trial {best.number}, val {100 * best.value:.2f}%: {params_text(best.params)}; "
-            f"wrote {best_path}"
-        )
-        confirmation = self.confirm(best) if self.confirm_seeds else None
-        summary = {
-            "study": STUDY_NAME,
-            "storage": self.spec,
-            "config": self.config_path,
-            "trials_target": self.trials,
-            "counts": self._counts(study),
-            "best": {"trial": best.number, "val_acc": best.value, "params": best.params},
-            "confirmation": confirmation,
-            "space": [d.describe() for d in self.dims],
-            "wall_s": round(time.time() - start, 1),
-        }
-        write_text(self.out_dir / "tune.json", json.dumps(summary, indent=1, default=str) + "\n")
-        from chanloss.tuning.report import write_report
-
-        write_report(study, self.dims, summary, self.out_dir)
-        if confirmation is not None:
-            self.log("\n" + confirmation_table(confirmation))
-        self.log(f"\nreport in {self.out_dir / 'report.html'}; train the best with: "
-                 f"chanloss train -c {best_path}")  # fmt: skip
-        return summary
-
 
 def tune(
-    config: TrainConfig, out_dir: str | Path, *, trials: int, **options: Any
+    config: TrainConfig, out_dir: str | Path, *, trials: int | None = None, **options: Any
 ) -> dict[str, Any]:
-    """Run ``chanloss tune`` (see the module docstring); returns what ``OUT/tune.json`` holds.
+    """Run ``chanloss tune`` (see :mod:`chanloss.tuning`); returns what ``OUT/tune.json`` holds.
 
-    Options: ``timeout_s``, ``jobs``, ``confirm_seeds``, ``resume``, ``storage``, ``pruner``,
-    ``config_path``, ``log`` (a function taking one line).
+    Options: ``timeout_s``, ``jobs``, ``folds``, ``confirm_seeds``, ``top``, ``resume``,
+    ``storage``, ``pruner``, ``config_path``, ``log`` (a function taking one line).
     """
     return Tuner(config, Path(out_dir), trials, **options).run()

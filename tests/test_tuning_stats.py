@@ -1,0 +1,137 @@
+"""The statistics and the pruner of ``chanloss tune``, against plain references: a trial's
+score, the pooled seed noise, the paired k-fold test, the stratified folds, the noise-margin
+pruner, and the once-per-command messages."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from chanloss.data.base import stratified_folds
+from chanloss.tuning.stats import curve_score, paired_fold_test, pooled_seed_std, smoothed
+
+
+def test_a_score_is_the_mean_of_the_last_three_epochs() -> None:
+    assert curve_score([0.1, 0.5, 0.6, 0.7]) == pytest.approx(0.6)
+    assert curve_score([0.4, 0.6]) == pytest.approx(0.5)  # shorter curves: all of it
+    assert smoothed([0.1, 0.5, 0.6, 0.7]) == pytest.approx([0.1, 0.3, 0.4, 0.6])
+    with pytest.raises(ValueError, match="at least one evaluated epoch"):
+        curve_score([])
+
+
+def test_pooled_seed_noise_is_the_within_setting_standard_deviation() -> None:
+    groups = [[0.80, 0.84], [0.70, 0.71, 0.75], [0.9]]  # the single value adds nothing
+    std, dof = pooled_seed_std(groups)
+    ss = sum(((np.array(g) - np.mean(g)) ** 2).sum() for g in groups)
+    assert dof == 3 and std == pytest.approx(math.sqrt(ss / 3))
+    assert math.isnan(pooled_seed_std([[0.5], [0.6]])[0]) and pooled_seed_std([])[1] == 0
+
+
+def test_the_paired_fold_test_is_the_corrected_paired_t_test() -> None:
+    from scipy import stats
+
+    tuned = [0.86, 0.84, 0.88, 0.85, 0.87]
+    base = [0.84, 0.83, 0.85, 0.845, 0.85]
+    # without the correction (val_share 0) it is scipy's paired t-test
+    plain = paired_fold_test(tuned, base, val_share=0.0)
+    ref = stats.ttest_rel(tuned, base)
+    assert plain["t"] == pytest.approx(ref.statistic) and plain["p"] == pytest.approx(ref.pvalue)
+    # with it (5 folds: n_val / n_train = 1/4) the variance grows by (1/5 + 1/4) / (1/5)
+    got = paired_fold_test(tuned, base)
+    d = np.array(tuned) - np.array(base)
+    se = math.sqrt((1 / 5 + 1 / 4) * d.var(ddof=1))
+    assert got["diff"] == pytest.approx(d.mean()) and got["se"] == pytest.approx(se)
+    t4 = stats.t.ppf(0.975, 4)
+    assert got["threshold"] == pytest.approx(t4 * se)
+    assert got["detectable"] == pytest.approx((t4 + stats.t.ppf(0.8, 4)) * se)
+    assert got["p"] == pytest.approx(2 * stats.t.sf(d.mean() / se, 4))
+    assert got["beyond"] is (got["p"] < 0.05) and got["folds"] == 5
+    # identical arms: no difference; one fold: no verdict; unequal lengths: an error
+    same = paired_fold_test(base, base)
+    assert same["diff"] == 0 and same["beyond"] is False and same["p"] == 1.0
+    assert paired_fold_test([0.9], [0.8])["beyond"] is None
+    with pytest.raises(ValueError, match="paired folds"):
+        paired_fold_test([0.9, 0.8], [0.8])
+
+
+def test_stratified_folds_partition_the_split_with_every_class_in_each() -> None:
+    labels = np.repeat(np.arange(3), [10, 7, 5])
+    folds = stratified_folds(labels, 5, seed=0, what="x")
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(labels)))
+    for held in folds:
+        counts = np.bincount(labels[held], minlength=3)
+        assert counts[0] == 2 and (counts >= 1).all()  # 10 of class 0 over 5 folds
+    assert [f.tolist() for f in stratified_folds(labels, 5, 0, "x")] == [
+        f.tolist() for f in folds
+    ]  # the same seed, the same folds
+    with pytest.raises(
+        ValueError, match="6 folds need at least 6 images of every class; class 2 has 5"
+    ):
+        stratified_folds(labels, 6, 0, "x")
+
+
+def test_data_folds_validate_on_every_training_image_once() -> None:
+    from chanloss.data import build_datasets
+
+    whole = build_datasets("digits")
+    held = []
+    for fold in range(3):
+        bundle = build_datasets("digits", folds=3, fold=fold, split_seed=4, seed=9)
+        assert len(bundle.train) + len(bundle.val) == len(whole.train)
+        held.append(bundle.val.images.flatten(1))
+    rows = {tuple(r.tolist()) for r in np.concatenate([h.numpy() for h in held])}
+    assert len(rows) == len({tuple(r.tolist()) for r in whole.train.images.flatten(1).numpy()})
+    # the split seed, not the run's seed, draws the validation split
+    a = build_datasets("digits", val_fraction=0.2, seed=1, split_seed=7)
+    b = build_datasets("digits", val_fraction=0.2, seed=2, split_seed=7)
+    assert (a.val.labels == b.val.labels).all() and (a.val.images == b.val.images).all()
+    with pytest.raises(ValueError, match="folds"):
+        build_datasets("digits", folds=3, val_fraction=0.2)
+
+
+def _study_with(curves: list[list[float]], noise: float | None):  # noqa: ANN202
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    if noise is not None:
+        study.set_user_attr("noise_std", noise)
+    for curve in curves:
+        trial = study.ask()
+        for epoch, value in enumerate(curve, 1):
+            trial.report(value, epoch)
+        study.tell(trial, curve_score(curve))
+    return study
+
+
+@pytest.mark.parametrize(
+    ("noise", "curve", "pruned_at"),
+    [
+        (0.01, [0.5, 0.5, 0.5, 0.5, 0.5, 0.5], 4),  # 30 points below: pruned after the warm-up
+        (0.01, [0.78, 0.78, 0.78, 0.78, 0.78, 0.78], None),  # 2 below, within 2 x 1.5 noise
+        (0.2, [0.5, 0.5, 0.5, 0.5, 0.5, 0.5], None),  # below, but the noise is larger
+        (None, [0.1, 0.1, 0.1, 0.1, 0.1, 0.1], None),  # noise not measured yet: no pruning
+        (0.01, [0.8, 0.8, 0.8, 0.74, 0.8, 0.8], None),  # one bad epoch, smoothed away
+        (0.01, [0.2, 0.2, 0.2, 0.79, 0.81, 0.81], 4),  # judged on its mean of 3 epochs
+    ],
+)
+def test_the_noise_margin_pruner(
+    noise: float | None, curve: list[float], pruned_at: int | None
+) -> None:
+    from chanloss.tuning.pruners import NoiseMarginPruner, make_pruner
+
+    refs = [[0.6, 0.7, 0.8, 0.8, 0.8, 0.8], [0.6, 0.72, 0.79, 0.8, 0.81, 0.8],
+            [0.58, 0.7, 0.8, 0.81, 0.8, 0.79]]  # fmt: skip
+    study = _study_with(refs, 0.015 if noise == 0.01 else noise)  # margin 2 x 0.015
+    pruner = make_pruner("noise", epochs=6)
+    assert isinstance(pruner, NoiseMarginPruner) and pruner.warmup == 3
+    trial = study.ask()
+    stopped = None
+    for epoch, value in enumerate(curve, 1):
+        trial.report(value, epoch)
+        if pruner.prune(study, study._storage.get_trial(trial._trial_id)):
+            stopped = epoch
+            break
+    assert stopped == pruned_at
