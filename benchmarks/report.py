@@ -33,6 +33,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from report_prune import prune_section
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 START = "<!-- results:start -->"
@@ -108,6 +110,9 @@ def load(results: Path, *, include_quick: bool = False) -> dict[str, Any]:
         data = _read_json(results / f"{name}.json", include_quick)
         if data is not None:
             found["speed"][name] = [data]
+    prune = _read_json(results / "prune_cpu.json", include_quick)
+    if prune is not None and prune.get("rows"):
+        found["prune"] = prune
     cc_forms = _read_json(results / "cc_forms.json", include_quick)
     if cc_forms is not None and cc_forms.get("rows"):
         found["cc_forms"] = cc_forms
@@ -709,6 +714,7 @@ def render(found: dict[str, Any], base: Path) -> str:
         *study_section(found, base),
         *tune_section(found),
         *cc_forms_section(found),
+        *prune_section(found.get("prune"), machine_line),
         *speed_section(found, base),
         END,
     ]
