@@ -50,6 +50,7 @@ def trainer_state(t: Trainer) -> dict[str, Any]:
         "partial_ranks": t._partial_ranks,  # every rank's, with several processes
         "best": {"val_acc": t.best_val, "epoch": t.best_epoch},
         "history": t.history,
+        **({"pruning": t.structure} if t.structure is not None else {}),
         "meta": {
             "num_classes": int(t.data.num_classes),
             "in_channels": int(t.data.in_channels),

@@ -87,6 +87,8 @@ class Trainer:
         checkpoint_state: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
+        # a pruned checkpoint's channel record (chanloss.models.pruned), kept in its checkpoints
+        self.structure = (checkpoint_state or {}).get("pruning")
         self.run = out_dir if isinstance(out_dir, RunDir) else RunDir(out_dir)
         self.out_dir = self.run.path
         self.verbose = verbose
