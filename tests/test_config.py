@@ -193,7 +193,11 @@ def test_file_errors(tmp_path):
         load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
-    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
+    with pytest.raises(ConfigError, match="bad.yaml, line 2, column 1: invalid YAML: ") as err:
+        load_config(bad)
+    assert "from line 1, column 8" in str(err.value) and "<unicode string>" not in str(err.value)
+    bad.write_text("model:\n\tname: x\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml, line 2, column 1: .*a tab indents the line"):
         load_config(bad)
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="bad.yaml: expected a mapping of keys, got list"):

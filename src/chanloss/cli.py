@@ -235,10 +235,14 @@ def _add_jobs(p: argparse.ArgumentParser, default: int) -> None:
 @register_command("compare", "train several configs over seeds and tabulate", _configure_compare)
 def _run_compare(args: argparse.Namespace) -> int:
     from chanloss.training import compare, load_labelled, results_table
+    from chanloss.training.preflight import preflight
 
+    labelled = load_labelled(args.configs, args.overrides)
+    for _, config in labelled:  # every config is checked before the first run starts
+        preflight(config)
     with _stop_signals_before_training():  # between runs; each run's trainer handles its own
         results = compare(
-            load_labelled(args.configs, args.overrides),
+            labelled,
             seeds=args.seeds,
             out_dir=args.out,
             jobs=args.jobs,
@@ -341,8 +345,11 @@ def _configure_config(p: argparse.ArgumentParser) -> None:
 )
 def _run_config(args: argparse.Namespace) -> int:
     from chanloss.training.config import dump_config, load_config
+    from chanloss.training.preflight import preflight
 
-    print(dump_config(load_config(args.config, args.overrides)), end="", flush=True)
+    config = load_config(args.config, args.overrides)
+    preflight(config)  # the checks that need no data, as train makes them before loading it
+    print(dump_config(config), end="", flush=True)
     return 0
 
 
@@ -497,11 +504,13 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
 def _run_tune(args: argparse.Namespace) -> int:
     from chanloss.training import load_config
     from chanloss.training.config import ConfigError
+    from chanloss.training.preflight import preflight
     from chanloss.tuning import TuneInterrupted, tune
 
     if args.folds is not None and args.confirm_seeds is not None:
         raise ConfigError("--folds and --confirm-seeds are two confirmations; choose one")
     config = load_config(args.config, args.overrides)
+    preflight(config)
     try:
         tune(
             config,

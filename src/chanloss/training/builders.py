@@ -185,7 +185,9 @@ def build_losses(config: TrainConfig, model: nn.Module, num_classes: int) -> lis
         try:
             loss = create_loss(entry.name, context=context, **entry.params())
         except (ValueError, TypeError) as err:
-            raise ConfigError(f"losses.{i} ({entry.name}): {err}") from None
+            raise ConfigError(
+                f"losses.{i} ({entry.name}): {err}{_channels_hint(config, str(err), context)}"
+            ) from None
         counts[entry.name] = counts.get(entry.name, 0) + 1
         prefix = entry.name if counts[entry.name] == 1 else f"{entry.name}{counts[entry.name]}"
         columns = {
@@ -196,6 +198,24 @@ def build_losses(config: TrainConfig, model: nn.Module, num_classes: int) -> lis
             LossSlot(i, entry.name, entry.weight, entry.lr, loss, takes_generator, columns)
         )
     return slots
+
+
+def _channels_hint(config: TrainConfig, text: str, context: dict[str, int]) -> str:
+    """Which key sets a loss's ``num_channels`` (the model's feature channels), when the loss
+    refused it."""
+    if "num_channels" not in text:
+        return ""
+    channels, classes = context["num_channels"], context["num_classes"]
+    where = (
+        f"model.feature_channels is {channels}"
+        if "feature_channels" in config.model.options()
+        else f"model {config.model.name!r} has {channels} feature channels"
+    )
+    return (
+        f"; the feature channels come from the model: {where} and the data has {classes} "
+        f"classes, so set model.feature_channels to at least {classes} (a multiple of "
+        f"{classes} gives every class as many channels, e.g. {3 * classes})"
+    )
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -79,6 +79,7 @@ from chanloss.training.distributed import (
     wrap_for_training,
 )
 from chanloss.training.optim import build_optimizer, build_scheduler
+from chanloss.training.preflight import preflight
 from chanloss.training.result import RunResult
 from chanloss.training.run_dir import RunDir
 from chanloss.training.stopping import (
@@ -128,6 +129,7 @@ class Trainer:
         self.device = local_device(resolve_device(config.device))
         seed_everything(config.seed)
 
+        preflight(config)  # what the config alone decides fails before the data is loaded
         loading = time.perf_counter()
         if self.epoch_lines:
             log(f"loading data: {config.data.name} ...")

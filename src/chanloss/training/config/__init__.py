@@ -98,8 +98,10 @@ def load_config(
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of keys, got {type(raw).__name__}")
-    raw = apply_overrides(_copy(raw), parse_overrides(list(overrides)))
-    return validate_config(raw, source=source)
+    parsed = parse_overrides(list(overrides))
+    raw = apply_overrides(_copy(raw), parsed)
+    given = {key: item.strip() for (key, _), item in zip(parsed, overrides, strict=True)}
+    return validate_config(raw, source=source, overrides=given)
 
 
 def _copy(obj: Any) -> Any:

@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -394,6 +395,8 @@ class TrainConfig(_Section):
 
     model: ModelConfig = Field(description="The network.")
     data: DataConfig = Field(description="The dataset.")
+    # the ``--set`` items it was loaded with, key -> "KEY=VALUE" (errors found later name them)
+    _set_items: dict[str, str] = PrivateAttr(default_factory=dict)
     losses: list[LossConfig] = Field(
         min_length=1,
         description="The objective: the weighted sum of these losses, each fed the model "
@@ -589,7 +592,8 @@ def _did_you_mean_dotted(key: str, section: tuple[Any, ...], *, exact: bool) -> 
     return f" (did you mean {found[0]!r}?)" if found else ""
 
 
-def _format_errors(err: ValidationError) -> str:
+def _error_lines(err: ValidationError) -> list[tuple[str, str]]:
+    """``(dotted key, "key: what is wrong")`` for each error pydantic found."""
     lines = []
     for e in err.errors(include_url=False):
         loc = tuple(e["loc"])
@@ -598,27 +602,73 @@ def _format_errors(err: ValidationError) -> str:
             hint = _did_you_mean_dotted(str(loc[-1]), loc[:-1], exact=True)
             hint = hint or _did_you_mean(str(loc[-1]), _section_fields(TrainConfig, loc[:-1]))
             hint = hint or _did_you_mean_dotted(str(loc[-1]), loc[:-1], exact=False)
-            lines.append(f"{key}: unknown key{hint}")
+            lines.append((key, f"{key}: unknown key{hint}"))
             continue
         if e["type"] == "missing":
-            lines.append(f"{key}: required key is missing")
+            lines.append((key, f"{key}: required key is missing"))
             continue
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] in ("value_error", "assertion_error"):
-            lines.append(f"{key}: {msg}")
+            lines.append((key, f"{key}: {msg}"))
         else:
-            lines.append(f"{key}: {msg}, got {e['input']!r}")
-    return "; ".join(lines)
+            lines.append((key, f"{key}: {msg}, got {e['input']!r}"))
+    return lines
 
 
-def validate_config(raw: Any, *, source: str = "config") -> TrainConfig:
-    """Validate a raw (YAML-parsed) mapping; raise :class:`ConfigError` with one line."""
+def _format_errors(err: ValidationError) -> str:
+    return "; ".join(text for _, text in _error_lines(err))
+
+
+def set_item_for(key: str, text: str, overrides: dict[str, str]) -> str | None:
+    """The ``--set`` item behind an error ``text`` about ``key``: one that set ``key`` or a
+    section above it, one the text names whole (``model.feature_channels``), or an option of
+    section ``key`` that the text is about (``model: width must be ...``, ``... has no option
+    'widht'``)."""
+    for set_key, item in reversed(overrides.items()):
+        last = set_key.rsplit(".", 1)[-1]
+        option = set_key.startswith(key + ".") and "." not in set_key[len(key) + 1 :]
+        if (
+            key == set_key
+            or key.startswith(set_key + ".")
+            or set_key in text
+            or (option and (text.startswith(f"{key}: {last} ") or f"option '{last}'" in text))
+        ):
+            return item
+    return None
+
+
+def blame_set(config: TrainConfig, err: ConfigError) -> ConfigError:
+    """``err`` (``"model: ..."``, ``"losses.1 (mc): ..."``), prefixed with the ``--set`` of
+    ``config`` that caused it, if one did."""
+    text = str(err)
+    key = text.split(":", 1)[0].split(" ", 1)[0]
+    item = set_item_for(key, text, config._set_items)
+    return err if item is None else ConfigError(f"--set {item}: {text}")
+
+
+def validate_config(
+    raw: Any, *, source: str = "config", overrides: dict[str, str] | None = None
+) -> TrainConfig:
+    """Validate a raw (YAML-parsed) mapping; raise :class:`ConfigError` with one line.
+
+    ``overrides`` maps each key set by ``--set`` to its ``KEY=VALUE`` text: an error in such a
+    key is reported as the ``--set``'s, not the file's."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of keys, got {type(raw).__name__}")
     try:
-        return TrainConfig.model_validate(raw)
+        config = TrainConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"{source}: {_format_errors(err)}") from None
+        lines = _error_lines(err)
+        given = [set_item_for(key, text, overrides or {}) for key, text in lines]
+        texts = [
+            t if item is None else f"--set {item}: {t}"
+            for (_, t), item in zip(lines, given, strict=True)
+        ]
+        if all(item is not None for item in given):
+            raise ConfigError("; ".join(texts)) from None
+        raise ConfigError(f"{source}: {'; '.join(texts)}") from None
+    config._set_items = dict(overrides or {})
+    return config
 
 
 def dump_config(config: TrainConfig) -> str:

@@ -160,5 +160,22 @@ def read_yaml(path: str | Path) -> Any:
     except YAMLLimitError as err:
         raise ConfigError(f"{path}: refused: the YAML is {err}") from None
     except yaml.YAMLError as err:
-        first = str(err).splitlines()
-        raise ConfigError(f"{path}: invalid YAML ({' '.join(s.strip() for s in first)})") from None
+        raise ConfigError(f"{path}{_where(err)}: invalid YAML: {_problem(err)}") from None
+
+
+def _where(err: yaml.YAMLError) -> str:
+    """``, line 3, column 7`` of a parse error (1-based), or nothing when PyYAML gives none."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    return "" if mark is None else f", line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _problem(err: yaml.YAMLError) -> str:
+    """What PyYAML found wrong, without its ``in "<unicode string>"`` position lines."""
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and start is not None and start is not getattr(err, "problem_mark", None):
+        context = f"{context} (from line {start.line + 1}, column {start.column + 1})"
+    parts = [context, getattr(err, "problem", None)]
+    text = "; ".join(str(p) for p in parts if p) or str(err).splitlines()[0]
+    note = getattr(err, "note", None)
+    hint = " (a tab indents the line: YAML indents with spaces)" if "\\t" in text else ""
+    return " ".join(text.split()) + (f" ({note})" if note else "") + hint

@@ -1,0 +1,74 @@
+"""Checks of a config that need no data, run by ``chanloss config`` and before a run loads its
+data: the model and losses are built on torch's ``meta`` device (no memory, no weights) with
+the data set's class count, so that a loss that cannot work with the model (MC-Loss with fewer
+feature channels than classes) fails in a second, naming the key to change, instead of after
+the data is decoded.
+
+The class count comes from the config alone: fixed for the bundled sets, the ``num_classes``
+option of ``finegrained``, the class folders of an image folder's ``train/`` (listed, not
+read). Data sets whose count is unknown this way (a registered one of the user's, a missing
+folder, which loading then reports), and models that load pretrained weights, are left to the
+run.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+
+from chanloss.training.builders import build_losses, build_model
+from chanloss.training.config import ConfigError, TrainConfig
+from chanloss.training.config.schema import blame_set
+
+__all__ = ["data_shape", "preflight"]
+
+#: (classes, image channels) of the bundled data sets whose class count is fixed
+_FIXED = {
+    "digits": (10, 1),
+    "mnist5k": (10, 1),
+    "cifar10": (10, 3),
+    "cifar100": (100, 3),
+    "cub200": (200, 3),
+}
+
+
+def data_shape(config: TrainConfig) -> tuple[int, int] | None:
+    """``(num_classes, in_channels)`` of ``config.data`` without loading it, or ``None``."""
+    data = config.data
+    if data.name in _FIXED:
+        return _FIXED[data.name]
+    if data.name == "finegrained":
+        from chanloss.data.synthetic import make_finegrained
+
+        default = inspect.signature(make_finegrained).parameters["num_classes"].default
+        count = data.options.get("num_classes", default)
+        return (count, 3) if isinstance(count, int) and not isinstance(count, bool) else None
+    if data.name == "image_folder" and data.root is not None:
+        train = Path(data.root).expanduser() / "train"
+        try:
+            classes = [p for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        except OSError:
+            return None  # loading the data names the missing folder
+        channels = 1 if data.options.get("colour") == "L" else 3
+        return (len(classes), channels) if classes else None
+    return None
+
+
+def preflight(config: TrainConfig) -> None:
+    """Build ``config``'s model and losses on the meta device; a problem is a
+    :class:`ConfigError` naming the key, and the ``--set`` that gave it if one did (see the
+    module docstring)."""
+    shape = data_shape(config)
+    if shape is None or ":" in config.model.name or config.model.options().get("weights"):
+        return
+    num_classes, in_channels = shape
+    try:
+        with torch.device("meta"):
+            model = build_model(config, num_classes=num_classes, in_channels=in_channels)
+            build_losses(config, model, num_classes)
+    except ConfigError as err:
+        raise blame_set(config, err) from None
+    except (RuntimeError, NotImplementedError, TypeError, ValueError, AttributeError):
+        return  # a model that cannot be built without memory: the run builds it for real
