@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trials", type=common.positive_int, default=None, help="per search")
     parser.add_argument("--epochs", type=common.positive_int, default=None, help="every run")
     parser.add_argument("--jobs", type=common.positive_int, default=1, help="runs at once")
+    parser.add_argument("--losses", nargs="+", choices=["cc", "mc"], default=None,
+                        help="instead of each data set's BUDGETS losses")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="2 epochs, 3 trials, 2 folds")
     parser.add_argument("--runs", type=Path, default=None, help="default runs/bench-tune")
     parser.add_argument("--results", type=Path, default=None, help="default benchmarks/results")
@@ -155,7 +157,7 @@ def run_dataset(dataset: str, args: argparse.Namespace, runs: Path) -> dict[str,
     start = time.perf_counter()
     base = base_raw(dataset, epochs)
     losses = {loss: run_loss(dataset, loss, base, args, runs, trials, folds)
-              for loss in budget["losses"]}  # fmt: skip
+              for loss in args.losses or budget["losses"]}  # fmt: skip
     return {
         "dataset": dataset,
         "quick": args.quick,
