@@ -73,10 +73,19 @@ def test_compare_labels_runs_by_the_settings_that_differ():
     b = tiny(losses=[{"name": "ce"}, {"name": "mc", "beta": 5.0}], optim={"lr": 0.1})
     c = tiny(losses=[{"name": "ce"}])
     settings = differing_settings([a, b, c])
-    assert settings[0] == {"mc.beta": 20.0, "optim.lr": 0.05}
-    assert settings[1] == {"mc.beta": 5.0, "optim.lr": 0.1}
-    assert settings[2] == {"optim.lr": 0.05}  # no mc: its parameters are not its settings
-    assert settings_text(settings[1]) == "mc.beta=5, optim.lr=0.1"
+    assert settings[0] == {"losses": "ce + mc", "mc.beta": 20.0, "optim.lr": 0.05}
+    assert settings[1] == {"losses": "ce + mc", "mc.beta": 5.0, "optim.lr": 0.1}
+    # no mc: its parameters are not its settings, its loss list is
+    assert settings[2] == {"losses": "ce", "optim.lr": 0.05}
+    assert settings_text(settings[1]) == "losses=ce + mc, mc.beta=5, optim.lr=0.1"
+    assert differing_settings([a, b]) == [
+        {"mc.beta": 20.0, "optim.lr": 0.05},
+        {"mc.beta": 5.0, "optim.lr": 0.1},
+    ]  # the same losses: not a setting that differs
+    assert differing_settings([c, tiny(losses=[{"name": "ce"}, {"name": "mc"}])]) == [
+        {"losses": "ce"},
+        {"losses": "ce + mc"},
+    ]  # CE vs CE + MC-Loss: told apart by their losses (was "—")
     assert settings_text({}) == "—"
     assert differing_settings([a, a.model_copy(update={"seed": 3})]) == [{}, {}]
 

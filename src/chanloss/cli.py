@@ -236,6 +236,7 @@ def _add_jobs(p: argparse.ArgumentParser, default: int) -> None:
 def _run_compare(args: argparse.Namespace) -> int:
     from chanloss.training import compare, load_labelled, results_table
     from chanloss.training.preflight import preflight
+    from chanloss.training.verdict import compare_verdict
 
     labelled = load_labelled(args.configs, args.overrides)
     for _, config in labelled:  # every config is checked before the first run starts
@@ -247,7 +248,10 @@ def _run_compare(args: argparse.Namespace) -> int:
             out_dir=args.out,
             jobs=args.jobs,
         )
-    print(f"\n{results_table(results)}\n\nresults in {args.out}", flush=True)
+    print(
+        f"\n{results_table(results)}\n\n{compare_verdict(results)}\n\nresults in {args.out}",
+        flush=True,
+    )
     return 0
 
 

@@ -31,6 +31,7 @@ from chanloss.training.config import (
 )
 from chanloss.training.result import RunResult, metrics_rows, read_result
 from chanloss.training.runner import run_many, run_status, train_locked
+from chanloss.training.verdict import compare_verdict
 
 _train_locked = train_locked  # what compare trains a run with (a test replaces it)
 _metrics_rows = metrics_rows
@@ -277,14 +278,19 @@ def differing_settings(configs: list[TrainConfig]) -> list[dict[str, Any]]:
 
     Loss parameters are keyed by the loss's name (``mc.beta``; ``mc#2.beta`` for a second
     ``mc``). A key counts when at least two configs have it with different values; a key
-    that only one config has (its extra loss) is shown by the losses column instead.
+    that only one config has (its extra loss) is not; the loss lists themselves are, as
+    ``losses`` (``ce + mc``), when they differ (CE vs CE + MC-Loss).
     """
-    flat = [_flatten(config) for config in configs]
+    flat = [{"losses": _loss_names(config), **_flatten(config)} for config in configs]
     keys = sorted({k for f in flat for k in f})
     differing = [
         k for k in keys if len({json.dumps(f[k], sort_keys=True) for f in flat if k in f}) > 1
     ]
     return [{k: f[k] for k in differing if k in f} for f in flat]
+
+
+def _loss_names(config: TrainConfig) -> str:
+    return " + ".join(loss.name for loss in config.losses)
 
 
 def _flatten(config: TrainConfig) -> dict[str, Any]:
@@ -357,7 +363,7 @@ def write_results(results: list[ConfigResult], out_dir: Path, *, seeds: int) -> 
     (out_dir / "results.md").write_text(
         f"# Final accuracy ({dataset}; mean ± sample std over {seeds} seed"
         f"{'s' if seeds > 1 else ''}; choose on validation, report test)\n\n"
-        f"{results_table(results)}\n"
+        f"{results_table(results)}\n\n{compare_verdict(results)}\n"
     )
     settings = differing_settings([r.config for r in results])
     with open(out_dir / "results.csv", "w", newline="") as f:

@@ -16,13 +16,13 @@ The two configs are shipped as ``configs/demo-{ce,mc}.yaml`` too (a test keeps t
 from __future__ import annotations
 
 import copy
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 from chanloss.training.compare import ConfigResult, compare, results_table
 from chanloss.training.config import load_config
+from chanloss.training.verdict import gap_line
 
 #: Epochs of the demo's runs (the study trained 30).
 DEMO_EPOCHS = 9
@@ -92,18 +92,7 @@ def verdict(results: list[ConfigResult]) -> str:
     ce, mc = by_label.get("demo-ce"), by_label.get("demo-mc")
     lines = []
     if ce is not None and mc is not None:
-        gap = 100 * (mc.mean - ce.mean)
-        n_ce, n_mc = len(ce.test_acc), len(mc.test_acc)
-        se = 100 * math.sqrt(ce.std**2 / n_ce + mc.std**2 / n_mc) if min(n_ce, n_mc) > 1 else None
-        if se is None:
-            how = "one seed each, so no error bar"
-        elif abs(gap) > 2 * se:
-            how = f"more than 2 standard errors ({2 * se:.2f} points): beyond seed noise"
-        else:
-            how = f"within 2 standard errors ({2 * se:.2f} points): not a reliable difference"
-        lines.append(
-            f"MC-Loss - CE: {gap:+.2f} test-accuracy points after {ce.config.epochs} epoch{'s' if ce.config.epochs != 1 else ''}, {how}."
-        )
+        lines.append(gap_line(ce, mc, name="MC-Loss - CE"))
     ce_s, mc_s = STUDY["ce"], STUDY["mc"]
     lines += [
         f"For scale: trained {STUDY['epochs']} epochs in the study, CE reached "
