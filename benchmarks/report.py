@@ -1,7 +1,8 @@
-"""Rewrite the README's results block from the files in ``benchmarks/results/`` (``make report``).
+"""Rewrite the results block of ``docs/results.md`` from the files in ``benchmarks/results/``
+(``make report``).
 
 Only the text between ``<!-- results:start -->`` and ``<!-- results:end -->`` is replaced (the
-markers are appended to the README when it has none). Sources:
+markers are appended to the page when it has none). Sources:
 
 - ``study_<dataset>.csv`` / ``.json`` (``benchmarks/study/run_study.py``): final test accuracy,
   mean +- sample std over seeds, per loss and data set; ``study_sweep-<dataset>.json``: the
@@ -16,9 +17,9 @@ Files from ``--quick`` runs (``results/quick/`` or ``"quick": true``) are ignore
 names the machine and commit of every source and says plainly where CC-Loss or MC-Loss does
 not beat cross-entropy.
 
-    python benchmarks/report.py                 # rewrite README.md
+    python benchmarks/report.py                 # rewrite docs/results.md
     python benchmarks/report.py --print         # print the block only
-    python benchmarks/report.py --check         # exit 1 when README.md is out of date
+    python benchmarks/report.py --check         # exit 1 when docs/results.md is out of date
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from report_prune import prune_section
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -112,6 +115,9 @@ def load(results: Path, *, include_quick: bool = False) -> dict[str, Any]:
         data = _read_json(results / f"{name}.json", include_quick)
         if data is not None:
             found["speed"][name] = [data]
+    prune = _read_json(results / "prune_cpu.json", include_quick)
+    if prune is not None and prune.get("rows"):
+        found["prune"] = prune
     cc_forms = _read_json(results / "cc_forms.json", include_quick)
     if cc_forms is not None and cc_forms.get("rows"):
         found["cc_forms"] = cc_forms
@@ -727,6 +733,7 @@ def render(found: dict[str, Any], base: Path) -> str:
         *study_section(found, base),
         *tune_section(found),
         *cc_forms_section(found),
+        *prune_section(found.get("prune"), machine_line),
         *speed_section(found, base),
         END,
     ]
@@ -739,20 +746,27 @@ def replace_block(text: str, block: str) -> str:
     if start == -1 and end == -1:
         return text.rstrip("\n") + "\n\n" + block + "\n"
     if start == -1 or end == -1 or end < start:
-        raise SystemExit(f"README has a broken results block: need {START} before {END}")
+        raise SystemExit(f"the page has a broken results block: need {START} before {END}")
     return text[:start] + block + text[end + len(END) :]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=BENCH_DIR / "results")
-    parser.add_argument("--readme", type=Path, default=REPO_ROOT / "README.md")
+    parser.add_argument(
+        "--readme",
+        "--page",
+        dest="readme",
+        type=Path,
+        default=REPO_ROOT / "docs" / "results.md",
+        help="the page holding the results block (default docs/results.md)",
+    )
     parser.add_argument(
         "--include-quick", action="store_true", help="also use results of --quick runs"
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--print", action="store_true", help="print the block, change nothing")
-    mode.add_argument("--check", action="store_true", help="exit 1 if the README is out of date")
+    mode.add_argument("--check", action="store_true", help="exit 1 if the page is out of date")
     return parser
 
 
@@ -772,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if new != text:
         fd, tmp = tempfile.mkstemp(
-            dir=args.readme.resolve().parent, prefix=".README.", suffix=".tmp"
+            dir=args.readme.resolve().parent, prefix=".results.", suffix=".tmp"
         )
         with os.fdopen(fd, "w") as f:
             f.write(new)

@@ -1,5 +1,5 @@
 """The ``chanloss`` command line: ``train``, ``eval``, ``compare``, ``demo``, ``analyze``,
-``predict``, ``export``, ``config`` and ``tune``.
+``predict``, ``export``, ``config``, ``tune`` and ``prune``.
 
 Subcommands are registered with :func:`register_command` (a name, a help line, a function
 that adds the arguments and one that runs the command), so other modules can add their own.
@@ -540,6 +540,55 @@ def _run_tune(args: argparse.Namespace) -> int:
 
 
 # -- entry point -------------------------------------------------------------------------------
+# -- prune -------------------------------------------------------------------------------------
+def _configure_prune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a last.pt or best.pt of a run")
+    p.add_argument("--out", required=True, help="output directory (new or empty)")
+    p.add_argument(
+        "--method",
+        default="cpli",
+        help="cpli (default), l1, bn_scale, taylor or random; see docs/pruning.md",
+    )
+    p.add_argument(
+        "--speedup", type=float, default=2.0, help="MACs before / after (> 1; default 2)"
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=_int_at_least(0),
+        default=0,
+        metavar="E",
+        help="fine-tune the pruned model for E epochs with the run's losses and recipe",
+    )
+    p.add_argument(
+        "--prune-features",
+        action="store_true",
+        help="also prune the feature layer that CC-Loss/MC-Loss read (evenly in MC's groups)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines or table")
+    _add_set(p)
+
+
+@register_command(
+    "prune", "remove channels of a trained model (CPLI, L1, BN, Taylor)", _configure_prune
+)
+def _run_prune(args: argparse.Namespace) -> int:
+    from chanloss.pruning import prune_checkpoint
+
+    prune_checkpoint(
+        args.checkpoint,
+        args.out,
+        method=args.method,
+        speedup=args.speedup,
+        finetune_epochs=args.finetune_epochs,
+        overrides=args.overrides,
+        prune_features=args.prune_features,
+        device=args.device,
+        verbose=not args.quiet,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every registered subcommand."""
     from chanloss import __version__

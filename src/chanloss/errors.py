@@ -8,8 +8,8 @@ failure it was, so a caller can catch one kind without reading messages:
 - :class:`TrainingDiverged` (and its subclass :class:`NonFiniteLossError`): the loss became
   NaN/inf; ``tune`` records such a trial as diverged.
 - :class:`CheckpointError`, :class:`InferenceError`, :class:`RunDirBusy`,
-  :class:`NonFiniteStateError`: the checkpoint, prediction/export input, run directory lock and
-  saved state.
+  :class:`NonFiniteStateError`, :class:`PruneError`: the checkpoint, prediction/export input,
+  run directory lock, saved state and pruning request.
 - :class:`DatasetError` / :class:`DatasetFileNotFoundError`, :class:`UnsafePickleError`: data
   files; :class:`YAMLLimitError`: a YAML text over a size limit; :class:`LossInputError`: a
   loss refused its input during a training step.
@@ -35,6 +35,7 @@ __all__ = [
     "LossInputError",
     "NonFiniteLossError",
     "NonFiniteStateError",
+    "PruneError",
     "RunDirBusy",
     "TrainingDiverged",
     "TrainingInterrupted",
@@ -67,6 +68,10 @@ class CheckpointError(ConfigError):
 
 class InferenceError(ConfigError):
     """A bad input to prediction or export (not an image, a bad ``topk``, an unknown format)."""
+
+
+class PruneError(ConfigError):
+    """A bad ``chanloss prune`` request: speedup, method, a model with nothing to prune."""
 
 
 class RunDirBusy(ConfigError):

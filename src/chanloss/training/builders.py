@@ -146,7 +146,12 @@ def model_from_checkpoint(
     from chanloss.models.pretrained import checkpoint_weights
 
     with checkpoint_weights():
-        return build_model(config, num_classes=num_classes, in_channels=in_channels)
+        model = build_model(config, num_classes=num_classes, in_channels=in_channels)
+    if state.get("pruning") is not None:  # written by chanloss prune
+        from chanloss.training.checkpoint import apply_pruned_structure
+
+        model = apply_pruned_structure(model, state["pruning"], "the checkpoint")
+    return model
 
 
 def _summarise(keys: list[str]) -> str:

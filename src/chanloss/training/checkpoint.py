@@ -271,3 +271,15 @@ def _short(value: Any, other: Any = None) -> str:
         extra = {k: v for k, v in value.items() if k != "name" and same and other.get(k) != v}
         return f"{value['name']}" + (f" {extra}" if extra else "")
     return repr(value)
+
+
+def apply_pruned_structure(model: Any, record: Any, source: str) -> Any:
+    """``model`` (built from a checkpoint's config) with the channels that ``chanloss prune``
+    removed removed again (:func:`chanloss.models.pruned.apply_structure`); a record that does
+    not fit is a :class:`CheckpointError` naming ``source``."""
+    from chanloss.models.pruned import apply_structure
+
+    try:
+        return apply_structure(model, record)
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise CheckpointError(f"{source}: cannot re-apply its pruned structure ({err})") from None

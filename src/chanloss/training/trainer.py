@@ -120,6 +120,8 @@ class Trainer:
         checkpoint_state: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
+        # a pruned checkpoint's channel record (chanloss.models.pruned), kept in its checkpoints
+        self.structure = (checkpoint_state or {}).get("pruning")
         self.run = out_dir if isinstance(out_dir, RunDir) else RunDir(out_dir)
         self.out_dir = self.run.path
         self.verbose = verbose
@@ -646,6 +648,7 @@ class Trainer:
             "partial_ranks": self._partial_ranks,  # every rank's, with several processes
             "best": {"val_acc": self.best_val, "epoch": self.best_epoch},
             "history": self.history,
+            **({"pruning": self.structure} if self.structure is not None else {}),
             "meta": {
                 "num_classes": int(self.data.num_classes),
                 "in_channels": int(self.data.in_channels),
