@@ -165,7 +165,7 @@ def test_python_examples_run(path: Path, workdir: Path) -> None:
 
 def test_every_guide_and_the_readme_have_runnable_examples() -> None:
     """Guides without code (generated reference, distributed page of another owner) aside."""
-    exempt = {"configuration.md", "distributed.md", "reproducing.md"}
+    exempt = {"configuration.md", "distributed.md", "reproducing.md", "results.md"}
     missing = [
         _rel(p) for p in doc_files() if p.name not in exempt and p not in _files_with_python()
     ]
@@ -313,14 +313,30 @@ def test_loss_table_examples_run() -> None:
 
 
 # -- the README's other facts ------------------------------------------------------------------
-def test_results_block_markers_follow_the_loss_table() -> None:
-    text = README.read_text()
-    assert text.count(RESULTS_START) == 1 and text.count(RESULTS_END) == 1
-    lines = text.splitlines()
-    start, end = lines.index(RESULTS_START), lines.index(RESULTS_END)
-    assert start < end
-    before = [line for line in lines[:start] if line.strip()]
-    assert before[-1].startswith("|") or "loss table" in before[-1].lower(), before[-1]
+def test_results_live_in_docs_results_md_and_are_current() -> None:
+    """The generated results moved out of the README into docs/results.md, which
+    ``make report`` (benchmarks/report.py) regenerates: it must be what the results files give."""
+    import subprocess
+    import sys
+
+    readme = README.read_text()
+    assert RESULTS_START not in readme and RESULTS_END not in readme
+    assert "(docs/results.md)" in readme
+    page = (DOCS / "results.md").read_text()
+    assert page.count(RESULTS_START) == 1 and page.count(RESULTS_END) == 1
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "report.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert check.returncode == 0, f"docs/results.md is out of date (make report): {check.stderr}"
+
+
+def test_the_readme_fits_on_a_few_screens() -> None:
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 160, f"README.md has {len(lines)} lines; keep it to about 150"
 
 
 def test_readme_data_sizes_match_the_data_module() -> None:
@@ -462,3 +478,57 @@ def test_python_source_of_docs_is_valid_syntax_even_when_not_run() -> None:
         for block in code_blocks(path.read_text(), _rel(path)):
             if block.language == "python":
                 ast.parse(block.code, filename=f"{_rel(path)}:{block.line}")
+
+
+# -- the README's own-image-folder example, run on a tiny folder ----------------------------
+def _own_folder_example() -> tuple[str, list[str]]:
+    """The README's ``mine-mc.yaml`` block and the lines of the shell block that uses it."""
+    blocks = code_blocks(README.read_text(), "README.md")
+    (config,) = [b for b in blocks if b.code.startswith("# mine-mc.yaml")]
+    (shell,) = [b for b in blocks if b.language == "bash" and "-c mine-mc.yaml" in b.code]
+    return config.code, [line for line in shell.code.splitlines() if line.strip()]
+
+
+def test_the_readme_own_folder_example_trains_compares_and_tunes(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from chanloss.cli import main
+
+    digits = load_digits()
+    for label in range(3):  # a train/<class>/ folder only: 3 classes of 30 digit images
+        folder = tmp_path / "my-images" / "train" / str(label)
+        folder.mkdir(parents=True)
+        for i, image in enumerate(digits.images[digits.target == label][:30]):
+            Image.fromarray((image * 15).astype("uint8")).save(folder / f"{i}.png")
+    config, lines = _own_folder_example()
+    (tmp_path / "mine-mc.yaml").write_text(config)
+    monkeypatch.chdir(tmp_path)
+    small = {"--seeds": "2", "--trials": "2", "--timeout": "10m"}  # tiny budgets, same commands
+    for line in lines:
+        words = shlex.split(line.split(" #", 1)[0])
+        if words[0] != "chanloss":  # the shell step that writes the CE-only config
+            subprocess.run(["bash", "-c", line], check=True, timeout=30)
+            continue
+        argv = [small.get(prev, word) for prev, word in zip(["", *words], words, strict=False)]
+        argv = argv[1:]  # 15 epochs of 58 images of 8x8 pixels: a second or two per run
+        if argv[0] == "tune":
+            argv += ["--confirm-seeds", "0"]
+        assert main(argv) == 0, f"README: {line}: {capsys.readouterr().err}"
+    out = capsys.readouterr().out
+    assert "has no test/ folder; the test split is 18 of the 90 train/ images" in out
+    assert "Against mine-ce (the first config):" in out and "mine-mc - mine-ce: " in out
+    assert "losses=ce + mc" in out  # compare tells the two configs apart by their losses
+    assert (tmp_path / "runs" / "mine-mc" / "best.pt").is_file()
+    assert (tmp_path / "runs" / "mine" / "results.csv").is_file()
+    assert (tmp_path / "runs" / "mine-tune" / "best.yaml").is_file(), out[-3000:]
+
+
+def test_the_readme_python_example_prints_what_it_computed(workdir, capsys) -> None:
+    blocks = [b for b in code_blocks(README.read_text(), "README.md") if b.runs]
+    namespace: dict[str, object] = {}
+    exec(compile(blocks[0].code, "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert re.fullmatch(r"features \(32, 30, 8, 8\): CE \d+\.\d{3}, total \d+\.\d{3}\n", printed)
