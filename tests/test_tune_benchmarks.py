@@ -48,76 +48,71 @@ def _acc(values: list[float]) -> dict:
 
 
 def _tune_json(quick: bool = False) -> dict:
-    def gain(diff: float, se: float) -> dict:
-        return {"diff": diff, "se": se, "beyond": abs(diff) > 2 * se}
+    def loss(diff: float, threshold: float, test_diff: float, test_se: float) -> dict:
+        return {
+            "counts": {"COMPLETE": 7, "PRUNED": 3, "FAIL": 0},
+            "noise": {"std": 0.0123, "dof": 3},
+            "learned": True,
+            "chosen": {"alpha": 0.5, "beta": 2.0},
+            "cv": {"diff": diff, "threshold": threshold, "detectable": 1.5 * threshold,
+                   "p": 0.01 if abs(diff) > threshold else 0.4, "beyond": abs(diff) > threshold},
+            "test": {"diff": test_diff, "se": test_se, "beyond": abs(test_diff) > 2 * test_se},
+            "agrees": (abs(diff) > threshold and diff > 0)
+            == (abs(test_diff) > 2 * test_se and test_diff > 0),
+            "ce_gain_last_quarter": 0.004,
+        }  # fmt: skip
 
     return {
         "dataset": "digits",
         "quick": quick,
-        "recipe": {"model": {"name": "convnet_small"}},
-        "epochs": 10,
-        "trials_per_search": 8,
-        "pruner": "median",
-        "jobs": 2,
-        "seeds": [1, 2, 3],
-        "searches": {
-            "cc": {
-                "chosen": {"weight": 0.0123, "reduction": 4, "pair_reduction": "sum"},
-                "best_val_acc": 0.95,
-                "complete": 5,
-                "pruned": 3,
-                "search_wall_s": 200.0,
-            },
-            "mc": {
-                "chosen": {"alpha": 0.5, "beta": 2.0, "keep_ratio": 1.0, "pool": "avg"},
-                "best_val_acc": 0.96,
-                "complete": 6,
-                "pruned": 2,
-                "search_wall_s": 250.0,
-            },
-        },  # fmt: skip
-        "results": {
-            "ce": {"test": _acc([0.95, 0.96, 0.97])},
-            "cc-default": {"test": _acc([0.90, 0.91, 0.92])},
-            "cc-tuned": {"test": _acc([0.95, 0.96, 0.97])},
-            "mc-default": {"test": _acc([0.94, 0.95, 0.96])},
-            "mc-tuned": {"test": _acc([0.96, 0.97, 0.98])},
-        },
-        "comparisons": {
-            "cc": {"tuned_vs_default": gain(0.05, 0.008), "tuned_vs_ce": gain(0.0, 0.008)},
-            "mc": {"tuned_vs_default": gain(0.02, 0.008), "tuned_vs_ce": gain(0.01, 0.008)},
+        "recipe": {"model": {"name": "convnet_small", "width": 8}},
+        "epochs": 20,
+        "trials_per_search": 10,
+        "jobs": 1,
+        "losses": {
+            "mc": loss(0.02, 0.01, 0.015, 0.005),  # a gain both ways
+            "cc": loss(0.004, 0.01, 0.03, 0.005),  # no gain on CV, a gain on test
         },
         "wall_s": 900.0,
         "machine": MACHINE,
     }
 
 
-def test_report_shows_tuned_against_default_and_ce(tmp_path: Path, report: ModuleType) -> None:
+def test_report_shows_the_verdict_next_to_the_test_result(
+    tmp_path: Path, report: ModuleType
+) -> None:
     results = tmp_path / "results"
     results.mkdir()
     (results / "tune_digits.json").write_text(json.dumps(_tune_json()))
+    calibration = {
+        "folds": 5,
+        "rows": [{"kind": "null", "verdict": "no difference", "diff": 0.001, "threshold": 0.01}] * 19
+        + [{"kind": "null", "verdict": "better", "diff": 0.02, "threshold": 0.01}]
+        + [{"kind": "positive", "verdict": "better", "diff": 0.025, "threshold": 0.012}] * 2,
+        "null_no_difference_rate": 0.95,
+        "wall_s": 600.0,
+        "machine": MACHINE,
+    }  # fmt: skip
+    (results / "tune_calibration.json").write_text(json.dumps(calibration))
     readme = tmp_path / "README.md"
     readme.write_text("# T\n")
     assert report.main(["--results", str(results), "--readme", str(readme)]) == 0
     text = readme.read_text()
-    assert "### Tuning with `chanloss tune`" in text
+    assert "### Tuning with `chanloss tune`: the verdict against the test split" in text
     assert (
-        "**digits** (convnet_small, 10 epochs, 8 trials per search, median pruner, 2 jobs" in text
-    )
-    assert "15 min wall-clock for the invocation that wrote the file" in text
-    assert "| CE | 96.00 ± 1.00 | | |" in text
-    assert "| CE + CC-Loss, defaults | 91.00 ± 1.00 | | |" in text
-    assert (
-        "| CE + CC-Loss, tuned | 96.00 ± 1.00 | weight=0.0123, reduction=4, pair_reduction=sum "
-        "| 5 complete + 3 pruned trials, best val 95.00 %, 3 min in that invocation |"
+        "| digits, MC-Loss | alpha=0.5, beta=2 | 7 + 3 pruned | 1.23 | +2.00 (±1.00; 1.50) | gain "
+        "| +1.50 (1.00) | gain | yes |"
     ) in text
     assert (
-        "- digits, CC-Loss: tuned vs defaults +5.00 points (2 SE = 1.60): **beyond noise**; "
-        in text
+        "| digits, CC-Loss | alpha=0.5, beta=2 | 7 + 3 pruned | 1.23 | +0.40 (±1.00; 1.50) " in text
     )
-    assert "tuned vs CE +0.00 points (2 SE = 1.60): within noise." in text
-    # quick results are not reported
+    assert "| no difference | +3.00 (1.00) | gain | **no** |" in text
+    assert "CE's validation accuracy rose +0.40 points at most over the last quarter" in text
+    assert '"no difference" in **19 of 20** repeats (95 %)' in text
+    assert '"gain" in **2 of 2** (mean cross-validated gain +2.50 points, threshold ±1.20)' in text
+    # quick results, and results of the former schema, are not reported
     (results / "tune_digits.json").write_text(json.dumps(_tune_json(quick=True)))
+    (results / "tune_calibration.json").unlink()
     assert report.main(["--results", str(results), "--readme", str(readme)]) == 0
     assert "Tuning with" not in readme.read_text()
 

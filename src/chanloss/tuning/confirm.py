@@ -28,7 +28,7 @@ from chanloss.tuning.trials import confirm_runs
 if TYPE_CHECKING:
     from chanloss.tuning.tuner import Tuner
 
-__all__ = ["check_folds", "choose", "confirm_folds", "confirm_seeds", "finish"]
+__all__ = ["check_folds", "choose", "confirm_folds", "confirm_seeds", "cross_validate", "finish"]
 
 
 def check_folds(tuner: Tuner) -> None:
@@ -86,47 +86,65 @@ def choose(tuner: Tuner, study: Any) -> tuple[dict[str, Any], list[dict[str, Any
     return winner, rows
 
 
+def cross_validate(
+    tuned: dict[str, Any],
+    base: dict[str, Any],
+    folds: int,
+    out_dir: Path,
+    *,
+    jobs: int = 1,
+    log: Any = None,
+    names: tuple[str, str] = ("tuned", "ce"),
+) -> dict[str, Any]:
+    """The paired k-fold comparison of two training configs (``raw`` dicts with their seeds):
+    both trained on the same ``folds`` stratified folds of the training split (drawn with the
+    configs' ``data.split_seed``), each fold held out once as validation; the per-fold scores
+    and :func:`~chanloss.tuning.stats.paired_fold_test` of ``tuned - base``. Run directories
+    ``out_dir/<name>/fold<k>``."""
+    tasks, labels = [], []
+    for fold in range(folds):
+        for name, raw in zip(names, (tuned, base), strict=True):
+            r = copy.deepcopy(raw)
+            r["data"].update(val_fraction=0.0, folds=folds, fold=fold)
+            tasks.append((r, out_dir / name / f"fold{fold}"))
+            labels.append(f"{name} fold {fold}")
+    done = confirm_runs(tasks, jobs=jobs, log=log, labels=labels, read_test=False)
+    a = [r.score for r in done[0::2]]
+    b = [r.score for r in done[1::2]]
+    return {"tuned": a, "ce": b, "gain": paired_fold_test(a, b),
+            "curves": {names[0]: [r.curve for r in done[0::2]],
+                       names[1]: [r.curve for r in done[1::2]]}}  # fmt: skip
+
+
 def confirm_folds(tuner: Tuner, winner: dict[str, Any]) -> dict[str, Any]:
     """Paired, stratified k-fold confirmation on the whole training split: the winner and CE
     alone on the same K folds with the same seed, then both trained on the full training split
     and the test split read once each."""
     k, seed = tuner.folds, tuner.confirm_seed
-    arms = {
-        "tuned": tuner.trial_raw(winner["params"], seed),
-        "ce": {**tuner.ce_raw(), "seed": seed},
-    }
-    tasks, labels = [], []
-    for fold in range(k):
-        for label, raw in arms.items():
-            r = copy.deepcopy(raw)
-            r["data"].update(val_fraction=0.0, folds=k, fold=fold)
-            name = f"trial-{winner['trial']:04d}" if label == "tuned" else "ce"
-            tasks.append((r, tuner.out_dir / "confirm" / name / f"fold{fold}"))
-            labels.append(f"{label} fold {fold}")
+    name = f"trial-{winner['trial']:04d}"
+    tuned, ce = tuner.trial_raw(winner["params"], seed), {**tuner.ce_raw(), "seed": seed}
     tuner.log(f"confirming trial {winner['trial']} against CE alone on {k} folds (seed {seed}): "
-              f"{len(tasks)} runs, then both once on the full training split")  # fmt: skip
-    done = confirm_runs(tasks, jobs=tuner.jobs, log=tuner.log, labels=labels, read_test=False)  # fmt: skip
-    scores: dict[str, list[float]] = {"tuned": [], "ce": []}
-    for (_, path), res in zip(tasks, done, strict=True):
-        scores["tuned" if "trial-" in path.parent.name else "ce"].append(res.score)
+              f"{2 * k} runs, then both once on the full training split")  # fmt: skip
+    val = cross_validate(tuned, ce, k, tuner.out_dir / "confirm", jobs=tuner.jobs,
+                         log=tuner.log, names=(name, "ce"))  # fmt: skip
+    val.pop("curves")
     finals = []
-    for label, raw in arms.items():
+    for label, raw in ((name, tuned), ("ce", ce)):
         r = copy.deepcopy(raw)
         r["data"].update(val_fraction=0.0, folds=0)
-        name = f"trial-{winner['trial']:04d}" if label == "tuned" else "ce"
-        finals.append((r, tuner.out_dir / "final" / name))
+        finals.append((r, tuner.out_dir / "final" / label))
     final = confirm_runs(finals, jobs=tuner.jobs, log=tuner.log, labels=["tuned full", "ce full"])  # fmt: skip
     return {
         "mode": "folds",
         "folds": k,
         "seed": seed,
         "trial": winner["trial"],
-        "val": {**scores, "gain": paired_fold_test(scores["tuned"], scores["ce"])},
+        "val": val,
         "test": {
             "tuned": [final[0].test_acc],
             "ce": [final[1].test_acc],
             "gain": gain_over([final[0].test_acc], [final[1].test_acc]),
-        },  # fmt: skip
+        },
     }
 
 

@@ -101,10 +101,16 @@ def advice(conf: dict[str, Any]) -> str:
         return "the tuned setting beats CE alone on validation beyond noise: use best.yaml"
     if g["beyond"]:
         return "CE alone is better on validation beyond noise: keep CE (do not use best.yaml)"
-    return (
+    text = (
         "no difference beyond noise on validation: the tuned losses are not shown to help; "
         "CE alone is as good"
     )
+    if "detectable" in g and math.isfinite(g["detectable"]):
+        text += (
+            f" (this confirmation sees a gain only from about {100 * g['detectable']:.1f} "
+            "points; a smaller one is not ruled out)"
+        )
+    return text
 
 
 def chance_line(best: float, chance: float) -> str:

@@ -1,0 +1,155 @@
+"""Is the verdict of ``chanloss tune``'s k-fold confirmation calibrated? (resumable)
+
+    python benchmarks/bench_tune_calibration.py                   # 20 null + 2 positive repeats
+    python benchmarks/bench_tune_calibration.py --null 40 --positive 3 --jobs 2
+    python benchmarks/bench_tune_calibration.py --quick           # smoke: results/quick
+
+The confirmation the tuner runs after its search (:func:`chanloss.tuning.confirm.cross_validate`:
+paired, stratified 5-fold cross-validation of the training split, a paired t-test on the
+per-fold differences with the Nadeau-Bengio correction) is run here on two kinds of pairs:
+
+* **null**: two settings that are the same model. CE (seed ``100 + r``) against CE plus an
+  MC-Loss of weight 0 (seed ``200 + r``), on digits, a small ConvNet, 12 epochs. A zero-weight
+  MC-Loss alone leaves the run bit-identical to CE here (it draws nothing from the training
+  generators; measured), so the second arm also trains on another seed: the same model with
+  different randomness. Every repeat ``r`` draws its folds with ``data.split_seed = r``. The
+  verdict should say "no difference" in at least 95 % of the repeats.
+* **positive**: CE against CE + MC-Loss on the synthetic fine-grained set with the settings
+  ``chanloss demo`` uses, where the study found MC-Loss's test gain beyond seed noise; both arms
+  on the same seed (as the tuner does). The verdict should say that MC-Loss helps.
+
+Results: ``benchmarks/results/tune_calibration.json`` (per repeat: the per-fold scores, the mean
+difference, the threshold, p, the smallest detectable gain, the verdict; the rates; wall-clock,
+machine, commit). Runs live in ``runs/bench-tune-calibration/``; a second invocation reuses them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import _common as common  # noqa: E402
+
+FOLDS = 5
+NULL_RAW: dict[str, Any] = {
+    "model": {"name": "convnet_small", "width": 8, "feature_channels": 20, "pools": 1},
+    "data": {"name": "digits", "val_fraction": 0.0},
+    "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
+    "schedule": {"name": "cosine", "warmup_epochs": 1},
+    "epochs": 12,
+    "batch_size": 64,
+    "device": "cpu",
+}
+
+
+def positive_raw() -> dict[str, Any]:
+    from chanloss.training.demo import DEMO_CONFIGS
+
+    raw = copy.deepcopy(DEMO_CONFIGS["demo-mc"])
+    raw["device"] = "cpu"
+    raw["data"]["val_fraction"] = 0.0
+    return raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--null", type=common.positive_int, default=20, help="null repeats")
+    parser.add_argument("--positive", type=int, default=2, help="fine-grained repeats")
+    parser.add_argument("--jobs", type=common.positive_int, default=1, help="runs at once")
+    parser.add_argument("--quick", action="store_true", help="2 null repeats of 2 epochs")
+    parser.add_argument("--runs", type=Path, default=None)
+    parser.add_argument("--results", type=Path, default=None)
+    return parser
+
+
+def _row(kind: str, repeat: int, result: dict[str, Any], seconds: float) -> dict[str, Any]:
+    g = result["gain"]
+    verdict = "no difference" if not g["beyond"] else ("better" if g["diff"] > 0 else "worse")
+    return {
+        "kind": kind,
+        "repeat": repeat,
+        "tuned": result["tuned"],
+        "ce": result["ce"],
+        "diff": g["diff"],
+        "threshold": g["threshold"],
+        "detectable": g["detectable"],
+        "p": g["p"],
+        "verdict": verdict,
+        "wall_s": round(seconds, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from chanloss.tuning.confirm import cross_validate
+
+    torch.set_num_threads(1)
+    runs = args.runs or common.REPO_ROOT / (
+        "runs/bench-tune-calibration-quick" if args.quick else "runs/bench-tune-calibration"
+    )
+    results_dir = args.results or (common.QUICK_DIR if args.quick else common.RESULTS_DIR)
+    start = time.perf_counter()
+    rows = []
+    n_null = 2 if args.quick else args.null
+    n_pos = 0 if args.quick else args.positive
+    for r in range(n_null):
+        t0 = time.perf_counter()
+        base = copy.deepcopy(NULL_RAW)
+        if args.quick:
+            base["epochs"] = 2
+        base["data"]["split_seed"] = r
+        ce = {**copy.deepcopy(base), "losses": [{"name": "ce"}], "seed": 100 + r}
+        zero = {**copy.deepcopy(base), "seed": 200 + r,
+                "losses": [{"name": "ce"}, {"name": "mc", "weight": 0.0}]}  # fmt: skip
+        res = cross_validate(zero, ce, FOLDS, runs / "null" / f"repeat{r:02d}", jobs=args.jobs,
+                             names=("ce+mc0", "ce"))  # fmt: skip
+        rows.append(_row("null", r, res, time.perf_counter() - t0))
+        common.log(f"null {r}: {rows[-1]['verdict']} (diff {100 * res['gain']['diff']:+.2f}, "
+                   f"threshold {100 * res['gain']['threshold']:.2f}, p {res['gain']['p']:.2f})")  # fmt: skip
+    for r in range(n_pos):
+        t0 = time.perf_counter()
+        mc = positive_raw()
+        mc["data"]["split_seed"] = r
+        mc["seed"] = 300 + r
+        ce = {**copy.deepcopy(mc), "losses": [{"name": "ce"}]}
+        res = cross_validate(mc, ce, FOLDS, runs / "positive" / f"repeat{r:02d}", jobs=args.jobs,
+                             names=("ce+mc", "ce"))  # fmt: skip
+        rows.append(_row("positive", r, res, time.perf_counter() - t0))
+        common.log(f"positive {r}: {rows[-1]['verdict']} (diff {100 * res['gain']['diff']:+.2f}, "
+                   f"threshold {100 * res['gain']['threshold']:.2f}, p {res['gain']['p']:.2f})")  # fmt: skip
+    null = [row for row in rows if row["kind"] == "null"]
+    pos = [row for row in rows if row["kind"] == "positive"]
+    data = {
+        "quick": args.quick,
+        "folds": FOLDS,
+        "null_config": NULL_RAW,
+        "positive_config": positive_raw(),
+        "rows": rows,
+        "null_no_difference_rate": sum(r["verdict"] == "no difference" for r in null) / len(null),
+        "positive_better_rate": (sum(r["verdict"] == "better" for r in pos) / len(pos))
+        if pos
+        else None,
+        "jobs": args.jobs,
+        "wall_s": round(time.perf_counter() - start, 1),
+        "machine": common.machine_info("cpu"),
+        "command": " ".join(["python", "benchmarks/bench_tune_calibration.py", *sys.argv[1:]]),
+    }
+    path = results_dir / "tune_calibration.json"
+    common.write_json(path, data)
+    common.log(f"null: 'no difference' in {100 * data['null_no_difference_rate']:.0f} % of "
+               f"{len(null)}; positive: 'better' in {len(pos) and 100 * data['positive_better_rate']:.0f} % "
+               f"of {len(pos)}; {data['wall_s']:.0f} s; wrote {path}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
