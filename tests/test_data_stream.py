@@ -12,9 +12,9 @@ from PIL import Image
 
 from chanloss.data import DatasetError, build_datasets
 from chanloss.data.files import ImageSpec, eval_pixels
+from chanloss.training import train
 from chanloss.training.builders import Batches, build_augmentations
 from chanloss.training.config import ConfigError, load_config
-from chanloss.training.trainer import train
 
 CPU = torch.device("cpu")
 

@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 import yaml
 from torch import nn
 
-import chanloss.training.trainer as trainer_module
+import chanloss.training.build as trainer_module  # where the run is built
 from chanloss.cli import main
 from chanloss.training import (
     CheckpointError,
@@ -29,7 +29,8 @@ from chanloss.training import (
     load_config,
     train,
 )
-from chanloss.training.distributed import choose_backend, objective_scale, worker_command
+from chanloss.training.distributed import choose_backend, objective_scale
+from chanloss.training.launcher import worker_command
 
 WORLD, LOCAL_B, SUBSET, EPOCHS = 2, 16, 96, 2  # 3 steps per epoch of 2 x 16 (or 1 x 32) samples
 BASE = {

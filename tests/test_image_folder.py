@@ -66,8 +66,12 @@ def test_the_test_fraction_is_checked_and_a_class_too_small_to_split_is_named(tm
         ValueError, match=r"test_fraction must be a finite number in \(0, 0.9\], got 1.5"
     ):
         build_datasets("image_folder", root=str(root), test_fraction=1.5)
-    with pytest.raises(DatasetError, match="has no test/ folder, so data.options.test_fraction"):
+    with pytest.raises(DatasetError, match="class 'b' has 1 image there; expected at least 2"):
         build_datasets("image_folder", root=str(root))
+    # enough images per class, but fewer test images than classes: sklearn's reason, our hint
+    few = make_folder(tmp_path / "few", {"train": {"a": 2, "b": 2, "c": 2}})
+    with pytest.raises(DatasetError, match="has no test/ folder, so data.options.test_fraction"):
+        build_datasets("image_folder", root=str(few), test_fraction=0.2)
 
 
 @pytest.mark.parametrize("mode", ["memory", "stream"])

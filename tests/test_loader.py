@@ -125,7 +125,7 @@ def test_load_run_rebuilds_through_model_from_checkpoint(run, monkeypatch):
         return model_from_checkpoint(config, state, **shape)
 
     monkeypatch.setattr("chanloss.training.loader.model_from_checkpoint", spy)
-    monkeypatch.setattr("chanloss.training.trainer.model_from_checkpoint", spy)
+    monkeypatch.setattr("chanloss.training.build.model_from_checkpoint", spy)
     loaded = load_run(run / "last.pt", device="cpu", quiet=True)
     state = torch.load(run / "last.pt", weights_only=True)
     assert all(torch.equal(v, state["model"][k]) for k, v in loaded.model.state_dict().items())

@@ -231,8 +231,8 @@ def test_optimiser_groups_and_checkpoint_builds(tmp_path):
 
 
 def test_a_run_from_pretrained_weights_trains_and_evaluates_without_the_file(tmp_path):
+    from chanloss.training import train
     from chanloss.training.evaluate import evaluate_checkpoint
-    from chanloss.training.trainer import train
 
     path = tmp_path / "r18.pth"
     torch.save(torchvision_resnet(False, (2, 2, 2, 2), width=0.25), path)

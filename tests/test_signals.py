@@ -23,7 +23,7 @@ from torch import Tensor
 from chanloss.cli import main
 from chanloss.losses import LOSSES, Loss
 from chanloss.losses.registry import register_loss
-from chanloss.training import distributed, load_checkpoint, load_config, train
+from chanloss.training import launcher, load_checkpoint, load_config, train
 from chanloss.training.run_dir import RunDir, RunDirBusy
 from chanloss.training.trainer import TrainingInterrupted
 
@@ -194,13 +194,13 @@ def stand_in(tmp_path, monkeypatch):
 
     def use(mode: str) -> Path:
         monkeypatch.setattr(
-            distributed,
+            launcher,
             "worker_command",
             lambda argv: [sys.executable, "-c", WORKER, str(marks), mode],
         )
         return marks
 
-    monkeypatch.setattr(distributed, "GRACE_S", 0.2)
+    monkeypatch.setattr(launcher, "GRACE_S", 0.2)
     return use
 
 
@@ -221,7 +221,7 @@ def test_the_launcher_passes_signals_on_to_every_worker(tmp_path, stand_in, sign
     marks = stand_in("wait")
     thread = _when_ready(marks, lambda: os.kill(os.getpid(), signum))
     before = signal.getsignal(signum)
-    status = distributed.launch(2, ["train"], out_dir=tmp_path / "run")
+    status = launcher.launch(2, ["train"], out_dir=tmp_path / "run")
     thread.join()
     assert status == 128 + signum
     for rank in (0, 1):
@@ -238,7 +238,7 @@ def test_a_failed_worker_is_one_line_naming_its_log(tmp_path, stand_in, capsys, 
     stand_in(mode)
     run = tmp_path / "run"
     start = time.monotonic()
-    status = distributed.launch(2, ["train"], out_dir=run)
+    status = launcher.launch(2, ["train"], out_dir=run)
     assert time.monotonic() - start < 20  # worker 0 was stopped after the grace period
     log = run / "logs" / "rank1.log"
     assert status == (3 if mode == "fail" else 1)
@@ -251,7 +251,7 @@ def test_a_failed_worker_is_one_line_naming_its_log(tmp_path, stand_in, capsys, 
 def test_the_launcher_refuses_a_run_directory_in_use_before_starting(tmp_path, stand_in):
     marks = stand_in("wait")
     with RunDir(tmp_path / "run"), pytest.raises(RunDirBusy, match="in use by another"):
-        distributed.launch(2, ["train"], out_dir=tmp_path / "run")
+        launcher.launch(2, ["train"], out_dir=tmp_path / "run")
     assert not list(marks.iterdir())
 
 
@@ -344,5 +344,5 @@ def test_ddp_sigterm_saves_and_a_stopped_peer_ends_the_run_in_bounded_time(tmp_p
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("chanloss: error: process 0: a collective operation"), err
     assert "distributed.timeout_minutes" in lines[0]
-    assert took < 3 + distributed.GRACE_S + 5 + 10  # timeout + grace + stop + slack
+    assert took < 3 + launcher.GRACE_S + 5 + 10  # timeout + grace + stop + slack
     assert load_checkpoint(run / "last.pt")["epoch"] > epoch  # the run's checkpoints remain

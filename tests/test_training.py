@@ -363,7 +363,7 @@ def quantised_digits(config, *, uint8: bool):
 
 
 def test_a_uint8_data_set_trains_exactly_like_its_float_copy(tmp_path, monkeypatch):
-    import chanloss.training.trainer as trainer_module
+    import chanloss.training.build as trainer_module  # where the run is built
 
     build_data = trainer_module.build_data
     seen = {}

@@ -164,7 +164,7 @@ class _TestSplitGuard:
 
 @pytest.fixture
 def guarded(monkeypatch: pytest.MonkeyPatch) -> type[_TestSplitGuard]:
-    import chanloss.training.trainer as trainer_module
+    import chanloss.training.build as trainer_module  # where the run is built
     import chanloss.tuning.trials as trials_module
 
     build = trainer_module.build_data

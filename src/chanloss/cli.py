@@ -118,7 +118,7 @@ def _run_train(args: argparse.Namespace) -> int:
     config = load_config(config_path, args.overrides)
     out = args.out or f"runs/{config_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.nproc > 1:
-        from chanloss.training.distributed import launch
+        from chanloss.training.launcher import launch
 
         argv = list(getattr(args, "argv", None) or sys.argv[1:])
         return launch(args.nproc, argv if args.out else [*argv, "--out", out], out_dir=out)

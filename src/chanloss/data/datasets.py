@@ -542,6 +542,16 @@ def _carve_test(
     train: ImageFiles, fraction: float, base: Path
 ) -> tuple[ImageFiles, ImageFiles, str]:
     """Split ``train`` into (train, test) for a folder without ``test/``: stratified, fixed."""
+    counts = torch.bincount(train.labels)
+    if int(counts.min()) < 2:
+        small = int(counts.argmin())
+        name = train.paths[int((train.labels == small).nonzero()[0])].parent.name
+        raise DatasetError(
+            f"image_folder: {base} has no test/ folder, so a stratified test split "
+            f"(data.options.test_fraction={fraction:g}) is held out from train/, but class "
+            f"{name!r} has {int(counts[small])} image there; expected at least 2 images per "
+            "class, or test/<class>/ folders"
+        )
     try:
         keep, held = stratified_split(
             train.labels.numpy(), fraction, SPLIT_SEED, "image_folder test split"

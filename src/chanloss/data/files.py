@@ -40,7 +40,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from chanloss.data.base import DatasetError, DatasetFileNotFoundError
+from chanloss.errors import DatasetError, DatasetFileNotFoundError
 
 RESIZE_MODES = ("crop", "stretch")
 #: Bumped whenever the decoded pixels of a cache file would change for the same spec.

@@ -1,7 +1,9 @@
 """Losses with one call shape: ``loss(inputs, labels)``, ``loss.terms(...)``, ``loss.weights``.
 
-Every loss is registered under a snake-case config name; :func:`create_loss` builds one from
-a config entry.
+Every loss is registered under a snake-case config name, which builds its parameter spec
+(:func:`loss_spec`); :func:`create_loss` builds one from a config entry. Adding a loss is one
+new file here, imported below. :mod:`chanloss.losses.objective` combines the configured losses
+into the objective.
 """
 
 from chanloss.losses.arcface import ArcFaceLoss
@@ -17,7 +19,8 @@ from chanloss.losses.label_smoothing import LabelSmoothingLoss
 from chanloss.losses.lgm import LGMLoss
 from chanloss.losses.lsoftmax import LSoftmaxLoss
 from chanloss.losses.mc_loss import MCLoss
-from chanloss.losses.registry import LOSSES, create_loss, register_loss
+from chanloss.losses.registry import LOSSES, create_loss, loss_spec, register_loss
+from chanloss.losses.spec import LossSpec
 from chanloss.losses.sphereface import SphereFaceLoss
 
 __all__ = [
@@ -29,6 +32,8 @@ __all__ = [
     "LGMLoss",
     "Loss",
     "create_loss",
+    "loss_spec",
+    "LossSpec",
     "register_loss",
     "ArcFaceLoss",
     "CenterLoss",
@@ -39,3 +44,17 @@ __all__ = [
     "MCLoss",
     "SphereFaceLoss",
 ]
+
+
+def _register_every_loss() -> None:
+    """Import every module of this package, so that a loss added as one new file here is
+    registered (and so usable in configs, searches and the reference) with no other edit."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_register_every_loss()

@@ -340,6 +340,8 @@ class MCLoss(Loss):
     """
 
     consumes = "features"
+    #: keep_ratio gets no default when drop is given (giving both is an error).
+    exclusive_params = {"keep_ratio": "drop"}
     #: What ``chanloss tune`` varies (see chanloss.losses.search).
     search_space = {
         "alpha": LogUniform(1e-3, 10.0),

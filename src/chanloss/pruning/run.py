@@ -183,7 +183,7 @@ def prune_checkpoint(
     macs_after, params_after = count_macs(pruned, example)
     accuracy["pruned"] = _accuracies(pruned, scores, trainer, holdout)
     latency_after = measure_latency(pruned, example, options["latency_repeats"])
-    loss_states = _loss_states(trainer, state["losses"], record, feature, kept_all)
+    loss_states = _loss_states(trainer, state["losses"], feature, kept_all)
 
     out.mkdir(parents=True, exist_ok=True)
     tuned_started = time.perf_counter()
@@ -411,7 +411,6 @@ def _baseline_importance(
 def _loss_states(
     trainer: Any,
     saved: Sequence[dict[str, Tensor]],
-    record: dict[str, Any],
     feature: PrunableLayer | None,
     kept: dict[str, list[int]],
 ) -> list[dict[str, Tensor]]:
@@ -448,7 +447,6 @@ def _loss_states(
                 "fc2.bias": sd["fc2.bias"][channels].clone(),
             }
         )
-    del record
     return out
 
 

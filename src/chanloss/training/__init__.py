@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from chanloss.training.loader import load_run
     from chanloss.training.result import RunResult, read_result
     from chanloss.training.runner import run_many
-    from chanloss.training.trainer import Trainer, train
+    from chanloss.training.session import train
+    from chanloss.training.trainer import Trainer
 
 _WHERE = {
     "CheckpointError": "checkpoint",
@@ -58,7 +59,7 @@ _WHERE = {
     "read_result": "result",
     "run_many": "runner",
     "Trainer": "trainer",
-    "train": "trainer",
+    "train": "session",
 }
 
 __all__ = [

@@ -1,26 +1,20 @@
-"""Build the parts of a run from its config: device, data, batches, model and losses."""
+"""Build the parts of a run from its config: device, data, augmentation, model and losses.
+
+(:class:`~chanloss.training.batches.Batches` and
+:func:`~chanloss.training.seeding.seed_everything` are importable from here too.)
+"""
 
 from __future__ import annotations
 
-import functools
-import inspect
-import itertools
-import random
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from chanloss.data.base import DatasetError, to_float_images
-from chanloss.data.files import ImageFileDataset
+from chanloss.training.batches import Batches as Batches
 from chanloss.training.config import ConfigError, TrainConfig
-
-# Datasets held in memory are moved to the accelerator whole when their images (as stored:
-# uint8 for the sets decoded from 8-bit files) take less than this.
-_DEVICE_CACHE_BYTES = 2 << 30
+from chanloss.training.seeding import seed_everything as seed_everything
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,13 +32,6 @@ def resolve_device(name: str) -> torch.device:
                 f"{count} CUDA device{'' if count == 1 else 's'} (cuda:0 to cuda:{count - 1})"
             )
     return device
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (every device)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - the global generator other code draws from
-    torch.manual_seed(seed)
 
 
 def build_data(config: TrainConfig) -> Any:
@@ -177,7 +164,7 @@ class LossSlot:
 
 def build_losses(config: TrainConfig, model: nn.Module, num_classes: int) -> list[LossSlot]:
     """The configured losses, each with its context (classes, channels, embedding size)."""
-    from chanloss.losses import create_loss
+    from chanloss.losses import loss_spec
 
     context = {
         "num_classes": num_classes,
@@ -188,7 +175,8 @@ def build_losses(config: TrainConfig, model: nn.Module, num_classes: int) -> lis
     counts: dict[str, int] = {}
     for i, entry in enumerate(config.losses):
         try:
-            loss = create_loss(entry.name, context=context, **entry.params())
+            spec = loss_spec(entry.name)
+            loss = spec.build(context, **entry.params())
         except (ValueError, TypeError) as err:
             raise ConfigError(
                 f"losses.{i} ({entry.name}): {err}{_channels_hint(config, str(err), context)}"
@@ -198,9 +186,8 @@ def build_losses(config: TrainConfig, model: nn.Module, num_classes: int) -> lis
         columns = {
             term: prefix if term == entry.name else f"{prefix}_{term}" for term in loss.weights
         }
-        takes_generator = "generator" in inspect.signature(loss.terms).parameters
         slots.append(
-            LossSlot(i, entry.name, entry.weight, entry.lr, loss, takes_generator, columns)
+            LossSlot(i, entry.name, entry.weight, entry.lr, loss, spec.takes_generator, columns)
         )
     return slots
 
@@ -226,163 +213,6 @@ def _channels_hint(config: TrainConfig, text: str, context: dict[str, int]) -> s
 def count_parameters(module: nn.Module) -> int:
     """The number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-class Batches:
-    """Batches ``(images, labels)`` of a dataset, on the device.
-
-    Datasets held in memory (``.images`` / ``.labels`` tensors) are indexed directly (moved
-    to the accelerator once when they fit, in their stored dtype); a uint8 batch is moved to the
-    device first and converted to float32 in ``[0, 1]`` there (a quarter of the host-to-device
-    traffic). Others (stream mode, :class:`~chanloss.data.files.ImageFileDataset`) go through a
-    ``DataLoader`` with ``workers`` persistent processes (pinned memory on CUDA; each worker
-    seeded from ``seed`` and its id, and the random crops from ``(seed, epoch, index)``, so a
-    run repeats whatever the number of workers); a file that cannot be read stops the run
-    with a :class:`ConfigError` naming it, and the workers are shut down. The batches come from a
-    :class:`~chanloss.training.samplers.RankBatchSampler` (``sampler``: random or
-    class_balanced; with ``world_size`` processes, the share of ``rank``); those of epoch ``e``
-    depend only on the seed and ``e``, so a resumed run sees the same batches as an
-    uninterrupted one.
-    """
-
-    def __init__(
-        self,
-        dataset: Any,
-        *,
-        batch_size: int,
-        device: torch.device,
-        train: bool,
-        seed: int = 0,
-        workers: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        sampler: str = "random",
-        samples_per_class: int = 4,
-    ) -> None:
-        from chanloss.training.samplers import RankBatchSampler
-
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.device = device
-        self.train = train
-        self.seed = seed
-        self.workers = workers
-        self._loader: Any = None
-        self.size = len(dataset)
-        self.in_memory = isinstance(getattr(dataset, "images", None), Tensor) and isinstance(
-            getattr(dataset, "labels", None), Tensor
-        )
-        labels = getattr(dataset, "labels", getattr(dataset, "targets", None))
-        self.sampler = RankBatchSampler(
-            self.size,
-            batch_size=batch_size,
-            train=train,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            sampler=sampler,
-            samples_per_class=samples_per_class,
-            labels=torch.as_tensor(labels) if sampler == "class_balanced" and train else None,
-        )
-        if self.in_memory:
-            images, labels = dataset.images, dataset.labels.long()
-            if (
-                device.type != "cpu"
-                and images.numel() * images.element_size() < _DEVICE_CACHE_BYTES
-            ):
-                images, labels = images.to(device), labels.to(device)
-            self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """The batches of epoch ``epoch`` (shuffled when training), from batch ``start`` on
-        (a resumed epoch: the batches before it are neither indexed nor decoded)."""
-        self.sampler.set_epoch(epoch)
-        if self.in_memory:
-            yield from self._memory_batches(self.sampler.index_batches(epoch)[start:])
-        else:
-            yield from self._loader_batches(epoch, start)
-
-    def _memory_batches(self, batches: Tensor | list[slice]) -> Iterator[tuple[Tensor, Tensor]]:
-        on_device = self.images.device == self.device
-        if isinstance(batches, Tensor) and on_device:
-            batches = batches.to(self.device)
-        non_blocking = self.device.type == "cuda"
-        for idx in batches:
-            x, y = self.images[idx], self.labels[idx]
-            if not on_device:
-                x = x.to(self.device, non_blocking=non_blocking)
-                y = y.to(self.device, non_blocking=non_blocking)
-            yield to_float_images(x), y
-
-    def _loader_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        if self._loader is None:
-            tagged = isinstance(self.dataset, ImageFileDataset)
-            self._batch_sampler = _EpochTagged(self.sampler, tagged)
-            self._loader = torch.utils.data.DataLoader(
-                self.dataset,
-                batch_sampler=self._batch_sampler,
-                num_workers=self.workers,
-                pin_memory=self.device.type == "cuda",
-                persistent_workers=self.workers > 0,
-                worker_init_fn=functools.partial(_seed_worker, self.seed),
-                generator=torch.Generator().manual_seed(self.seed),
-            )
-        self._batch_sampler.epoch, self._batch_sampler.start = epoch, start
-        non_blocking = self.device.type == "cuda"
-        try:
-            for x, y in self._loader:
-                x = x.to(self.device, non_blocking=non_blocking)
-                yield (
-                    to_float_images(x) if x.dtype == torch.uint8 else x,
-                    torch.as_tensor(y).long().to(self.device, non_blocking=non_blocking),
-                )
-        except DatasetError as err:
-            self.close()
-            raise ConfigError(f"data: {_last_line(err)}") from None
-
-    def close(self) -> None:
-        """Shut the ``DataLoader`` workers down (they are started again when needed)."""
-        loader, self._loader = self._loader, None
-        iterator = getattr(loader, "_iterator", None)
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
-
-
-class _EpochTagged:
-    """The sampler's batches from batch ``start`` on; with ``tag``, of ``(index, epoch)`` pairs
-    (the epoch reaches the workers' random crops)."""
-
-    def __init__(self, sampler: Iterable[list[int]], tag: bool) -> None:
-        self.sampler = sampler
-        self.tag = tag
-        self.epoch = 0
-        self.start = 0
-
-    def __len__(self) -> int:
-        return len(self.sampler) - self.start  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]] | list[int]]:
-        epoch = self.epoch
-        for batch in itertools.islice(self.sampler, self.start, None):
-            yield [(int(i), epoch) for i in batch] if self.tag else batch
-
-
-def _seed_worker(seed: int, worker_id: int) -> None:
-    """A ``DataLoader`` worker: one thread, python/numpy/torch seeded from ``seed`` and its id."""
-    torch.set_num_threads(1)
-    seed_everything(seed * 1000 + worker_id)
-
-
-def _last_line(err: Exception) -> str:
-    """The message of an error re-raised from a ``DataLoader`` worker (whose text is the
-    worker's traceback), without the traceback and the exception's module path."""
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    last = lines[-1] if lines else type(err).__name__
-    prefix = f"{type(err).__module__}.{type(err).__name__}: "
-    return last.removeprefix(prefix)
 
 
 def run_preprocessing(config: TrainConfig, bundle: Any) -> dict[str, Any]:

@@ -166,17 +166,30 @@ def _signature_rows(
 ) -> list[list[str]]:
     """``[option, default, allowed values]`` per keyword parameter of ``func``; ``build(**kw)``
     builds the thing (default: ``func``) to ask its validation for a choice's values."""
+    options = [
+        (param.name, _EMPTY if param.default is param.empty else param.default)
+        for param in inspect.signature(func).parameters.values()
+        if param.name not in skip and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+    ]
+    return _option_rows(options, context, build or func)
+
+
+_EMPTY = object()  # an option without a default
+
+
+def _option_rows(
+    options: Sequence[tuple[str, Any]], context: Sequence[str], build: Callable[..., Any]
+) -> list[list[str]]:
+    """``[option, default, allowed values]`` per ``(name, default)`` (``_EMPTY``: none)."""
     rows = []
-    for param in inspect.signature(func).parameters.values():
-        if param.name in skip or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        if param.name in context:
+    for name, value in options:
+        if name in context:
             default = "filled in by the trainer"
-        elif param.default is inspect.Parameter.empty:
+        elif value is _EMPTY:
             default = "required"
         else:
-            default = format_value(param.default)
-        rows.append([f"`{param.name}`", default, _allowed(build or func, param)])
+            default = format_value(value)
+        rows.append([f"`{name}`", default, _allowed(build, name, value)])
     return rows
 
 
@@ -184,22 +197,22 @@ _PROBE = "\x00?"  # a value no option accepts: the validation error lists the al
 _ALLOWED_TEXT = {"image_size": "auto, an int or [height, width]"}
 
 
-def _allowed(build: Callable[..., Any], param: inspect.Parameter) -> str:
+def _allowed(build: Callable[..., Any], name: str, default: Any) -> str:
     """The allowed values of a choice option, as its own validation names them (``one of``),
     ``true or false`` for a flag, else empty."""
-    if isinstance(param.default, bool):
+    if isinstance(default, bool):
         return "true or false"
-    if isinstance(param.default, str) or param.name in ("layer4_stride",):
+    if isinstance(default, str) or name in ("layer4_stride",):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                build(**{param.name: _PROBE})
+                build(**{name: _PROBE})
         except Exception as err:  # the validation's message is what we want
-            found = re.search(re.escape(param.name) + r" must be one of (.*), got ", str(err))
+            found = re.search(re.escape(name) + r" must be one of (.*), got ", str(err))
             if found:
                 return "one of " + found.group(1).replace("'", "")
-        if param.default == "auto" and param.name in _ALLOWED_TEXT:
-            return _ALLOWED_TEXT[param.name]
+        if default == "auto" and name in _ALLOWED_TEXT:
+            return _ALLOWED_TEXT[name]
     return ""
 
 
@@ -207,7 +220,7 @@ def _allowed(build: Callable[..., Any], param: inspect.Parameter) -> str:
 def render() -> str:
     """The whole Markdown reference."""
     from chanloss.data import DATASETS
-    from chanloss.losses import LOSSES
+    from chanloss.losses import LOSSES, loss_spec
     from chanloss.models import MODELS, create_model
 
     _import_all_losses()
@@ -284,18 +297,18 @@ def render() -> str:
             _first_line(cls),
             "",
             f"Reads the model's `{cls.consumes}`; terms and their weights: "
-            + _terms_line(cls)
+            + _terms_line(name)
             + ".",
             "",
         ]
+        spec = loss_spec(name)
         context = {"num_classes": 10, "num_channels": 40, "embedding_dim": 16}
-        accepted = inspect.signature(cls.__init__).parameters
-        build = functools.partial(cls, **{k: v for k, v in context.items() if k in accepted})
+        build = functools.partial(spec.build, context)
+        options = [(p.name, _EMPTY if p.required else p.default) for p in spec.params.values()]
         out += _table(
-            ["Parameter", "Default", "Allowed"],
-            _signature_rows(cls.__init__, ("self",), CONTEXT_PARAMS, build),
+            ["Parameter", "Default", "Allowed"], _option_rows(options, CONTEXT_PARAMS, build)
         )
-        out += ["", _search_line(cls)]
+        out += ["", _search_line(spec.search_space)]
         out.append("")
 
     out += [
@@ -331,11 +344,10 @@ def render() -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def _search_line(cls: type) -> str:
-    """The loss's default search space for ``chanloss tune`` (its ``search_space``)."""
+def _search_line(space: dict[str, Any]) -> str:
+    """A loss's default search space for ``chanloss tune`` (its spec's ``search_space``)."""
     from chanloss.losses.search import describe
 
-    space = getattr(cls, "search_space", None) or {}
     if not space:
         return (
             "`chanloss tune` searches nothing of this loss unless the config's `search:` adds it."
@@ -348,14 +360,15 @@ def _search_line(cls: type) -> str:
     )
 
 
-def _terms_line(cls: type) -> str:
+def _terms_line(name: str) -> str:
     """The loss's terms with their default weights (from an instance built with defaults)."""
-    accepted = inspect.signature(cls.__init__).parameters
+    from chanloss.losses import create_loss
+
     context = {"num_classes": 10, "num_channels": 40, "embedding_dim": 8}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            loss = cls(**{k: v for k, v in context.items() if k in accepted})
+            loss = create_loss(name, context=context)
     except (TypeError, ValueError):  # a loss that cannot be built without user parameters
         return "see its docstring"
     return ", ".join(f"`{t}` (default weight {format_value(w)})" for t, w in loss.weights.items())

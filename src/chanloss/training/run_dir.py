@@ -32,7 +32,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,8 @@ import filelock
 import torch
 
 from chanloss.atomic import atomic_copy, atomic_open, open_temp, write_json, write_png
-from chanloss.errors import ConfigError, NonFiniteStateError, RunDirBusy
+from chanloss.errors import CheckpointError, ConfigError, NonFiniteStateError, RunDirBusy
+from chanloss.training.distributed import broadcast_object, is_main_process
 
 __all__ = [
     "HOLDER_FILE",
@@ -49,6 +50,8 @@ __all__ = [
     "RunDir",
     "RunDirBusy",
     "atomic_copy",
+    "check_start",
+    "owned",
     "atomic_open",
     "open_temp",
     "write_json",
@@ -350,3 +353,37 @@ def non_finite_tensors(tree: Any, *, limit: int = 3, prefix: str = "") -> list[s
     ok = torch.stack([t.to(tensors[0].device) for t in tensors]).tolist()
     bad = [name for name, good in zip(names, ok, strict=True) if not good]
     return bad[:limit] + ([f"{len(bad) - limit} more"] if len(bad) > limit else [])
+
+
+# -- starting a run ----------------------------------------------------------------------------
+def check_start(run: RunDir, resume: bool) -> None:
+    """Refuse a new run into a directory that holds one, and a resume without ``last.pt``."""
+    if not resume and run.last.exists():
+        raise ConfigError(
+            f"{run.path} already holds a run (last.pt); use --resume or another --out"
+        )
+    if resume and not run.last.exists():
+        raise CheckpointError(f"cannot resume: {run.last} does not exist")
+
+
+@contextlib.contextmanager
+def owned(run: RunDir) -> Iterator[RunDir]:
+    """Hold ``run``'s lock for the block on the main process (unless it is held already);
+    when it cannot be had, every rank raises the same one-line error."""
+    held = run.locked
+    error: ConfigError | None = None
+    if is_main_process() and not held:
+        try:
+            run.acquire()
+        except ConfigError as err:
+            error = err
+    message = broadcast_object(None if error is None else str(error))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise ConfigError(message)
+    try:
+        yield run
+    finally:
+        if not held:
+            run.release()

@@ -88,7 +88,7 @@ def _strip(raw: dict[str, Any]) -> dict[str, Any]:
 def train_locked(config: TrainConfig, run_dir: Path) -> RunResult:
     """Train (or resume, or read the result of) one run while holding its directory's lock;
     the status is checked again under the lock."""
-    from chanloss.training.trainer import train
+    from chanloss.training.session import train
 
     with RunDir(run_dir) as run:
         status = run_status(run_dir, config)

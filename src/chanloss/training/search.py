@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +50,7 @@ __all__ = [
 #: range gets (none is searched unless the block names it).
 OPTIM_SPACE: dict[str, type] = {"lr": LogUniform, "weight_decay": LogUniform, "momentum": Uniform}
 
-_CONTEXT = ("num_classes", "num_channels", "embedding_dim", "check_finite")
+_NOT_SEARCHED = ("check_finite",)  # a loss parameter that is a check, not a setting
 _LOG_KEYS = ("weight", "lr", "weight_decay")
 
 
@@ -69,18 +68,16 @@ class Dimension:
 
 
 def default_space(loss_class: type) -> dict[str, SearchParam]:
-    """A loss class's declared search space (empty when it declares none)."""
+    """A loss class's declared search space (empty when it declares none; a registered loss's
+    spec holds the same, :attr:`chanloss.losses.LossSpec.search_space`)."""
     return dict(getattr(loss_class, "search_space", None) or {})
 
 
-def _loss_keys(loss_class: type) -> list[str]:
-    params = inspect.signature(loss_class.__init__).parameters.values()
-    names = {
-        p.name
-        for p in params
-        if p.name not in ("self", *_CONTEXT) and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
-    return sorted(names | {"weight", "lr"})
+def _loss_keys(name: str) -> list[str]:
+    """The keys of loss ``name`` a ``search:`` block may name (from its spec)."""
+    from chanloss.losses import loss_spec
+
+    return [k for k in loss_spec(name).settable if k not in _NOT_SEARCHED]
 
 
 def _hint(key: str, options: list[str]) -> str:
@@ -172,7 +169,7 @@ def resolve_space(config: Any) -> tuple[list[Dimension], dict[tuple[str | int, .
     Raises ``ValueError`` (one line, naming the ``search`` key) for a loss that is not in the
     config, an unknown parameter, an empty range or a malformed entry.
     """
-    from chanloss.losses import LOSSES
+    from chanloss.losses import loss_spec
 
     block: dict[str, Any] = dict(config.search or {})
     names = [entry.name for entry in config.losses]
@@ -190,9 +187,9 @@ def resolve_space(config: Any) -> tuple[list[Dimension], dict[tuple[str | int, .
     dims: list[Dimension] = []
     fixed: dict[tuple[str | int, ...], Any] = {}
     for index, entry in enumerate(config.losses):
-        space = default_space(LOSSES[entry.name])
+        space = dict(loss_spec(entry.name).search_space)
         overrides = block.get(entry.name) or {}
-        accepted = _loss_keys(LOSSES[entry.name])
+        accepted = _loss_keys(entry.name)
         for key in overrides:
             if key not in accepted:
                 raise ValueError(
@@ -257,7 +254,7 @@ def apply_params(
 
 def _current(config: Any, dim: Dimension) -> Any:
     """The config's value of a dimension (the loss's constructor default when unset)."""
-    from chanloss.losses import LOSSES
+    from chanloss.losses import loss_spec
 
     if dim.path[0] == "optim":
         return getattr(config.optim, str(dim.path[1]))
@@ -267,8 +264,7 @@ def _current(config: Any, dim: Dimension) -> Any:
         return getattr(entry, key)
     if key in entry.params():
         return entry.params()[key]
-    default = inspect.signature(LOSSES[entry.name].__init__).parameters[key].default
-    return None if default is inspect.Parameter.empty else default
+    return loss_spec(entry.name).default(key)
 
 
 def _inside(param: SearchParam, value: Any) -> Any:

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from chanloss.errors import ConfigError as ConfigError
-from chanloss.errors import NonFiniteLossError
+from chanloss.errors import LossInputError, NonFiniteLossError
 from chanloss.errors import TrainingInterrupted as TrainingInterrupted
 from chanloss.training.distributed import is_main_process, reduce_sum
 
@@ -115,3 +116,78 @@ def nonfinite_error(
         f"{epoch * steps_per_epoch + step + 1}); {kept}; on_nonfinite: skip would "
         "skip such steps instead"
     )
+
+
+def refused_input_error(
+    name: str,
+    err: LossInputError,
+    epoch: int,
+    step: int,
+    steps_per_epoch: int,
+    global_step: int,
+    last: Path,
+) -> NonFiniteLossError:
+    """The error for loss ``name`` refusing its input (``check_finite``) at a step."""
+    kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint"
+    return NonFiniteLossError(
+        f"loss {name!r} (losses.{err.index}) refused its input at epoch {epoch + 1}, step "
+        f"{step + 1}/{steps_per_epoch} (global step {global_step + 1}): {err}; the model "
+        f"diverged: lower optim.lr, add warm-up or set grad_clip; {kept}"
+    )
+
+
+class NonFiniteCheck:
+    """Whether each step's loss terms and objective are finite (``on_nonfinite``).
+
+    On CPU (and with ``skip``) every step is checked as it happens; on accelerators with
+    ``stop`` the first bad step is kept on the device and checked at the next log point
+    (:meth:`raise_first_bad`), without a host sync per step. With several processes the
+    decision is taken on the sum over ranks, so that every rank skips or stops at the same step.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        columns: list[str],
+        on_nonfinite: str,
+        steps_per_epoch: int,
+        last: Path,
+    ) -> None:
+        self.every_step = device.type == "cpu" or on_nonfinite == "skip"
+        self.skip = on_nonfinite == "skip"
+        self.columns = columns
+        self.steps_per_epoch = steps_per_epoch
+        self.last = last
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_values = torch.zeros(len(columns) + 1, device=device)
+
+    def reset(self) -> None:
+        """Forget a recorded bad step (at the start of an epoch)."""
+        self.first_bad.fill_(-1)
+
+    def step_is_finite(self, stacked: Tensor, epoch: int, step: int, every_step: bool) -> bool:
+        """False when the step must be skipped; raises for ``on_nonfinite: stop``.
+
+        ``stacked`` holds the step's terms and objective; ``every_step`` checks them now
+        (else the first bad one is recorded on the device).
+        """
+        if every_step:
+            both = reduce_sum(stacked)
+            if bool(torch.isfinite(both).all()):
+                return True
+            if self.skip:
+                return False
+            raise self.error(stacked.tolist(), epoch, step)
+        first = ~torch.isfinite(stacked).all() & (self.first_bad < 0)
+        self.first_bad.copy_(torch.where(first, self.first_bad.new_full((), step), self.first_bad))
+        self.bad_values.copy_(torch.where(first, stacked, self.bad_values))
+        return True
+
+    def raise_first_bad(self, epoch: int) -> None:
+        """Raise for a non-finite step recorded on the device (one host sync)."""
+        if float(reduce_sum((self.first_bad >= 0).float())) > 0:
+            raise self.error(self.bad_values.tolist(), epoch, max(int(self.first_bad), 0))
+
+    def error(self, values: list[float], epoch: int, step: int) -> NonFiniteLossError:
+        """The error naming the non-finite terms, the epoch and the step."""
+        return nonfinite_error(self.columns, values, epoch, step, self.steps_per_epoch, self.last)

@@ -77,7 +77,7 @@ def run_trial(trial: Any, raw: dict[str, Any], run_dir: Path) -> TrialOutcome:
     validation accuracy of every evaluated epoch to ``trial`` and stopping when it is pruned."""
     import optuna
 
-    from chanloss.training.trainer import train
+    from chanloss.training.session import train
 
     start = time.perf_counter()
     curve: list[float] = []
@@ -130,7 +130,7 @@ def _validation_only(config: TrainConfig, run_dir: Path) -> RunResult:
     split (:func:`~chanloss.training.runner.train_locked` reads it)."""
     from chanloss.training.run_dir import RunDir
     from chanloss.training.runner import read_result, run_status
-    from chanloss.training.trainer import train
+    from chanloss.training.session import train
 
     with RunDir(run_dir) as run:
         status = run_status(run_dir, config)

@@ -257,28 +257,17 @@ class LossConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_name_and_params(self) -> LossConfig:
-        from chanloss.losses import LOSSES
+        from chanloss.losses import LOSSES, loss_spec
 
         if self.name not in LOSSES:
             hint = _did_you_mean(self.name, sorted(LOSSES))
             raise ValueError(f"unknown loss {self.name!r}{hint}; expected one of {sorted(LOSSES)}")
-        accepted = _constructor_params(LOSSES[self.name])
-        for key in self.params():
-            if key not in accepted:
-                hint = _did_you_mean(key, accepted + ["weight", "lr"])
-                raise ValueError(
-                    f"loss {self.name!r} has no parameter {key!r}{hint}; "
-                    f"its parameters are {accepted}"
-                )
+        spec = loss_spec(self.name)
         given = self.params()
-        wanted = [
-            key
-            for key in accepted
-            if key not in _LOSS_CONTEXT
-            and key != "weight"  # the entry's own ``weight`` (above) scales the whole loss
-            and _EXCLUSIVE_PARAMS.get((self.name, key)) not in given
-        ]
-        _fill_defaults(self.__pydantic_extra__, LOSSES[self.name].__init__, wanted)
+        spec.check_keys(given)
+        # a stored config names every parameter the run used (the loss's spec says which)
+        if self.__pydantic_extra__ is not None:
+            self.__pydantic_extra__.update(spec.defaults(given))
         return self
 
     def params(self) -> dict[str, Any]:
@@ -508,13 +497,6 @@ class TrainConfig(_Section):
 
 
 # -- helpers -----------------------------------------------------------------------------------
-# Loss arguments the trainer takes from the data and the model; never stored in a config.
-_LOSS_CONTEXT = ("num_classes", "num_channels", "embedding_dim")
-# (loss, parameter) -> the parameter that excludes it: MC-Loss's keep_ratio gets no default
-# when drop is given (giving both is an error).
-_EXCLUSIVE_PARAMS = {("mc", "keep_ratio"): "drop"}
-
-
 def _fill_defaults(target: dict[str, Any] | None, factory: Any, names: list[str]) -> None:
     """Add the keyword defaults of ``factory`` for ``names`` that ``target`` lacks, as plain
     YAML values, so that a stored config names every parameter a run used."""
@@ -534,15 +516,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [_plain(v) for v in value]
     return value
-
-
-def _constructor_params(cls: type) -> list[str]:
-    params = inspect.signature(cls.__init__).parameters.values()
-    return sorted(
-        p.name
-        for p in params
-        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    )
 
 
 def _did_you_mean(key: str, options: list[str]) -> str:
