@@ -156,11 +156,15 @@ class _OneConv(Backbone):
         self._finish(4, build_head("gap", 4, hidden=0, spatial=None))
 
 
-if "test_prune_one_conv" not in MODELS:
+@pytest.fixture
+def one_conv_model():
+    """A model whose only convolution is its feature layer, registered for one test only."""
     register_model("test_prune_one_conv")(lambda **kw: _OneConv(**kw))
+    yield
+    MODELS.pop("test_prune_one_conv")
 
 
-def test_bad_inputs_are_one_line_and_write_nothing(runs, tmp_path, capsys):
+def test_bad_inputs_are_one_line_and_write_nothing(runs, tmp_path, capsys, one_conv_model):
     good = str(runs["mc"])
     out = tmp_path / "never"
     cases = [

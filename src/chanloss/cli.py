@@ -13,19 +13,25 @@ runs, so that ``chanloss --help`` and ``chanloss COMMAND --help`` do not wait fo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from chanloss.cli_support import (
+    OUT_OF_MEMORY,
+    PROG,
+    config_error,
+    distributed_failure,
+    out_of_memory,
+    rerun_command,
+    stop_signals_before_training,
+)
 from chanloss.errors import UsageError
 
-PROG = "chanloss"
 USER_ERROR = 2
 NPROC_ENV = "CHANLOSS_NPROC"  # set by the --nproc launcher in its workers
 
@@ -130,7 +136,7 @@ def _run_train(args: argparse.Namespace) -> int:
     )
 
     with (
-        _stop_signals_before_training(),
+        stop_signals_before_training(),
         process_group(
             config.distributed.backend,
             resolve_device(config.device),
@@ -149,44 +155,6 @@ def _run_train(args: argparse.Namespace) -> int:
     if final is not None:
         print(f"final test accuracy {100 * final:.2f}%{best}; run in {out}", flush=True)
     return 0
-
-
-class _Stopped(KeyboardInterrupt):
-    """SIGTERM/SIGUSR1 outside the training loop (nothing to save): ``128 + signum``."""
-
-    def __init__(self, signum: int) -> None:
-        import signal
-
-        super().__init__(
-            f"interrupted by {signal.Signals(signum).name} while the run was starting or "
-            "finishing (no training step was cut short; the files on disk are complete)"
-        )
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def _stop_signals_before_training() -> Iterator[None]:
-    """SIGTERM and SIGUSR1 while a run starts (data, model, checkpoint loading), or between the
-    runs of ``compare`` and ``demo``, end it with one line instead of silently; once training
-    runs, the trainer's own handlers take over (and ``compare --jobs`` passes the stop on to its
-    workers, which save ``last.pt``)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: object) -> None:
-        raise _Stopped(signum)
-
-    names = ("SIGTERM", "SIGUSR1")
-    previous = {sig: signal.signal(sig, stop) for n in names if (sig := getattr(signal, n, None))}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 # -- eval --------------------------------------------------------------------------------------
@@ -241,7 +209,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     labelled = load_labelled(args.configs, args.overrides)
     for _, config in labelled:  # every config is checked before the first run starts
         preflight(config)
-    with _stop_signals_before_training():  # between runs; each run's trainer handles its own
+    with stop_signals_before_training():  # between runs; each run's trainer handles its own
         results = compare(
             labelled,
             seeds=args.seeds,
@@ -268,7 +236,7 @@ def _configure_demo(p: argparse.ArgumentParser) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from chanloss.training.demo import run_demo
 
-    with _stop_signals_before_training():
+    with stop_signals_before_training():
         run_demo(args.out, seeds=args.seeds, overrides=args.overrides, jobs=args.jobs)
     return 0
 
@@ -534,7 +502,7 @@ def _run_tune(args: argparse.Namespace) -> int:
         )
     except TuneInterrupted as err:
         again = list(args.argv) + ([] if args.resume else ["--resume"])
-        print(f"{PROG}: {err}; continue with: {_command(again)}", file=sys.stderr, flush=True)
+        print(f"{PROG}: {err}; continue with: {rerun_command(again)}", file=sys.stderr, flush=True)
         return 130
     return 0
 
@@ -617,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = COMMANDS[args.command].run(args)
     except SystemExit:  # --help and --version, before pydantic is imported for the next line
         raise
-    except (UsageError, _config_error(), FileNotFoundError) as err:
+    except (UsageError, config_error(), FileNotFoundError) as err:
         message = " ".join(str(err).split())
         print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
         return USER_ERROR
@@ -635,82 +603,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             nproc = os.environ.get(NPROC_ENV)  # started by --nproc N: resume with it
             if nproc:
                 again += ["--nproc", nproc]
-            print(f"{PROG}: {err}; resume with: {_command(again)}", file=sys.stderr, flush=True)
+            print(
+                f"{PROG}: {err}; resume with: {rerun_command(again)}", file=sys.stderr, flush=True
+            )
         else:  # compare and demo resume their unfinished runs themselves
             print(
-                f"{PROG}: {err}; resume by running the same command again: {_command(args.argv)}",
+                f"{PROG}: {err}; resume by running the same command again: {rerun_command(args.argv)}",
                 file=sys.stderr,
                 flush=True,
             )
         return status
     except MemoryError:
-        print(f"{PROG}: error: {_OUT_OF_MEMORY}", file=sys.stderr, flush=True)
+        print(f"{PROG}: error: {OUT_OF_MEMORY}", file=sys.stderr, flush=True)
         return USER_ERROR
     except RuntimeError as err:
-        if _out_of_memory(err):
+        if out_of_memory(err):
             first = " ".join(str(err).split())[:200]
-            print(f"{PROG}: error: {_OUT_OF_MEMORY} ({first})", file=sys.stderr, flush=True)
+            print(f"{PROG}: error: {OUT_OF_MEMORY} ({first})", file=sys.stderr, flush=True)
             return USER_ERROR
-        reason = _distributed_failure(err)
+        reason = distributed_failure(err)
         if reason is None:
             raise
         print(f"{PROG}: error: {reason}", file=sys.stderr, flush=True)
         return 1
     return int(status or 0)
-
-
-_OUT_OF_MEMORY = (
-    "out of memory; expected a smaller batch_size, eval_batch_size, image size "
-    "(data.augment.resize) or model; the last checkpoint (if any) is kept"
-)
-
-
-def _out_of_memory(err: RuntimeError) -> bool:
-    """A CPU or CUDA allocation that failed (torch raises these as RuntimeError)."""
-    torch = sys.modules.get("torch")
-    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
-    text = str(err)
-    return (oom is not None and isinstance(err, oom)) or any(
-        k in text for k in ("can't allocate memory", "CUDA out of memory", "out of memory")
-    )
-
-
-def _config_error() -> type[Exception]:
-    from chanloss.training.config import ConfigError
-
-    return ConfigError
-
-
-def _distributed_failure(err: RuntimeError) -> str | None:
-    """One line for a failed collective (a peer process stopped, died or timed out), else
-    None. Multi-process runs only."""
-    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "0", "1"):
-        return None
-    dist = sys.modules.get("torch.distributed")
-    text = " ".join(str(err).split())
-    known = ("gloo", "NCCL", "Connection closed by peer", "Timed out", "timed out", "Socket")
-    dist_error = getattr(dist, "DistError", None) if dist is not None else None
-    if not (
-        (dist_error is not None and isinstance(err, dist_error)) or any(k in text for k in known)
-    ):
-        return None
-    rank = os.environ.get("RANK", "?")
-    detail = text[:300] + ("..." if len(text) > 300 else "")
-    return (
-        f"process {rank}: a collective operation with the other processes failed ({detail}); "
-        "another process stopped, died or did not answer within distributed.timeout_minutes"
-    )
-
-
-def _command(arguments: Sequence[str]) -> str:
-    """A shell command running ``arguments`` the way this process was started: the ``chanloss``
-    script, or ``python -m chanloss`` with this interpreter."""
-    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if script is not None and script.name == PROG:
-        program = [str(script)]
-    else:
-        program = [sys.executable, "-m", PROG]
-    return shlex.join([*program, *arguments])
 
 
 if __name__ == "__main__":  # pragma: no cover
