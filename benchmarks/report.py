@@ -405,7 +405,8 @@ def tune_section(found: dict[str, Any]) -> list[str]:
                     if conv
                     else "(not measured)"
                 )  # fmt: skip
-                + f"; {fmt_seconds(data['wall_s'])} wall-clock for the data set on "
+                + f"; {fmt_seconds(data['wall_s'])} wall-clock for the invocation that wrote the "
+                "file (finished trials and runs of earlier invocations reused) on "
                 f"{machine_line(data.get('machine'))}."
             )
         out.append("")
