@@ -373,14 +373,29 @@ def save(result: dict[str, Any]) -> None:
     out.with_suffix(".md").write_text(markdown(result))
 
 
+def _cell(row: dict[str, Any]) -> tuple:
+    return (row["setup"], row["loss"], row["speedup_target"], row["method"])
+
+
 def merge(paths: list[Path]) -> dict[str, Any]:
     """One result from several (the setups run as separate processes)."""
     parts = [json.loads(p.read_text()) for p in paths]
-    rows = [r for part in parts for r in part["rows"]]
+    rows, seen = [], set()
+    for row in (r for part in parts for r in part["rows"]):
+        key = (row["setup"], row["loss"], row["seed"], row["speedup_target"], row["method"])
+        if key not in seen:  # a model measured by two processes counts once
+            seen.add(key)
+            rows.append(row)
     first = parts[0]
     return {
         **first,
-        "finished": all(p.get("finished") for p in parts),
+        # complete when every (setup, loss, speedup, method) cell has all the seeds, even if a
+        # process was stopped after the model the others did not cover
+        "finished": len(
+            {len([r for r in rows if _cell(r) == _cell(x)]) for x in rows}
+            | {max(len({r["seed"] for r in rows if r["setup"] == x["setup"]}) for x in rows)}
+        )
+        == 1,
         "settings": {
             **first["settings"],
             "seeds": min(

@@ -117,7 +117,7 @@ def load(results: Path, *, include_quick: bool = False) -> dict[str, Any]:
             found["speed"][name] = [data]
     prune = _read_json(results / "prune_cpu.json", include_quick)
     if prune is not None and prune.get("rows"):
-        found["prune"] = prune
+        found["prune"] = {**prune, "latency": _read_json(results / "prune_latency_cpu.json")}
     cc_forms = _read_json(results / "cc_forms.json", include_quick)
     if cc_forms is not None and cc_forms.get("rows"):
         found["cc_forms"] = cc_forms

@@ -148,7 +148,14 @@ def test_report_renders_the_pruning_section(bench, tmp_path):
         in row
     )
     assert any("CPLI − l1 = +10.0 pts" in x and "CPLI better" in x for x in lines)
-    assert any("batch-64 CPU latency 2.00x lower" in x for x in lines)
+    assert any("latency measured inside those runs 2.00x lower" in x for x in lines)
+    timing = {"ratio_2x": 1.5, "ratio_4x": 2.5, "ratio_2x_min": 1.6, "ratio_4x_min": 2.6}
+    latency = {"machine": {"torch_threads": 2}, "batch1": timing, "batch64": timing}
+    (tmp_path / "prune_latency_cpu.json").write_text(json.dumps(latency))
+    lines = report.prune_section(report.load(tmp_path).get("prune"), report.machine_line)
+    assert any(
+        "(ResNet-20, 2 torch threads" in x and "batch 64 1.50x (1.60x) at 2x" in x for x in lines
+    )
     assert "### Channel pruning" in report.render(found, tmp_path)
     quick = {**data, "quick": True}
     (tmp_path / "prune_cpu.json").write_text(json.dumps(quick))
