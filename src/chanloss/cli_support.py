@@ -92,10 +92,14 @@ def distributed_failure(err: RuntimeError) -> str | None:
         return None
     dist = sys.modules.get("torch.distributed")
     text = " ".join(str(err).split())
-    known = ("gloo", "NCCL", "Connection closed by peer", "Timed out", "timed out", "Socket")
+    # gloo words a stopped peer differently from release to release and from one collective
+    # to another ("Connection closed by peer", "Timed out waiting ...", "Application timeout
+    # caused pair closure"), so the markers are matched without regard to case.
+    known = ("gloo", "nccl", "connection closed by peer", "timed out", "timeout", "socket")
+    lowered = text.lower()
     dist_error = getattr(dist, "DistError", None) if dist is not None else None
     if not (
-        (dist_error is not None and isinstance(err, dist_error)) or any(k in text for k in known)
+        (dist_error is not None and isinstance(err, dist_error)) or any(k in lowered for k in known)
     ):
         return None
     rank = os.environ.get("RANK", "?")
