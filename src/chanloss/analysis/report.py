@@ -27,6 +27,7 @@ from chanloss.analysis.collect import ATTENTION_GAP, RunData, collect, load_trai
 from chanloss.analysis.metrics import separability
 from chanloss.analysis.plots import finite_range, plot_channel_maps, plot_heatmaps, plot_tsne
 from chanloss.analysis.views import class_correlation, class_means
+from chanloss.html_style import REPORT_CSS
 from chanloss.training.run_dir import atomic_open
 
 __all__ = ["METRIC_COLUMNS", "analyze", "remove_earlier_outputs", "run_labels", "subsample"]
@@ -366,18 +367,6 @@ def _figures(
 
 
 # -- HTML ----------------------------------------------------------------------------------------
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; padding: 0 1em; max-width: 1400px;
-       box-sizing: border-box; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; font-size: 0.85em; }
-th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
-th { background: #f2f2f2; } td.l { text-align: left; }
-img { max-width: 100%; border: 1px solid #eee; }
-.row { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
-.row figure { margin: 0; flex: 1 1 300px; min-width: 0; max-width: 600px; }
-figcaption, p.note { font-size: 0.85em; color: #555; }
-"""
 
 _METRIC_HEAD = [
     ("label", "run"),
@@ -436,7 +425,7 @@ def _html(
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<title>chanloss analysis</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{REPORT_CSS}</style></head><body>",
         "<h1>chanloss analysis</h1>",
         f"<ul>{runs_list}</ul>",
         "<h2>Metrics</h2>",

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from chanloss.html_style import REPORT_CSS  # noqa: E402
 from chanloss.losses.search import Choice, LogUniform  # noqa: E402
 from chanloss.training.search import Dimension  # noqa: E402
 from chanloss.tuning.common import mean_std, write_text  # noqa: E402
@@ -32,16 +33,6 @@ from chanloss.tuning.output import pct as output_pct  # noqa: E402
 
 __all__ = ["write_report"]
 
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; padding: 0 1em; max-width: 1400px;
-       box-sizing: border-box; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; font-size: 0.85em; }
-th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
-th { background: #f2f2f2; } td.l { text-align: left; }
-img { max-width: 100%; border: 1px solid #eee; }
-p.note { font-size: 0.85em; color: #555; }
-"""
 _DPI = 100
 
 
@@ -199,7 +190,7 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<title>chanloss tune</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{REPORT_CSS}</style></head><body>",
         "<h1>chanloss tune</h1>",
         f"<p>Config <code>{esc(str(summary.get('config')))}</code>, storage "
         f"<code>{esc(summary['storage'])}</code>: {counts['COMPLETE']} complete, "
