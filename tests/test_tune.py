@@ -7,6 +7,7 @@ import copy
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -339,6 +340,44 @@ def test_two_processes_share_one_storage(tmp_path: Path, kind: str) -> None:
     ]
     complete = [t.params["optim.lr"] for t in study.trials if t.state.name == "COMPLETE"]
     assert all(any(lr == pytest.approx(c) for c in complete) for lr in lrs)
+
+
+def _pop_queue(spec: str, out: Any) -> None:
+    import optuna
+
+    from chanloss.tuning import STUDY_NAME, open_storage
+
+    study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(spec))
+    claimed = []
+    while "k" in (trial := study.ask()).user_attrs:
+        claimed.append(trial.user_attrs["k"])
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    out.put(claimed)
+
+
+def test_two_workers_popping_one_sqlite_queue_never_get_the_same_trial(tmp_path: Path) -> None:
+    # Without BEGIN IMMEDIATE, Optuna's read-then-update of a waiting trial raced in SQLite:
+    # 6 to 14 of these 60 trials were handed to both workers
+    import multiprocessing
+
+    import optuna
+
+    from chanloss.tuning import STUDY_NAME, open_storage
+
+    spec = f"sqlite:///{tmp_path / 'queue.db'}"
+    study = optuna.create_study(study_name=STUDY_NAME, storage=open_storage(spec))
+    for k in range(60):
+        study.enqueue_trial({}, user_attrs={"k": k})
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_pop_queue, args=(spec, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    claimed = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    both = claimed[0] + claimed[1]
+    assert sorted(both) == list(range(60)), claimed
 
 
 def test_a_trial_cut_short_by_a_killed_process_is_queued_again_on_resume(tmp_path: Path) -> None:
