@@ -18,6 +18,8 @@ the measured noise, the cross-validated gain, its threshold and smallest detecta
 verdict, the test accuracies per seed and their verdict, whether the two agree; wall-clock of
 each search and of the whole data set, machine and commit). Runs live in
 ``runs/bench-tune/<dataset>/``; a second invocation reuses finished trials and runs.
+``--rescore`` recomputes each verdict from the per-fold scores already in the results files with
+the current test (no training) and records that command and commit under ``rescored``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="2 epochs, 3 trials, 2 folds")
     parser.add_argument("--runs", type=Path, default=None, help="default runs/bench-tune")
     parser.add_argument("--results", type=Path, default=None, help="default benchmarks/results")
+    parser.add_argument("--rescore", action="store_true",
+                        help="recompute the verdicts of the results files from their fold scores")  # fmt: skip
     return parser
 
 
@@ -88,7 +92,7 @@ def ce_convergence(out: Path) -> float | None:
 def run_loss(dataset: str, loss: str, base: dict[str, Any], args: argparse.Namespace,
              runs: Path, trials: int, folds: int) -> dict[str, Any]:  # fmt: skip
     from chanloss.training import load_config
-    from chanloss.tuning import advice, confirm_runs, gain_over, tune
+    from chanloss.tuning import confirm_runs, gain_over, tune
 
     raw = {**copy.deepcopy(base), "losses": [{"name": "ce"}, {"name": loss}]}
     out = runs / dataset / f"tune-{loss}"
@@ -106,21 +110,11 @@ def run_loss(dataset: str, loss: str, base: dict[str, Any], args: argparse.Names
     if summary["best"] is None:
         return entry
     conf = summary["confirmation"]
-    g = conf["val"]["gain"]
     entry.update(
         chosen={k.split(".", 1)[1]: v for k, v in summary["best"]["params"].items()},
         best_trial=summary["best"]["trial"],
         reruns=summary["reruns"],
-        cv={
-            "tuned": conf["val"]["tuned"],
-            "ce": conf["val"]["ce"],
-            "diff": g["diff"],
-            "threshold": g["threshold"],
-            "detectable": g["detectable"],
-            "p": g["p"],
-            "beyond": g["beyond"],
-        },  # fmt: skip
-        verdict=advice(conf),
+        **cv_entry(conf["val"]["tuned"], conf["val"]["ce"]),
     )
     from chanloss.training.config import yaml_load
 
@@ -140,12 +134,42 @@ def run_loss(dataset: str, loss: str, base: dict[str, Any], args: argparse.Names
     done = confirm_runs(tasks, jobs=args.jobs, log=common.log, labels=labels)
     a = [r.test_acc for lab, r in zip(labels, done, strict=True) if lab.startswith("tuned")]
     b = [r.test_acc for lab, r in zip(labels, done, strict=True) if lab.startswith("ce")]
-    test = gain_over(a, b)
-    entry["test"] = {"tuned": a, "ce": b, **test}
-    says_gain = bool(g["beyond"]) and g["diff"] > 0
-    test_gain = bool(test["beyond"]) and test["diff"] > 0
-    entry["agrees"] = says_gain == test_gain
+    entry["test"] = {"tuned": a, "ce": b, **gain_over(a, b)}
+    entry["agrees"] = agrees(entry)
     return entry
+
+
+def cv_entry(tuned: list[float], ce: list[float]) -> dict[str, Any]:
+    """The cross-validated gain of per-fold scores and the verdict printed for it."""
+    from chanloss.tuning import advice
+    from chanloss.tuning.stats import paired_fold_test
+
+    g = paired_fold_test(tuned, ce)
+    keys = ("diff", "threshold", "detectable", "p", "beyond", "p_corrected", "beyond_corrected")
+    return {
+        "cv": {"tuned": tuned, "ce": ce, **{k: g[k] for k in keys}},
+        "verdict": advice({"mode": "folds", "val": {"gain": g}}),
+    }
+
+
+def agrees(entry: dict[str, Any]) -> bool:
+    """Whether the cross-validated verdict claims a gain exactly when the test check shows one."""
+    cv, test = entry["cv"], entry["test"]
+    return (bool(cv["beyond"]) and cv["diff"] > 0) == (bool(test["beyond"]) and test["diff"] > 0)
+
+
+def rescore(path: Path, command: str) -> dict[str, Any]:
+    """A results file with each verdict recomputed from its per-fold scores."""
+    import json
+
+    data = json.loads(path.read_text())
+    for entry in data["losses"].values():
+        if "cv" in entry:
+            entry.update(cv_entry(entry["cv"]["tuned"], entry["cv"]["ce"]))
+            if "test" in entry:
+                entry["agrees"] = agrees(entry)
+    data["rescored"] = {"command": command, "git": common.git_commit()}
+    return data
 
 
 def run_dataset(dataset: str, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
@@ -172,12 +196,14 @@ def run_dataset(dataset: str, args: argparse.Namespace, runs: Path) -> dict[str,
         "losses": losses,
         "wall_s": round(time.perf_counter() - start, 1),
         "machine": common.machine_info("cpu"),
-        "command": " ".join(["python", "benchmarks/bench_tune.py", *sys.argv[1:]]),
+        "command": args.command,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command = " ".join(["python", "benchmarks/bench_tune.py",
+                             *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
     import torch
 
     common.import_all_losses()
@@ -194,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, runs: Path, results: Path) -> int:
     for dataset in args.datasets:
-        data = run_dataset(dataset, args, runs)
         path = results / f"tune_{dataset}.json"
+        data = rescore(path, args.command) if args.rescore else run_dataset(dataset, args, runs)
         common.write_json(path, data)
         for loss, e in data["losses"].items():
             if "test" in e:

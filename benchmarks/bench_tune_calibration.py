@@ -6,7 +6,7 @@
 
 The confirmation the tuner runs after its search (:func:`chanloss.tuning.confirm.cross_validate`:
 paired, stratified 5-fold cross-validation of the training split, a paired t-test on the
-per-fold differences with the Nadeau-Bengio correction) is run here on two kinds of pairs:
+per-fold differences; the Nadeau-Bengio corrected p beside it) is run here on two kinds of pairs:
 
 * **null**: two settings that are the same model. CE (seed ``100 + r``) against CE plus an
   MC-Loss of weight 0 (seed ``200 + r``), on digits, a small ConvNet, 12 epochs. A zero-weight
@@ -21,6 +21,8 @@ per-fold differences with the Nadeau-Bengio correction) is run here on two kinds
 Results: ``benchmarks/results/tune_calibration.json`` (per repeat: the per-fold scores, the mean
 difference, the threshold, p, the smallest detectable gain, the verdict; the rates; wall-clock,
 machine, commit). Runs live in ``runs/bench-tune-calibration/``; a second invocation reuses them.
+``--rescore`` recomputes every verdict from the per-fold scores already in the results file with
+the current test (no training), and records that command and commit under ``rescored``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="2 null repeats of 2 epochs")
     parser.add_argument("--runs", type=Path, default=None)
     parser.add_argument("--results", type=Path, default=None)
+    parser.add_argument("--rescore", action="store_true",
+                        help="recompute the verdicts of the results file from its per-fold scores")  # fmt: skip
     return parser
 
 
@@ -81,13 +85,45 @@ def _row(kind: str, repeat: int, result: dict[str, Any], seconds: float) -> dict
         "threshold": g["threshold"],
         "detectable": g["detectable"],
         "p": g["p"],
+        "p_corrected": g["p_corrected"],
         "verdict": verdict,
         "wall_s": round(seconds, 1),
     }
 
 
+def _rates(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    null = [row for row in rows if row["kind"] == "null"]
+    pos = [row for row in rows if row["kind"] == "positive"]
+    return {
+        "null_no_difference_rate": sum(r["verdict"] == "no difference" for r in null) / len(null),
+        "positive_better_rate": (sum(r["verdict"] == "better" for r in pos) / len(pos))
+        if pos
+        else None,
+    }
+
+
+def rescore(path: Path, command: str) -> dict[str, Any]:
+    """The results file with every verdict recomputed from its per-fold scores."""
+    import json
+
+    from chanloss.tuning.stats import paired_fold_test
+
+    data = json.loads(path.read_text())
+    data["rows"] = [
+        _row(row["kind"], row["repeat"],
+             {"tuned": row["tuned"], "ce": row["ce"],
+              "gain": paired_fold_test(row["tuned"], row["ce"])}, row["wall_s"])
+        for row in data["rows"]
+    ]  # fmt: skip
+    data.update(_rates(data["rows"]))
+    data["rescored"] = {"command": command, "git": common.git_commit()}
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = " ".join(["python", "benchmarks/bench_tune_calibration.py",
+                        *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
     import torch
 
     from chanloss.tuning.confirm import cross_validate
@@ -97,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         "runs/bench-tune-calibration-quick" if args.quick else "runs/bench-tune-calibration"
     )
     results_dir = args.results or (common.QUICK_DIR if args.quick else common.RESULTS_DIR)
+    path = results_dir / "tune_calibration.json"
+    if args.rescore:
+        data = rescore(path, command)
+        common.write_json(path, data)
+        common.log(f"rescored: null 'no difference' {100 * data['null_no_difference_rate']:.0f} %, "
+                   f"positive 'better' {100 * (data['positive_better_rate'] or 0):.0f} %; wrote {path}")  # fmt: skip
+        return 0
     start = time.perf_counter()
     rows = []
     n_null = 2 if args.quick else args.null
@@ -134,16 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         "null_config": NULL_RAW,
         "positive_config": positive_raw(),
         "rows": rows,
-        "null_no_difference_rate": sum(r["verdict"] == "no difference" for r in null) / len(null),
-        "positive_better_rate": (sum(r["verdict"] == "better" for r in pos) / len(pos))
-        if pos
-        else None,
+        **_rates(rows),
         "jobs": args.jobs,
         "wall_s": round(time.perf_counter() - start, 1),
         "machine": common.machine_info("cpu"),
-        "command": " ".join(["python", "benchmarks/bench_tune_calibration.py", *sys.argv[1:]]),
+        "command": command,
     }
-    path = results_dir / "tune_calibration.json"
     common.write_json(path, data)
     common.log(f"null: 'no difference' in {100 * data['null_no_difference_rate']:.0f} % of "
                f"{len(null)}; positive: 'better' in {len(pos) and 100 * data['positive_better_rate']:.0f} % "

@@ -407,7 +407,7 @@ def tune_section(found: dict[str, Any]) -> list[str]:
                 )  # fmt: skip
                 + f"; {fmt_seconds(data['wall_s'])} wall-clock for the invocation that wrote the "
                 "file (finished trials and runs of earlier invocations reused) on "
-                f"{machine_line(data.get('machine'))}."
+                f"{machine_line(data.get('machine'))}" + _rescored_text(data) + "."
             )
         out.append("")
     if calibration:
@@ -429,11 +429,40 @@ def tune_section(found: dict[str, Any]) -> list[str]:
                 if pos
                 else ""
             )
+            + _corrected_text(rows)
             + f". {fmt_seconds(calibration['wall_s'])} wall-clock on "
-            f"{machine_line(calibration.get('machine'))}.",
+            f"{machine_line(calibration.get('machine'))}" + _rescored_text(calibration) + ".",
             "",
         ]
     return out
+
+
+def _corrected_text(rows: list[dict[str, Any]]) -> str:
+    """How the Nadeau-Bengio corrected test, reported beside the verdict, would have ruled."""
+    null = [r["p_corrected"] for r in rows if r["kind"] == "null" and "p_corrected" in r]
+    pos = [r for r in rows if r["kind"] == "positive" and "p_corrected" in r]
+    if not null:
+        return ""
+    return (
+        f' (the Nadeau-Bengio corrected test beside it: "no difference" in '
+        f"{sum(p >= 0.05 for p in null)} of {len(null)}"
+        + (
+            f', "gain" in {sum(r["p_corrected"] < 0.05 and r["diff"] > 0 for r in pos)} of '
+            f"{len(pos)}"
+            if pos
+            else ""
+        )  # fmt: skip
+        + ")"
+    )
+
+
+def _rescored_text(data: dict[str, Any]) -> str:
+    """Verdicts recomputed from the stored per-fold scores (``--rescore``): by which command."""
+    again = data.get("rescored")
+    if not again:
+        return ""
+    commit = (again.get("git") or {}).get("commit") or "?"
+    return f"; verdicts recomputed from the stored fold scores by `{again['command']}` at commit `{commit[:10]}`"
 
 
 def grid_text(grids: dict[str, dict[str, list[Any]]]) -> str:

@@ -167,3 +167,44 @@ def test_report_marks_the_tuned_columns(tmp_path: Path, report: ModuleType) -> N
     text = readme.read_text()
     assert "| loss | digits, every loss tuned |" in text
     assert "Columns marked *every loss tuned* are the fair comparison" in text
+
+
+def test_rescore_recomputes_the_verdicts_from_the_stored_fold_scores(tmp_path: Path) -> None:
+    from scipy import stats
+
+    bench = _load("chanloss_bench_tune_rescore", BENCH / "bench_tune.py")
+    calib = _load("chanloss_bench_calibration_rescore", BENCH / "bench_tune_calibration.py")
+    results = tmp_path / "results"
+    results.mkdir()
+    data = _tune_json()
+    # every fold favours the tuned arm by about 1.7 points: beyond noise (paired t-test)
+    tuned, ce = [0.86, 0.84, 0.88, 0.85, 0.87], [0.84, 0.83, 0.85, 0.845, 0.85]
+    data["losses"]["cc"]["cv"].update(tuned=tuned, ce=ce)
+    data["losses"]["mc"].pop("test")  # no test check: no agreement to recompute
+    data["losses"]["mc"]["cv"].update(tuned=ce, ce=ce)
+    (results / "tune_digits.json").write_text(json.dumps(data))
+    assert bench.main(["--rescore", "--datasets", "digits", "--results", str(results)]) == 0
+    got = json.loads((results / "tune_digits.json").read_text())
+    cc = got["losses"]["cc"]
+    assert cc["cv"]["p"] == pytest.approx(stats.ttest_rel(tuned, ce).pvalue)
+    assert cc["cv"]["beyond"] is True and cc["cv"]["beyond_corrected"] is False
+    assert cc["verdict"].startswith("the tuned setting beats CE alone")
+    assert cc["agrees"] is True  # was False: the test check shows a gain too
+    mc = got["losses"]["mc"]
+    assert mc["cv"]["diff"] == 0 and mc["verdict"].startswith("no difference")
+    assert mc["agrees"] == data["losses"]["mc"]["agrees"]
+    assert got["rescored"]["command"].startswith("python benchmarks/bench_tune.py --rescore")
+    assert got["wall_s"] == data["wall_s"]  # the run's own figures are kept
+    # the calibration file: every row's verdict, and the rates
+    rows = [{"kind": "null", "repeat": 0, "tuned": tuned, "ce": ce, "wall_s": 60.0, "verdict": "?"},
+            {"kind": "null", "repeat": 1, "tuned": ce, "ce": ce, "wall_s": 60.0, "verdict": "?"},
+            {"kind": "positive", "repeat": 0, "tuned": tuned, "ce": ce, "wall_s": 90.0,
+             "verdict": "?"}]  # fmt: skip
+    (results / "tune_calibration.json").write_text(
+        json.dumps({"folds": 5, "rows": rows, "wall_s": 210.0, "machine": MACHINE})
+    )
+    assert calib.main(["--rescore", "--results", str(results)]) == 0
+    cal = json.loads((results / "tune_calibration.json").read_text())
+    assert [r["verdict"] for r in cal["rows"]] == ["better", "no difference", "better"]
+    assert cal["null_no_difference_rate"] == 0.5 and cal["positive_better_rate"] == 1.0
+    assert cal["rows"][0]["p_corrected"] > 0.05 and cal["wall_s"] == 210.0

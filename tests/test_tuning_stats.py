@@ -29,25 +29,35 @@ def test_pooled_seed_noise_is_the_within_setting_standard_deviation() -> None:
     assert math.isnan(pooled_seed_std([[0.5], [0.6]])[0]) and pooled_seed_std([])[1] == 0
 
 
-def test_the_paired_fold_test_is_the_corrected_paired_t_test() -> None:
+def test_the_paired_fold_test_is_the_paired_t_test_with_the_corrected_one_beside_it() -> None:
     from scipy import stats
 
     tuned = [0.86, 0.84, 0.88, 0.85, 0.87]
     base = [0.84, 0.83, 0.85, 0.845, 0.85]
-    # without the correction (val_share 0) it is scipy's paired t-test
-    plain = paired_fold_test(tuned, base, val_share=0.0)
-    ref = stats.ttest_rel(tuned, base)
-    assert plain["t"] == pytest.approx(ref.statistic) and plain["p"] == pytest.approx(ref.pvalue)
-    # with it (5 folds: n_val / n_train = 1/4) the variance grows by (1/5 + 1/4) / (1/5)
+    # the verdict: scipy's paired t-test on the per-fold differences
     got = paired_fold_test(tuned, base)
+    ref = stats.ttest_rel(tuned, base)
+    assert got["t"] == pytest.approx(ref.statistic) and got["p"] == pytest.approx(ref.pvalue)
     d = np.array(tuned) - np.array(base)
-    se = math.sqrt((1 / 5 + 1 / 4) * d.var(ddof=1))
+    se = math.sqrt(d.var(ddof=1) / 5)
     assert got["diff"] == pytest.approx(d.mean()) and got["se"] == pytest.approx(se)
     t4 = stats.t.ppf(0.975, 4)
     assert got["threshold"] == pytest.approx(t4 * se)
     assert got["detectable"] == pytest.approx((t4 + stats.t.ppf(0.8, 4)) * se)
-    assert got["p"] == pytest.approx(2 * stats.t.sf(d.mean() / se, 4))
-    assert got["beyond"] is (got["p"] < 0.05) and got["folds"] == 5
+    assert got["beyond"] is True and got["folds"] == 5
+    # beside it, Nadeau-Bengio (5 folds: n_val / n_train = 1/4): the variance grows by
+    # (1/5 + 1/4) / (1/5), and this gain is no longer beyond noise
+    se_nb = math.sqrt((1 / 5 + 1 / 4) * d.var(ddof=1))
+    assert got["se_corrected"] == pytest.approx(se_nb)
+    assert got["p_corrected"] == pytest.approx(2 * stats.t.sf(d.mean() / se_nb, 4))
+    assert got["beyond_corrected"] is False
+    # ten folds: n_val / n_train = 1/9 by default, or as given
+    d10 = np.tile(d, 2)
+    ten = paired_fold_test(tuned * 2, base * 2, val_share=0.5)
+    assert ten["se_corrected"] == pytest.approx(math.sqrt((1 / 10 + 0.5) * d10.var(ddof=1)))
+    assert paired_fold_test(tuned * 2, base * 2)["se_corrected"] == pytest.approx(
+        math.sqrt((1 / 10 + 1 / 9) * d10.var(ddof=1))
+    )
     # identical arms: no difference; one fold: no verdict; unequal lengths: an error
     same = paired_fold_test(base, base)
     assert same["diff"] == 0 and same["beyond"] is False and same["p"] == 1.0

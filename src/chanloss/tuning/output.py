@@ -57,6 +57,20 @@ def power_line(conf: dict[str, Any]) -> str:
     )
 
 
+def corrected_line(conf: dict[str, Any]) -> str:
+    """The wider question beside the verdict (k-fold mode): would the gain hold on another
+    training set of this size (the Nadeau-Bengio corrected test)?"""
+    g = conf["val"]["gain"]
+    if conf.get("mode") != "folds" or g.get("beyond_corrected") is None:
+        return ""
+    holds = "holds" if g["beyond_corrected"] else "is not shown"
+    return (
+        f"other training sets: with the Nadeau-Bengio correction for the folds' overlapping "
+        f"training sets, p = {g['p_corrected']:.2f}: the difference {holds} beyond noise for "
+        "another training set drawn like this one (information; the verdict is about this data)"
+    )
+
+
 def noise_line(noise: dict[str, Any] | None) -> str:
     if not noise or noise.get("std") is None:
         return "noise: not measured (the config as written finished on fewer than two seeds)"
@@ -88,7 +102,8 @@ def confirmation_table(conf: dict[str, Any], noise: dict[str, Any] | None = None
     table = "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
-    extra = [line for line in (noise_line(noise) if noise else "", power_line(conf)) if line]
+    lines = (noise_line(noise) if noise else "", power_line(conf), corrected_line(conf))
+    extra = [line for line in lines if line]
     return "\n".join([table, *extra, advice(conf)])
 
 

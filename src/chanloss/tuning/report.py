@@ -24,6 +24,7 @@ from chanloss.training.search import Dimension  # noqa: E402
 from chanloss.tuning.common import mean_std, write_text  # noqa: E402
 from chanloss.tuning.output import (  # noqa: E402
     advice,
+    corrected_line,
     gain_text,
     noise_line,
     power_line,
@@ -245,13 +246,15 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
             f"<tr><td class='l'>gain over CE</td><td>{esc(gain_text(conf['val']['gain']))}</td>"
             f"<td>{esc(gain_text(conf['test']['gain']))}</td></tr></table>",
             f"<p><b>{esc(advice(conf))}</b></p>",
-            f"<p>{esc(power_line(conf))}</p>" if folds else "",
+            f"<p>{esc(power_line(conf))}</p><p>{esc(corrected_line(conf))}</p>" if folds else "",
             "<p class='note'>"
             + (
                 f"The winner and CE alone were trained on the same {conf['folds']} stratified "
                 "folds of the training split with the same seed, each fold held out once; the "
-                "gain is judged by a paired t-test on the per-fold differences with the "
-                "Nadeau-Bengio variance correction (the folds' training sets overlap). Then "
+                "gain is judged by a paired t-test on the per-fold differences (is it beyond "
+                "what seeds and the choice of validation images give, on this data?); the "
+                "Nadeau-Bengio corrected test beside it asks whether it would hold on another "
+                "training set of this size (the folds' training sets overlap). Then "
                 "both were trained once on the whole training split and the test split read "
                 "once each: information, never a choice."
                 if folds

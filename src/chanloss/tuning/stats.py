@@ -4,10 +4,16 @@
   :data:`SCORE_EPOCHS` evaluated epochs (less noisy than the final epoch alone).
 * :func:`pooled_seed_std`: the seed standard deviation of that score, pooled over settings
   that were trained on several seeds (the config as written, the re-run top trials).
-* :func:`paired_fold_test`: the k-fold confirmation, a paired t-test on the per-fold
-  differences with the variance correction of Nadeau & Bengio (2003, "Inference for the
-  generalization error", Machine Learning 52): the K training sets overlap, so the plain
-  paired t-test is too confident; the corrected variance is ``(1/K + n_val/n_train) s^2``.
+* :func:`paired_fold_test`: the k-fold confirmation, a paired t-test on the per-fold (and
+  per-repeat) differences. The verdict asks what the test split's check asks: on *this*
+  data set, is the gain larger than what seeds and the choice of validation images give?
+  Under that null (two settings that train the same model) the fold differences are
+  independent noise around zero, so the plain paired test holds its level (the calibration
+  benchmark measures it). The Nadeau & Bengio (2003, "Inference for the generalization
+  error", Machine Learning 52) corrected variance ``(1/n + n_val/n_train) s^2`` answers a
+  wider question, whether the gain would hold on other training sets drawn from the same
+  source; it is reported beside the verdict (``p_corrected``), not used for it: it needs a
+  gain about 1.5 times larger at K = 5 and rarely saw gains that the test split shows.
 * :func:`gain_over`: the seed-only confirmation (``--folds 0``), Welch's two-sample rule.
 """
 
@@ -70,42 +76,51 @@ def _t_quantile(q: float, dof: int) -> float:
 def paired_fold_test(
     tuned: Sequence[float], base: Sequence[float], val_share: float | None = None
 ) -> dict[str, Any]:
-    """The k-fold confirmation: ``tuned[k] - base[k]`` per fold, mean and corrected standard
-    error, the two-sided t-test at :data:`ALPHA`, and the power line.
+    """The k-fold confirmation: ``tuned[i] - base[i]`` per fold (all folds of all repeats),
+    mean and standard error, the two-sided paired t-test at :data:`ALPHA` that gives the
+    verdict, the power line, and the Nadeau-Bengio corrected test beside it.
 
-    ``val_share`` is n_val / n_train of one fold (``1 / (K - 1)`` for K folds, the default).
-    Returns ``diff`` (mean difference), ``se`` (corrected), ``t``, ``p``, ``threshold`` (the
-    smallest |mean difference| that counts as beyond noise), ``detectable`` (the smallest
-    true gain found with probability :data:`POWER`), ``beyond`` (``None`` under 2 folds),
-    ``folds`` and ``diffs``.
+    ``val_share`` is n_val / n_train of one fold (``1 / (K - 1)`` for K folds); the default is
+    ``1 / (n - 1)`` for ``n`` values (one repeat). Returns ``diff`` (mean difference), ``se``,
+    ``t``, ``p``, ``threshold`` (the smallest |mean difference| that counts as beyond noise),
+    ``detectable`` (the smallest true gain found with probability :data:`POWER`), ``beyond``
+    (``None`` under 2 values), ``se_corrected``, ``p_corrected``, ``beyond_corrected``,
+    ``folds`` (the number of differences) and ``diffs``.
     """
     if len(tuned) != len(base):
         raise ValueError(f"paired folds: {len(tuned)} tuned vs {len(base)} base values")
-    k = len(tuned)
+    n = len(tuned)
     diffs = [a - b for a, b in zip(tuned, base, strict=True)]
-    out: dict[str, Any] = {"folds": k, "diffs": diffs}
-    if k < 2:
+    out: dict[str, Any] = {"folds": n, "diffs": diffs}
+    if n < 2:
         out.update(diff=diffs[0] if diffs else math.nan, se=math.nan, t=math.nan, p=math.nan,
-                   threshold=math.nan, detectable=math.nan, beyond=None)  # fmt: skip
+                   threshold=math.nan, detectable=math.nan, beyond=None, se_corrected=math.nan,
+                   p_corrected=math.nan, beyond_corrected=None)  # fmt: skip
         return out
-    share = 1.0 / (k - 1) if val_share is None else val_share
-    mean = sum(diffs) / k
-    var = sum((d - mean) ** 2 for d in diffs) / (k - 1)
-    se = math.sqrt((1.0 / k + share) * var)
-    t_crit = _t_quantile(1 - ALPHA / 2, k - 1)
-    threshold = t_crit * se
-    detectable = (t_crit + _t_quantile(POWER, k - 1)) * se
+    share = 1.0 / (n - 1) if val_share is None else val_share
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
+    se = math.sqrt(var / n)
+    se_corrected = math.sqrt((1.0 / n + share) * var)
+    t_crit = _t_quantile(1 - ALPHA / 2, n - 1)
+    p, t_value = _two_sided(mean, se, n - 1)
+    p_corrected, _ = _two_sided(mean, se_corrected, n - 1)
+    out.update(diff=mean, se=se, t=t_value, p=p, threshold=t_crit * se,
+               detectable=(t_crit + _t_quantile(POWER, n - 1)) * se, beyond=bool(p < ALPHA),
+               se_corrected=se_corrected, p_corrected=p_corrected,
+               beyond_corrected=bool(p_corrected < ALPHA))  # fmt: skip
+    return out
+
+
+def _two_sided(mean: float, se: float, dof: int) -> tuple[float, float]:
+    """The two-sided p-value and t of a mean difference with standard error ``se``."""
     if se > 0:
         from scipy.stats import t as student
 
         t_value = mean / se
-        p = float(2 * student.sf(abs(t_value), k - 1))
-    else:  # every fold gave the same difference
-        t_value = math.copysign(math.inf, mean) if mean else 0.0
-        p = 0.0 if mean else 1.0
-    out.update(diff=mean, se=se, t=t_value, p=p, threshold=threshold, detectable=detectable,
-               beyond=bool(p < ALPHA))  # fmt: skip
-    return out
+        return float(2 * student.sf(abs(t_value), dof)), t_value
+    # every difference was the same
+    return (0.0 if mean else 1.0), (math.copysign(math.inf, mean) if mean else 0.0)
 
 
 def gain_over(tuned: list[float], base: list[float]) -> dict[str, Any]:
