@@ -136,3 +136,21 @@ def test_tune_scores_trials_on_a_val_folder_without_a_val_fraction(tmp_path, cap
     )
     assert "val_acc" in header and first["state"] == "complete"
     assert 0.0 <= float(first["val_acc"]) <= 1.0  # scored on the 6 images of val/
+
+
+def test_a_bad_dataset_option_is_named_by_its_place_in_the_config(tmp_path, capsys):
+    root = make_folder(tmp_path / "imgs", {"train": COUNTS})
+    raw = {
+        "model": {"name": "convnet_small", "width": 4, "feature_channels": 8},
+        "data": {"name": "image_folder", "root": str(root), "options": {"test_fraction": 1.5}},
+        "losses": [{"name": "ce"}],
+        "epochs": 1,
+        "device": "cpu",
+    }
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    assert main(["train", "-c", str(cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert "data.options.test_fraction must be a finite number in (0, 0.9], got 1.5" in err

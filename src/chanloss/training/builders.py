@@ -55,7 +55,10 @@ def build_data(config: TrainConfig) -> Any:
             **data.options,
         )
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"data: {err}") from None
+        text = str(err)
+        named = [k for k in data.options if text.startswith((f"{k} ", f"{k}["))]
+        # a dataset option is named by its place in the config, as the schema names the rest
+        raise ConfigError(f"data.options.{text}" if named else f"data: {text}") from None
 
 
 def build_augmentations(config: TrainConfig, bundle: Any, device: torch.device) -> tuple:
