@@ -3,6 +3,8 @@
     python benchmarks/bench_tune.py                          # digits and mnist5k (BUDGETS below)
     python benchmarks/bench_tune.py --datasets digits --trials 8 --jobs 2
     python benchmarks/bench_tune.py --quick                  # smoke: results/quick, runs/bench-tune-quick
+    python benchmarks/make_image_folder.py                   # a held-out folder, then:
+    python benchmarks/bench_tune.py --folder runs/bench-folder/mnist-shift56 --timeout 60m
 
 For each data set (the study's recipe from ``benchmarks/study/parts.py`` with a ConvNet of
 width 8, ``data.val_fraction = 0.2`` and the epochs of ``BUDGETS``, long enough that CE's
@@ -12,6 +14,12 @@ the validation split (noise pruner), the 3 best settings re-run on a fresh seed,
 5-fold confirmation against CE alone, and its verdict. Then, to check that verdict, CE alone
 and the chosen setting are trained on the whole training split over 3 fresh seeds (11, 12, 13)
 and each final model is scored once on the test split (Welch's two-standard-error rule).
+
+``--folder ROOT`` does the same on an image folder as a new user would (``train/`` and
+``test/``; the recipe of ``FOLDER_RECIPE``: the ConvNet of width 8, 15 epochs, a 10 %
+validation split, SGD 0.1 with a cosine schedule), with ``--timeout`` as the budget of each
+``chanloss tune`` (no ``--trials``: it searches until the time left is what the runs after the
+search need). The results file is named after the folder.
 
 Results: ``benchmarks/results/tune_<dataset>.json`` (per loss: the chosen settings, the trials,
 the measured noise, the cross-validated gain, its threshold and smallest detectable gain, the
@@ -45,6 +53,16 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "mnist5k": {"epochs": 10, "trials": 8, "losses": ["mc"]},
 }
 WIDTH = 8
+#: ``--folder``: the recipe of the folder the tune issue was reported on (4,000 train images).
+FOLDER_RECIPE: dict[str, Any] = {
+    "model": {"name": "convnet_small", "width": 8, "feature_channels": 30},
+    "data": {"name": "image_folder", "val_fraction": 0.1},
+    "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
+    "schedule": {"name": "cosine", "warmup_epochs": 1},
+    "epochs": 15,
+    "device": "cpu",
+    "seed": 0,
+}
 VAL_FRACTION = 0.2
 TEST_SEEDS = (11, 12, 13)
 FOLDS = 5
@@ -61,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="2 epochs, 3 trials, 2 folds")
     parser.add_argument("--runs", type=Path, default=None, help="default runs/bench-tune")
     parser.add_argument("--results", type=Path, default=None, help="default benchmarks/results")
+    parser.add_argument(
+        "--folder",
+        type=Path,
+        default=None,
+        help="an image folder (train/, test/) instead of --datasets",
+    )
+    parser.add_argument("--timeout", type=str, default=None,
+                        help="budget of each tune, e.g. 60m (instead of --trials)")  # fmt: skip
     parser.add_argument("--rescore", action="store_true",
                         help="recompute the verdicts of the results files from their fold scores")  # fmt: skip
     return parser
@@ -97,7 +123,11 @@ def run_loss(dataset: str, loss: str, base: dict[str, Any], args: argparse.Names
     raw = {**copy.deepcopy(base), "losses": [{"name": "ce"}, {"name": loss}]}
     out = runs / dataset / f"tune-{loss}"
     t0 = time.perf_counter()
-    summary = tune(load_config(raw=raw), out, trials=trials, jobs=args.jobs, folds=folds,
+    from chanloss.tuning import parse_duration
+
+    timeout = parse_duration(args.timeout) if args.timeout else None
+    summary = tune(load_config(raw=raw), out, trials=None if timeout else trials,
+                   timeout_s=timeout, jobs=args.jobs, folds=folds,
                    resume=(out / "study.db").exists(), log=common.log)  # fmt: skip
     search_s = time.perf_counter() - t0
     entry: dict[str, Any] = {
@@ -158,6 +188,24 @@ def agrees(entry: dict[str, Any]) -> bool:
     return (bool(cv["beyond"]) and cv["diff"] > 0) == (bool(test["beyond"]) and test["diff"] > 0)
 
 
+def merged(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the losses of an earlier results file of the same recipe that this run did
+    not tune (``--losses mc`` and ``--losses cc`` may run side by side and write one file); the
+    earlier run's command, wall-clock and machine stay with its losses."""
+    import json
+
+    if not path.exists():
+        return data
+    old = json.loads(path.read_text())
+    if old.get("recipe") != data["recipe"] or old.get("quick") != data["quick"]:
+        return data
+    for loss, entry in old.get("losses", {}).items():
+        if loss not in data["losses"]:
+            entry.setdefault("run", {k: old.get(k) for k in ("command", "wall_s", "machine")})
+            data["losses"][loss] = entry
+    return data
+
+
 def rescore(path: Path, command: str) -> dict[str, Any]:
     """A results file with each verdict recomputed from its per-fold scores."""
     import json
@@ -172,14 +220,21 @@ def rescore(path: Path, command: str) -> dict[str, Any]:
     return data
 
 
+def folder_raw(root: Path, epochs: int | None) -> dict[str, Any]:
+    raw = copy.deepcopy(FOLDER_RECIPE)
+    raw["data"]["root"] = str(root.resolve())
+    raw["epochs"] = epochs or raw["epochs"]
+    return raw
+
+
 def run_dataset(dataset: str, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
-    budget = BUDGETS.get(dataset, {"epochs": P.BASES[dataset]["epochs"], "trials": 8,
-                                   "losses": ["mc"]})  # fmt: skip
+    default_epochs = FOLDER_RECIPE["epochs"] if args.folder else P.BASES[dataset]["epochs"]
+    budget = BUDGETS.get(dataset, {"epochs": default_epochs, "trials": 8, "losses": ["mc"]})
     epochs = args.epochs or (2 if args.quick else budget["epochs"])
     trials = args.trials or (3 if args.quick else budget["trials"])
     folds = 2 if args.quick else FOLDS
     start = time.perf_counter()
-    base = base_raw(dataset, epochs)
+    base = folder_raw(args.folder, epochs) if args.folder else base_raw(dataset, epochs)
     losses = {loss: run_loss(dataset, loss, base, args, runs, trials, folds)
               for loss in args.losses or budget["losses"]}  # fmt: skip
     return {
@@ -187,12 +242,13 @@ def run_dataset(dataset: str, args: argparse.Namespace, runs: Path) -> dict[str,
         "quick": args.quick,
         "recipe": {k: v for k, v in base.items() if k != "device"},
         "epochs": epochs,
-        "trials_per_search": trials,
+        "trials_per_search": None if args.timeout else trials,
+        "timeout": args.timeout,
         "folds": folds,
         "pruner": "noise",
         "jobs": args.jobs,
         "test_seeds": list(TEST_SEEDS),
-        "val_fraction": VAL_FRACTION,
+        "val_fraction": base["data"]["val_fraction"],
         "losses": losses,
         "wall_s": round(time.perf_counter() - start, 1),
         "machine": common.machine_info("cpu"),
@@ -219,9 +275,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, runs: Path, results: Path) -> int:
-    for dataset in args.datasets:
+    for dataset in [args.folder.name] if args.folder else args.datasets:
         path = results / f"tune_{dataset}.json"
         data = rescore(path, args.command) if args.rescore else run_dataset(dataset, args, runs)
+        if not args.rescore:
+            data = merged(path, data)
         common.write_json(path, data)
         for loss, e in data["losses"].items():
             if "test" in e:

@@ -398,7 +398,12 @@ def tune_section(found: dict[str, Any]) -> list[str]:
             out.append(
                 f"- {d}: {data['recipe']['model']['name']} width "
                 f"{data['recipe']['model'].get('width')}, {data['epochs']} epochs, "
-                f"{data['trials_per_search']} trials per search, {data['jobs']} job"
+                + (
+                    f"{data['trials_per_search']} trials per search"
+                    if data.get("trials_per_search")
+                    else f"--timeout {data.get('timeout')} per tune"
+                )
+                + f", {data['jobs']} job"
                 f"{'s' if data['jobs'] > 1 else ''}; CE's validation accuracy rose "
                 + (
                     f"{100 * max(conv):+.2f} points at most over the last quarter of the epochs"

@@ -208,3 +208,25 @@ def test_rescore_recomputes_the_verdicts_from_the_stored_fold_scores(tmp_path: P
     assert [r["verdict"] for r in cal["rows"]] == ["better", "no difference", "better"]
     assert cal["null_no_difference_rate"] == 0.5 and cal["positive_better_rate"] == 1.0
     assert cal["rows"][0]["p_corrected"] > 0.05 and cal["wall_s"] == 210.0
+
+
+def test_results_of_losses_tuned_side_by_side_are_merged_into_one_file(tmp_path: Path) -> None:
+    bench = _load("chanloss_bench_tune_merge", BENCH / "bench_tune.py")
+    path = tmp_path / "tune_folder.json"
+    raw = bench.folder_raw(tmp_path / "folder", None)
+    assert raw["data"] == {"name": "image_folder", "val_fraction": 0.1,
+                           "root": str((tmp_path / "folder").resolve())}  # fmt: skip
+    assert raw["epochs"] == 15 and bench.folder_raw(tmp_path, 3)["epochs"] == 3
+    first = {"recipe": raw, "quick": False, "losses": {"mc": {"verdict": "a"}},
+             "command": "mc run", "wall_s": 10.0, "machine": MACHINE}  # fmt: skip
+    path.write_text(json.dumps(first))
+    second = {**first, "losses": {"cc": {"verdict": "b"}}, "command": "cc run", "wall_s": 20.0}
+    got = bench.merged(path, second)
+    assert got["losses"]["cc"] == {"verdict": "b"} and got["command"] == "cc run"
+    assert got["losses"]["mc"]["run"] == {"command": "mc run", "wall_s": 10.0, "machine": MACHINE}
+    # a loss tuned again replaces the old entry; another recipe is not merged
+    assert bench.merged(path, {**first, "losses": {"mc": {"verdict": "c"}}})["losses"] == {
+        "mc": {"verdict": "c"}
+    }
+    other = {**second, "losses": {"cc": {}}, "recipe": {**raw, "epochs": 3}}
+    assert set(bench.merged(path, other)["losses"]) == {"cc"}
