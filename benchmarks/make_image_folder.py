@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=common.REPO_ROOT / "runs/bench-folder/mnist-shift56"
     )
     parser.add_argument("--size", type=int, default=56, help="canvas side in pixels")
-    parser.add_argument("--noise", type=float, default=0.25, help="pixel noise std (0-1 scale)")
+    parser.add_argument("--noise", type=float, default=0.1, help="pixel noise std (0-1 scale)")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -46,7 +46,7 @@ def render(images: np.ndarray, size: int, noise: float, rng: np.random.Generator
         digit = Image.fromarray(img.astype(np.uint8)).resize((side, side), Image.BILINEAR)
         y, x = rng.integers(0, size - side + 1, size=2)
         out[i, y : y + side, x : x + side] = np.asarray(digit, dtype=np.float32) / 255.0
-    contrast = rng.uniform(0.4, 1.0, size=(len(images), 1, 1))
+    contrast = rng.uniform(0.6, 1.0, size=(len(images), 1, 1))
     noisy = out * contrast + rng.normal(0.0, noise, size=out.shape)
     return (np.clip(noisy, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
