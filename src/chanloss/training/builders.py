@@ -56,7 +56,7 @@ def build_data(config: TrainConfig) -> Any:
         )
     except (ValueError, TypeError) as err:
         text = str(err)
-        named = [k for k in data.options if text.startswith((f"{k} ", f"{k}["))]
+        named = any(text.startswith((f"{k} ", f"{k}[")) for k in data.options)
         # a dataset option is named by its place in the config, as the schema names the rest
         raise ConfigError(f"data.options.{text}" if named else f"data: {text}") from None
 
