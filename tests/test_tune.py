@@ -251,6 +251,13 @@ def test_tune_searches_on_validation_prunes_resumes_and_writes_a_trainable_best(
     assert "noise: on this split" in report
     stored = json.loads((out / "tune.json").read_text())
     assert stored["noise"]["std"] == pytest.approx(noise["std"])
+    # the pruner's noise by epoch: the seed pair's smoothed curves, kept, printed, reported
+    by_epoch = stored["noise"]["by_epoch"]
+    assert sorted(map(int, by_epoch)) == list(range(1, 4))
+    assert by_epoch["3"] == pytest.approx(abs(a - b) / 2**0.5, abs=1e-6)  # the final scores'
+    assert by_epoch["1"] >= by_epoch["2"] >= by_epoch["3"]
+    assert any(line.startswith("noise by epoch") for line in lines)
+    assert "noise by epoch" in report
     assert "last 3 evaluated epochs" in stored["score"]
 
     # best.yaml is a plain config with the chosen values that `chanloss train` runs

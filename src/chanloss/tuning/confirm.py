@@ -17,6 +17,7 @@ from chanloss.tuning.common import params_text, write_text
 from chanloss.tuning.output import (
     chance_line,
     confirmation_table,
+    epoch_noise_line,
     pruned_early_line,
     write_trials_csv,
 )
@@ -248,7 +249,15 @@ def finish(tuner: Tuner, study: Any, start: float) -> dict[str, Any]:
             confirmation = confirm_folds(tuner, winner)
         elif tuner.confirm_seeds:
             confirmation = confirm_seeds(tuner, winner)
-    summary["noise"] = {"std": noise if dof else None, "dof": dof}
+    from optuna.trial import TrialState
+
+    from chanloss.tuning.pruners import seed_noise_by_epoch
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    summary["noise"] = {"std": noise if dof else None, "dof": dof,
+                        "by_epoch": {str(k): v for k, v in seed_noise_by_epoch(complete).items()}}  # fmt: skip
+    if line := epoch_noise_line(summary["noise"]):
+        tuner.log(line)
     summary.update(best=best, reruns=[{k: r[k] for k in ("trial", "params", "search_score",
                                                           "rerun_score")} for r in reruns],
                    confirmation=confirmation, wall_s=round(time.time() - start, 1))  # fmt: skip

@@ -14,6 +14,7 @@ __all__ = [
     "advice",
     "chance_line",
     "confirmation_table",
+    "epoch_noise_line",
     "gain_text",
     "noise_line",
     "pct",
@@ -77,6 +78,25 @@ def noise_line(noise: dict[str, Any] | None) -> str:
     return (
         f"noise: on this split, the seed standard deviation of a score is "
         f"{100 * noise['std']:.2f} points; differences below ±{200 * noise['std']:.2f} are noise"
+    )
+
+
+def epoch_noise_line(noise: dict[str, Any] | None) -> str:
+    """The seed noise of the smoothed validation curve by epoch (the noise pruner's margin is
+    twice it), written where it changes; empty when not measured."""
+    by_epoch = (noise or {}).get("by_epoch") or {}
+    if not by_epoch:
+        return ""
+    steps, parts, previous = sorted(by_epoch, key=int), [], None
+    for step in steps:
+        value = round(100 * by_epoch[step], 1)
+        if value != previous:
+            parts.append(f"{int(step)}: {value:.1f}")
+            previous = value
+    return (
+        "noise by epoch (the seed standard deviation of the smoothed curve in points, from that "
+        "epoch on; the noise pruner stops a trial only when it lies below the median by more "
+        f"than twice this): epoch {', '.join(parts)}"
     )
 
 

@@ -4,8 +4,11 @@ The default, ``noise`` (:class:`NoiseMarginPruner`), is what Optuna's pruners la
 validation splits: it judges a trial on its smoothed curve (the mean of its last
 :data:`~chanloss.tuning.stats.SCORE_EPOCHS` epochs), only after a warm-up of half of the
 epochs, and only when it lies below the median of the complete trials at the same epoch by
-more than twice the measured seed noise (the study's ``noise_std``, measured on the config as
-written trained on two seeds). Until that noise is known, it prunes nothing. ``median``,
+more than twice the seed noise *at that epoch* (:func:`seed_noise_by_epoch`: the spread of the
+smoothed curves of one setting trained on several seeds, the config as written on two; never
+less than the noise of the final score, the study's ``noise_std``). With a high learning rate a
+curve can sit 20 points below its seed twin half-way and end level with it: the noise of the
+final score alone would prune such trials. Until the noise is known, it prunes nothing. ``median``,
 ``halving`` and ``none`` are Optuna's ``MedianPruner`` (same warm-up), asynchronous successive
 halving and ``NopPruner``.
 """
@@ -19,9 +22,16 @@ from typing import Any
 import optuna
 
 from chanloss.training.config import ConfigError
-from chanloss.tuning.stats import SCORE_EPOCHS, curve_score
+from chanloss.tuning.stats import SCORE_EPOCHS, curve_score, pooled_seed_std
 
-__all__ = ["NOISE_FLOOR", "PRUNERS", "NoiseMarginPruner", "make_pruner", "warmup_epochs"]
+__all__ = [
+    "NOISE_FLOOR",
+    "PRUNERS",
+    "NoiseMarginPruner",
+    "make_pruner",
+    "seed_noise_by_epoch",
+    "warmup_epochs",
+]
 
 PRUNERS = ("noise", "median", "halving", "none")
 NOISE_FLOOR = 0.005  # the margin never drops below 2 x half a point, however lucky the seeds
@@ -41,9 +51,39 @@ def _smoothed_at(values: dict[int, float], step: int, last: int) -> float | None
     return curve_score([values[s] for s in steps], last)
 
 
+def seed_noise_by_epoch(trials: list[Any], last: int = SCORE_EPOCHS) -> dict[int, float]:
+    """The seed noise of the smoothed validation curve at every epoch, from complete trials of
+    the same setting (params) on different seeds (``user_attrs["seed"]``; trials without one
+    are left out): the pooled within-setting standard deviation of the running mean of
+    ``last`` epochs, made non-increasing in the epoch (the noise at epoch e is the largest
+    measured at e or later), so that one epoch where two seeds happen to agree does not
+    declare the curves settled. Empty when no setting has two seeds."""
+    by_setting: dict[tuple[tuple[str, Any], ...], dict[int, dict[int, float]]] = {}
+    for t in trials:
+        seed = t.user_attrs.get("seed")
+        if seed is None:
+            continue
+        key = tuple(sorted((k, repr(v)) for k, v in t.params.items()))
+        by_setting.setdefault(key, {})[int(seed)] = t.intermediate_values
+    groups = [list(seeds.values()) for seeds in by_setting.values() if len(seeds) > 1]
+    steps = sorted({s for g in groups for curve in g for s in curve})
+    raw: dict[int, float] = {}
+    for step in steps:
+        values = [[v for c in g if (v := _smoothed_at(c, step, last)) is not None] for g in groups]
+        std, dof = pooled_seed_std(values)
+        if dof:
+            raw[step] = std
+    envelope, running = {}, 0.0
+    for step in sorted(raw, reverse=True):
+        running = max(running, raw[step])
+        envelope[step] = running
+    return dict(sorted(envelope.items()))
+
+
 class NoiseMarginPruner(optuna.pruners.BasePruner):
     """Prune a trial whose smoothed validation curve lies below the median of the complete
-    trials' at the same epoch by more than ``margin`` x the study's measured seed noise.
+    trials' at the same epoch by more than ``margin`` x the seed noise at that epoch
+    (:func:`seed_noise_by_epoch`, at least the study's ``noise_std`` of the final score).
 
     ``warmup``: epochs (steps) never pruned; ``startup``: complete trials needed at that epoch
     before anything is pruned; ``last``: epochs averaged into the smoothed value.
@@ -65,14 +105,16 @@ class NoiseMarginPruner(optuna.pruners.BasePruner):
         mine = _smoothed_at(trial.intermediate_values, step, self.last)
         if mine is None:
             return False
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         others = [
             v
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            for t in complete
             if (v := _smoothed_at(t.intermediate_values, step, self.last)) is not None
         ]
         if len(others) < self.startup:
             return False
-        return mine < statistics.median(others) - self.margin * max(noise, NOISE_FLOOR)
+        noise = max(noise, seed_noise_by_epoch(complete, self.last).get(step, 0.0), NOISE_FLOOR)
+        return mine < statistics.median(others) - self.margin * noise
 
 
 def make_pruner(kind: str, epochs: int) -> Any:

@@ -25,6 +25,7 @@ from chanloss.tuning.common import mean_std, write_text  # noqa: E402
 from chanloss.tuning.output import (  # noqa: E402
     advice,
     corrected_line,
+    epoch_noise_line,
     gain_text,
     noise_line,
     power_line,
@@ -199,6 +200,7 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
         f"{summary['trials_target'] or 'until --timeout'}); {summary['wall_s']:.0f} s in this "
         f"invocation. A score is the {esc(summary.get('score', 'validation accuracy'))}.</p>",
         f"<p><b>{esc(noise_line(summary.get('noise')))}</b></p>",
+        *(f"<p>{esc(line)}</p>" for line in [epoch_noise_line(summary.get("noise"))] if line),
         *(f"<p><b>{esc(note)}</b></p>" for note in summary.get("notes", [])),
         "<h2>Result</h2>",
     ]
