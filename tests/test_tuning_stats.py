@@ -245,3 +245,16 @@ def test_the_noise_pruner_waits_while_the_seed_twins_disagree(
             stopped = epoch
             break
     assert stopped == pruned_at
+
+
+def test_a_winner_that_drops_on_its_fresh_seed_is_reported() -> None:
+    from chanloss.tuning.output import rerun_drop_line
+
+    # 83.42 -> 74.83 with a seed noise of 1 point: far beyond 2 x the noise
+    line = rerun_drop_line({"search_score": 0.8342, "rerun_score": 0.7483}, 0.01)
+    assert line.startswith("re-run: the chosen setting scored 83.42% in the search and 74.83%")
+    assert "8.59 points lower (noise ±2.00)" in line and "data.val_fraction" in line
+    assert rerun_drop_line({"search_score": 0.8342, "rerun_score": 0.82}, 0.01) == ""  # within
+    assert rerun_drop_line({"search_score": 0.8342, "rerun_score": 0.90}, 0.01) == ""  # higher
+    assert rerun_drop_line({"search_score": 0.8342, "rerun_score": None}, 0.01) == ""  # no re-run
+    assert rerun_drop_line({"search_score": 0.8342, "rerun_score": 0.7}, None) == ""  # no noise

@@ -19,6 +19,7 @@ from chanloss.tuning.output import (
     confirmation_table,
     epoch_noise_line,
     pruned_early_line,
+    rerun_drop_line,
     write_trials_csv,
 )
 from chanloss.tuning.stats import SCORE_EPOCHS, gain_over, paired_fold_test, pooled_seed_std
@@ -235,6 +236,7 @@ def finish(tuner: Tuner, study: Any, start: float) -> dict[str, Any]:
         tuner.note(chance_line(settings[0]["search_score"], chance))
     else:
         winner, reruns = choose(tuner, study)
+        search_noise = noise if dof else None  # before the re-runs: they pair selected trials
         groups = [*seed_groups(study).values()]
         groups += [[r["search_score"], r["rerun_score"]] for r in reruns if len(r["scores"]) == 1]
         noise, dof = pooled_seed_std(groups)
@@ -245,6 +247,8 @@ def finish(tuner: Tuner, study: Any, start: float) -> dict[str, Any]:
                   + (f" ({100 * winner['rerun_score']:.2f}% on seed {tuner.rerun_seed})"
                      if winner["rerun_score"] is not None else "")
                   + f": {params_text(winner['params'])}; wrote {best_path}")  # fmt: skip
+        if line := rerun_drop_line(winner, search_noise):
+            tuner.note(line)
         if tuner.folds:
             confirmation = confirm_folds(tuner, winner)
         elif tuner.confirm_seeds:

@@ -20,6 +20,7 @@ __all__ = [
     "pct",
     "power_line",
     "pruned_early_line",
+    "rerun_drop_line",
     "trial_rows",
     "write_trials_csv",
 ]
@@ -154,6 +155,24 @@ def chance_line(best: float, chance: float) -> str:
         f"no trial learned more than chance: the best validation score is {100 * best:.2f}% "
         f"and chance is {100 * chance:.2f}%; no best setting is chosen and no importances are "
         "computed. Check the data (labels, image size), optim.lr and epochs with chanloss train"
+    )
+
+
+def rerun_drop_line(winner: dict[str, Any], noise: float | None) -> str:
+    """The winner's score on a fresh seed fell below its search score by more than twice the
+    seed noise: the search's ranking owed much to its seeds (empty otherwise)."""
+    search, rerun = winner.get("search_score"), winner.get("rerun_score")
+    if rerun is None or noise is None or not math.isfinite(noise):
+        return ""
+    drop = search - rerun
+    if drop <= 2 * noise:
+        return ""
+    return (
+        f"re-run: the chosen setting scored {100 * search:.2f}% in the search and "
+        f"{100 * rerun:.2f}% on a fresh seed, {100 * drop:.2f} points lower (noise ±"
+        f"{200 * noise:.2f}): its search score owed much to its seed, so expect the "
+        "confirmation to find less; a larger validation split (data.val_fraction) or more "
+        "epochs make the search's ranking more reliable"
     )
 
 
