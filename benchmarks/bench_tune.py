@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--timeout", type=str, default=None,
                         help="budget of each tune, e.g. 60m (instead of --trials)")  # fmt: skip
+    parser.add_argument("--reconfirm", action="store_true",
+                        help="rerun the choice and the confirmation of the stored searches with "
+                             "this code, no new trial; the search's record is kept")  # fmt: skip
     parser.add_argument("--rescore", action="store_true",
                         help="recompute the verdicts of the results files from their fold scores")  # fmt: skip
     return parser
@@ -126,6 +129,8 @@ def run_loss(dataset: str, loss: str, base: dict[str, Any], args: argparse.Names
     from chanloss.tuning import parse_duration
 
     timeout = parse_duration(args.timeout) if args.timeout else None
+    if args.reconfirm:  # the stored study is the search: as many trials as it has finished
+        trials, timeout = finished_trials(out), None
     summary = tune(load_config(raw=raw), out, trials=None if timeout else trials,
                    timeout_s=timeout, jobs=args.jobs, folds=folds,
                    resume=(out / "study.db").exists(), log=common.log)  # fmt: skip
@@ -167,6 +172,38 @@ def run_loss(dataset: str, loss: str, base: dict[str, Any], args: argparse.Names
     entry["test"] = {"tuned": a, "ce": b, **gain_over(a, b)}
     entry["agrees"] = agrees(entry)
     return entry
+
+
+def finished_trials(out: Path) -> int:
+    """The complete and pruned trials of the study stored in ``out``."""
+    import optuna
+
+    from chanloss.tuning.storage import STUDY_NAME
+
+    if not (out / "study.db").exists():
+        raise SystemExit(f"--reconfirm: no study in {out}; run the search first")
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{out / 'study.db'}")
+    return sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
+
+
+def reconfirmed(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a ``--reconfirm`` run) with the search's record of the earlier results file
+    (budget, command, wall-clock, machine) kept, and the reconfirmation's beside it."""
+    import json
+
+    old = json.loads(path.read_text()) if path.exists() else {}
+    out = {**data}
+    for key in ("trials_per_search", "timeout", "wall_s", "machine", "command"):
+        if key in old:
+            out[key] = old[key]
+    for loss, entry in out["losses"].items():
+        before = old.get("losses", {}).get(loss, {})
+        entry["reconfirmed"] = {"command": data["command"], "git": common.git_commit(),
+                                "wall_s": entry.pop("search_and_confirm_wall_s")}  # fmt: skip
+        for key in ("search_and_confirm_wall_s", "run"):
+            if key in before:
+                entry[key] = before[key]
+    return out
 
 
 def cv_entry(tuned: list[float], ce: list[float]) -> dict[str, Any]:
@@ -278,6 +315,8 @@ def _run(args: argparse.Namespace, runs: Path, results: Path) -> int:
     for dataset in [args.folder.name] if args.folder else args.datasets:
         path = results / f"tune_{dataset}.json"
         data = rescore(path, args.command) if args.rescore else run_dataset(dataset, args, runs)
+        if args.reconfirm:
+            data = reconfirmed(path, data)
         if not args.rescore:
             data = merged(path, data)
         common.write_json(path, data)

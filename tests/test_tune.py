@@ -244,6 +244,11 @@ def test_tune_searches_on_validation_prunes_resumes_and_writes_a_trainable_best(
     # the folds validate on every training image once, stratified
     fold_runs = sorted((out / "confirm" / "ce").glob("fold*"))
     assert [p.name for p in fold_runs] == ["fold0", "fold1"]
+    # a fold trains on half of the images for twice the epochs: the whole split's steps
+    for run in fold_runs:
+        assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 2 * TINY["epochs"]
+    final = yaml.safe_load((out / "final" / "ce" / "config.yaml").read_text())
+    assert final["epochs"] == TINY["epochs"]
     report = (out / "report.html").read_text()
     for png in ("history.png", "params.png", "curves.png"):
         assert f"src='{png}'" in report and (out / png).stat().st_size > 1000

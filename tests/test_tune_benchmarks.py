@@ -230,3 +230,25 @@ def test_results_of_losses_tuned_side_by_side_are_merged_into_one_file(tmp_path:
     }
     other = {**second, "losses": {"cc": {}}, "recipe": {**raw, "epochs": 3}}
     assert set(bench.merged(path, other)["losses"]) == {"cc"}
+
+
+def test_a_reconfirmation_keeps_the_searchs_record(tmp_path: Path) -> None:
+    bench = _load("chanloss_bench_tune_reconfirm", BENCH / "bench_tune.py")
+    path = tmp_path / "tune_folder.json"
+    old = {"recipe": {"epochs": 15}, "quick": False, "timeout": "60m", "trials_per_search": None,
+           "command": "search run", "wall_s": 3600.0, "machine": MACHINE,
+           "losses": {"cc": {"verdict": "old", "search_and_confirm_wall_s": 3500.0,
+                             "run": {"command": "cc search"}}}}  # fmt: skip
+    path.write_text(json.dumps(old))
+    new = {**old, "timeout": None, "trials_per_search": 27, "command": "reconfirm run",
+           "wall_s": 900.0, "machine": {**MACHINE, "load": 1},
+           "losses": {"cc": {"verdict": "new", "search_and_confirm_wall_s": 880.0}}}  # fmt: skip
+    got = bench.reconfirmed(path, new)
+    assert got["timeout"] == "60m" and got["trials_per_search"] is None
+    assert got["command"] == "search run" and got["wall_s"] == 3600.0 and got["machine"] == MACHINE
+    cc = got["losses"]["cc"]
+    assert cc["verdict"] == "new" and cc["search_and_confirm_wall_s"] == 3500.0
+    assert cc["run"] == {"command": "cc search"}
+    assert cc["reconfirmed"]["command"] == "reconfirm run" and cc["reconfirmed"]["wall_s"] == 880.0
+    with pytest.raises(SystemExit, match="--reconfirm: no study"):
+        bench.finished_trials(tmp_path)

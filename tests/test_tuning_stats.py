@@ -258,3 +258,25 @@ def test_a_winner_that_drops_on_its_fresh_seed_is_reported() -> None:
     assert rerun_drop_line({"search_score": 0.8342, "rerun_score": 0.90}, 0.01) == ""  # higher
     assert rerun_drop_line({"search_score": 0.8342, "rerun_score": None}, 0.01) == ""  # no re-run
     assert rerun_drop_line({"search_score": 0.8342, "rerun_score": 0.7}, None) == ""  # no noise
+
+
+def test_a_fold_run_is_stretched_to_the_whole_splits_number_of_steps() -> None:
+    from chanloss.training.config import load_config
+    from chanloss.tuning.confirm import fold_schedule
+
+    base = {"model": {"name": "convnet_small"}, "data": {"name": "digits"},
+            "losses": [{"name": "ce"}], "epochs": 15,
+            "schedule": {"name": "cosine", "warmup_epochs": 1.0}}  # fmt: skip
+    five = fold_schedule(base, 5)  # 4/5 of the images per epoch: 5/4 of the epochs
+    assert five["epochs"] == 19 and five["schedule"]["warmup_epochs"] == pytest.approx(1.25)
+    assert base["epochs"] == 15 and base["schedule"]["warmup_epochs"] == 1.0  # not modified
+    assert load_config(raw=five).epochs == 19
+    two = fold_schedule({**base, "schedule": {"name": "step", "milestones": [5, 10]}}, 2)
+    assert two["epochs"] == 30 and two["schedule"]["milestones"] == [10, 20]
+    assert two["schedule"]["warmup_epochs"] == 0.0
+    steps = fold_schedule({**base, "epochs": 8, "schedule": {"name": "step", "step_size": 3}}, 4)
+    assert steps["epochs"] == round(8 * 4 / 3) and steps["schedule"]["step_size"] == 4
+    # the steps of a fold's run match the whole split's within half an epoch
+    images, batch = 4000, 64
+    fold_steps = five["epochs"] * (images * 4 // 5 // batch)
+    assert abs(fold_steps - 15 * (images // batch)) <= (images * 4 // 5 // batch) / 2

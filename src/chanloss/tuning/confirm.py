@@ -30,7 +30,15 @@ from chanloss.tuning.trials import confirm_runs
 if TYPE_CHECKING:
     from chanloss.tuning.tuner import Tuner
 
-__all__ = ["check_folds", "choose", "confirm_folds", "confirm_seeds", "cross_validate", "finish"]
+__all__ = [
+    "check_folds",
+    "choose",
+    "confirm_folds",
+    "confirm_seeds",
+    "cross_validate",
+    "finish",
+    "fold_schedule",
+]
 
 
 def check_folds(tuner: Tuner) -> None:
@@ -88,6 +96,32 @@ def choose(tuner: Tuner, study: Any) -> tuple[dict[str, Any], list[dict[str, Any
     return winner, rows
 
 
+def fold_schedule(raw: dict[str, Any], folds: int) -> dict[str, Any]:
+    """``raw`` stretched for a run on ``folds - 1`` of ``folds`` folds: ``epochs``,
+    ``schedule.warmup_epochs``, ``step_size`` and ``milestones`` times ``folds / (folds - 1)``
+    (epochs rounded), so that the fold's run takes about as many optimiser steps, on the same
+    learning-rate schedule, as the run on the whole training split that the test split judges.
+    Without it a fold trains ``(K-1)/K`` of the steps, and a loss that only learns faster looks
+    better on the folds than on test (on the 56 px image folder, CE + CC-Loss against CE alone:
+    +5.5 points on a fold at 15 epochs, +2.3 at 19)."""
+    from chanloss.training.config import load_config
+
+    config = load_config(raw=raw)
+    factor = folds / (folds - 1)
+    out = copy.deepcopy(raw)
+    out["epochs"] = max(1, round(config.epochs * factor))
+    schedule = dict(out.get("schedule") or {})
+    schedule["warmup_epochs"] = config.schedule.warmup_epochs * factor
+    if config.schedule.step_size is not None:
+        schedule["step_size"] = max(1, round(config.schedule.step_size * factor))
+    if config.schedule.milestones is not None:
+        schedule["milestones"] = sorted(
+            {max(1, round(m * factor)) for m in config.schedule.milestones}
+        )
+    out["schedule"] = schedule
+    return out
+
+
 def cross_validate(
     tuned: dict[str, Any],
     base: dict[str, Any],
@@ -100,13 +134,14 @@ def cross_validate(
 ) -> dict[str, Any]:
     """The paired k-fold comparison of two training configs (``raw`` dicts with their seeds):
     both trained on the same ``folds`` stratified folds of the training split (drawn with the
-    configs' ``data.split_seed``), each fold held out once as validation; the per-fold scores
+    configs' ``data.split_seed``), each fold held out once as validation, with the schedule
+    stretched to the whole split's number of steps (:func:`fold_schedule`); the per-fold scores
     and :func:`~chanloss.tuning.stats.paired_fold_test` of ``tuned - base``. Run directories
     ``out_dir/<name>/fold<k>``."""
     tasks, labels = [], []
     for fold in range(folds):
         for name, raw in zip(names, (tuned, base), strict=True):
-            r = copy.deepcopy(raw)
+            r = fold_schedule(raw, folds)
             r["data"].update(val_fraction=0.0, folds=folds, fold=fold)
             tasks.append((r, out_dir / name / f"fold{fold}"))
             labels.append(f"{name} fold {fold}")

@@ -149,10 +149,15 @@ class Tuner:
         return self.top + confirm
 
     def reserve(self, durations: list[float]) -> float:
-        """Seconds to keep for the runs after the search (median full-trial time each)."""
+        """Seconds to keep for the runs after the search: the median full-trial time for each
+        re-run, and that over ``1 - data.val_fraction`` for each fold and final run (they
+        train on as many images per run as the whole training split holds)."""
         if not durations:
             return 0.0
-        return math.ceil(self.runs_after_search() / self.jobs) * statistics.median(durations)
+        median = statistics.median(durations)
+        whole = 1.0 / max(1.0 - self.config.data.val_fraction, 0.5)
+        confirm = self.runs_after_search() - self.top
+        return (math.ceil(self.top / self.jobs) + math.ceil(confirm / self.jobs) * whole) * median
 
     def update_noise(self, study: Any) -> None:
         """The seed noise of the score, from the settings trained on several seeds, kept in the
