@@ -414,6 +414,7 @@ def tune_section(found: dict[str, Any]) -> list[str]:
                 "file (finished trials and runs of earlier invocations reused) on "
                 f"{machine_line(data.get('machine'))}" + _rescored_text(data) + "."
             )
+            out += _reconfirmed_lines(d, data)
         out.append("")
     if calibration:
         rows = calibration["rows"]
@@ -459,6 +460,29 @@ def _corrected_text(rows: list[dict[str, Any]]) -> str:
         )  # fmt: skip
         + ")"
     )
+
+
+def _reconfirmed_lines(dataset: str, data: dict[str, Any]) -> list[str]:
+    """Confirmations rerun on the stored searches (``--reconfirm``), with what they said
+    before."""
+    lines = []
+    for loss, e in data["losses"].items():
+        again = e.get("reconfirmed")
+        if not again:
+            continue
+        text = (f"- {dataset}, {CHANNEL_LOSSES.get(loss, loss)}: the confirmation was rerun on "
+                f"the stored search by `{again['command']}` (git "
+                f"{str(again['git'].get('commit'))[:7]}, {fmt_seconds(again['wall_s'])})")  # fmt: skip
+        before = again.get("before")
+        if before and "cv" in before:
+            cv = before["cv"]
+            text += (
+                f"; before it: cross-validated {100 * cv['diff']:+.2f} "
+                f"(±{100 * cv['threshold']:.2f}), {_verdict_word(cv['beyond'], cv['diff'])}, "
+                f"agree with test: {'yes' if before.get('agrees') else 'no'}"
+            )
+        lines.append(text + ".")
+    return lines
 
 
 def _rescored_text(data: dict[str, Any]) -> str:

@@ -215,6 +215,8 @@ def test_tune_searches_on_validation_prunes_resumes_and_writes_a_trainable_best(
     a, b = (float(rows[i]["val_acc"]) for i in (0, 1))
     noise = summary["noise"]
     assert noise["dof"] >= 1 and noise["std"] > 0
+    # the seed twins alone: the re-runs of selected trials are not pooled into it
+    assert noise["dof"] == 1 and noise["std"] == pytest.approx(abs(a - b) / 2**0.5, abs=1e-6)
     assert any(line.startswith("noise: on this split") for line in lines)
     assert f"{100 * abs(a - b) / 2**0.5:.2f} points" in next(
         line for line in lines if line.startswith("noise: on this split")

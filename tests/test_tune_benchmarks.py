@@ -83,7 +83,13 @@ def test_report_shows_the_verdict_next_to_the_test_result(
 ) -> None:
     results = tmp_path / "results"
     results.mkdir()
-    (results / "tune_digits.json").write_text(json.dumps(_tune_json()))
+    data = _tune_json()
+    data["losses"]["cc"]["reconfirmed"] = {
+        "command": "python benchmarks/bench_tune.py --reconfirm", "git": {"commit": "abcdef0123"},
+        "wall_s": 900.0, "agrees": True,
+        "before": {"cv": {"diff": 0.049, "threshold": 0.0124, "beyond": True}, "agrees": False},
+    }  # fmt: skip
+    (results / "tune_digits.json").write_text(json.dumps(data))
     calibration = {
         "folds": 5,
         "rows": [{"kind": "null", "verdict": "no difference", "diff": 0.001, "threshold": 0.01}] * 19
@@ -108,6 +114,11 @@ def test_report_shows_the_verdict_next_to_the_test_result(
     )
     assert "| no difference | +3.00 (1.00) | gain | **no** |" in text
     assert "CE's validation accuracy rose +0.40 points at most over the last quarter" in text
+    assert (
+        "- digits, CC-Loss: the confirmation was rerun on the stored search by "
+        "`python benchmarks/bench_tune.py --reconfirm` (git abcdef0, 15 min); before it: "
+        "cross-validated +4.90 (±1.24), gain, agree with test: no."
+    ) in text
     assert '"no difference" in **19 of 20** repeats (95 %)' in text
     assert '"gain" in **2 of 2** (mean cross-validated gain +2.50 points, threshold ±1.20)' in text
     # quick results, and results of the former schema, are not reported
@@ -238,6 +249,7 @@ def test_a_reconfirmation_keeps_the_searchs_record(tmp_path: Path) -> None:
     old = {"recipe": {"epochs": 15}, "quick": False, "timeout": "60m", "trials_per_search": None,
            "command": "search run", "wall_s": 3600.0, "machine": MACHINE,
            "losses": {"cc": {"verdict": "old", "search_and_confirm_wall_s": 3500.0,
+                             "cv": {"diff": 0.049}, "agrees": False,
                              "run": {"command": "cc search"}}}}  # fmt: skip
     path.write_text(json.dumps(old))
     new = {**old, "timeout": None, "trials_per_search": 27, "command": "reconfirm run",
@@ -250,5 +262,6 @@ def test_a_reconfirmation_keeps_the_searchs_record(tmp_path: Path) -> None:
     assert cc["verdict"] == "new" and cc["search_and_confirm_wall_s"] == 3500.0
     assert cc["run"] == {"command": "cc search"}
     assert cc["reconfirmed"]["command"] == "reconfirm run" and cc["reconfirmed"]["wall_s"] == 880.0
+    assert cc["reconfirmed"]["before"] == {"cv": {"diff": 0.049}, "verdict": "old", "agrees": False}
     with pytest.raises(SystemExit, match="--reconfirm: no study"):
         bench.finished_trials(tmp_path)

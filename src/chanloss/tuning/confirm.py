@@ -271,10 +271,9 @@ def finish(tuner: Tuner, study: Any, start: float) -> dict[str, Any]:
         tuner.note(chance_line(settings[0]["search_score"], chance))
     else:
         winner, reruns = choose(tuner, study)
-        search_noise = noise if dof else None  # before the re-runs: they pair selected trials
-        groups = [*seed_groups(study).values()]
-        groups += [[r["search_score"], r["rerun_score"]] for r in reruns if len(r["scores"]) == 1]
-        noise, dof = pooled_seed_std(groups)
+        # the re-runs are not pooled into the noise: their search scores are the maxima of many
+        # noisy trials, so (search, re-run) pairs differ by more than seeds alone make them
+        search_noise = noise if dof else None
         best_path = write_best(tuner, winner)
         best = {"trial": winner["trial"], "val_acc": winner["search_score"],
                 "rerun_val_acc": winner["rerun_score"], "params": winner["params"]}  # fmt: skip
