@@ -189,7 +189,7 @@ def finished_trials(out: Path) -> int:
 def reconfirmed(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     """``data`` (a ``--reconfirm`` run) with the search's record of the earlier results file
     (budget, command, wall-clock, machine) kept, and the reconfirmation's beside it, with what
-    the earlier confirmation said (``reconfirmed.before``)."""
+    the earlier confirmations said (``reconfirmed.earlier``, oldest first)."""
     import json
 
     old = json.loads(path.read_text()) if path.exists() else {}
@@ -201,10 +201,12 @@ def reconfirmed(path: Path, data: dict[str, Any]) -> dict[str, Any]:
         before = old.get("losses", {}).get(loss, {})
         entry["reconfirmed"] = {"command": data["command"], "git": common.git_commit(),
                                 "wall_s": entry.pop("search_and_confirm_wall_s")}  # fmt: skip
-        if "cv" in before:  # what the earlier confirmation said, kept beside the new one
-            entry["reconfirmed"]["before"] = {
-                k: before[k] for k in ("cv", "verdict", "agrees", "best_trial") if k in before
-            }
+        if "cv" in before:  # what the earlier confirmations said, kept beside the new one
+            earlier = before.get("reconfirmed", {}).get("earlier", [])
+            entry["reconfirmed"]["earlier"] = [*earlier, {
+                "git": before.get("reconfirmed", {}).get("git", old.get("machine", {}).get("git")),
+                **{k: before[k] for k in ("cv", "verdict", "agrees", "best_trial") if k in before},
+            }]  # fmt: skip
         for key in ("search_and_confirm_wall_s", "run"):
             if key in before:
                 entry[key] = before[key]

@@ -473,11 +473,11 @@ def _reconfirmed_lines(dataset: str, data: dict[str, Any]) -> list[str]:
         text = (f"- {dataset}, {CHANNEL_LOSSES.get(loss, loss)}: the confirmation was rerun on "
                 f"the stored search by `{again['command']}` (git "
                 f"{str(again['git'].get('commit'))[:7]}, {fmt_seconds(again['wall_s'])})")  # fmt: skip
-        before = again.get("before")
-        if before and "cv" in before:
+        for before in again.get("earlier", []):
             cv = before["cv"]
+            commit = str((before.get("git") or {}).get("commit"))[:7]
             text += (
-                f"; before it: cross-validated {100 * cv['diff']:+.2f} "
+                f"; before it (git {commit}): cross-validated {100 * cv['diff']:+.2f} "
                 f"(±{100 * cv['threshold']:.2f}), {_verdict_word(cv['beyond'], cv['diff'])}, "
                 f"agree with test: {'yes' if before.get('agrees') else 'no'}"
             )

@@ -247,8 +247,17 @@ def test_tune_searches_on_validation_prunes_resumes_and_writes_a_trainable_best(
     fold_runs = sorted((out / "confirm" / "ce").glob("fold*"))
     assert [p.name for p in fold_runs] == ["fold0", "fold1"]
     # a fold trains on half of the images for twice the epochs: the whole split's steps
-    for run in fold_runs:
-        assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 2 * TINY["epochs"]
+    split_seeds = set()
+    for k, run in enumerate(fold_runs):
+        ce_fold = yaml.safe_load((run / "config.yaml").read_text())
+        assert ce_fold["epochs"] == 2 * TINY["epochs"]
+        # fold k: both arms on seed confirm_seed + k, the folds drawn with one split seed
+        tuned = yaml.safe_load(
+            (out / "confirm" / f"trial-{best['trial']:04d}" / run.name / "config.yaml").read_text()
+        )
+        assert ce_fold["seed"] == tuned["seed"] == conf["seed"] + k
+        split_seeds |= {ce_fold["data"]["split_seed"], tuned["data"]["split_seed"]}
+    assert len(split_seeds) == 1
     final = yaml.safe_load((out / "final" / "ce" / "config.yaml").read_text())
     assert final["epochs"] == TINY["epochs"]
     report = (out / "report.html").read_text()

@@ -87,7 +87,8 @@ def test_report_shows_the_verdict_next_to_the_test_result(
     data["losses"]["cc"]["reconfirmed"] = {
         "command": "python benchmarks/bench_tune.py --reconfirm", "git": {"commit": "abcdef0123"},
         "wall_s": 900.0, "agrees": True,
-        "before": {"cv": {"diff": 0.049, "threshold": 0.0124, "beyond": True}, "agrees": False},
+        "earlier": [{"cv": {"diff": 0.049, "threshold": 0.0124, "beyond": True}, "agrees": False,
+                     "git": {"commit": "68ab190abc"}}],
     }  # fmt: skip
     (results / "tune_digits.json").write_text(json.dumps(data))
     calibration = {
@@ -116,7 +117,7 @@ def test_report_shows_the_verdict_next_to_the_test_result(
     assert "CE's validation accuracy rose +0.40 points at most over the last quarter" in text
     assert (
         "- digits, CC-Loss: the confirmation was rerun on the stored search by "
-        "`python benchmarks/bench_tune.py --reconfirm` (git abcdef0, 15 min); before it: "
+        "`python benchmarks/bench_tune.py --reconfirm` (git abcdef0, 15 min); before it (git 68ab190): "
         "cross-validated +4.90 (±1.24), gain, agree with test: no."
     ) in text
     assert '"no difference" in **19 of 20** repeats (95 %)' in text
@@ -254,7 +255,8 @@ def test_a_reconfirmation_keeps_the_searchs_record(tmp_path: Path) -> None:
     path.write_text(json.dumps(old))
     new = {**old, "timeout": None, "trials_per_search": 27, "command": "reconfirm run",
            "wall_s": 900.0, "machine": {**MACHINE, "load": 1},
-           "losses": {"cc": {"verdict": "new", "search_and_confirm_wall_s": 880.0}}}  # fmt: skip
+           "losses": {"cc": {"verdict": "new", "cv": {"diff": 0.03},
+                             "search_and_confirm_wall_s": 880.0}}}  # fmt: skip
     got = bench.reconfirmed(path, new)
     assert got["timeout"] == "60m" and got["trials_per_search"] is None
     assert got["command"] == "search run" and got["wall_s"] == 3600.0 and got["machine"] == MACHINE
@@ -262,6 +264,15 @@ def test_a_reconfirmation_keeps_the_searchs_record(tmp_path: Path) -> None:
     assert cc["verdict"] == "new" and cc["search_and_confirm_wall_s"] == 3500.0
     assert cc["run"] == {"command": "cc search"}
     assert cc["reconfirmed"]["command"] == "reconfirm run" and cc["reconfirmed"]["wall_s"] == 880.0
-    assert cc["reconfirmed"]["before"] == {"cv": {"diff": 0.049}, "verdict": "old", "agrees": False}
+    assert cc["reconfirmed"]["earlier"] == [
+        {"git": MACHINE["git"], "cv": {"diff": 0.049}, "verdict": "old", "agrees": False}
+    ]
+    # a second reconfirmation keeps both earlier answers, oldest first
+    path.write_text(json.dumps(got))
+    again = bench.reconfirmed(
+        path,
+        {**new, "losses": {"cc": {"verdict": "newer", "cv": {}, "search_and_confirm_wall_s": 1.0}}},
+    )
+    assert [e["verdict"] for e in again["losses"]["cc"]["reconfirmed"]["earlier"]] == ["old", "new"]
     with pytest.raises(SystemExit, match="--reconfirm: no study"):
         bench.finished_trials(tmp_path)
