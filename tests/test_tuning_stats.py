@@ -116,6 +116,16 @@ def _study_with(curves: list[list[float]], noise: float | None):  # noqa: ANN202
     return study
 
 
+def _pruned_at(study, pruner, curve: list[float]) -> int | None:  # noqa: ANN001
+    """The epoch at which ``pruner`` stops a new trial reporting ``curve``; None if never."""
+    trial = study.ask()
+    for epoch, value in enumerate(curve, 1):
+        trial.report(value, epoch)
+        if pruner.prune(study, study._storage.get_trial(trial._trial_id)):
+            return epoch
+    return None
+
+
 @pytest.mark.parametrize(
     ("noise", "curve", "pruned_at"),
     [
@@ -137,14 +147,7 @@ def test_the_noise_margin_pruner(
     study = _study_with(refs, 0.015 if noise == 0.01 else noise)  # margin 2 x 0.015
     pruner = make_pruner("noise", epochs=6)
     assert isinstance(pruner, NoiseMarginPruner) and pruner.warmup == 3
-    trial = study.ask()
-    stopped = None
-    for epoch, value in enumerate(curve, 1):
-        trial.report(value, epoch)
-        if pruner.prune(study, study._storage.get_trial(trial._trial_id)):
-            stopped = epoch
-            break
-    assert stopped == pruned_at
+    assert _pruned_at(study, pruner, curve) == pruned_at
 
 
 def test_pruning_before_half_of_the_epochs_is_counted_and_worded() -> None:
@@ -237,14 +240,7 @@ def test_the_noise_pruner_waits_while_the_seed_twins_disagree(
                                 ({"x": 2.0}, 0, [0.3, 0.6, 0.8, 0.8, 0.8, 0.8])]:  # fmt: skip
         study.add_trial(_complete(params, seed, curve))
     pruner = make_pruner("noise", epochs=6)
-    trial = study.ask()
-    stopped = None
-    for epoch, value in enumerate([0.3, 0.5, 0.55, 0.55, 0.55, 0.5], 1):
-        trial.report(value, epoch)
-        if pruner.prune(study, study._storage.get_trial(trial._trial_id)):
-            stopped = epoch
-            break
-    assert stopped == pruned_at
+    assert _pruned_at(study, pruner, [0.3, 0.5, 0.55, 0.55, 0.55, 0.5]) == pruned_at
 
 
 def test_a_winner_that_drops_on_its_fresh_seed_is_reported() -> None:
