@@ -281,7 +281,6 @@ def finish(tuner: Tuner, study: Any, start: float) -> dict[str, Any]:
         winner, reruns = choose(tuner, study)
         # the re-runs are not pooled into the noise: their search scores are the maxima of many
         # noisy trials, so (search, re-run) pairs differ by more than seeds alone make them
-        search_noise = noise if dof else None
         best_path = write_best(tuner, winner)
         best = {"trial": winner["trial"], "val_acc": winner["search_score"],
                 "rerun_val_acc": winner["rerun_score"], "params": winner["params"]}  # fmt: skip
@@ -289,7 +288,7 @@ def finish(tuner: Tuner, study: Any, start: float) -> dict[str, Any]:
                   + (f" ({100 * winner['rerun_score']:.2f}% on seed {tuner.rerun_seed})"
                      if winner["rerun_score"] is not None else "")
                   + f": {params_text(winner['params'])}; wrote {best_path}")  # fmt: skip
-        if line := rerun_drop_line(winner, search_noise):
+        if line := rerun_drop_line(winner, noise if dof else None):
             tuner.note(line)
         if tuner.folds:
             confirmation = confirm_folds(tuner, winner)

@@ -7,7 +7,7 @@ epochs, and only when it lies below the median of the complete trials at the sam
 more than twice the seed noise *at that epoch* (:func:`seed_noise_by_epoch`: the spread of the
 smoothed curves of one setting trained on several seeds, the config as written on two; never
 less than the noise of the final score, the study's ``noise_std``). With a high learning rate a
-curve can sit 20 points below its seed twin half-way and end level with it: the noise of the
+curve can sit 10 points or more below its seed twin half-way and end level with it: the noise of the
 final score alone would prune such trials. Until the noise is known, it prunes nothing. ``median``,
 ``halving`` and ``none`` are Optuna's ``MedianPruner`` (same warm-up), asynchronous successive
 halving and ``NopPruner``.
