@@ -15,6 +15,7 @@ halving and ``NopPruner``.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from typing import Any
@@ -58,12 +59,12 @@ def seed_noise_by_epoch(trials: list[Any], last: int = SCORE_EPOCHS) -> dict[int
     ``last`` epochs, made non-increasing in the epoch (the noise at epoch e is the largest
     measured at e or later), so that one epoch where two seeds happen to agree does not
     declare the curves settled. Empty when no setting has two seeds."""
-    by_setting: dict[tuple[tuple[str, Any], ...], dict[int, dict[int, float]]] = {}
+    by_setting: dict[str, dict[int, dict[int, float]]] = {}
     for t in trials:
         seed = t.user_attrs.get("seed")
         if seed is None:
             continue
-        key = tuple(sorted((k, repr(v)) for k, v in t.params.items()))
+        key = json.dumps(t.params, sort_keys=True)  # as seed_groups keys a setting
         by_setting.setdefault(key, {})[int(seed)] = t.intermediate_values
     groups = [list(seeds.values()) for seeds in by_setting.values() if len(seeds) > 1]
     steps = sorted({s for g in groups for curve in g for s in curve})
