@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from chanloss.atomic import json_text
 from chanloss.errors import InferenceError
 from chanloss.training.checkpoint import CheckpointError
 from chanloss.training.config import ConfigError, TrainConfig
@@ -329,8 +329,9 @@ def export_model(
     checkpoint = resolve_checkpoint(checkpoint)  # a run directory: its best.pt (or last.pt)
     model = load_model(checkpoint)
     target = Path(out) if out is not None else checkpoint.with_suffix(_SUFFIX[format])
-    info = json.dumps(
-        {"preprocessing": model.preprocessing.to_dict(), "class_names": model.class_names}
+    info = json_text(
+        {"preprocessing": model.preprocessing.to_dict(), "class_names": model.class_names},
+        indent=None,
     )
     pre = model.preprocessing
     example = torch.rand(2, len(pre.mean), *pre.image_size)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from chanloss.atomic import write_json
 from chanloss.training.config import ConfigError
 from chanloss.tuning.common import params_text, write_text
 from chanloss.tuning.output import (
@@ -306,7 +306,7 @@ def finish(tuner: Tuner, study: Any, start: float) -> dict[str, Any]:
     summary.update(best=best, reruns=[{k: r[k] for k in ("trial", "params", "search_score",
                                                           "rerun_score")} for r in reruns],
                    confirmation=confirmation, wall_s=round(time.time() - start, 1))  # fmt: skip
-    write_text(tuner.out_dir / "tune.json", json.dumps(summary, indent=1, default=_json) + "\n")
+    write_json(tuner.out_dir / "tune.json", summary, default=str)
     from chanloss.tuning.report import write_report
 
     write_report(study, tuner.dims, summary, tuner.out_dir)
@@ -315,9 +315,3 @@ def finish(tuner: Tuner, study: Any, start: float) -> dict[str, Any]:
     tail = f"; train the best with: chanloss train -c {tuner.out_dir / 'best.yaml'}" if best else ""
     tuner.log(f"\nreport in {tuner.out_dir / 'report.html'}{tail}")
     return summary
-
-
-def _json(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
