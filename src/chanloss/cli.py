@@ -31,6 +31,7 @@ from chanloss.cli_support import (
     stop_signals_before_training,
 )
 from chanloss.errors import UsageError
+from chanloss.masking import mask_secrets
 
 USER_ERROR = 2
 NPROC_ENV = "CHANLOSS_NPROC"  # set by the --nproc launcher in its workers
@@ -458,8 +459,9 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage",
         metavar="URL",
-        help="a shared Optuna storage: sqlite:///PATH, postgresql://..., or journal:PATH "
-        "(default: OUT/study.db)",
+        help="a shared Optuna storage: sqlite:///PATH, postgresql://USER@HOST/DB, or "
+        "journal:PATH (default: OUT/study.db); a PostgreSQL password is read from PGPASSWORD or "
+        "~/.pgpass when the URL has none, and is never printed or stored",
     )
     p.add_argument(
         "--pruner",
@@ -570,7 +572,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status. No password is printed: an error
+    message, and a traceback that would quote one, show it as ``***``
+    (:func:`chanloss.masking.mask_secrets`)."""
+    try:
+        return _run_command(argv)
+    except Exception as err:
+        import traceback
+
+        text = "".join(traceback.format_exception(err))
+        if mask_secrets(text) == text:
+            raise
+        print(mask_secrets(text), end="", file=sys.stderr, flush=True)
+        return 1
+
+
+def _run_command(argv: Sequence[str] | None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
@@ -587,11 +604,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     except (UsageError, config_error(), FileNotFoundError) as err:
         message = " ".join(str(err).split())
-        print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+        print(f"{PROG}: error: {mask_secrets(message)}", file=sys.stderr, flush=True)
         return USER_ERROR
     except OSError as err:  # an unwritable or full disk, a file that vanished: one line
         where = f"{err.filename}: " if err.filename else ""
-        print(f"{PROG}: error: {where}{err.strerror or err}", file=sys.stderr, flush=True)
+        print(
+            f"{PROG}: error: {mask_secrets(f'{where}{err.strerror or err}')}",
+            file=sys.stderr,
+            flush=True,
+        )
         return USER_ERROR
     except KeyboardInterrupt as err:
         out_dir = getattr(err, "out_dir", None)  # TrainingInterrupted: last.pt was written
@@ -618,13 +639,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USER_ERROR
     except RuntimeError as err:
         if out_of_memory(err):
-            first = " ".join(str(err).split())[:200]
+            first = mask_secrets(" ".join(str(err).split())[:200])
             print(f"{PROG}: error: {OUT_OF_MEMORY} ({first})", file=sys.stderr, flush=True)
             return USER_ERROR
         reason = distributed_failure(err)
         if reason is None:
             raise
-        print(f"{PROG}: error: {reason}", file=sys.stderr, flush=True)
+        print(f"{PROG}: error: {mask_secrets(reason)}", file=sys.stderr, flush=True)
         return 1
     return int(status or 0)
 

@@ -262,7 +262,7 @@ def finish(tuner: Tuner, study: Any, start: float) -> dict[str, Any]:
     learned = settings[0]["search_score"] > chance + max(2 * (noise if dof else 0), 0.02)
     summary: dict[str, Any] = {
         "study": STUDY_NAME,
-        "storage": tuner.spec,
+        "storage": tuner.shown_spec,
         "config": tuner.config_path,
         "trials_target": tuner.trials,
         "timeout_s": tuner.timeout_s,

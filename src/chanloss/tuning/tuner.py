@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from chanloss.errors import TuneInterrupted
+from chanloss.masking import mask_secrets
 from chanloss.training.config import ConfigError, TrainConfig, config_to_dict
 from chanloss.training.search import apply_params, resolve_space
 from chanloss.tuning.common import clock, cores, params_text
@@ -103,6 +104,7 @@ class Tuner:
         self.split_seed = self.config.seed if split is None else split
         self.raw["data"]["split_seed"] = self.split_seed  # every seed validates on one split
         self.spec = storage_url(self.storage, self.out_dir)
+        self.shown_spec = mask_secrets(self.spec)  # what is printed and stored: no password
         self.threads = max(1, cores() // self.jobs)
         self.notes: list[str] = []  # what the terminal said about the budget and the pruner
 
@@ -205,7 +207,7 @@ class Tuner:
                 if self.pruner in ("noise", "median")
                 else ""
             )  # fmt: skip
-            + f"; storage {self.spec}"
+            + f"; storage {self.shown_spec}"
             + (f"; {finished} finished earlier" if finished else "")
         )
         for d in self.dims:
