@@ -353,6 +353,25 @@ def test_the_readme_fits_on_a_few_screens() -> None:
     assert len(lines) <= 160, f"README.md has {len(lines)} lines; keep it within 160"
 
 
+CPU_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+
+
+def test_the_install_gives_the_cpu_build_explicitly() -> None:
+    """A plain ``pip install torch`` on Linux fetches the CUDA build: the README's install
+    block gives PyTorch's CPU wheel index, with the CUDA command beside it, and ``make``'s
+    virtual environment installs the CPU build."""
+    install = README.read_text().split("## Install", 1)[1].split("\n## ", 1)[0]
+    commands = "".join(b.code for b in code_blocks(install) if b.language == "bash")
+    assert CPU_TORCH in commands and "NVIDIA GPU: pip install torch" in commands
+    torch_lines = [
+        line for line in (ROOT / "Makefile").read_text().splitlines() if "pip install" in line
+    ]
+    torch_lines = [line for line in torch_lines if " torch" in line]
+    assert torch_lines and all(
+        "--index-url https://download.pytorch.org/whl/cpu" in line for line in torch_lines
+    )
+
+
 def test_readme_data_sizes_match_the_data_module() -> None:
     from chanloss.data import build_datasets
 
