@@ -285,9 +285,10 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--format",
-        default="torchscript",
+        default=None,
         choices=("torchscript", "onnx"),
-        help="torchscript (default) or onnx (needs the onnx package: pip install onnx)",
+        help="torchscript or onnx (needs the onnx package: pip install onnx); default: from "
+        "the suffix of --out (.onnx: onnx), else torchscript",
     )
     p.add_argument(
         "--out", help="output file (default: the checkpoint's path with .torchscript.pt or .onnx)"
@@ -298,10 +299,11 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
     "export", "export a checkpoint as TorchScript or ONNX (images -> scores)", _configure_export
 )
 def _run_export(args: argparse.Namespace) -> int:
-    from chanloss.inference import export_model
+    from chanloss.inference import export_format, export_model
 
-    path = export_model(args.checkpoint, args.out, format=args.format)
-    print(f"exported {args.checkpoint} ({args.format}) to {path}", flush=True)
+    format = export_format(args.out, args.format)
+    path = export_model(args.checkpoint, args.out, format=format)
+    print(f"exported {args.checkpoint} ({format}) to {path}", flush=True)
     return 0
 
 
