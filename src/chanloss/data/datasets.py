@@ -105,9 +105,18 @@ def load_mnist5k(*, root: str | None = None) -> Splits:
 def _need_root(root: str | os.PathLike | None, name: str, layout: str) -> Path:
     if root is None:
         raise ValueError(f"dataset {name!r} needs root=<directory holding {layout}>, got None")
-    path = Path(root).expanduser()
+    given = Path(root).expanduser()
+    path = given.absolute()  # later messages name the folders in full
     if not path.is_dir():
-        raise DatasetFileNotFoundError(f"{name}: root {str(path)!r} is not a directory ({layout})")
+        where = (
+            ""
+            if given.is_absolute()
+            else f"; a relative root is taken from the current directory, {Path.cwd()}, "
+            f"which gives {path}"
+        )
+        raise DatasetFileNotFoundError(
+            f"{name}: root {str(given)!r} is not a directory ({layout}){where}"
+        )
     return path
 
 

@@ -14,6 +14,7 @@ run.
 from __future__ import annotations
 
 import inspect
+import warnings
 from pathlib import Path
 
 import torch
@@ -67,11 +68,46 @@ def preflight(config: TrainConfig) -> None:
     try:
         with torch.device("meta"):
             model = build_model(config, num_classes=num_classes, in_channels=in_channels)
+            _warn_unequal_groups(config, int(model.num_features), num_classes)
             build_losses(config, model, num_classes)
     except ConfigError as err:
         raise blame_set(config, err) from None
     except (RuntimeError, NotImplementedError, TypeError, ValueError, AttributeError):
         return  # a model that cannot be built without memory: the run builds it for real
+
+
+def _warn_unequal_groups(config: TrainConfig, channels: int, classes: int) -> None:
+    """A warning when MC-Loss's channels do not split evenly among the classes.
+
+    A warning, not an error: MC-Loss then gives some classes one channel more (its groups are
+    ``q`` and ``q + 1`` channels), which trains, and a backbone's channel count (2048 on 200
+    classes) is often not the user's to choose; but the paper's equal groups are what a user
+    of ``feature_channels`` most likely meant, so the nearest multiples are named."""
+    from chanloss.losses import LOSSES, loss_spec
+    from chanloss.losses.mc_loss import MCLoss
+
+    q, r = divmod(channels, classes)
+    if r == 0 or q == 0:  # fewer channels than classes: building the loss says so
+        return
+    mc = [
+        i
+        for i, entry in enumerate(config.losses)
+        if entry.name in LOSSES and issubclass(loss_spec(entry.name).cls, MCLoss)
+    ]
+    if not mc:
+        return
+    key = "model.feature_channels" if "feature_channels" in config.model.options() else None
+    change = f"set {key} to" if key else "use a model with"
+    down, up = q * classes, (q + 1) * classes
+    multiples = f"{down} or {up}" if q > 1 else f"{up}"
+    multiples += "" if key else " feature channels"
+    warnings.warn(
+        f"losses.{mc[0]} (mc): {channels} feature channels are not a multiple of the "
+        f"{classes} classes, so MC-Loss's channel groups are unequal ({classes - r} classes get "
+        f"{q} channel{'s' if q > 1 else ''}, {r} get {q + 1}); {change} {multiples} for "
+        "equal groups",
+        stacklevel=2,
+    )
 
 
 def check_image_size(
