@@ -480,8 +480,9 @@ def list_image_folder(
     rest is the training set; this is printed. ``val/``, when present, is the validation split
     (``build_datasets`` then needs ``val_fraction=0``). ``colour`` is ``"RGB"`` (3 channels),
     ``"L"`` (grey, 1 channel) or ``"auto"`` (``"L"`` when every sampled training image is grey,
-    else ``"RGB"``); ``image_size`` is a size as for ``cub200`` or ``"auto"`` (the most common
-    size of the sampled training images); an ``auto`` choice is printed. ``resize`` and
+    else ``"RGB"``); ``image_size`` is a size as for ``cub200`` or ``"auto"`` (the size of the
+    sampled training images when they share one, else their median height and width rounded
+    to multiples of 8, see :func:`_auto_size`); an ``auto`` choice is printed. ``resize`` and
     ``resize_mode`` as for ``cub200``.
     """
     name = "image_folder"
