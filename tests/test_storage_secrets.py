@@ -8,33 +8,21 @@ skipped without Debian's ``postgresql`` package, like ``test_tune_postgres.py``.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from test_tune_postgres import _as_server_user, _pg_bin
+from test_tune import TINY as TUNE_TINY
+from test_tune_postgres import postgres_server
 
 from chanloss.cli import main
 from chanloss.masking import mask_secrets
 
 SECRET = "Xy7-secret-pw"
 
-TINY = {
-    "model": {"name": "convnet_small", "width": 4, "feature_channels": 20, "pools": 1},
-    "data": {"name": "digits", "val_fraction": 0.25},
-    "losses": [{"name": "ce"}, {"name": "mc"}],
-    "optim": {"lr": 0.1},
-    "schedule": {"name": "constant"},
-    "epochs": 2,
-    "batch_size": 32,
-    "device": "cpu",
-    "search": {"mc": {"keep_ratio": None, "pool": None}, "optim": {"lr": [0.05, 0.3]}},
-}
+# two epochs and a learning-rate range where every trial learns: a best setting is chosen
+TINY = {**TUNE_TINY, "epochs": 2, "search": {**TUNE_TINY["search"], "optim": {"lr": [0.05, 0.3]}}}
 
 
 def test_mask_secrets_masks_url_passwords_and_password_settings() -> None:
@@ -107,40 +95,17 @@ def test_the_resume_command_masks_the_password() -> None:
 
 
 @pytest.fixture
-def password_server() -> Iterator[tuple[str, str]]:
+def password_server() -> Iterator[tuple[str, int]]:
     """A PostgreSQL server whose user ``postgres`` needs the password :data:`SECRET`:
     ``(socket directory, port)``."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if initdb is None or pg_ctl is None:
-        if os.environ.get("CHANLOSS_REQUIRE_POSTGRES"):
-            pytest.fail("PostgreSQL (initdb, pg_ctl) is not installed: apt-get install postgresql")
-        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
-    root = Path(tempfile.mkdtemp(prefix="chanloss-pgpw-"))
-    data, sock, pwfile = root / "data", root / "sock", root / "pw"
-    sock.mkdir()
-    pwfile.write_text(SECRET + "\n")
-    if os.geteuid() == 0:
-        for path in (root, sock, pwfile):
-            shutil.chown(path, "postgres")
-    run = {"check": True, "capture_output": True, "timeout": 120}
-    port = 40000 + (os.getpid() + 7) % 20000
-    try:
-        subprocess.run(_as_server_user([initdb, "-D", str(data), "-U", "postgres",
-                                        "--auth=scram-sha-256", f"--pwfile={pwfile}",
-                                        "--no-sync"]), **run)  # fmt: skip
-        subprocess.run(_as_server_user([pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w",
-                                        "-o", f"-k {sock} -p {port} -c listen_addresses=''",
-                                        "start"]), **run)  # fmt: skip
-        yield str(sock), str(port)
-    finally:
-        subprocess.run(_as_server_user([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True, timeout=120, check=False)  # fmt: skip
-        shutil.rmtree(root, ignore_errors=True)
+    options = ["--auth=scram-sha-256", "--pwfile={root}/pw"]
+    with postgres_server(options, {"pw": SECRET + "\n"}) as server:
+        yield server
 
 
 def test_a_postgresql_password_is_used_but_never_printed_or_stored(
     tmp_path: Path,
-    password_server: tuple[str, str],
+    password_server: tuple[str, int],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from test_tune import TINY
 
 from chanloss.atomic import json_text, write_json
 from chanloss.cli import main
@@ -46,17 +47,7 @@ class Wrapped:
 def test_tune_json_is_strict_json_when_a_gain_has_no_standard_error(tmp_path: Path) -> None:
     # --folds 2 with one test run per side: the test gain's standard error is undefined (was
     # written as NaN)
-    raw = {
-        "model": {"name": "convnet_small", "width": 4, "feature_channels": 20, "pools": 1},
-        "data": {"name": "digits", "val_fraction": 0.25},
-        "losses": [{"name": "ce"}, {"name": "mc"}],
-        "optim": {"lr": 0.1},
-        "schedule": {"name": "constant"},
-        "epochs": 2,
-        "batch_size": 32,
-        "device": "cpu",
-        "search": {"mc": {"keep_ratio": None, "pool": None}, "optim": {"lr": [0.05, 0.3]}},
-    }
+    raw = {**TINY, "epochs": 2, "search": {**TINY["search"], "optim": {"lr": [0.05, 0.3]}}}
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     out = tmp_path / "tune"
