@@ -26,6 +26,7 @@ from chanloss.cli_support import (
     PROG,
     config_error,
     distributed_failure,
+    masked_traceback,
     out_of_memory,
     rerun_command,
     stop_signals_before_training,
@@ -580,12 +581,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run_command(argv)
     except Exception as err:
-        import traceback
-
-        text = "".join(traceback.format_exception(err))
-        if mask_secrets(text) == text:
+        if (text := masked_traceback(err)) is None:
             raise
-        print(mask_secrets(text), end="", file=sys.stderr, flush=True)
+        print(text, end="", file=sys.stderr, flush=True)
         return 1
 
 
@@ -610,11 +608,8 @@ def _run_command(argv: Sequence[str] | None) -> int:
         return USER_ERROR
     except OSError as err:  # an unwritable or full disk, a file that vanished: one line
         where = f"{err.filename}: " if err.filename else ""
-        print(
-            f"{PROG}: error: {mask_secrets(f'{where}{err.strerror or err}')}",
-            file=sys.stderr,
-            flush=True,
-        )
+        message = mask_secrets(f"{where}{err.strerror or err}")
+        print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
         return USER_ERROR
     except KeyboardInterrupt as err:
         out_dir = getattr(err, "out_dir", None)  # TrainingInterrupted: last.pt was written

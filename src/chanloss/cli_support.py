@@ -19,6 +19,7 @@ __all__ = [
     "Stopped",
     "config_error",
     "distributed_failure",
+    "masked_traceback",
     "out_of_memory",
     "rerun_command",
     "stop_signals_before_training",
@@ -126,3 +127,13 @@ def rerun_command(arguments: Sequence[str]) -> str:
     if shown != command:
         shown += " (password masked: type it there, or leave it out of the URL and set PGPASSWORD)"
     return shown
+
+
+def masked_traceback(err: BaseException) -> str | None:
+    """The traceback of ``err`` with its passwords masked, or ``None`` when it quotes none
+    (then Python prints it as usual)."""
+    import traceback
+
+    text = "".join(traceback.format_exception(err))
+    masked = mask_secrets(text)
+    return None if masked == text else masked
