@@ -37,6 +37,10 @@ def test_mask_secrets_masks_url_passwords_and_password_settings() -> None:
         "postgresql://bob@h/db?password=***&port=1"
     )
     assert mask_secrets(f"host=h password='{SECRET}' user=bob") == "host=h password=*** user=bob"
+    # an "@" in the password (not percent-encoded) stays masked; two URLs in one text
+    assert mask_secrets("postgresql://bob:p@ss@h/db and mysql://al:x@h2/db") == (
+        "postgresql://bob:***@h/db and mysql://al:***@h2/db"
+    )
     # nothing else changes: no password, a port, a path, sqlite and journal storages
     for plain in (
         "postgresql://bob@db.lab:5432/studies",

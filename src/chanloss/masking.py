@@ -20,9 +20,9 @@ __all__ = ["MASK", "mask_secrets"]
 
 MASK = "***"
 
-# scheme://user:PASSWORD@ (a password holds no "@", "/" or whitespace: RFC 3986 has them
-# percent-encoded in the user information)
-_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*:)([^@/\s]+)(@)")
+# scheme://user:PASSWORD@host: the password runs to the last "@" before the host (an "@"
+# that should have been percent-encoded stays inside it); the host part holds no "/?#"
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*:)([^/?#\s]+)(@)")
 # password=... in a URL query (?password=...&) or a libpq connection string (password=... )
 _KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('[^']*'|[^&\s'\"]+)", re.IGNORECASE)
 
