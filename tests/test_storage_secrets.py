@@ -157,3 +157,15 @@ def test_a_postgresql_password_is_used_but_never_printed_or_stored(
     monkeypatch.setenv("PGPASSFILE", str(pgpass))
     assert main([*argv, "--out", str(tmp_path / "file"), "--storage", bare]) == 0
     assert SECRET not in "".join(capsys.readouterr())
+
+
+def test_every_tune_log_line_is_masked(tmp_path: Path) -> None:
+    from chanloss.training import load_config
+    from chanloss.tuning import Tuner
+
+    lines: list[str] = []
+    url = f"postgresql://bob:{SECRET}@db.lab/studies"
+    tuner = Tuner(load_config(raw=TINY), tmp_path / "t", 1, storage=url, log=lines.append)
+    assert tuner.spec == url and tuner.shown_spec == "postgresql://bob:***@db.lab/studies"
+    tuner.log(f"trial 3: failed: lost {url}")  # e.g. a trial's error quoting the storage
+    assert lines == ["trial 3: failed: lost postgresql://bob:***@db.lab/studies"]

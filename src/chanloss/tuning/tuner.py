@@ -105,6 +105,8 @@ class Tuner:
         self.raw["data"]["split_seed"] = self.split_seed  # every seed validates on one split
         self.spec = storage_url(self.storage, self.out_dir)
         self.shown_spec = mask_secrets(self.spec)  # what is printed and stored: no password
+        log = self.log  # every line (a trial's error too) without a password
+        self.log = lambda line: log(mask_secrets(line))
         self.threads = max(1, cores() // self.jobs)
         self.notes: list[str] = []  # what the terminal said about the budget and the pruner
 
