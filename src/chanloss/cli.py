@@ -532,6 +532,13 @@ def _configure_prune(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also prune the feature layer that CC-Loss/MC-Loss read (evenly in MC's groups)",
     )
+    p.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="re-fit the layers reading each pruned group by least squares (default: on for "
+        "cpli, off for the other methods)",
+    )
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines or table")
     _add_set(p)
@@ -551,6 +558,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         finetune_epochs=args.finetune_epochs,
         overrides=args.overrides,
         prune_features=args.prune_features,
+        refit=args.refit,
         device=args.device,
         verbose=not args.quiet,
     )
