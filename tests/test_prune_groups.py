@@ -111,6 +111,8 @@ def test_option_a_shortcut_pruning_equals_zeroing_the_stream_channels():
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-5, atol=1e-5)
     assert model.get_submodule("body.4.0.conv1").in_channels == 6
+    traced = torch.jit.trace(model, x, check_trace=False, strict=False)  # what export runs
+    torch.testing.assert_close(traced(x)[0], reference(x).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_group_criteria_sum_per_channel_references_over_the_group():
@@ -339,3 +341,51 @@ def test_version_1_records_still_replay_and_unknown_versions_are_refused():
     assert model.get_submodule("body.3").out_channels == 3
     with pytest.raises(ValueError, match=r"version 7, expected one of 1, 2 \(prune the original"):
         check_record({**record, "version": 7})
+
+
+class _GatedNet(nn.Module):
+    """A user's network: two conv-BN-ReLU layers, a squeeze-excitation gate (Linear layers)
+    between the feature map and the classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU(),
+        )  # fmt: skip
+        self.gate = nn.Sequential(nn.Linear(24, 6), nn.ReLU(), nn.Linear(6, 24), nn.Sigmoid())
+        self.fc = nn.Linear(24, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        f = f * self.gate(f.mean((2, 3)))[:, :, None, None]
+        return self.fc(f.mean((2, 3)))
+
+
+def test_a_feature_tap_model_with_a_channel_gate_prunes_and_replays():
+    from chanloss.models.tap import FeatureTap
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return FeatureTap(_GatedNet(), layer="features", classifier="fc").eval()
+
+    model = build()
+    groups = {g.root: g for g in find_groups(model, EXAMPLE)}
+    assert set(groups) == {"model.features.0", "model.features.3"}
+    inner, feature = groups["model.features.0"], groups["model.features.3"]
+    assert not inner.is_feature and {r.name for r in inner.readers} == {"model.features.3"}
+    # the gate reads the feature map and writes a scale per channel: both follow the pruning
+    assert feature.is_feature
+    assert {r.name for r in feature.readers} == {"model.gate.0", "model.fc"}
+    assert {w.name for w in feature.writers} == {"model.features.3", "model.gate.2"}
+    kept = {"model.features.0": [0, 3, 4, 9, 15], "model.features.3": list(range(0, 24, 3))}
+    pruned = copy.deepcopy(model)
+    prune_groups(pruned, kept, EXAMPLE, "model.features.3")
+    assert pruned.model.gate[2].out_features == 8 and pruned.model.fc.in_features == 8
+    fresh = build()
+    apply_structure(fresh, make_record(list(groups.values()), kept, EXAMPLE, "l1"))
+    fresh.load_state_dict(pruned.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x).logits, pruned(x).logits)
+        assert pruned(x).features.shape[1] == 8
