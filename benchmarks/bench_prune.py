@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--refit", choices=("both", "on", "off"), default="both", help="criterion x refit"
     )
+    parser.add_argument(
+        "--cpli-mix", type=float, default=None, help="fix CPLI's mix (default: chosen on val)"
+    )
     parser.add_argument("--setups", default=",".join(SETUPS), help="comma-separated")
     parser.add_argument("--losses", default="", help="comma-separated subset (default all)")
     parser.add_argument("--calibration-images", type=int, default=64)
@@ -259,6 +262,9 @@ def payload(
             "speedups": speedups,
             "finetune_epochs": args.finetune_epochs,
             "calibration_images": args.calibration_images,
+            "cpli_mix": args.cpli_mix,
+            "methods": args.methods.split(","),
+            "refit": args.refit,
             "setups": {
                 name: _config(SETUPS[name], [], 0, args.quick)
                 | {
