@@ -4,9 +4,7 @@ command on the pruned checkpoint, and each bad input (one line, exit 2, nothing 
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import signal
 import sys
 import zipfile
 from pathlib import Path
@@ -14,15 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
+from test_interrupt import CtrlCLoss, ctrl_c_loss  # noqa: F401 (a fixture)
 from tiny_config import TINY
-from torch import Tensor, nn
+from torch import nn
 
 import chanloss
 from chanloss.cli import main
-from chanloss.losses import LOSSES, Loss
-from chanloss.losses.registry import register_loss
 from chanloss.models.common import Backbone, build_head
 from chanloss.models.registry import MODELS, register_model
 from chanloss.training import load_checkpoint, save_checkpoint, train, validate_config
@@ -242,32 +238,9 @@ def test_a_second_prune_into_a_locked_out_is_refused(runs, tmp_path, capsys):
     assert main(["prune", str(runs["mc"]), "--out", str(out), "--method", "l1", "-q"]) == 0
 
 
-class CtrlCLoss(Loss):
-    """Test-only loss (zero) that sends this process SIGINT at the global steps ``AT``."""
-
-    AT: list[int] = []
-
-    def __init__(self) -> None:
-        super().__init__(weights={"zero": 1.0})
-
-    def update_schedule(self, step: int) -> None:
-        for _ in range(self.AT.count(step)):
-            os.kill(os.getpid(), signal.SIGINT)
-
-    def compute_terms(self, inputs: Tensor, labels: Tensor, **kwargs: object) -> dict[str, Tensor]:
-        return {"zero": 0.0 * F.cross_entropy(inputs, labels)}
-
-
-@pytest.fixture
-def ctrl_c_loss():
-    register_loss("test_prune_ctrl_c")(CtrlCLoss)
-    yield
-    LOSSES.pop("test_prune_ctrl_c")
-    CtrlCLoss.AT = []
-
-
-def test_ctrl_c_during_finetune_then_the_printed_command_finishes_it(tmp_path, capsys, ctrl_c_loss):
-    run = _train(tmp_path, "r", MODEL, [{"name": "ce"}, {"name": "test_prune_ctrl_c"}])
+@pytest.mark.usefixtures("ctrl_c_loss")
+def test_ctrl_c_during_finetune_then_the_printed_command_finishes_it(tmp_path, capsys):
+    run = _train(tmp_path, "r", MODEL, [{"name": "ce"}, {"name": "test_ctrl_c"}])
     out = tmp_path / "p"
     CtrlCLoss.AT = [3]  # inside the first fine-tune epoch
     argv = ["prune", str(run), "--out", str(out), "--method", "l1", "--finetune-epochs", "2"]
