@@ -60,8 +60,8 @@ def contribution_gram(item: ReaderData, channels: int, weights: Tensor) -> Tenso
     outs, inputs = weight.shape[0], weight.shape[1]
     per_input = weight[0, 0].numel() if weight.dim() > 2 else 1
     kernel = weight.reshape(outs, inputs, per_input)
-    scale = weights.to(kernel.dtype).clamp_min(0).sqrt()
-    gram = torch.zeros(channels, channels, dtype=torch.float64)
+    scale = weights.to(kernel).clamp_min(0).sqrt()
+    gram = torch.zeros(channels, channels, dtype=torch.float64, device=kernel.device)
     for cols in item.columns:
         batch, positions = cols.shape[0], cols.shape[2]
         step = max(1, _ELEMENT_BUDGET // max(1, inputs * outs * positions))
@@ -70,7 +70,7 @@ def contribution_gram(item: ReaderData, channels: int, weights: Tensor) -> Tenso
             z = torch.einsum("ock,bckp->cbop", kernel, part) * scale[None, None, :, None]
             z = to_channels(z, item.member, channels).reshape(channels, -1).double()
             gram += z @ z.t()
-    return gram / torch.trace(gram).clamp_min(1e-30)
+    return (gram / torch.trace(gram).clamp_min(1e-30)).cpu()
 
 
 def greedy_scores(loss: Tensor, gram: Tensor, mix: float) -> Tensor:

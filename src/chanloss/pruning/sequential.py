@@ -207,7 +207,7 @@ def refit_reader(
         gram = g if gram is None else gram + g
         cross = c if cross is None else cross + c
     scale = ridge * float(torch.diagonal(gram).mean().clamp_min(1e-12))
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype)
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
     solution = torch.linalg.solve(gram + scale * eye, cross)  # (C_in k k, C_out)
     with torch.no_grad():
         weight.copy_(solution.t().reshape(weight.shape).to(weight.dtype))
@@ -289,9 +289,9 @@ def _refit_readers(
             continue  # the reader reads other groups' channels too: left as it is
         per_input = item.columns[0].shape[1] // keep.numel()
         column_mask = keep.repeat_interleave(per_input)
-        cols = [c[:, column_mask] for c in item.columns]
+        cols = [c[:, column_mask.to(c.device)] for c in item.columns]
         wanted = targets[item.member.name]
         rows = out_kept.get(item.member.name)
         if rows is not None:
-            wanted = [t[:, rows] for t in wanted]
+            wanted = [t[:, rows.to(t.device)] for t in wanted]
         refit_reader(module, cols, wanted)
