@@ -29,7 +29,7 @@ from chanloss.models.pruned import build_graph, prune_group, sync_feature_width
 from chanloss.pruning.criteria import Calibration
 from chanloss.pruning.graph import Member, PruneGroup
 
-POSITIONS = 32  # output positions sampled per image and reader (the columns of the refit)
+POSITIONS = 16  # output positions sampled per image and reader (the rows of the refit)
 
 
 @dataclass
@@ -235,6 +235,9 @@ def prune_in_order(
 
     ``targets`` caches the original model's reader outputs by reader name across calls."""
     graph = build_graph(model, example)
+    if refit:  # the original model's reader outputs, in one pass for every group
+        missing = sorted({r.name for g in groups for r in g.readers} - set(targets))
+        targets.update(original_outputs(original, missing, calibration))
     out_kept: dict[str, Tensor] = {}  # a writer's original output channels still present
     kept_all: dict[str, list[int]] = {}
     for index, group in enumerate(groups):
@@ -247,7 +250,7 @@ def prune_in_order(
         for writer in group.writers:  # each layer's outputs belong to one group
             out_kept[writer.name] = torch.nonzero(_kept_positions(writer, kept)).flatten()
         if refit and removed and seen is not None:
-            _refit_readers(model, original, group, seen, kept, targets, out_kept, calibration)
+            _refit_readers(group, seen, kept, targets, out_kept)
         if progress is not None:
             progress(
                 f"group {index + 1}/{len(groups)} {group.root} ({group.members} layers): "
@@ -269,18 +272,12 @@ def _kept_positions(member: Member, kept: Sequence[int]) -> Tensor:
 
 
 def _refit_readers(
-    model: nn.Module,
-    original: nn.Module,
     group: PruneGroup,
     seen: list[ReaderData],
     kept: Sequence[int],
     targets: dict[str, list[Tensor]],
     out_kept: dict[str, Tensor],
-    calibration: Calibration,
 ) -> None:
-    missing = [r.member.name for r in seen if r.member.name not in targets]
-    if missing:
-        targets.update(original_outputs(original, missing, calibration))
     for item in seen:
         module = item.module
         keep = _kept_positions(item.member, kept)
