@@ -320,8 +320,29 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "prune_s": statistics.fmean(r["prune_s"] for r in rs),
             }
         )
-    verdicts = []
     keyed = {(c["setup"], c["loss"], c["speedup_target"], c["method"]): c for c in cells}
+    verdicts = _verdicts(keyed)
+    mc_vs_ce = []
+    for (setup, loss, speedup, method), cell in keyed.items():
+        if loss != "mc" or (setup, "ce", speedup, method) not in keyed:
+            continue
+        ce = keyed[(setup, "ce", speedup, method)]
+        mc_vs_ce.append(
+            {
+                "setup": setup,
+                "speedup_target": speedup,
+                "method": method,
+                "drop_ce": ce["drop"],
+                "drop_mc": cell["drop"],
+                "mc_loses_less": cell["drop"] < ce["drop"],
+            }
+        )
+    return {"cells": cells, "cpli_vs_best_baseline": verdicts, "mc_vs_ce": mc_vs_ce}
+
+
+def _verdicts(keyed: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
+    """CPLI (with or without refit) against the best baseline of the same refit setting."""
+    verdicts = []
     for setup, loss, speedup, method in keyed:
         if method.removesuffix(REFIT) != "cpli":
             continue
@@ -354,22 +375,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 else "cannot tell",
             }
         )
-    mc_vs_ce = []
-    for (setup, loss, speedup, method), cell in keyed.items():
-        if loss != "mc" or (setup, "ce", speedup, method) not in keyed:
-            continue
-        ce = keyed[(setup, "ce", speedup, method)]
-        mc_vs_ce.append(
-            {
-                "setup": setup,
-                "speedup_target": speedup,
-                "method": method,
-                "drop_ce": ce["drop"],
-                "drop_mc": cell["drop"],
-                "mc_loses_less": cell["drop"] < ce["drop"],
-            }
-        )
-    return {"cells": cells, "cpli_vs_best_baseline": verdicts, "mc_vs_ce": mc_vs_ce}
+    return verdicts
 
 
 def markdown(result: dict[str, Any]) -> str:

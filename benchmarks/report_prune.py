@@ -81,9 +81,17 @@ def prune_section(data: dict[str, Any] | None, machine_line: Callable[[Any], str
             f"MC-trained models lost less accuracy than CE-trained ones (original − fine-tuned) "
             f"in {less} of {len(pairs)} (setup, speedup, method) cells.",
         ]
+    lines += _cost_lines(data["rows"], settings)
+    lines += latency_lines(data.get("latency"))
+    return [*lines, ""]
+
+
+def _cost_lines(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
+    """ResNet-20's pruning time and the latency measured inside the benchmark's runs."""
+    lines: list[str] = []
     resnet = [
         r
-        for r in data["rows"]
+        for r in rows
         if r["setup"] == "resnet20-finegrained"
         and r["speedup_target"] == 2
         and r["method"].startswith("cpli")
@@ -101,8 +109,7 @@ def prune_section(data: dict[str, Any] | None, machine_line: Callable[[Any], str
             f"latency measured inside those runs {ratio / len(resnet):.2f}x lower than the "
             "original's (a few calls each, under other processes' load: noisy).",
         ]
-    lines += latency_lines(data.get("latency"))
-    return [*lines, ""]
+    return lines
 
 
 def latency_lines(latency: dict[str, Any] | None) -> list[str]:
