@@ -511,7 +511,9 @@ def _run_tune(args: argparse.Namespace) -> int:
 # -- prune -------------------------------------------------------------------------------------
 def _configure_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a last.pt or best.pt of a run")
-    p.add_argument("--out", required=True, help="output directory (new or empty)")
+    p.add_argument(
+        "--out", required=True, help="output directory (new or empty; locked while pruning)"
+    )
     p.add_argument(
         "--method",
         default="cpli",
@@ -525,7 +527,9 @@ def _configure_prune(p: argparse.ArgumentParser) -> None:
         type=_int_at_least(0),
         default=0,
         metavar="E",
-        help="fine-tune the pruned model for E epochs with the run's losses and recipe",
+        help="fine-tune the pruned model for E epochs with the run's losses and recipe at "
+        "prune.finetune_lr (default: a tenth of the run's lr); pruned.pt is the best on "
+        "validation of right after pruning and each epoch",
     )
     p.add_argument(
         "--prune-features",
