@@ -89,6 +89,8 @@ def prune_section(data: dict[str, Any] | None, machine_line: Callable[[Any], str
 def _cost_lines(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
     """ResNet-20's pruning time and the latency measured inside the benchmark's runs."""
     lines: list[str] = []
+    fixed = settings.get("cpli_mix")
+    mixes = "three mixing weights" if fixed is None else f"mixing weight fixed at {fixed:g}"
     resnet = [
         r
         for r in rows
@@ -103,7 +105,7 @@ def _cost_lines(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[st
         lines += [
             "",
             f"ResNet-20 at 2x by CPLI ({settings.get('calibration_images', '?')} calibration "
-            f"images, three mixing weights, with and without refit, no fine-tuning): pruning "
+            f"images, {mixes}, with and without refit, no fine-tuning): pruning "
             f"took {wall:.0f} s wall / "
             f"{cpu:.0f} s CPU (one thread) on average on the shared, loaded machine; batch-64 "
             f"latency measured inside those runs {ratio / len(resnet):.2f}x lower than the "
