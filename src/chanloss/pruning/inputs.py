@@ -15,7 +15,7 @@ from chanloss.pruning.graph import PruneError, PruneGroup
 
 #: ``--set prune.KEY=VALUE`` options and their defaults.
 PRUNE_OPTIONS: dict[str, Any] = {
-    "calibration_images": 256,  # training images the criteria and CPLI read
+    "calibration_images": 128,  # training images the criteria and CPLI read
     "holdout_images": 512,  # training images that stand in for validation when there is none
     "mix": None,  # CPLI's mixing weight; None: chosen on validation from MIX_GRID
     "round_to": 8,  # every group keeps a multiple of this many channels (1: any number)
