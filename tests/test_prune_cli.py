@@ -207,6 +207,7 @@ def test_finetune_never_hands_back_a_worse_model(runs, tmp_path, capsys):
     assert result["kept"]["which"] == "right after pruning"
     assert "no fine-tune epoch beat its validation accuracy" in result["kept"]["why"]
     assert "kept: right after pruning (no fine-tune epoch beat" in printed
+    assert "fine-tuning 2 epoch(s) at lr 10 from the model right after pruning" in printed
     assert result["finetune_lr"] == 10
     curve = result["accuracy"]["finetuned"]["val_curve"]
     assert len(curve) == 2 and max(curve) <= result["after_pruning_val"]

@@ -416,6 +416,14 @@ def _finish(
     tuned_started = time.perf_counter()
     result["accuracy"]["finetuned"] = None
     if epochs > 0:
+        if verbose:
+            val = result["after_pruning_val"]
+            print(
+                f"fine-tuning {epochs} epoch(s) at lr {tune_config.optim.lr:g} from the model "
+                "right after pruning"
+                + ("" if val is None else f" (validation {100 * val:.2f}%, epoch 0)"),
+                flush=True,
+            )
         summary = run_finetune(tune_config, out, verbose)
         result["accuracy"]["finetuned"] = {
             "val": summary.get("final_val_acc"),
