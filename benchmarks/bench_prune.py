@@ -35,26 +35,16 @@ from _common import QUICK_DIR, RESULTS_DIR, machine_info, write_json  # noqa: E4
 
 METHODS = ("cpli", "l1", "bn_scale", "taylor", "random")
 BASELINES = METHODS[1:]
+REFIT = "+refit"  # the label suffix of a run with the least-squares refit
 OPTIM = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
 
+FINEGRAINED = {
+    "name": "finegrained",
+    "val_fraction": 0.1,
+    "options": {"num_classes": 10, "train_per_class": 100, "test_per_class": 30, "difficulty": 0.0},
+    "augment": {"crop_padding": 2, "hflip": True},
+}
 SETUPS: dict[str, dict[str, Any]] = {
-    "resnet20-finegrained": {
-        "model": {"name": "resnet20"},
-        "data": {
-            "name": "finegrained",
-            "val_fraction": 0.1,
-            "options": {
-                "num_classes": 10,
-                "train_per_class": 100,
-                "test_per_class": 30,
-                "difficulty": 0.0,
-            },
-            "augment": {"crop_padding": 2, "hflip": True},
-        },
-        "losses": {"ce": [{"name": "ce"}], "mc": [{"name": "ce"}, {"name": "mc"}]},
-        "epochs": 5,
-        "batch_size": 32,
-    },
     "convnet-mnist5k": {
         "model": {"name": "convnet_small", "width": 16, "feature_channels": 30, "pools": 2},
         "data": {"name": "mnist5k", "val_fraction": 0.1, "augment": {"crop_padding": 2}},
@@ -64,6 +54,27 @@ SETUPS: dict[str, dict[str, Any]] = {
             "cc": [{"name": "ce"}, {"name": "cc", "reduction": 4}],
         },
         "epochs": 6,
+        "batch_size": 32,
+    },
+    "resnet20-finegrained": {  # option-A shortcuts (the paper's CIFAR choice)
+        "model": {"name": "resnet20"},
+        "data": FINEGRAINED,
+        "losses": {"ce": [{"name": "ce"}], "mc": [{"name": "ce"}, {"name": "mc"}]},
+        "epochs": 5,
+        "batch_size": 32,
+    },
+    "resnet20B-finegrained": {
+        "model": {"name": "resnet20", "shortcut": "B"},
+        "data": FINEGRAINED,
+        "losses": {"ce": [{"name": "ce"}]},
+        "epochs": 5,
+        "batch_size": 32,
+    },
+    "vgg16narrow-finegrained": {
+        "model": {"name": "vgg16_bn", "width": 0.25},
+        "data": FINEGRAINED,
+        "losses": {"ce": [{"name": "ce"}]},
+        "epochs": 5,
         "batch_size": 32,
     },
 }
@@ -78,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--speedups", default="2,4", help="comma-separated MAC ratios")
     parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
+    parser.add_argument(
+        "--refit", choices=("both", "on", "off"), default="both", help="criterion x refit"
+    )
+    parser.add_argument(
+        "--cpli-mix", type=float, default=None, help="fix CPLI's mix (default: chosen on val)"
+    )
     parser.add_argument("--setups", default=",".join(SETUPS), help="comma-separated")
     parser.add_argument("--losses", default="", help="comma-separated subset (default all)")
     parser.add_argument("--calibration-images", type=int, default=64)
@@ -105,7 +123,6 @@ def _config(setup: dict[str, Any], losses: list, seed: int, quick: bool) -> dict
         raw["epochs"] = 1
         if raw["data"]["name"] == "finegrained":
             raw["data"]["options"] = {"num_classes": 10, "train_per_class": 12, "test_per_class": 4}
-            raw["model"]["width"] = 0.5
         else:
             raw["data"] = {"name": "digits", "val_fraction": 0.1}
             raw["model"] = {"name": "convnet_small", "width": 4, "feature_channels": 20}
@@ -113,7 +130,6 @@ def _config(setup: dict[str, Any], losses: list, seed: int, quick: bool) -> dict
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from chanloss.pruning import prune_checkpoint
     from chanloss.training import train, validate_config
 
     torch.set_num_threads(args.threads)
@@ -140,56 +156,90 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         flush=True,
                     )
                     for speedup in speedups:
-                        for method in METHODS:
-                            out = run_dir / f"prune-{method}-{speedup:g}"
-                            result = prune_checkpoint(
-                                run_dir / "last.pt",
-                                out,
-                                method=method,
-                                speedup=speedup,
-                                finetune_epochs=args.finetune_epochs,
-                                overrides=[
-                                    "prune.latency_repeats=5",
-                                    f"prune.calibration_images={args.calibration_images}",
-                                ],
-                                verbose=False,
-                            )
-                            acc = result["accuracy"]
+                        for method, refit in _variants(args):
                             rows.append(
-                                {
-                                    "setup": setup_name,
-                                    "loss": loss_name,
-                                    "seed": seed,
-                                    "speedup_target": speedup,
-                                    "method": method,
-                                    "speedup": result["speedup"],
-                                    "macs_before": result["macs"]["before"],
-                                    "macs_after": result["macs"]["after"],
-                                    "params_after": result["params"]["after"],
-                                    "test_original": acc["original"]["test"],
-                                    "test_pruned": acc["pruned"]["test"],
-                                    "test_finetuned": (acc["finetuned"] or {}).get("test"),
-                                    "latency64_before_ms": result["latency_ms"]["before"][
-                                        "batch64"
-                                    ],
-                                    "latency64_after_ms": result["latency_ms"]["after"]["batch64"],
-                                    "latency1_before_ms": result["latency_ms"]["before"]["batch1"],
-                                    "latency1_after_ms": result["latency_ms"]["after"]["batch1"],
-                                    "prune_s": result["time_s"]["prune"],
-                                    "prune_cpu_s": result["time_s"]["prune_cpu"],
-                                    "cpli_mix": result["cpli_mix"],
-                                }
+                                _prune_row(
+                                    args,
+                                    run_dir,
+                                    setup_name,
+                                    loss_name,
+                                    seed,
+                                    speedup,
+                                    method,
+                                    refit,
+                                )
                             )
+                            r = rows[-1]
                             print(
-                                f"[{time.perf_counter() - started:6.0f}s]   {method} {speedup:g}x: "
-                                f"{result['speedup']:.2f}x, test {100 * acc['original']['test']:.1f}"
-                                f" -> {100 * acc['pruned']['test']:.1f} -> "
-                                f"{100 * rows[-1]['test_finetuned']:.1f}% "
-                                f"(prune {result['time_s']['prune']:.1f} s)",
+                                f"[{time.perf_counter() - started:6.0f}s]   {r['method']} "
+                                f"{speedup:g}x: {r['speedup']:.2f}x, test "
+                                f"{100 * r['test_original']:.1f} -> {100 * r['test_pruned']:.1f}"
+                                f" -> {100 * r['test_finetuned']:.1f}% (kept {r['kept']}; "
+                                f"prune {r['prune_s']:.1f} s, batch-64 latency "
+                                f"{r['latency64_before_ms'] / r['latency64_after_ms']:.2f}x)",
                                 flush=True,
                             )
                     save(payload(args, rows, seeds, speedups, started, finished=False))
     return payload(args, rows, seeds, speedups, started, finished=True)
+
+
+def _variants(args: argparse.Namespace) -> list[tuple[str, bool]]:
+    refits = {"both": (False, True), "on": (True,), "off": (False,)}[args.refit]
+    return [(m, r) for m in args.methods.split(",") for r in refits]
+
+
+def _prune_row(
+    args: argparse.Namespace,
+    run_dir: Path,
+    setup: str,
+    loss: str,
+    seed: int,
+    speedup: float,
+    method: str,
+    refit: bool,
+) -> dict[str, Any]:
+    """One ``chanloss prune`` (fine-tuned with the defaults) and what the tables need."""
+    from chanloss.pruning import prune_checkpoint
+
+    label = method + (REFIT if refit else "")
+    result = prune_checkpoint(
+        run_dir / "last.pt",
+        run_dir / f"prune-{label}-{speedup:g}",
+        method=method,
+        speedup=speedup,
+        refit=refit,
+        finetune_epochs=args.finetune_epochs,
+        overrides=[
+            "prune.latency_repeats=5",
+            f"prune.calibration_images={args.calibration_images}",
+        ],
+        verbose=False,
+    )
+    acc, latency = result["accuracy"], result["latency_ms"]
+    return {
+        "setup": setup,
+        "loss": loss,
+        "seed": seed,
+        "speedup_target": speedup,
+        "method": label,
+        "speedup": result["speedup"],
+        "macs_before": result["macs"]["before"],
+        "macs_after": result["macs"]["after"],
+        "params_after": result["params"]["after"],
+        "test_original": acc["original"]["test"],
+        "test_pruned": acc["pruned"]["test"],
+        "test_finetuned": acc["kept"]["test"],  # pruned.pt: the best on validation
+        "val_pruned": acc["pruned"]["val"],
+        "kept": result["kept"]["which"],
+        "latency64_before_ms": latency["before"]["batch64"],
+        "latency64_after_ms": latency["after"]["batch64"],
+        "latency1_before_ms": latency["before"]["batch1"],
+        "latency1_after_ms": latency["after"]["batch1"],
+        "latency_threads": latency["threads"],
+        "prune_s": result["time_s"]["prune"],
+        "prune_cpu_s": result["time_s"]["prune_cpu"],
+        "cpli_mix": result["cpli_mix"],
+    }
 
 
 def payload(
@@ -212,6 +262,9 @@ def payload(
             "speedups": speedups,
             "finetune_epochs": args.finetune_epochs,
             "calibration_images": args.calibration_images,
+            "cpli_mix": args.cpli_mix,
+            "methods": args.methods.split(","),
+            "refit": args.refit,
             "setups": {
                 name: _config(SETUPS[name], [], 0, args.quick)
                 | {
@@ -267,38 +320,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "prune_s": statistics.fmean(r["prune_s"] for r in rs),
             }
         )
-    verdicts = []
     keyed = {(c["setup"], c["loss"], c["speedup_target"], c["method"]): c for c in cells}
-    for setup, loss, speedup, method in keyed:
-        if method != "cpli":
-            continue
-        cpli = keyed[(setup, loss, speedup, "cpli")]
-        base = [
-            keyed[(setup, loss, speedup, b)]
-            for b in BASELINES
-            if (setup, loss, speedup, b) in keyed
-        ]
-        if not base:
-            continue
-        best = max(base, key=lambda c: c["test_finetuned"][0])
-        diff = cpli["test_finetuned"][0] - best["test_finetuned"][0]
-        se = math.sqrt(
-            cpli["test_finetuned"][1] ** 2 / cpli["n"] + best["test_finetuned"][1] ** 2 / best["n"]
-        )
-        beyond = cpli["n"] > 1 and abs(diff) > 2 * se
-        verdicts.append(
-            {
-                "setup": setup,
-                "loss": loss,
-                "speedup_target": speedup,
-                "best_baseline": best["method"],
-                "cpli_minus_best": diff,
-                "standard_error": se,
-                "verdict": ("CPLI better" if diff > 0 else "CPLI worse")
-                if beyond
-                else "within noise",
-            }
-        )
+    verdicts = _verdicts(keyed)
     mc_vs_ce = []
     for (setup, loss, speedup, method), cell in keyed.items():
         if loss != "mc" or (setup, "ce", speedup, method) not in keyed:
@@ -315,6 +338,44 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             }
         )
     return {"cells": cells, "cpli_vs_best_baseline": verdicts, "mc_vs_ce": mc_vs_ce}
+
+
+def _verdicts(keyed: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
+    """CPLI (with or without refit) against the best baseline of the same refit setting."""
+    verdicts = []
+    for setup, loss, speedup, method in keyed:
+        if method.removesuffix(REFIT) != "cpli":
+            continue
+        suffix = REFIT if method.endswith(REFIT) else ""
+        cpli = keyed[(setup, loss, speedup, method)]
+        base = [
+            keyed[(setup, loss, speedup, b + suffix)]
+            for b in BASELINES
+            if (setup, loss, speedup, b + suffix) in keyed
+        ]
+        if not base:
+            continue
+        best = max(base, key=lambda c: c["test_finetuned"][0])
+        diff = cpli["test_finetuned"][0] - best["test_finetuned"][0]
+        se = math.sqrt(
+            cpli["test_finetuned"][1] ** 2 / cpli["n"] + best["test_finetuned"][1] ** 2 / best["n"]
+        )
+        beyond = cpli["n"] > 1 and best["n"] > 1 and abs(diff) > 2 * se
+        verdicts.append(
+            {
+                "setup": setup,
+                "loss": loss,
+                "speedup_target": speedup,
+                "cpli": method,
+                "best_baseline": best["method"],
+                "cpli_minus_best": diff,
+                "standard_error": se,
+                "verdict": ("CPLI better" if diff > 0 else "CPLI worse")
+                if beyond
+                else "cannot tell",
+            }
+        )
+    return verdicts
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -349,7 +410,7 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for v in s["cpli_vs_best_baseline"]:
         lines.append(
-            f"- {v['setup']} {v['loss']} {v['speedup_target']:g}x: CPLI - {v['best_baseline']} = "
+            f"- {v['setup']} {v['loss']} {v['speedup_target']:g}x: {v['cpli']} - {v['best_baseline']} = "
             f"{100 * v['cpli_minus_best']:+.1f} points (s.e. {100 * v['standard_error']:.1f}): "
             f"{v['verdict']}"
         )

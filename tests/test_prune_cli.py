@@ -4,6 +4,8 @@ command on the pruned checkpoint, and each bad input (one line, exit 2, nothing 
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 import zipfile
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_interrupt import CtrlCLoss, ctrl_c_loss  # noqa: F401 (a fixture)
 from tiny_config import TINY
 from torch import nn
 
@@ -20,7 +23,7 @@ from chanloss.models.common import Backbone, build_head
 from chanloss.models.registry import MODELS, register_model
 from chanloss.training import load_checkpoint, save_checkpoint, train, validate_config
 
-MODEL = {"name": "convnet_small", "width": 6, "feature_channels": 20, "pools": 1}
+MODEL = {"name": "convnet_small", "width": 16, "feature_channels": 20, "pools": 1}
 
 
 def _train(base: Path, name: str, model: dict, losses: list) -> Path:
@@ -29,7 +32,8 @@ def _train(base: Path, name: str, model: dict, losses: list) -> Path:
         "model": model,
         "losses": losses,
         "data": {"name": "digits", "val_fraction": 0.1},
-        "epochs": 1,
+        "optim": {"lr": 0.1},
+        "epochs": 4,
     }
     train(validate_config(raw), base / name, verbose=0)
     return base / name / "last.pt"
@@ -57,35 +61,48 @@ def test_every_method_halves_the_macs(runs, tmp_path, method, capsys):
     out = tmp_path / method
     assert main(["prune", str(runs["mc"]), "--out", str(out), "--method", method]) == 0
     printed = capsys.readouterr().out
-    assert f"{method}: " in printed and "fewer MACs (target 2x)" in printed
-    assert "layer 3/3 body.7: kept" in printed  # a progress line per layer
+    assert f"{method}{' + refit' if method == 'cpli' else ''}: " in printed
+    assert "fewer MACs (target 2x)" in printed
+    assert "group 3/3 body.7 (" in printed  # a progress line per group
+    assert "measured speed-up at " in printed
+    assert f"wrote {out / 'pruned.pt'} " in printed
     result = json.loads((out / "prune.json").read_text())
     assert result["macs"]["before"] / result["macs"]["after"] >= 2.0
     assert result["params"]["after"] < result["params"]["before"]
-    assert [x["name"] for x in result["layers"]] == ["body.0", "body.3", "body.7"]  # no features
-    assert all(0 < x["kept"] < x["total"] for x in result["layers"])
-    for stage in ("original", "pruned"):
+    assert [g["root"] for g in result["groups"]] == ["body.0", "body.3", "body.7"]  # no features
+    assert all(0 < g["kept"] <= g["total"] and g["kept"] % 8 == 0 for g in result["groups"])
+    assert result["refit"] == (method == "cpli") and result["round_to"] == 8
+    for stage in ("original", "pruned", "kept"):
         assert 0 <= result["accuracy"][stage]["val"] <= 1
         assert 0 <= result["accuracy"][stage]["test"] <= 1
     assert result["accuracy"]["finetuned"] is None
-    assert set(result["latency_ms"]["after"]) == {"batch1", "batch64"}
+    assert result["kept"]["which"] == "right after pruning"
+    latency = result["latency_ms"]
+    assert set(latency["after"]) == set(latency["speedup"]) == {"batch1", "batch64"}
+    ratio = latency["before"]["batch64"] / latency["after"]["batch64"]
+    assert latency["speedup"]["batch64"] == pytest.approx(ratio)
+    assert latency["threads"] == torch.get_num_threads()
     assert (result["cpli_mix"] is not None) == (method == "cpli")
-    # the checkpoint is plain data, and it records the kept channels
+    # the checkpoint is plain data, and it records the kept channels of each group
     with zipfile.ZipFile(out / "pruned.pt") as archive:
         pickled = next(n for n in archive.namelist() if n.endswith("data.pkl"))
         assert b"torch.nn.modules" not in archive.read(pickled)
     state = load_checkpoint(out / "pruned.pt")
     kept = {x["name"]: len(x["kept"]) for x in state["pruning"]["layers"]}
-    assert kept == {x["name"]: x["kept"] for x in result["layers"]}
+    assert kept == {g["root"]: g["kept"] for g in result["groups"]}
     assert state["model"]["body.0.weight"].shape[0] == kept["body.0"]
+    assert state["pruning"]["version"] == 2
 
 
 def test_methods_keep_their_own_choice_of_channels(runs, tmp_path):
     from chanloss.pruning import prune_checkpoint
 
     chosen = {}
+    options = ["prune.round_to=1"]
     for method in ("l1", "bn_scale"):
-        prune_checkpoint(runs["mc"], tmp_path / method, method=method, verbose=False)
+        prune_checkpoint(
+            runs["mc"], tmp_path / method, method=method, overrides=options, verbose=False
+        )
         record = load_checkpoint(tmp_path / method / "pruned.pt")["pruning"]
         chosen[method] = record["layers"][1]["kept"]
     weights = load_checkpoint(runs["mc"])["model"]
@@ -96,20 +113,61 @@ def test_methods_keep_their_own_choice_of_channels(runs, tmp_path):
     assert chosen["bn_scale"] == sorted(torch.argsort(-gamma, stable=True)[:count].tolist())
 
 
+def test_refit_is_a_switch_for_every_criterion(runs, tmp_path):
+    from chanloss.pruning import prune_checkpoint
+
+    states = {}
+    for refit in (False, True):
+        out = tmp_path / f"l1-{refit}"
+        result = prune_checkpoint(runs["mc"], out, method="l1", refit=refit, verbose=False)
+        assert result["refit"] is refit
+        states[refit] = load_checkpoint(out / "pruned.pt")
+    plain, refitted = states[False], states[True]
+    assert plain["pruning"]["layers"] == refitted["pruning"]["layers"]  # the same channels
+    # the layers that read a pruned group get new weights; the first convolution does not
+    torch.testing.assert_close(plain["model"]["body.0.weight"], refitted["model"]["body.0.weight"])
+    assert not torch.allclose(plain["model"]["body.3.weight"], refitted["model"]["body.3.weight"])
+    result = prune_checkpoint(runs["mc"], tmp_path / "c", refit=False, verbose=False)
+    assert result["refit"] is False and result["method"] == "cpli"
+
+
+@pytest.mark.parametrize("method", ["cpli", "taylor"])
+def test_global_ranking_gives_groups_their_own_widths(runs, tmp_path, method):
+    from chanloss.pruning import prune_checkpoint
+
+    options = ["prune.global=true", "prune.round_to=1", "prune.mix=0.5"]
+    result = prune_checkpoint(
+        runs["mc"], tmp_path / method, method=method, overrides=options, verbose=False
+    )
+    assert result["global"] is True and result["speedup"] >= 2.0
+    ratios = {g["root"]: g["kept"] / g["total"] for g in result["groups"]}
+    assert all(r >= 0.1 for r in ratios.values())
+    uniform = prune_checkpoint(
+        runs["mc"], tmp_path / "u", method=method, overrides=options[1:], verbose=False
+    )
+    assert [g["kept"] for g in uniform["groups"]] != [g["kept"] for g in result["groups"]]
+    chanloss.load_model(tmp_path / method / "pruned.pt")
+
+
 def test_features_finetune_and_every_command_on_the_pruned_checkpoint(runs, tmp_path, capsys):
     out = tmp_path / "p"
     argv = ["prune", str(runs["mc"]), "--out", str(out), "--speedup", "2.5", "--prune-features"]
-    argv += ["--finetune-epochs", "1", "--set", "optim.lr=0.01", "--set", "prune.mix=0.5"]
+    argv += ["--finetune-epochs", "1", "--set", "prune.mix=0.5", "--set", "prune.round_to=1"]
     assert main(argv) == 0
-    capsys.readouterr()
+    printed = capsys.readouterr().out
     result = json.loads((out / "prune.json").read_text())
-    feature = result["layers"][-1]
-    assert feature["name"] == "body.10" and feature["kept"] % 10 == 0 and feature["kept"] < 20
+    feature = result["groups"][-1]
+    assert feature["root"] == "body.10" and feature["feature"]
+    assert feature["kept"] % 10 == 0 and feature["kept"] < 20
     assert result["cpli_mix"] == 0.5 and result["pruned_features"]
-    assert 0 <= result["accuracy"]["finetuned"]["test"] <= 1
+    assert result["finetune_lr"] == pytest.approx(0.01)  # a tenth of the run's lr
+    kept = result["kept"]
+    assert f"kept: {kept['which']} (" in printed
     ckpt = out / "pruned.pt"
     state = load_checkpoint(ckpt)
-    assert state["config"]["optim"]["lr"] == 0.01 and state["epoch"] == 1
+    assert state["config"]["optim"]["lr"] == pytest.approx(0.01)
+    assert state["config"]["schedule"]["warmup_epochs"] == 0
+    assert state["epoch"] == kept["epoch"]
     # the MC groups after pruning: the same number of channels for every class
     assert state["model"]["classifier.weight"].shape[1] == feature["kept"]
 
@@ -118,7 +176,7 @@ def test_features_finetune_and_every_command_on_the_pruned_checkpoint(runs, tmp_
     assert model(x).shape == (2, 10)
     assert main(["eval", str(ckpt), "--out", str(tmp_path / "ev")]) == 0
     top1 = json.loads((tmp_path / "ev" / "test" / "eval.json").read_text())["top1"]
-    assert top1 == pytest.approx(result["accuracy"]["finetuned"]["test"])
+    assert top1 == pytest.approx(result["accuracy"]["kept"]["test"])
     image = tmp_path / "seven.png"
     Image.fromarray((np.random.default_rng(0).random((8, 8)) * 255).astype(np.uint8)).save(image)
     assert main(["predict", str(ckpt), str(image)]) == 0
@@ -132,6 +190,85 @@ def test_features_finetune_and_every_command_on_the_pruned_checkpoint(runs, tmp_
     assert main(["train", "--out", str(tune), "--resume", "--set", "epochs=2", "-q"]) == 0
     assert load_checkpoint(tune / "last.pt")["epoch"] == 2
     assert load_checkpoint(tune / "last.pt")["pruning"] == state["pruning"]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_finetune_never_hands_back_a_worse_model(runs, tmp_path, capsys):
+    # a learning rate that wrecks the model: pruned.pt stays the model right after pruning
+    out = tmp_path / "wrecked"
+    argv = ["prune", str(runs["mc"]), "--out", str(out), "--method", "l1"]
+    argv += ["--finetune-epochs", "2", "--set", "prune.finetune_lr=10"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "prune.json").read_text())
+    assert result["kept"]["which"] == "right after pruning"
+    assert "no fine-tune epoch beat its validation accuracy" in result["kept"]["why"]
+    assert "kept: right after pruning (no fine-tune epoch beat" in printed
+    assert "fine-tuning 2 epoch(s) at lr 10 from the model right after pruning" in printed
+    assert result["finetune_lr"] == 10
+    curve = result["accuracy"]["finetuned"]["val_curve"]
+    assert len(curve) == 2 and max(curve) <= result["after_pruning_val"]
+    after, kept = _weights(out / "after_pruning.pt"), _weights(out / "pruned.pt")
+    assert all(torch.equal(after[k], kept[k]) for k in after)
+    assert result["accuracy"]["kept"] == result["accuracy"]["pruned"]
+    # a sane one: whichever is kept has the best validation accuracy of all candidates
+    out = tmp_path / "sane"
+    argv = ["prune", str(runs["mc"]), "--out", str(out), "--method", "l1"]
+    assert main([*argv, "--finetune-epochs", "2", "-q"]) == 0
+    result = json.loads((out / "prune.json").read_text())
+    candidates = [result["after_pruning_val"], *result["accuracy"]["finetuned"]["val_curve"]]
+    assert result["kept"]["val"] == max(candidates)
+    assert result["kept"]["epoch"] == candidates.index(max(candidates))
+    assert load_checkpoint(out / "pruned.pt")["epoch"] == result["kept"]["epoch"]
+
+
+def test_a_second_prune_into_a_locked_out_is_refused(runs, tmp_path, capsys):
+    from chanloss.training.run_dir import RunDir
+
+    out = tmp_path / "shared"
+    first = RunDir(out).acquire()  # what a prune running into --out holds
+    try:
+        line = one_error_line(capsys, ["prune", str(runs["mc"]), "--out", str(out)])
+    finally:
+        first.release()
+    assert str(out) in line and "pid" in line
+    assert not (out / "prune.json").exists() and not (out / "pruned.pt").exists()
+    assert main(["prune", str(runs["mc"]), "--out", str(out), "--method", "l1", "-q"]) == 0
+
+
+@pytest.mark.usefixtures("ctrl_c_loss")
+def test_ctrl_c_during_finetune_then_the_printed_command_finishes_it(tmp_path, capsys):
+    run = _train(tmp_path, "r", MODEL, [{"name": "ce"}, {"name": "test_ctrl_c"}])
+    out = tmp_path / "p"
+    CtrlCLoss.AT = [3]  # inside the first fine-tune epoch
+    argv = ["prune", str(run), "--out", str(out), "--method", "l1", "--finetune-epochs", "2"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "; resume by running the same command again: " in err, err
+    again = shlex.split(err.split("; resume by running the same command again: ", 1)[1])
+    assert again[:3] == [sys.executable, "-m", "chanloss"] and again[3] == "prune"
+    assert not (out / "prune.json").exists() and (out / "prune.partial.json").exists()
+    CtrlCLoss.AT = []
+    assert main(again[3:]) == 0
+    printed = capsys.readouterr().out
+    assert "holds this prune, unfinished: continuing its fine-tune" in printed
+    result = json.loads((out / "prune.json").read_text())
+    assert len(result["accuracy"]["finetuned"]["val_curve"]) == 2
+    assert load_checkpoint(out / "finetune" / "last.pt")["epoch"] == 2
+    assert not (out / "prune.partial.json").exists()
+    chanloss.load_model(out / "pruned.pt")
+    # another request into the unfinished directory is refused in one line
+    CtrlCLoss.AT = [3]
+    other = tmp_path / "q"
+    assert main(["prune", str(run), "--out", str(other), "--finetune-epochs", "2", "-q"]) == 130
+    capsys.readouterr()
+    CtrlCLoss.AT = []
+    line = one_error_line(capsys, ["prune", str(run), "--out", str(other), "--method", "l1"])
+    assert "holds an unfinished prune of another request (" in line
+    assert "method: 'cpli' there, 'l1' now" in line
 
 
 def test_cc_attention_is_resliced_with_the_features(runs, tmp_path):
@@ -166,6 +303,7 @@ def one_conv_model():
 
 def test_bad_inputs_are_one_line_and_write_nothing(runs, tmp_path, capsys, one_conv_model):
     good = str(runs["mc"])
+    source = runs["mc"].read_bytes()
     out = tmp_path / "never"
     cases = [
         (["--speedup", "1"], "--speedup must be a number > 1"),
@@ -175,6 +313,10 @@ def test_bad_inputs_are_one_line_and_write_nothing(runs, tmp_path, capsys, one_c
         (["--method", "magic"], "unknown --method 'magic'; expected one of cpli, l1"),
         (["--set", "prune.colour=1"], "unknown pruning option"),
         (["--set", "prune.mix=2"], "prune.mix must be a number in [0, 1]"),
+        (["--set", "prune.round_to=0"], "prune.round_to must be an integer >= 1"),
+        (["--set", "prune.global=maybe"], "prune.global must be true or false"),
+        (["--set", "prune.finetune_lr=-1"], "prune.finetune_lr must be a number > 0"),
+        (["--set", "prune.round_to=32"], "unreachable: the narrowest allowed widths"),
         (["--set", "optim.lr=-1"], "lr"),
         (["--finetune-epochs", "-1"], "--finetune-epochs"),
     ]
@@ -216,18 +358,20 @@ def test_bad_inputs_are_one_line_and_write_nothing(runs, tmp_path, capsys, one_c
     center = _train(base, "center", MODEL, [{"name": "ce"}, {"name": "center"}])
     line = one_error_line(capsys, ["prune", str(center), "--out", str(out), "--prune-features"])
     assert "loss 'center' keeps per-channel or per-embedding state" in line
-    # a ResNet's feature layer is tied to the residual sums
-    resnet = _train(base, "resnet", {"name": "resnet20", "width": 0.25}, [{"name": "ce"}])
-    line = one_error_line(capsys, ["prune", str(resnet), "--out", str(out), "--prune-features"])
-    assert "feature layer" in line and "cannot be pruned" in line
     # a model whose only convolution is the feature layer: nothing to prune without it
     lone = _train(base, "lone", {"name": "test_prune_one_conv"}, [{"name": "ce"}])
     line = one_error_line(capsys, ["prune", str(lone), "--out", str(out)])
-    assert "has no prunable layer" in line and "--prune-features" in line
+    assert "has no prunable group" in line and "--prune-features" in line
     # a pruned checkpoint is not pruned again
     assert main(["prune", good, "--out", str(tmp_path / "once"), "--method", "l1", "-q"]) == 0
     line = one_error_line(
         capsys, ["prune", str(tmp_path / "once" / "pruned.pt"), "--out", str(out)]
     )
     assert "already pruned" in line
+    # a checkpoint pruned by a layout this version cannot replay: one line for every command
+    state = load_checkpoint(tmp_path / "once" / "pruned.pt")
+    save_checkpoint({**state, "pruning": {**state["pruning"], "version": 99}}, tmp_path / "old.pt")
+    line = one_error_line(capsys, ["eval", str(tmp_path / "old.pt"), "--out", str(out)])
+    assert "cannot re-apply its pruned structure (pruning record version 99" in line
     assert not out.exists()
+    assert runs["mc"].read_bytes() == source  # the source run is untouched

@@ -516,7 +516,9 @@ def _run_tune(args: argparse.Namespace) -> int:
 # -- prune -------------------------------------------------------------------------------------
 def _configure_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a last.pt or best.pt of a run")
-    p.add_argument("--out", required=True, help="output directory (new or empty)")
+    p.add_argument(
+        "--out", required=True, help="output directory (new or empty; locked while pruning)"
+    )
     p.add_argument(
         "--method",
         default="cpli",
@@ -530,12 +532,21 @@ def _configure_prune(p: argparse.ArgumentParser) -> None:
         type=_int_at_least(0),
         default=0,
         metavar="E",
-        help="fine-tune the pruned model for E epochs with the run's losses and recipe",
+        help="fine-tune the pruned model for E epochs with the run's losses and recipe at "
+        "prune.finetune_lr (default: a tenth of the run's lr); pruned.pt is the best on "
+        "validation of right after pruning and each epoch",
     )
     p.add_argument(
         "--prune-features",
         action="store_true",
         help="also prune the feature layer that CC-Loss/MC-Loss read (evenly in MC's groups)",
+    )
+    p.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="re-fit the layers reading each pruned group by least squares (default: on for "
+        "cpli, off for the other methods)",
     )
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines or table")
@@ -556,6 +567,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         finetune_epochs=args.finetune_epochs,
         overrides=args.overrides,
         prune_features=args.prune_features,
+        refit=args.refit,
         device=args.device,
         verbose=not args.quiet,
     )

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -29,7 +30,14 @@ from chanloss.models.registry import register_model
 
 
 class ShortcutA(nn.Module):
-    """Parameter-free shortcut (option A): stride subsampling, zero channels appended."""
+    """Parameter-free shortcut (option A): stride subsampling, zero channels appended.
+
+    After channel pruning (``chanloss prune``) its output channels no longer map one to one
+    onto the first input channels: ``index[j]`` names the input channel that output ``j``
+    copies, ``in_channels`` meaning a zero channel. :meth:`keep_outputs` and
+    :meth:`remove_inputs` keep that map (a buffer, rebuilt when a pruned checkpoint is
+    loaded) in step with the channels removed around the shortcut.
+    """
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
@@ -40,11 +48,36 @@ class ShortcutA(nn.Module):
             )
         self.stride = stride
         self.extra = cout - cin
+        self.in_channels, self.out_channels = cin, cout
+        self.mapped = False  # True once pruned: forward gathers through ``index``
+        self.register_buffer("index", torch.arange(cout).clamp_max(cin), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stride > 1:
             x = x[:, :, :: self.stride, :: self.stride]
+        if self.mapped:
+            return F.pad(x, (0, 0, 0, 0, 0, 1)).index_select(1, self.index)
         return F.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x
+
+    def keep_outputs(self, removed: list[int]) -> None:
+        """Drop the output channels ``removed`` (indices into the current outputs)."""
+        keep = _complement(self.out_channels, removed)
+        self.index = self.index[keep]
+        self.out_channels, self.mapped = len(keep), True
+
+    def remove_inputs(self, removed: list[int]) -> None:
+        """Drop the input channels ``removed``: outputs that copied one become zero channels."""
+        keep = _complement(self.in_channels, removed)
+        new_position = torch.full((self.in_channels + 1,), len(keep), dtype=torch.long)
+        new_position[keep] = torch.arange(len(keep))
+        self.index = new_position.to(self.index.device)[self.index]
+        self.in_channels, self.mapped = len(keep), True
+
+
+def _complement(total: int, removed: list[int]) -> Tensor:
+    mask = torch.ones(total, dtype=torch.bool)
+    mask[torch.as_tensor(list(removed), dtype=torch.long)] = False
+    return torch.nonzero(mask).flatten()
 
 
 def projection(cin: int, cout: int, stride: int) -> nn.Module:

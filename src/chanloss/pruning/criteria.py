@@ -1,18 +1,22 @@
-"""Channel importance of the standard criteria, and the calibration batches they read.
+"""Channel importance of the standard criteria for whole groups, and the calibration batches.
 
-- ``l1``: the L1 norm of each filter, ``sum |W[c]|`` (Li, Kadav, Durdanovic, Samet, Graf,
-  "Pruning Filters for Efficient ConvNets", ICLR 2017, Sec. 3.1).
-- ``bn_scale``: ``|gamma_c|`` of the batch norm after the convolution (Liu et al., "Learning
+A group's channel score sums the criterion over every layer of the group that carries the
+channel (each layer's channel positions mapped onto the group's channels):
+
+- ``l1``: the L1 norm of each output filter, ``sum |W[c]|``, summed over the group's writers
+  (Li, Kadav, Durdanovic, Samet, Graf, "Pruning Filters for Efficient ConvNets", ICLR 2017,
+  Sec. 3.1; on a residual stream, every convolution adding to it).
+- ``bn_scale``: ``|gamma_c|`` summed over the group's batch norms (Liu et al., "Learning
   Efficient Convolutional Networks through Network Slimming", ICCV 2017; the sparsity
   training of that paper is not part of this criterion).
 - ``taylor``: first-order Taylor estimate of the loss change when the channel is removed,
-  on its BN parameters: ``(gamma_c g_gamma_c + beta_c g_beta_c)^2`` per calibration batch,
+  ``(sum_params g * p)^2`` over the group's BN scales and shifts per calibration batch,
   averaged over batches (Molchanov, Mallya, Tyree, Frosio, Kautz, "Importance Estimation for
-  Neural Network Pruning", CVPR 2019, eq. 8 for a group of parameters, applied to BN);
-  on the filter's weights when the layer has no BN. Computed once, not iteratively.
+  Neural Network Pruning", CVPR 2019, eq. 8 for a group of parameters); on the writers'
+  filters when the group has no BN. Computed once, not iteratively.
 - ``random``: uniform scores from a seeded generator.
 
-Larger is more important; every method keeps the top channels of each layer.
+Larger is more important; every method keeps the top channels of each group.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from chanloss.pruning.graph import PrunableLayer, PruneError
+from chanloss.pruning.graph import Member, PruneError, PruneGroup
 
 BASELINES = ("l1", "bn_scale", "taylor", "random")
 
@@ -50,53 +54,98 @@ class Calibration:
         return F.cross_entropy(self.scores(model, x), y, reduction="sum")
 
 
-def l1_importance(layer: PrunableLayer) -> Tensor:
-    """``sum |W[c]|`` over each output filter of the layer's convolution (Li et al. 2017)."""
-    return layer.conv.weight.detach().abs().flatten(1).sum(1)
+def to_channels(values: Tensor, member: Member, channels: int) -> Tensor:
+    """Per-position ``values`` (first axis: the member's positions) summed per group channel."""
+    index = torch.as_tensor(member.channel_of, dtype=torch.long, device=values.device)
+    picked = values[torch.as_tensor(member.positions, dtype=torch.long, device=values.device)]
+    out = torch.zeros(channels, *values.shape[1:], dtype=values.dtype, device=values.device)
+    return out.index_add_(0, index, picked)
 
 
-def bn_scale_importance(layer: PrunableLayer) -> Tensor:
-    """``|gamma_c|`` of the BN after the convolution (network slimming)."""
-    if layer.bn is None or layer.bn.weight is None:
+def l1_importance(model: nn.Module, group: PruneGroup) -> Tensor:
+    """``sum |W[c]|`` of each output filter, summed over the group's writers (Li et al. 2017)."""
+    total = torch.zeros(group.channels, dtype=torch.float64)
+    for writer in group.writers:
+        weight = model.get_submodule(writer.name).weight.detach()
+        total += to_channels(weight.abs().flatten(1).sum(1).double().cpu(), writer, group.channels)
+    return total
+
+
+def bn_scale_importance(model: nn.Module, group: PruneGroup) -> Tensor:
+    """``|gamma_c|`` summed over the group's batch norms (network slimming)."""
+    norms = [n for n in group.norms if model.get_submodule(n.name).weight is not None]
+    if not norms:
         raise PruneError(
-            f"method bn_scale needs a batch norm with a scale after each pruned layer; "
-            f"{layer.name} has none (expected another --method)"
+            f"method bn_scale needs a batch norm with a scale on each pruned group; the group "
+            f"of {group.root} has none (expected another --method)"
         )
-    return layer.bn.weight.detach().abs()
+    total = torch.zeros(group.channels, dtype=torch.float64)
+    for norm in norms:
+        gamma = model.get_submodule(norm.name).weight.detach().abs().double().cpu()
+        total += to_channels(gamma, norm, group.channels)
+    return total
 
 
-def random_importance(layer: PrunableLayer, generator: torch.Generator) -> Tensor:
+def random_importance(group: PruneGroup, generator: torch.Generator) -> Tensor:
     """Uniform random scores (a control: what any criterion must beat)."""
-    return torch.rand(layer.channels, generator=generator)
+    return torch.rand(group.channels, generator=generator)
 
 
 def taylor_importance(
-    model: nn.Module, layers: Sequence[PrunableLayer], calibration: Calibration
+    model: nn.Module, groups: Sequence[PruneGroup], calibration: Calibration
 ) -> dict[str, Tensor]:
-    """Molchanov et al. 2019 first-order Taylor scores of every layer (see the module text)."""
-    params = {layer.name: _channel_params(layer) for layer in layers}
-    totals = {layer.name: torch.zeros(layer.channels) for layer in layers}
+    """Molchanov et al. 2019 first-order Taylor scores of every group (see the module text)."""
+    params = {g.root: _channel_params(model, g) for g in groups}
+    totals = {g.root: torch.zeros(g.channels, dtype=torch.float64) for g in groups}
     model.eval()
     for x, y in calibration:
         model.zero_grad(set_to_none=True)
         (calibration.loss(model, x, y) / y.shape[0]).backward()
-        for layer in layers:
-            contribution = torch.zeros(layer.channels)
-            for param in params[layer.name]:
+        for group in groups:
+            contribution = torch.zeros(group.channels, dtype=torch.float64)
+            for member, param in params[group.root]:
                 if param.grad is not None:
-                    product = (param.grad * param).detach().reshape(layer.channels, -1)
-                    contribution += product.sum(1).cpu()
-            totals[layer.name] += contribution.square()
+                    product = (
+                        (param.grad * param).detach().flatten(1).sum(1)
+                        if param.dim() > 1
+                        else (param.grad * param).detach()
+                    )
+                    contribution += to_channels(product.double().cpu(), member, group.channels)
+            totals[group.root] += contribution.square()
     model.zero_grad(set_to_none=True)
     return {name: total / len(calibration.batches) for name, total in totals.items()}
 
 
-def _channel_params(layer: PrunableLayer) -> list[Tensor]:
-    """The parameters whose first axis is the layer's channel: BN's scale and shift (the
-    gate position of Molchanov et al. 2019), or the filters when there is no BN."""
-    if layer.bn is not None and layer.bn.weight is not None:
-        return [layer.bn.weight, layer.bn.bias]
-    return [p for p in (layer.conv.weight, layer.conv.bias) if p is not None]
+def _channel_params(model: nn.Module, group: PruneGroup) -> list[tuple[Member, Tensor]]:
+    """The parameters whose first axis is the group's channel: BN scales and shifts (the gate
+    position of Molchanov et al. 2019), or the writers' filters when there is no BN."""
+    out = []
+    for norm in group.norms:
+        bn = model.get_submodule(norm.name)
+        out += [(norm, p) for p in (bn.weight, bn.bias) if p is not None]
+    if out:
+        return out
+    for writer in group.writers:
+        layer = model.get_submodule(writer.name)
+        out += [(writer, p) for p in (layer.weight, layer.bias) if p is not None]
+    return out
+
+
+def baseline_importance(
+    method: str,
+    model: nn.Module,
+    groups: Sequence[PruneGroup],
+    calibration: Calibration,
+    seed: int,
+) -> dict[str, Tensor]:
+    """The scores of ``method`` (one of :data:`BASELINES`) for every group."""
+    if method == "taylor":
+        return taylor_importance(model, groups, calibration)
+    if method == "random":
+        generator = torch.Generator().manual_seed(seed)
+        return {g.root: random_importance(g, generator) for g in groups}
+    score = l1_importance if method == "l1" else bn_scale_importance
+    return {g.root: score(model, g) for g in groups}
 
 
 def top_channels(importance: Tensor, count: int, groups: Sequence[range] | None) -> list[int]:

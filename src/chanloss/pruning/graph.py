@@ -1,121 +1,89 @@
-"""Which channels can be removed, how many per layer for a MAC target, and the record.
+"""Which channels can be removed together (groups), how many per group for a MAC target, and
+the record a pruned checkpoint carries.
 
-Torch-Pruning's dependency graph (``torch_pruning.DependencyGraph``) says, for each
-convolution, which other layers must lose the same channels. A convolution is *prunable* here
-when its output channels reach exactly one layer that reads them (a ``Conv2d`` or ``Linear``)
-through batch norm and element-wise operations only; channels tied to a residual sum (a
-ResNet's stage outputs) or read by several layers are left alone. The prunable layer whose
-reader is a ``Linear`` (or lies in the head) is the *feature layer* that CC-Loss and MC-Loss
-read: it is pruned only with ``--prune-features``.
+A *group* is what Torch-Pruning's dependency graph (``torch_pruning.DependencyGraph``, with our
+pruner for the option-A shortcut's channel map) says must lose the same channels when one
+convolution loses an output channel: a block-internal convolution with its BN and its
+reader's inputs, or a whole residual stream (a stage's stem or first block output, every
+block output added to it, the projection shortcut, every layer reading the stream). Each
+group is named by its *root*, the first of its convolutions Torch-Pruning meets; its channels
+are the root's output channels.
 
-Every method prunes the same number of channels per layer: one keep ratio ``r`` shared by all
-prunable layers (``max(1, round(r * channels))``; ``r`` per MC-Loss group for the feature
-layer), the largest ``r`` that reaches the MAC target, found by bisection on the MACs that
-Torch-Pruning counts on a pruned copy. Methods differ only in which channels they keep.
+Every convolution (``groups=1``) roots a group, except groups that also change the model's
+logits or run after the feature map (inside the head). The group whose channels the head,
+the classifier or a channel gate reads (the ``features`` map that CC-Loss and MC-Loss read)
+is the *feature group*: pruned only with ``--prune-features``.
+
+Budgets (:func:`plan_counts`): by default every group keeps the same fraction ``r`` of its
+channels, the largest ``r`` whose pruned model meets the MAC target (bisection on the MACs
+Torch-Pruning counts on a pruned copy); with ``global_ranking`` one threshold on the
+criterion's scores (each group's scores divided by their mean) across all groups, each group
+keeping at least a tenth of its channels. Counts are multiples of ``round_to`` (widths that
+are multiples of 8 run faster); a group narrower than ``round_to`` is left whole.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from chanloss.errors import PruneError as PruneError
-from chanloss.models.pruned import RECORD_FORMAT, RECORD_VERSION, sync_feature_width
+from chanloss.models.pruned import (
+    RECORD_FORMAT,
+    RECORD_VERSION,
+    build_graph,
+    prune_group,
+    sync_feature_width,
+)
+
+GLOBAL_FLOOR = 0.1  # the least fraction of its channels a group keeps under global ranking
 
 
 @dataclass
-class PrunableLayer:
-    """A convolution whose output channels can be removed, with the layers that follow it."""
+class Member:
+    """A layer of a group: its channel positions ``positions`` (input positions of a reader,
+    output positions of a writer or a norm) and ``channel_of[i]``, the group channel at
+    ``positions[i]`` (several positions per channel after a flatten)."""
 
     name: str
-    conv: nn.Conv2d
-    bn: nn.BatchNorm2d | nn.BatchNorm1d | None
-    reader_name: str
-    reader: nn.Module  # Conv2d or Linear whose input channels are this layer's outputs
-    is_feature: bool
-    bn_name: str | None = None
+    positions: list[int]
+    channel_of: list[int]
 
-    @property
-    def channels(self) -> int:
-        return int(self.conv.out_channels)
+
+@dataclass
+class PruneGroup:
+    """Coupled channels that are removed together (see the module docstring)."""
+
+    root: str
+    channels: int
+    writers: list[Member]  # Conv2d/Linear whose output channels are the group's
+    norms: list[Member]  # BatchNorm layers on the channels
+    readers: list[Member]  # Conv2d/Linear whose input channels are the group's
+    members: int
+    is_feature: bool = False
+    order: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _logits(output: Any) -> Any:
     return output[0] if isinstance(output, tuple) else output
 
 
-def dependency_graph(model: nn.Module, example: torch.Tensor) -> Any:
-    """Torch-Pruning's dependency graph of ``model`` traced on ``example``."""
-    import torch_pruning as tp
-
-    frozen = [p for p in model.parameters() if not p.requires_grad]
-    for p in frozen:  # the graph is traced through autograd
-        p.requires_grad_(True)
-    try:
-        return tp.DependencyGraph().build_dependency(
-            model, example, output_transform=_logits, verbose=False
-        )
-    finally:
-        for p in frozen:
-            p.requires_grad_(False)
-
-
-def find_prunable(model: nn.Module, example: torch.Tensor) -> list[PrunableLayer]:
-    """The prunable convolutions of ``model`` in forward order (see the module docstring)."""
-    import torch_pruning as tp
-
-    graph = dependency_graph(model, example)
-    names = {module: name for name, module in model.named_modules()}
-    order = _forward_order(model, example)
-    found = []
-    for conv in sorted(
-        (m for m in model.modules() if isinstance(m, nn.Conv2d)), key=lambda m: order.get(m, 1e9)
-    ):
-        if conv not in graph.module2node or conv.groups != 1:
-            continue
-        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, [0])
-        bn, readers, other = None, [], False
-        for dep, _ in group:
-            module = dep.target.module
-            if module is conv:
-                continue
-            if module not in names or _elementwise(module):  # ReLU, pooling, ...
-                continue
-            in_fn = graph.is_in_channel_pruning_fn(dep.handler)
-            if isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d) and bn is None:
-                bn = module
-            elif in_fn and isinstance(module, nn.Conv2d | nn.Linear):
-                readers.append(module)
-            else:
-                other = True
-        if other or len(readers) != 1:
-            continue
-        reader = readers[0]
-        is_feature = isinstance(reader, nn.Linear) or not names[reader].startswith("body.")
-        bn_name = names[bn] if bn is not None else None
-        found.append(
-            PrunableLayer(names[conv], conv, bn, names[reader], reader, is_feature, bn_name)
-        )
-    return found
-
-
-def _elementwise(module: nn.Module) -> bool:
-    conv_like = isinstance(module, nn.Conv2d | nn.Linear | nn.BatchNorm2d | nn.BatchNorm1d)
-    return not conv_like and next(module.parameters(), None) is None
-
-
-def _forward_order(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, int]:
-    order: dict[nn.Module, int] = {}
+def forward_order(model: nn.Module, example: Tensor) -> dict[str, int]:
+    """The position of each leaf module's (last) call in one forward pass of ``model``."""
+    order: dict[str, int] = {}
+    names = {m: n for n, m in model.named_modules()}
 
     def seen(module: nn.Module, inputs: Any, output: Any) -> None:
-        order.setdefault(module, len(order))
+        order[names[module]] = len(order)
 
-    hooks = [m.register_forward_hook(seen) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks = [m.register_forward_hook(seen) for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
             model(example)
@@ -123,6 +91,95 @@ def _forward_order(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, i
         for h in hooks:
             h.remove()
     return order
+
+
+def _feature_module(model: nn.Module) -> str | None:
+    """The sub-module whose output is ``features``: a backbone's ``body``, a FeatureTap's layer."""
+    if isinstance(getattr(model, "body", None), nn.Module):
+        return "body"
+    layer, inner = getattr(model, "layer", None), getattr(model, "model", None)
+    if isinstance(layer, str) and isinstance(inner, nn.Module):
+        return f"model.{layer}"
+    return None
+
+
+def find_groups(model: nn.Module, example: Tensor) -> list[PruneGroup]:
+    """The prunable groups of ``model`` in forward order of their first writer."""
+    import torch_pruning as tp
+
+    graph = build_graph(model, example)
+    names = {m: n for n, m in model.named_modules()}
+    order = forward_order(model, example)
+    logit_writers = _logit_writers(model, example)
+    feature_module = _feature_module(model)
+    inside = [n for n in order if feature_module and (n + ".").startswith(feature_module + ".")]
+    feature_end = max((order[n] for n in inside), default=None)
+    groups, visited = [], set()
+    for conv in model.modules():
+        if not isinstance(conv, nn.Conv2d) or conv in visited or conv not in graph.module2node:
+            continue
+        full = list(range(conv.out_channels))
+        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, full)
+        writers, norms, readers, skip = [], [], [], conv.groups != 1
+        for item in group:
+            dep, idxs, roots = item.dep, list(item.idxs), list(item.root_idxs)
+            module = dep.target.module
+            name = names.get(module)
+            is_out = graph.is_out_channel_pruning_fn(dep.handler)
+            if is_out:
+                visited.add(module)
+            if name is None:
+                continue
+            if isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
+                norms.append(Member(name, idxs, roots))
+            elif isinstance(module, nn.Conv2d | nn.Linear) and is_out:
+                writers.append(Member(name, idxs, roots))
+                skip |= module in logit_writers or getattr(module, "groups", 1) != 1
+            elif isinstance(module, nn.Conv2d | nn.Linear):
+                readers.append(Member(name, idxs, roots))
+                skip |= getattr(module, "groups", 1) != 1
+        first = min(order.get(w.name, 10**9) for w in writers)
+        if skip or (feature_end is not None and first > feature_end):
+            continue
+        late_readers = [r for r in readers if order.get(r.name, 0) > (feature_end or 10**9)]
+        is_feature = (
+            bool(late_readers)
+            if feature_end is not None
+            else any(isinstance(model.get_submodule(r.name), nn.Linear) for r in readers)
+        )
+        groups.append(
+            PruneGroup(
+                names[conv],
+                conv.out_channels,
+                writers,
+                norms,
+                readers,
+                len(group),
+                is_feature,
+                first,
+            )
+        )
+    return sorted(groups, key=lambda g: g.order)
+
+
+def _logit_writers(model: nn.Module, example: Tensor) -> set[nn.Module]:
+    """The layers whose output is the model's logits."""
+    found, outputs = set(), {}
+
+    def seen(module: nn.Module, inputs: Any, output: Any) -> None:
+        outputs[module] = output
+
+    hooks = [m.register_forward_hook(seen) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            logits = _logits(model(example))
+    finally:
+        for h in hooks:
+            h.remove()
+    for module, output in outputs.items():
+        if isinstance(output, Tensor) and output.data_ptr() == logits.data_ptr():
+            found.add(module)
+    return found
 
 
 def mc_groups(channels: int, num_classes: int) -> list[range]:
@@ -133,22 +190,29 @@ def mc_groups(channels: int, num_classes: int) -> list[range]:
     return [range(s, s + n) for s, n in zip(starts, sizes, strict=True)]
 
 
+def rounded(count: float, channels: int, round_to: int) -> int:
+    """``count`` channels as a multiple of ``round_to`` in ``[round_to, channels]`` (nearest;
+    at least 1); a group narrower than ``round_to`` keeps all its channels."""
+    if channels < round_to:
+        return channels
+    return int(min(channels, max(round_to, round_to * round(count / round_to), 1)))
+
+
 def keep_counts(
-    layers: Sequence[PrunableLayer], ratio: float, groups: int | None
+    groups: Sequence[PruneGroup], ratio: float, round_to: int, mc_classes: int | None
 ) -> dict[str, int]:
-    """Channels each layer keeps at keep ratio ``ratio`` (the feature layer in ``groups``
-    equal parts when MC-Loss reads it: ``groups * max(1, round(ratio * group size))``)."""
+    """Channels each group keeps at keep ratio ``ratio`` (the feature group in ``mc_classes``
+    equal parts when MC-Loss reads it)."""
     counts = {}
-    for layer in layers:
-        if layer.is_feature and groups:
-            per_group = max(1, round(ratio * (layer.channels // groups)))
-            counts[layer.name] = groups * per_group
+    for group in groups:
+        if group.is_feature and mc_classes:
+            counts[group.root] = mc_classes * max(1, round(ratio * (group.channels // mc_classes)))
         else:
-            counts[layer.name] = max(1, min(layer.channels, round(ratio * layer.channels)))
+            counts[group.root] = rounded(ratio * group.channels, group.channels, round_to)
     return counts
 
 
-def count_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+def count_macs(model: nn.Module, example: Tensor) -> tuple[int, int]:
     """(MACs, parameters) of one forward pass of ``model`` on ``example``, as Torch-Pruning's
     ``count_ops_and_params`` counts them (convolutions, linear layers, BN, ReLU, pooling)."""
     import torch_pruning as tp
@@ -157,105 +221,128 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     return int(macs), int(params)
 
 
-def prune_to(
-    model: nn.Module,
-    layers: Sequence[PrunableLayer],
-    kept: dict[str, Sequence[int]],
-    example: torch.Tensor,
+def prune_groups(
+    model: nn.Module, kept: dict[str, Sequence[int]], example: Tensor, feature: str | None
 ) -> None:
-    """Remove, in place, every channel of each layer not in ``kept[name]`` (with the BN and
-    the reader's inputs that depend on it)."""
-    import torch_pruning as tp
-
-    graph = dependency_graph(model, example)
+    """Remove, in place, every channel of each group (by root) not in ``kept[root]``."""
+    graph = build_graph(model, example)
     modules = dict(model.named_modules())
-    for layer in layers:
-        conv = modules[layer.name]
-        assert isinstance(conv, nn.Conv2d)
-        removed = sorted(set(range(conv.out_channels)) - set(kept[layer.name]))
-        if removed:
-            graph.get_pruning_group(conv, tp.prune_conv_out_channels, removed).prune()
-        if layer.is_feature:
-            sync_feature_width(model, conv.out_channels)
+    for root, keep in kept.items():
+        conv = modules[root]
+        prune_group(graph, conv, sorted(set(range(conv.out_channels)) - set(keep)))
+    if feature is not None and feature in kept:
+        sync_feature_width(model, len(kept[feature]))
 
 
-def same_layers(model: nn.Module, layers: Sequence[PrunableLayer]) -> list[PrunableLayer]:
-    """``layers`` re-pointed at the modules of ``model`` (a copy of the model they came from)."""
-    modules = dict(model.named_modules())
-    return [
-        PrunableLayer(
-            x.name,
-            modules[x.name],
-            modules[x.bn_name] if x.bn_name is not None else None,
-            x.reader_name,
-            modules[x.reader_name],
-            x.is_feature,
-            x.bn_name,
-        )
-        for x in layers
-    ]
-
-
-def macs_at(
-    model: nn.Module,
-    layers: Sequence[PrunableLayer],
-    counts: dict[str, int],
-    example: torch.Tensor,
-) -> int:
-    """MACs of a copy of ``model`` with ``counts[name]`` channels left in each layer."""
+def macs_at(model: nn.Module, counts: dict[str, int], example: Tensor, feature: str | None) -> int:
+    """MACs of a copy of ``model`` with ``counts[root]`` channels left in each group."""
     trial = copy.deepcopy(model)
-    prune_to(trial, layers, {n: range(c) for n, c in counts.items()}, example)
+    prune_groups(trial, {n: range(c) for n, c in counts.items()}, example, feature)
     return count_macs(trial, example)[0]
 
 
-def plan_keep_counts(
+def _feature_root(groups: Sequence[PruneGroup]) -> str | None:
+    return next((g.root for g in groups if g.is_feature), None)
+
+
+def plan_counts(
     model: nn.Module,
-    layers: Sequence[PrunableLayer],
+    groups: Sequence[PruneGroup],
     speedup: float,
-    example: torch.Tensor,
-    groups: int | None,
+    example: Tensor,
+    *,
+    round_to: int,
+    mc_classes: int | None,
+    scores: dict[str, Tensor] | None = None,
 ) -> tuple[dict[str, int], int, int]:
-    """Per-layer channel counts for ``speedup`` (MACs before / after), the MACs before and the
-    MACs planned; ``PruneError`` when even one channel per layer (group) cannot reach it."""
+    """Channels per group for ``speedup`` (MACs before / after), the MACs before and the MACs
+    planned; ``scores`` (per group) switch to one global ranking. ``PruneError`` when the
+    smallest allowed widths cannot reach the target."""
     base = count_macs(model, example)[0]
     target = base / speedup
-    smallest = keep_counts(layers, 0.0, groups)
-    floor = macs_at(model, layers, smallest, example)
-    if floor > target:
-        raise PruneError(
-            f"--speedup {speedup:g} is unreachable: keeping one channel per prunable layer"
-            f"{' (per MC-Loss class group)' if groups else ''} leaves {floor} of {base} MACs, "
-            f"at most {base / floor:.2f}x; expected a smaller --speedup"
-            + ("" if groups or any(x.is_feature for x in layers) else " or --prune-features")
+    feature = _feature_root(groups)
+    if scores is None:
+        counts_at: Callable[[float], dict[str, int]] = lambda r: keep_counts(  # noqa: E731
+            groups, r, round_to, mc_classes
         )
-    low, high = 0.0, 1.0  # macs(low) <= target < macs(high)
-    best = smallest
-    for _ in range(14):
+    else:
+        counts_at = _global_counts(groups, scores, round_to, mc_classes)
+    cache: dict[tuple[tuple[str, int], ...], int] = {}
+
+    def macs(counts: dict[str, int]) -> int:
+        key = tuple(sorted(counts.items()))
+        if key not in cache:
+            cache[key] = macs_at(model, counts, example, feature)
+        return cache[key]
+
+    smallest = counts_at(0.0)
+    floor = macs(smallest)
+    if floor > target:
+        narrow = sum(g.channels < round_to for g in groups)
+        raise PruneError(
+            f"--speedup {speedup:g} is unreachable: the narrowest allowed widths (multiples of "
+            f"prune.round_to={round_to}{', a tenth of each group' if scores is not None else ''}"
+            f"{'; ' + str(narrow) + ' groups narrower than round_to stay whole' if narrow else ''}"
+            f") leave {floor} of {base} MACs, at most {base / floor:.2f}x; expected a smaller "
+            "--speedup"
+            + (", a smaller prune.round_to" if round_to > 1 else "")
+            + ("" if feature is not None else " or --prune-features")
+        )
+    low, high, best = 0.0, 1.0, smallest  # macs(low) <= target < macs(high)
+    for _ in range(12):
         mid = (low + high) / 2
-        counts = keep_counts(layers, mid, groups)
-        if macs_at(model, layers, counts, example) <= target:
+        counts = counts_at(mid)
+        if macs(counts) <= target:
             low, best = mid, counts
         else:
             high = mid
-    return best, base, macs_at(model, layers, best, example)
+    return best, base, macs(best)
+
+
+def _global_counts(
+    groups: Sequence[PruneGroup], scores: dict[str, Tensor], round_to: int, mc: int | None
+) -> Callable[[float], dict[str, int]]:
+    """``q -> counts``: keep the channels whose normalised score is above the ``1 - q``
+    quantile of all groups' normalised scores (at least a tenth of each group)."""
+    normalised = {
+        g.root: scores[g.root].double() / scores[g.root].double().mean().clamp_min(1e-12)
+        for g in groups
+    }
+    pooled = torch.sort(torch.cat(list(normalised.values()))).values
+
+    def counts(q: float) -> dict[str, int]:
+        position = min(len(pooled) - 1, int((1 - q) * len(pooled)))
+        threshold = float(pooled[position]) if q < 1 else -math.inf
+        out = {}
+        for g in groups:
+            above = int((normalised[g.root] >= threshold).sum())
+            wanted = max(above, math.ceil(GLOBAL_FLOOR * g.channels))
+            if g.is_feature and mc:
+                out[g.root] = mc * max(1, round(wanted / mc))
+            else:
+                out[g.root] = rounded(max(wanted, 1), g.channels, round_to)
+        return out
+
+    return counts
 
 
 def make_record(
-    layers: Sequence[PrunableLayer],
+    groups: Sequence[PruneGroup],
     kept: dict[str, Sequence[int]],
-    example: torch.Tensor,
+    example: Tensor,
     method: str,
 ) -> dict[str, Any]:
     """The plain-data record :func:`chanloss.models.pruned.apply_structure` re-applies."""
-    feature = next((x.name for x in layers if x.is_feature), None)
+    feature = next((g.root for g in groups if g.is_feature and g.root in kept), None)
     return {
         "format": RECORD_FORMAT,
         "version": RECORD_VERSION,
         "method": method,
         "input_shape": [1, *(int(v) for v in example.shape[1:])],
         "layers": [
-            {"name": x.name, "total": x.channels, "kept": sorted(int(i) for i in kept[x.name])}
-            for x in layers
+            {"name": g.root, "total": g.channels, "kept": sorted(int(i) for i in kept[g.root])}
+            for g in groups
+            if g.root in kept
         ],
         "feature_layer": feature,
     }

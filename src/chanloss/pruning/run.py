@@ -1,58 +1,54 @@
-"""``chanloss prune``: remove channels of a trained run's model, fine-tune, report.
+"""``chanloss prune``: remove whole groups of coupled channels from a trained run's model,
+fine-tune without ever making it worse, measure the speed-up.
 
 :func:`prune_checkpoint` checks everything it can before writing anything (method, speedup,
-the checkpoint, the prunable layers, the MAC target), then prunes on a calibration subset of
-the training split, fine-tunes with the run's own losses and recipe for ``finetune_epochs``
-(``DIR/finetune/``, a run directory ``chanloss train --resume`` continues), and writes
-``DIR/pruned.pt`` (a weights-only checkpoint with the kept channels in ``"pruning"``) and
-``DIR/prune.json``. The validation split chooses CPLI's mixing weight and nothing else; the
-test split is only reported.
+options, the checkpoint, the prunable groups, the MAC target), locks ``--out``, prunes on a
+calibration subset of the training split (:mod:`chanloss.pruning.graph` for the groups and
+budgets, :mod:`chanloss.pruning.cpli` and :mod:`chanloss.pruning.criteria` for the choice,
+:mod:`chanloss.pruning.sequential` for the refit), measures the latency before and after, and
+fine-tunes (:mod:`chanloss.pruning.finetune`). It writes ``DIR/pruned.pt`` (a weights-only
+checkpoint whose ``"pruning"`` entry replays the group pruning), ``DIR/after_pruning.pt``,
+``DIR/finetune/`` (a run directory) and ``DIR/prune.json``. The validation split chooses
+CPLI's mixing weight and the kept model and nothing else; the test split is only reported.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from chanloss.pruning.cpli import MIX_GRID, cpli_prune
-from chanloss.pruning.criteria import (
-    Calibration,
-    bn_scale_importance,
-    l1_importance,
-    random_importance,
-    taylor_importance,
-    top_channels,
+from chanloss.pruning import inputs
+from chanloss.pruning.cpli import MIX_GRID, all_scores, cpli_chooser, writers_of_pruned
+from chanloss.pruning.criteria import BASELINES, baseline_importance, top_channels
+from chanloss.pruning.finetune import (
+    PARTIAL,
+    choose_kept,
+    claim_out,
+    finetune_config,
+    run_finetune,
+    start_finetune,
 )
 from chanloss.pruning.graph import (
-    PrunableLayer,
     PruneError,
+    PruneGroup,
     count_macs,
-    find_prunable,
+    find_groups,
     make_record,
     mc_groups,
-    plan_keep_counts,
-    prune_to,
-    same_layers,
+    plan_counts,
+    prune_groups,
 )
+from chanloss.pruning.report import format_table, latency_entry, measure_latency
+from chanloss.pruning.sequential import prune_in_order
 
-METHODS = ("cpli", "l1", "bn_scale", "taylor", "random")
-#: ``--set prune.KEY=VALUE`` options and their defaults.
-PRUNE_OPTIONS: dict[str, Any] = {
-    "calibration_images": 256,  # training images the criteria and CPLI read
-    "holdout_images": 512,  # training images that stand in for validation when there is none
-    "mix": None,  # CPLI's mixing weight; None: chosen on validation from MIX_GRID
-    "latency_repeats": 10,
-    "seed": 0,
-}
-_PARAMETER_FREE_OK = ("mc", "cc")  # channel losses --prune-features knows how to follow
+METHODS = ("cpli", *BASELINES)
 
 
 def prune_checkpoint(
@@ -64,23 +60,18 @@ def prune_checkpoint(
     finetune_epochs: int = 0,
     overrides: Sequence[str] = (),
     prune_features: bool = False,
+    refit: bool | None = None,
     device: str = "cpu",
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Prune ``checkpoint`` to ``speedup`` times fewer MACs into ``out_dir``; the prune.json
-    contents. Bad input is a :class:`PruneError` (or ``CheckpointError``/``ConfigError``)
-    raised before anything is written."""
-    from chanloss.errors import CheckpointError
-    from chanloss.training.config import (
-        apply_overrides,
-        config_to_dict,
-        parse_overrides,
-        validate_config,
-    )
-    from chanloss.training.trainer import Trainer
+    contents. ``refit`` (default: on for cpli only) re-fits the readers of each pruned group
+    by least squares. Bad input is a :class:`PruneError` (or ``CheckpointError``/
+    ``ConfigError``) raised before anything is written."""
+    from chanloss.training.config import parse_overrides
 
     started = time.perf_counter()
-    say = _printer(verbose)
+    say = inputs.printer(verbose)
     if method not in METHODS:
         raise PruneError(f"unknown --method {method!r}; expected one of {', '.join(METHODS)}")
     if not isinstance(speedup, int | float) or not math.isfinite(speedup) or speedup <= 1:
@@ -89,11 +80,80 @@ def prune_checkpoint(
         raise PruneError(f"--finetune-epochs must be an integer >= 0, got {finetune_epochs!r}")
     if finetune_epochs < 0:
         raise PruneError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
-    options, config_overrides = _split_overrides(parse_overrides(list(overrides)))
+    refit = method == "cpli" if refit is None else bool(refit)
+    parsed = parse_overrides(list(overrides))
+    options, config_overrides = inputs.split_overrides(parsed)
+    request = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "method": method,
+        "speedup": float(speedup),
+        "finetune_epochs": finetune_epochs,
+        "overrides": list(overrides),
+        "prune_features": bool(prune_features),
+        "refit": refit,
+    }
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise PruneError(f"--out {out} already exists and is not an empty directory")
+    run_dir, partial = claim_out(out, request)
+    try:
+        if partial is None:
+            result, tune_config = _prune(
+                checkpoint,
+                out,
+                method,
+                speedup,
+                finetune_epochs,
+                options,
+                config_overrides,
+                prune_features,
+                refit,
+                device,
+                say,
+                request,
+            )
+        else:
+            say(f"{out} holds this prune, unfinished: continuing its fine-tune")
+            result = partial["result"]
+            tune_config = _tune_config(result, finetune_epochs, options, config_overrides)
+        _finish(result, tune_config, out, finetune_epochs, verbose, started)
+    except BaseException:
+        if not (out / PARTIAL).exists() and not (out / "pruned.pt").exists():
+            run_dir.abandon()  # nothing of ours is left behind
+        else:
+            run_dir.release()
+        raise
+    run_dir.release()
+    say(f"wrote {out / 'pruned.pt'} (and prune.json, after_pruning.pt, finetune/ in {out})")
+    return result
 
+
+def _tune_config(result: dict[str, Any], epochs: int, options: dict, overrides: list) -> Any:
+    from chanloss.training.config import validate_config
+
+    return finetune_config(validate_config(result["config"]), epochs, options, overrides)
+
+
+@dataclass
+class _Job:
+    """What pruning reads: the run, its model, the calibration and validation images, groups."""
+
+    checkpoint: Path
+    state: dict[str, Any]
+    config: Any
+    trainer: Any
+    model: nn.Module
+    scores: Any
+    calibration: Any
+    holdout: list
+    holdout_name: str
+    example: Tensor
+    groups: list[PruneGroup]
+    feature: PruneGroup | None
+    mc_classes: int | None
+
+
+def _load(checkpoint, out: Path, options, prune_features: bool, device: str) -> _Job:
+    """Read the run and find its groups; every check that needs the model happens here."""
+    from chanloss.errors import CheckpointError
     from chanloss.training.loader import load_run, read_checkpoint
 
     stored = read_checkpoint(checkpoint, device=device)
@@ -104,406 +164,288 @@ def prune_checkpoint(
         raise PruneError(
             f"{checkpoint} is already pruned; prune the run's original checkpoint instead"
         )
-    tune_raw = apply_overrides(
-        {**config_to_dict(config), "epochs": max(1, finetune_epochs)}, config_overrides
-    )
-    tune_config = validate_config(tune_raw, source="--set")
     trainer = load_run(stored, with_data=True, out_dir=out / "finetune").trainer
     model = trainer.model.eval()
-    scores = _scorer(trainer)
-    calibration, holdout, holdout_name = _calibration(trainer, options, scores)
+    scores = inputs.scorer(trainer)
+    calibration, holdout, holdout_name = inputs.calibration_images(trainer, options, scores)
     example = calibration.batches[0][0][:1].detach().clone()
-
-    layers = find_prunable(model, example)
-    feature = next((x for x in layers if x.is_feature), None)
-    mc_classes = _feature_policy(trainer, layers, feature, prune_features, checkpoint)
+    groups = find_groups(model, example)
+    feature = next((g for g in groups if g.is_feature), None)
+    mc_classes = inputs.feature_policy(trainer, feature, prune_features, checkpoint)
     if not prune_features:
-        layers = [x for x in layers if not x.is_feature]
-    if not layers:
+        groups = [g for g in groups if not g.is_feature]
+    if not groups:
         raise PruneError(
-            f"{config.model.name} has no prunable layer (every convolution's channels are tied "
-            "to a residual sum or read by several layers"
-            + ("" if prune_features else "; --prune-features also prunes the feature layer")
-            + ")"
+            f"{config.model.name} has no prunable group of channels"
+            + ("" if prune_features else "; --prune-features also prunes the feature map's")
         )
-    counts, macs_before, _ = plan_keep_counts(model, layers, speedup, example, mc_classes)
-    params_before = count_macs(model, example)[1]
-
-    # -- nothing was written up to here --------------------------------------------------------
-    say(
-        f"pruning {checkpoint} ({config.model.name}, {len(layers)} prunable layers) by {method} "
-        f"to {speedup:g}x fewer MACs; calibration {calibration.size} training images"
+    return _Job(
+        checkpoint,
+        state,
+        config,
+        trainer,
+        model,
+        scores,
+        calibration,
+        holdout,
+        holdout_name,
+        example,
+        groups,
+        feature,
+        mc_classes,
     )
-    accuracy = {"original": _accuracies(model, scores, trainer, holdout)}
-    latency_before = measure_latency(model, example, options["latency_repeats"])
-    original = copy.deepcopy(model)
-    prune_started, prune_cpu = time.perf_counter(), time.process_time()
-    chosen_mix, mix_scores = None, {}
-    if method == "cpli":
-        grid = MIX_GRID if options["mix"] is None else (float(options["mix"]),)
-        best = None
-        targets: dict[str, list[Tensor]] = {}  # the original readers' outputs, shared by trials
-        for mix in grid:
-            trial = copy.deepcopy(original)
-            kept = cpli_prune(
-                trial,
-                same_layers(trial, layers),
-                counts,
-                calibration,
-                example,
-                mix=mix,
-                mc_classes=mc_classes,
-                targets=targets,
-                progress=say if len(grid) == 1 or mix == grid[0] else None,
-            )
-            acc = _accuracy(trial, scores, holdout) if len(grid) > 1 else None
-            mix_scores[str(mix)] = acc
-            if len(grid) > 1:
-                say(f"cpli mix {mix:g}: {holdout_name} accuracy {100 * acc:.2f}%")
-            if best is None or (acc is not None and acc > best[0]):
-                best = (acc if acc is not None else 0.0, mix, trial, kept)
-        _, chosen_mix, pruned, kept_all = best
-    else:
-        importance = _baseline_importance(method, original, layers, calibration, options)
-        kept_all = {}
-        for index, layer in enumerate(layers):
-            groups = (
-                mc_groups(layer.channels, mc_classes) if layer.is_feature and mc_classes else None
-            )
-            kept_all[layer.name] = top_channels(importance[layer.name], counts[layer.name], groups)
-            say(
-                f"layer {index + 1}/{len(layers)} {layer.name}: kept "
-                f"{len(kept_all[layer.name])}/{layer.channels}"
-            )
-        pruned = copy.deepcopy(original)
-        prune_to(pruned, same_layers(pruned, layers), kept_all, example)
-    prune_seconds = time.perf_counter() - prune_started
-    prune_cpu_seconds = time.process_time() - prune_cpu
-    record = make_record(layers, kept_all, example, method)
-    macs_after, params_after = count_macs(pruned, example)
-    accuracy["pruned"] = _accuracies(pruned, scores, trainer, holdout)
-    latency_after = measure_latency(pruned, example, options["latency_repeats"])
-    loss_states = _loss_states(trainer, state["losses"], feature, kept_all)
 
-    out.mkdir(parents=True, exist_ok=True)
-    tuned_started = time.perf_counter()
-    tuner = Trainer(
-        tune_config if finetune_epochs > 0 else config,
-        out / "finetune",
-        verbose=2 if verbose else 0,
-        checkpoint_state={"pruning": record},
-    )
-    tuner.model.load_state_dict(pruned.state_dict())
-    for slot, sd in zip(tuner.slots, loss_states, strict=True):
-        slot.loss.load_state_dict(sd)
-    accuracy["finetuned"] = None
-    if finetune_epochs > 0:
-        tuner.fit()
-        accuracy["finetuned"] = _accuracies(tuner.model.eval(), _scorer(tuner), tuner, None)
-    saved = tuner.state()
-    finetune_seconds = time.perf_counter() - tuned_started if finetune_epochs > 0 else 0.0
-    from chanloss.training.checkpoint import save_checkpoint
+
+def _prune(
+    checkpoint: str | Path,
+    out: Path,
+    method: str,
+    speedup: float,
+    finetune_epochs: int,
+    options: dict[str, Any],
+    config_overrides: list,
+    prune_features: bool,
+    refit: bool,
+    device: str,
+    say: Any,
+    request: dict[str, Any],
+) -> tuple[dict[str, Any], Any]:
+    """Everything up to the fine-tune: prune, measure, write ``after_pruning.pt`` and the
+    partial state; (the result so far, the fine-tune's config)."""
     from chanloss.training.run_dir import write_json
 
-    save_checkpoint(saved, out / "pruned.pt")
-    result = {
-        "checkpoint": str(checkpoint),
+    job = _load(checkpoint, out, options, prune_features, device)
+    tune_config = finetune_config(job.config, finetune_epochs, options, config_overrides)
+    plan = _Plan(job.model, job.groups, speedup, job.example, options, job.mc_classes)
+    if not options["global"]:
+        plan.counts_for(None)  # an unreachable target fails here, before anything is written
+    say(
+        f"pruning {job.checkpoint} ({job.config.model.name}, {len(job.groups)} groups of "
+        f"coupled channels, {sum(g.members for g in job.groups)} layer operations) by "
+        f"{method}{' + refit' if refit else ''} to {speedup:g}x fewer MACs; calibration "
+        f"{job.calibration.size} training images; widths in multiples of {options['round_to']}"
+        f"{'; one global ranking' if options['global'] else ''}"
+    )
+    accuracy = {"original": inputs.accuracies(job.model, job.scores, job.trainer, job.holdout)}
+    prune_started, prune_cpu = time.perf_counter(), time.process_time()
+    pruned, kept_all, mix, mix_scores = _choose_and_prune(job, method, plan, refit, options, say)
+    prune_seconds = time.perf_counter() - prune_started
+    prune_cpu_seconds = time.process_time() - prune_cpu
+    accuracy["pruned"] = inputs.accuracies(pruned, job.scores, job.trainer, job.holdout)
+    timing = measure_latency(
+        {"original": job.model, "pruned": pruned}, job.example, int(options["latency_repeats"])
+    )
+    result = _result(job, method, refit, speedup, pruned, kept_all, options, prune_features)
+    result.update(
+        accuracy=accuracy,
+        cpli_mix=mix,
+        cpli_mix_scores=mix_scores or None,
+        latency_ms=latency_entry(timing, int(options["latency_repeats"])),
+        finetune_epochs=finetune_epochs,
+        finetune_lr=tune_config.optim.lr if finetune_epochs else None,
+        time_s={"prune": prune_seconds, "prune_cpu": prune_cpu_seconds},
+    )
+    tuner = _tuner(job, pruned, kept_all, method, tune_config if finetune_epochs > 0 else None, out)
+    out.mkdir(parents=True, exist_ok=True)
+    result["after_pruning_val"] = start_finetune(tuner, out)
+    write_json(out / PARTIAL, {"request": request, "result": result})
+    return result, tune_config
+
+
+def _result(job: _Job, method, refit, speedup, pruned, kept_all, options, prune_features):
+    from chanloss.training.config import config_to_dict
+
+    macs_before, params_before = count_macs(job.model, job.example)
+    macs_after, params_after = count_macs(pruned, job.example)
+    return {
+        "checkpoint": str(job.checkpoint),
         "method": method,
+        "refit": refit,
         "speedup_target": speedup,
         "speedup": macs_before / macs_after,
         "macs": {"before": macs_before, "after": macs_after},
         "params": {"before": params_before, "after": params_after},
-        "layers": [
-            {"name": x.name, "kept": len(kept_all[x.name]), "total": x.channels} for x in layers
+        "round_to": options["round_to"],
+        "global": options["global"],
+        "groups": [
+            {
+                "root": g.root,
+                "layers": g.members,
+                "kept": len(kept_all[g.root]),
+                "total": g.channels,
+                "feature": g.is_feature,
+            }
+            for g in job.groups
         ],
-        "pruned_features": bool(prune_features and feature is not None),
-        "accuracy": accuracy,
-        "validation_for_choices": holdout_name,
-        "cpli_mix": chosen_mix,
-        "cpli_mix_scores": mix_scores or None,
-        "latency_ms": {
-            "before": latency_before,
-            "after": latency_after,
-            "threads": torch.get_num_threads(),
-        },
-        "calibration_images": calibration.size,
-        "finetune_epochs": finetune_epochs,
-        "time_s": {
-            "prune": prune_seconds,
-            "prune_cpu": prune_cpu_seconds,
-            "finetune": finetune_seconds,
-            "total": time.perf_counter() - started,
-        },
+        "pruned_features": bool(prune_features and job.feature is not None),
+        "validation_for_choices": job.holdout_name,
+        "calibration_images": job.calibration.size,
+        "config": config_to_dict(job.config),
     }
+
+
+def _tuner(job: _Job, pruned, kept_all, method, tune_config, out: Path) -> Any:
+    """The fine-tune's trainer holding the pruned model (and the losses' re-sliced state)."""
+    from chanloss.training.trainer import Trainer
+
+    record = make_record(job.groups, kept_all, job.example, method)
+    tuner = Trainer(
+        tune_config if tune_config is not None else job.config,
+        out / "finetune",
+        verbose=0,
+        checkpoint_state={"pruning": record},
+    )
+    tuner.model.load_state_dict(pruned.state_dict())
+    loss_states = inputs.loss_states(job.trainer, job.state["losses"], job.feature, kept_all)
+    for slot, sd in zip(tuner.slots, loss_states, strict=True):
+        slot.loss.load_state_dict(sd)
+    return tuner
+
+
+class _Plan:
+    """Channels per group: one keep ratio (found once), or a global ranking of given scores."""
+
+    def __init__(self, model, groups, speedup, example, options, mc_classes) -> None:
+        self.args = (model, groups, speedup, example)
+        self.round_to, self.mc_classes = int(options["round_to"]), mc_classes
+        self.uniform: dict[str, int] | None = None
+
+    def counts_for(self, scores: dict[str, Tensor] | None) -> dict[str, int]:
+        if scores is None and self.uniform is not None:
+            return self.uniform
+        counts = plan_counts(
+            *self.args, round_to=self.round_to, mc_classes=self.mc_classes, scores=scores
+        )[0]
+        if scores is None:
+            self.uniform = counts
+        return counts
+
+
+def _choose_and_prune(
+    job: _Job, method: str, plan: _Plan, refit: bool, options: dict[str, Any], say: Any
+) -> tuple[nn.Module, dict[str, list[int]], float | None, dict[str, Any]]:
+    """Prune a copy of the model: (pruned, kept channels per group, CPLI's mix, mix scores)."""
+    model, groups, calibration, example = job.model, job.groups, job.calibration, job.example
+    feature = next((g.root for g in groups if g.is_feature), None)
+    targets: dict[str, list[Tensor]] = {}  # the original readers' outputs, shared by trials
+    common = dict(targets=targets, original=model, feature=feature, refit=refit)
+    if method != "cpli":
+        return _baseline_prune(job, method, plan, options, say, common)
+    grid = MIX_GRID if options["mix"] is None else (float(options["mix"]),)
+    best = None
+    mix_scores: dict[str, Any] = {}
+    for mix in grid:
+        counts = plan.counts_for(
+            all_scores(model, groups, calibration, mix) if options["global"] else None
+        )
+        trial = copy.deepcopy(model)
+        kept = prune_in_order(
+            trial,
+            groups,
+            calibration,
+            example,
+            choose=cpli_chooser(mix, counts, plan.mc_classes, writers_of_pruned(groups, counts)),
+            needs_capture=True,
+            needs_grad=True,
+            progress=say if len(grid) == 1 or mix == grid[0] else None,
+            **common,
+        )
+        acc = inputs.accuracy(trial, job.scores, job.holdout) if len(grid) > 1 else None
+        mix_scores[str(mix)] = acc
+        if len(grid) > 1:
+            say(f"cpli mix {mix:g}: {job.holdout_name} accuracy {100 * acc:.2f}%")
+        if best is None or (acc is not None and acc > best[0]):
+            best = (acc if acc is not None else 0.0, mix, trial, kept)
+    _, mix, pruned, kept = best
+    return pruned, kept, mix, mix_scores
+
+
+def _baseline_prune(
+    job: _Job, method: str, plan: _Plan, options: dict[str, Any], say: Any, common: dict
+) -> tuple[nn.Module, dict[str, list[int]], None, dict[str, Any]]:
+    """Prune a copy of the model by a baseline criterion (scored once on the original)."""
+    model, groups, calibration, example = job.model, job.groups, job.calibration, job.example
+    feature = common["feature"]
+    importance = baseline_importance(method, model, groups, calibration, int(options["seed"]))
+    counts = plan.counts_for(importance if options["global"] else None)
+
+    def choose(group: PruneGroup, seen: Any) -> list[int]:
+        return top_channels(importance[group.root], counts[group.root], _parts(group, plan))
+
+    pruned = copy.deepcopy(model)
+    if common["refit"]:
+        kept = prune_in_order(
+            pruned,
+            groups,
+            calibration,
+            example,
+            choose=choose,
+            needs_capture=False,
+            needs_grad=False,
+            progress=say,
+            **common,
+        )
+    else:
+        kept = {g.root: choose(g, None) for g in groups}
+        prune_groups(pruned, kept, example, feature)
+        for i, g in enumerate(groups):
+            say(
+                f"group {i + 1}/{len(groups)} {g.root} ({g.members} layers): kept "
+                f"{len(kept[g.root])}/{g.channels}"
+            )
+    return pruned, kept, None, {}
+
+
+def _parts(group: PruneGroup, plan: _Plan) -> list[range] | None:
+    if group.is_feature and plan.mc_classes:
+        return mc_groups(group.channels, plan.mc_classes)
+    return None
+
+
+def _finish(
+    result: dict[str, Any],
+    tune_config: Any,
+    out: Path,
+    epochs: int,
+    verbose: bool,
+    started: float,
+) -> None:
+    """Fine-tune (or continue), choose the kept model, write pruned.pt and prune.json."""
+    from chanloss.training.run_dir import write_json
+
+    tuned_started = time.perf_counter()
+    result["accuracy"]["finetuned"] = None
+    if epochs > 0:
+        if verbose:
+            val = result["after_pruning_val"]
+            print(
+                f"fine-tuning {epochs} epoch(s) at lr {tune_config.optim.lr:g} from the model "
+                "right after pruning"
+                + ("" if val is None else f" (validation {100 * val:.2f}%, epoch 0)"),
+                flush=True,
+            )
+        summary = run_finetune(tune_config, out, verbose)
+        result["accuracy"]["finetuned"] = {
+            "val": summary.get("final_val_acc"),
+            "test": summary.get("final_test_acc"),
+            "val_curve": summary.get("val_curve"),
+        }
+    kept = choose_kept(out, result["after_pruning_val"], epochs)
+    result["kept"] = kept
+    result["accuracy"]["kept"] = (
+        result["accuracy"]["pruned"] if kept["epoch"] == 0 else _evaluate(out / "pruned.pt")
+    )
+    result["time_s"]["finetune"] = time.perf_counter() - tuned_started if epochs else 0.0
+    result["time_s"]["total"] = time.perf_counter() - started
     write_json(out / "prune.json", result)
+    (out / PARTIAL).unlink(missing_ok=True)
     if verbose:
         print(format_table(result), flush=True)
-    return result
 
 
-def _printer(verbose: bool):
-    def say(line: str) -> None:
-        if verbose:
-            print(line, flush=True)
+def _evaluate(path: Path) -> dict[str, float | None]:
+    """Accuracy of the checkpoint at ``path`` on its run's val and test splits."""
+    from chanloss.training.loader import load_run
 
-    return say
-
-
-def _split_overrides(items: list[tuple[str, Any]]) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
-    options = dict(PRUNE_OPTIONS)
-    rest = []
-    for key, value in items:
-        if not key.startswith("prune."):
-            rest.append((key, value))
-            continue
-        name = key.removeprefix("prune.")
-        if name not in PRUNE_OPTIONS:
-            raise PruneError(
-                f"--set {key}: unknown pruning option; expected one of "
-                f"{', '.join('prune.' + k for k in PRUNE_OPTIONS)}"
-            )
-        if name == "mix":
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1
-            ):
-                raise PruneError(
-                    f"--set prune.mix must be a number in [0, 1] or null, got {value!r}"
-                )
-        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise PruneError(f"--set {key} must be an integer >= 1, got {value!r}")
-        options[name] = value
-    return options, rest
-
-
-def _scorer(trainer: Any):
-    def scores(model: nn.Module, x: Tensor) -> Tensor:
-        return trainer.class_scores(model(x))
-
-    return scores
-
-
-def _calibration(
-    trainer: Any, options: dict[str, Any], scores: Any
-) -> tuple[Calibration, list[tuple[Tensor, Tensor]], str]:
-    """Calibration batches from the training split (seeded shuffle, evaluation preprocessing);
-    the validation batches (the val split, or held-out training images when there is none)."""
-    from chanloss.training.builders import Batches
-
-    want = int(options["calibration_images"])
-    holdout_want = 0 if trainer.data.val is not None else int(options["holdout_images"])
-    source = Batches(
-        trainer.data.train,
-        batch_size=64,
-        device=trainer.device,
-        train=True,
-        seed=int(options["seed"]),
-    )
-    calibration, holdout, taken = [], [], 0
-    with torch.no_grad():
-        for x, y in source.epoch(0):
-            x = trainer._prepare(x, trainer.eval_aug)
-            if taken < want:
-                n = min(want - taken, y.shape[0])
-                calibration.append((x[:n], y[:n]))
-                x, y = x[n:], y[n:]
-                taken += n
-            if y.shape[0] and sum(b[1].shape[0] for b in holdout) < holdout_want:
-                holdout.append((x, y))
-            if taken >= want and sum(b[1].shape[0] for b in holdout) >= holdout_want:
-                break
-    source.close()
-    if trainer.data.val is not None:
-        holdout = [
-            (trainer._prepare(x, trainer.eval_aug), y)
-            for x, y in trainer.eval_batches["val"].epoch()
-        ]
-        name = "validation split"
-    else:
-        name = (
-            f"{sum(b[1].shape[0] for b in holdout)} held-out training images (no validation split)"
-        )
-    return Calibration(calibration, scores), holdout, name
-
-
-@torch.no_grad()
-def _accuracy(
-    model: nn.Module, scores: Any, batches: Sequence[tuple[Tensor, Tensor]]
-) -> float | None:
-    if not batches:
-        return None
-    model.eval()
-    correct = total = 0
-    for x, y in batches:
-        correct += int((scores(model, x).argmax(1) == y).sum())
-        total += int(y.shape[0])
-    return correct / max(total, 1)
-
-
-def _accuracies(model: nn.Module, scores: Any, trainer: Any, holdout: Any) -> dict[str, Any]:
-    out = {}
-    for split in ("val", "test"):
-        if split in trainer.eval_batches:
-            batches = [
-                (trainer._prepare(x, trainer.eval_aug), y)
-                for x, y in trainer.eval_batches[split].epoch()
-            ]
-            out[split] = _accuracy(model, scores, batches)
-        else:
-            out[split] = None
-    if out["val"] is None and holdout:
-        out["holdout"] = _accuracy(model, scores, holdout)
-    return out
-
-
-def _feature_policy(
-    trainer: Any,
-    layers: Sequence[PrunableLayer],
-    feature: PrunableLayer | None,
-    prune_features: bool,
-    checkpoint: Path,
-) -> int | None:
-    """With ``--prune-features``: MC-Loss's class count (the feature layer keeps channels in
-    equal parts of its groups), after checking that the feature layer can be pruned at all."""
-    if not prune_features:
-        return None
-    if feature is None:
-        raise PruneError(
-            f"--prune-features: the feature layer of {checkpoint} cannot be pruned (its channels "
-            "are tied to a residual sum or read by more than one layer); drop --prune-features"
-        )
-    for slot in trainer.slots:
-        stateful = bool(slot.loss.state_dict()) and slot.name != "cc"
-        if slot.name not in _PARAMETER_FREE_OK and stateful:
-            raise PruneError(
-                f"--prune-features: loss {slot.name!r} keeps per-channel or per-embedding state "
-                "that pruning does not re-slice; expected losses ce, mc, cc (or no "
-                "--prune-features)"
-            )
-    mc = [slot for slot in trainer.slots if slot.name == "mc"]
-    if not mc:
-        return None
-    classes = int(trainer.data.num_classes)
-    if feature.channels // classes < 2:
-        raise PruneError(
-            f"--prune-features: the feature layer {feature.name} has {feature.channels} channels "
-            f"for {classes} MC-Loss classes, fewer than 2 per class group, so no class could "
-            "lose one and keep one; drop --prune-features"
-        )
-    return classes
-
-
-def _baseline_importance(
-    method: str,
-    model: nn.Module,
-    layers: Sequence[PrunableLayer],
-    calibration: Calibration,
-    options: dict[str, Any],
-) -> dict[str, Tensor]:
-    if method == "taylor":
-        return taylor_importance(model, layers, calibration)
-    if method == "random":
-        generator = torch.Generator().manual_seed(int(options["seed"]))
-        return {x.name: random_importance(x, generator) for x in layers}
-    score = l1_importance if method == "l1" else bn_scale_importance
-    return {x.name: score(x) for x in layers}
-
-
-def _loss_states(
-    trainer: Any,
-    saved: Sequence[dict[str, Tensor]],
-    feature: PrunableLayer | None,
-    kept: dict[str, list[int]],
-) -> list[dict[str, Tensor]]:
-    """The losses' state dicts for the pruned model: CC-Loss's attention re-sliced to the kept
-    feature channels (and to the hidden width its formula gives for them)."""
-    if feature is None or feature.name not in kept:
-        return [dict(sd) for sd in saved]
-    channels = torch.tensor(kept[feature.name])
-    out = []
-    for slot, sd in zip(trainer.slots, saved, strict=True):
-        if slot.name != "cc":
-            out.append(dict(sd))
-            continue
-        from chanloss.losses import create_loss
-
-        fresh = create_loss(
-            "cc",
-            context={
-                "num_channels": len(channels),
-                "num_classes": trainer.data.num_classes,
-                "embedding_dim": len(channels),
-            },
-            **trainer.config.losses[slot.index].params(),
-        )
-        hidden = fresh.fc1.weight.shape[0]
-        fc1, fc2 = sd["fc1.weight"][:, channels], sd["fc2.weight"][channels]
-        strength = fc1.abs().sum(1) * fc2.abs().sum(0)
-        units = torch.argsort(-strength, stable=True)[:hidden].sort().values
-        out.append(
-            {
-                "fc1.weight": fc1[units].clone(),
-                "fc1.bias": sd["fc1.bias"][units].clone(),
-                "fc2.weight": fc2[:, units].clone(),
-                "fc2.bias": sd["fc2.bias"][channels].clone(),
-            }
-        )
-    return out
-
-
-@torch.no_grad()
-def measure_latency(model: nn.Module, example: Tensor, repeats: int) -> dict[str, float]:
-    """Median wall time (ms) of one forward pass on the CPU at batch 1 and 64 (eval mode)."""
-    model = copy.deepcopy(model).cpu().eval()
-    result = {}
-    for batch in (1, 64):
-        x = example.cpu().expand(batch, *example.shape[1:]).contiguous()
-        for _ in range(2):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(1000 * (time.perf_counter() - start))
-        result[f"batch{batch}"] = statistics.median(times)
-    return result
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """The terminal summary of a prune.json."""
-
-    def pct(value: Any) -> str:
-        return "-" if value is None else f"{100 * value:.2f}%"
-
-    acc = result["accuracy"]
-    rows = [("", "original", "pruned", "fine-tuned")]
-    for split in ("val", "test"):
-        rows.append(
-            (
-                f"{split} accuracy",
-                pct(acc["original"].get(split)),
-                pct(acc["pruned"].get(split)),
-                pct((acc["finetuned"] or {}).get(split)),
-            )
-        )
-    lat = result["latency_ms"]
-    rows.append(("MACs", f"{result['macs']['before']:,}", f"{result['macs']['after']:,}", ""))
-    rows.append(
-        ("parameters", f"{result['params']['before']:,}", f"{result['params']['after']:,}", "")
-    )
-    for batch in ("batch1", "batch64"):
-        rows.append(
-            (
-                f"latency {batch} (ms)",
-                f"{lat['before'][batch]:.2f}",
-                f"{lat['after'][batch]:.2f}",
-                "",
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.append(
-        f"{result['method']}: {result['speedup']:.2f}x fewer MACs (target {result['speedup_target']:g}x), "
-        f"pruning took {result['time_s']['prune']:.1f} s"
-        + (f", mix {result['cpli_mix']:g}" if result["cpli_mix"] is not None else "")
-    )
-    return "\n".join(lines)
+    trainer = load_run(path, device=None, with_data=True, out_dir=path.parent / "finetune").trainer
+    return {s: trainer.accuracy(s) if s in trainer.eval_batches else None for s in ("val", "test")}
