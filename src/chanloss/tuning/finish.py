@@ -183,7 +183,8 @@ def finish(tuner: Tuner, study: Any, start: float) -> dict[str, Any]:
     confirmation = outcome["confirmation"]
     summary["stuck"] = {"search": stuck,
                         "confirmation": confirmation["stuck"] if confirmation else []}  # fmt: skip
-    summary.update(outcome, wall_s=round(time.time() - start, 1))
+    search_s = round(tuner.search_s, 1) if tuner.search_s is not None else None
+    summary.update(outcome, wall_s=round(time.time() - start, 1), search_s=search_s)
     write_text(tuner.out_dir / "tune.json", json.dumps(summary, indent=1, default=_json) + "\n")
     from chanloss.tuning.report import write_report
 

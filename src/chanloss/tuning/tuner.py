@@ -117,6 +117,7 @@ class Tuner:
         self.stuck_said: set[int] = set()  # stuck search trials already said
         self.train_size: int | None = None  # images in the training split (check_folds)
         self.after: dict[str, float] = {}  # seconds after each stage past the search (the ETA)
+        self.search_s: float | None = None  # how long this invocation's search took
 
     # -- seeds: the search's, the noise trial's, the re-runs', the confirmation's ----------------
     @property
@@ -428,6 +429,7 @@ class Tuner:
         try:
             start = time.time()
             self.search(study)
+            self.search_s = time.time() - start
             return finish(self, study, start)
         finally:
             run.release()
