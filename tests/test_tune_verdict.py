@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from chanloss.training import load_config
+from chanloss.tuning.budget import eta_seconds, fold_power_ratio, short_budget_line
 from chanloss.tuning.recommend import decide, unstable_at, useful_gain
 from chanloss.tuning.stats import (
     paired_fold_test,
@@ -19,7 +20,6 @@ from chanloss.tuning.stats import (
     stuck_flags,
     without_stuck,
 )
-from chanloss.tuning.tuner import eta_seconds
 
 TINY = {
     "model": {"name": "convnet_small", "width": 4, "feature_channels": 20, "pools": 1},
@@ -247,3 +247,25 @@ def test_the_reserve_and_the_stage_times_count_folds_and_final_runs(tmp_path: Pa
     assert tuner.after_s("choose", _Study()) == pytest.approx(12 * 100 / 0.75)
     assert tuner.after_s("folds", _Study()) == pytest.approx(2 * 100 / 0.75)
     assert tuner.after_s("final", _Study()) == 0
+
+
+def test_a_short_budget_says_what_three_folds_would_buy_and_cost() -> None:
+    from scipy import stats
+
+    def detectable(k: int) -> float:
+        return (stats.t.ppf(0.975, k - 1) + stats.t.ppf(0.8, k - 1)) / math.sqrt(k)
+
+    assert fold_power_ratio(3, 5) == pytest.approx(detectable(3) / detectable(5))
+    # the second folder: 2.5-minute trials, one hour, 10 % validation
+    line = short_budget_line(timeout_s=3600, trial_s=150, top=3, folds=5, jobs=1, whole=1 / 0.9)
+    assert line == (
+        "budget: the runs after the search (3 re-runs, 10 fold runs, 2 final runs; about 41 min) "
+        "leave the search about 7 trials of the --timeout; --folds 3 would leave about 12, but a "
+        "gain must then be about 1.9 times larger to be found beyond noise"
+    )
+    # a budget that leaves 10 trials or more, or 3 folds already: nothing to say
+    assert short_budget_line(timeout_s=3600, trial_s=60, top=3, folds=5, jobs=1, whole=1.25) == ""
+    assert short_budget_line(timeout_s=3600, trial_s=150, top=3, folds=3, jobs=1, whole=1.1) == ""
+    # two jobs: runs in rounds of two, trials bought twice as fast
+    line = short_budget_line(timeout_s=3600, trial_s=300, top=3, folds=5, jobs=2, whole=1.0)
+    assert "about 35 min) leave the search about 10" not in line

@@ -20,6 +20,7 @@ from typing import Any
 from chanloss.errors import TuneInterrupted
 from chanloss.training.config import ConfigError, TrainConfig, config_to_dict
 from chanloss.training.search import apply_params, resolve_space, start_params
+from chanloss.tuning.budget import eta_seconds, short_budget_line
 from chanloss.tuning.common import clock, cores, params_text
 from chanloss.tuning.pruners import PRUNERS, warmup_epochs
 from chanloss.tuning.stats import STUCK_POINTS, noise_text, pooled_seed_std, without_stuck
@@ -118,6 +119,7 @@ class Tuner:
         self.train_size: int | None = None  # images in the training split (check_folds)
         self.after: dict[str, float] = {}  # seconds after each stage past the search (the ETA)
         self.search_s: float | None = None  # how long this invocation's search took
+        self.budget_said = False  # the short-budget note, once
 
     # -- seeds: the search's, the noise trial's, the re-runs', the confirmation's ----------------
     @property
@@ -311,6 +313,7 @@ class Tuner:
                         if "num_classes" not in study.user_attrs:
                             set_study_attr(study, "num_classes", result.num_classes)
                         self.update_noise(study)
+                        self._budget_note(durations)
                     mine.append(result.time_s)
                     self._progress(study, start, deadline, mine, len(pending))
                     if failures >= _FAILURES_IN_A_ROW:
@@ -346,6 +349,17 @@ class Tuner:
     def note(self, line: str) -> None:
         self.notes.append(line)
         self.log(line)
+
+    def _budget_note(self, durations: list[float]) -> None:
+        """Once, at the first complete trial: the budget leaves the search few trials."""
+        if self.timeout_s is None or self.budget_said or not durations:
+            return
+        self.budget_said = True
+        whole = 1.0 / max(1.0 - self.config.data.val_fraction, 0.5)
+        line = short_budget_line(timeout_s=self.timeout_s, trial_s=statistics.median(durations),
+                                 top=self.top, folds=self.folds, jobs=self.jobs, whole=whole)  # fmt: skip
+        if line:
+            self.note(line)
 
     def _out_of_time(self, deadline: float | None, durations: list[float]) -> bool:
         return deadline is not None and time.time() >= deadline - self.reserve(durations)
@@ -433,25 +447,6 @@ class Tuner:
             return finish(self, study, start)
         finally:
             run.release()
-
-
-def eta_seconds(
-    *,
-    now: float,
-    deadline: float | None,
-    trials_left: int | None,
-    trial_s: float,
-    jobs: int,
-    after_s: float,
-) -> float:
-    """Seconds until the whole command ends: the search left, then ``after_s`` (the re-runs,
-    the folds and the final runs: :meth:`Tuner.reserve`). The search left is ``trials_left``
-    trials of ``trial_s`` seconds, ``jobs`` at a time, and ends at the latest when the time
-    left before ``deadline`` is ``after_s`` (with a deadline and no trial count: then)."""
-    until = max(0.0, deadline - after_s - now) if deadline is not None else math.inf
-    search = math.ceil(trials_left / jobs) * trial_s if trials_left is not None else math.inf
-    search = min(search, until)
-    return (search if math.isfinite(search) else 0.0) + after_s
 
 
 def tune(
