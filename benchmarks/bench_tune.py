@@ -296,7 +296,8 @@ def rescore(path: Path, command: str) -> dict[str, Any]:
     for entry in data["losses"].values():
         if "cv" in entry:
             cv = entry["cv"]
-            entry.update(cv_entry(cv["tuned"], cv["ce"], noise=cv.get("noise"),
+            noise = cv.get("noise", (entry.get("noise") or {}).get("std"))
+            entry.update(cv_entry(cv["tuned"], cv["ce"], noise=noise,
                                   resolution=cv.get("resolution", 0.0),
                                   stuck=cv.get("stuck", 0), runs=cv.get("runs", 0)))  # fmt: skip
             if "test" in entry:
