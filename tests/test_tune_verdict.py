@@ -269,3 +269,56 @@ def test_a_short_budget_says_what_three_folds_would_buy_and_cost() -> None:
     # two jobs: runs in rounds of two, trials bought twice as fast
     line = short_budget_line(timeout_s=3600, trial_s=300, top=3, folds=5, jobs=2, whole=1.0)
     assert "about 35 min) leave the search about 10" not in line
+
+
+def test_the_seed_confirmation_flags_a_stuck_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import chanloss.tuning.confirm as confirm
+    from chanloss.tuning import Tuner
+    from chanloss.tuning.trials import RunOutcome
+
+    def confirm_runs(tasks, *, jobs=1, log=None, labels=None, read_test=True, after_s=0.0):  # noqa: ANN001, ANN202
+        out = []
+        for raw, run_dir in tasks:
+            tuned = run_dir.parent.name.startswith("trial-")
+            score = 0.40 if tuned and raw["seed"] == 5 else (0.90 if tuned else 0.88)
+            score += 0.001 * raw["seed"]
+            out.append(RunOutcome(seed=raw["seed"], score=score, curve=[score], test_acc=0.8,
+                                  time_s=1.0))  # fmt: skip
+        return out
+
+    monkeypatch.setattr(confirm, "confirm_runs", confirm_runs)
+    tuner = Tuner(load_config(raw=TINY), tmp_path, 4, folds=0, confirm_seeds=3)
+    conf = confirm.confirm_seeds(tuner, {"trial": 2, "params": {}})
+    assert conf["runs"] == 6
+    (record,) = conf["stuck"]
+    assert (record["arm"], record["seed"], record["fold"]) == ("tuned", 5, None)
+    from chanloss.tuning.output import stuck_text
+
+    assert stuck_text(record) == (
+        "tuned arm, seed 5 (run): stuck at 40.5 % while the other seeds reached 90.3-90.4 %"
+    )
+
+
+def test_the_table_lists_stuck_runs_and_the_gain_without_their_reruns() -> None:
+    from chanloss.tuning.output import confirmation_table
+
+    tuned, ce = [0.93, 0.94, 0.93, 0.94, 0.93], [0.90, 0.91, 0.90, 0.91, 0.90]
+    first = [0.93, 0.94, 0.93, 0.57, 0.93]
+    gain = paired_fold_test(tuned, ce)
+    conf = {
+        "mode": "folds", "folds": 5, "trial": 3, "runs": 10,
+        "val": {"tuned": tuned, "ce": ce, "gain": gain, "reruns": [3],
+                "gain_first": paired_fold_test(first, ce)},
+        "test": {"tuned": [0.9], "ce": [0.88], "gain": {"diff": 0.02, "beyond": None}},
+        "stuck": [{"fold": 3, "arm": "tuned", "seed": 10, "score": 0.57, "others": [0.93, 0.94],
+                   "rerun": False}],
+    }  # fmt: skip
+    conf["verdict"] = decide(gain, stuck=1, runs=10)
+    text = confirmation_table(conf)
+    assert "stuck: fold 3, tuned arm, seed 10 (run): stuck at 57.0 % while the other folds " \
+           "reached 93.0-94.0 %" in text  # fmt: skip
+    assert "reruns: fold(s) 3 rerun on a fresh seed; the verdict uses the reruns; with the " \
+           "first runs instead: -4.40 pts" in text  # fmt: skip
+    assert text.splitlines()[-1] == "verdict: " + conf["verdict"]["text"]
