@@ -298,6 +298,13 @@ def test_tune_searches_on_validation_prunes_resumes_and_writes_a_trainable_best(
     assert "noise: on this split" in report
     stored = json.loads((out / "tune.json").read_text())
     assert stored["noise"]["std"] == pytest.approx(noise["std"])
+    # the verdict, the stuck runs (search and folds) and the search's time are kept
+    assert stored["verdict"] == summary["verdict"] and set(stored["stuck"]) == {
+        "search",
+        "confirmation",
+    }
+    assert [r["trial"] for r in stored["stuck"]["search"]] == noise["stuck_left_out"]
+    assert stored["search_s"] > 0
     # the pruner's noise by epoch: the seed pair's smoothed curves, kept, printed, reported
     by_epoch = stored["noise"]["by_epoch"]
     assert sorted(map(int, by_epoch)) == list(range(1, 4))
