@@ -11,22 +11,13 @@ from typing import Any
 
 import pytest
 import yaml
+from test_tune import TINY
 
 from chanloss.cli import main
 from chanloss.training import load_config
 from chanloss.tuning import Tuner
 
-TINY = {
-    "model": {"name": "convnet_small", "width": 4, "feature_channels": 20, "pools": 1},
-    "data": {"name": "digits", "val_fraction": 0.25},
-    "losses": [{"name": "ce"}, {"name": "mc"}],
-    "optim": {"lr": 0.1},
-    "schedule": {"name": "constant"},
-    "epochs": 2,
-    "batch_size": 32,
-    "device": "cpu",
-    "search": {"mc": {"keep_ratio": None, "pool": None}, "optim": {"lr": [1e-4, 0.5]}},
-}
+TINY = {**TINY, "epochs": 2}  # the tiny search of test_tune, 2 epochs
 
 
 def test_resume_after_a_failure_in_the_first_trials_measures_the_seed_noise(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_tune import TINY
 
 from chanloss.training import load_config
 from chanloss.tuning.budget import eta_seconds, fold_power_ratio, short_budget_line
@@ -20,18 +21,6 @@ from chanloss.tuning.stats import (
     stuck_flags,
     without_stuck,
 )
-
-TINY = {
-    "model": {"name": "convnet_small", "width": 4, "feature_channels": 20, "pools": 1},
-    "data": {"name": "digits", "val_fraction": 0.25},
-    "losses": [{"name": "ce"}, {"name": "mc"}],
-    "optim": {"lr": 0.1},
-    "schedule": {"name": "constant"},
-    "epochs": 3,
-    "batch_size": 32,
-    "device": "cpu",
-    "search": {"mc": {"keep_ratio": None, "pool": None}, "optim": {"lr": [1e-4, 0.5]}},
-}
 
 
 # -- stuck runs ----------------------------------------------------------------------------------
