@@ -49,6 +49,13 @@ def test_a_run_far_below_its_siblings_is_stuck() -> None:
     assert stuck_flags([0.50, 0.90, 0.70, 0.60, 0.40]) == [False] * 5
     # with one sibling either may be the stuck one: never flagged
     assert stuck_flags([0.95, 0.10]) == [False, False]
+    # a fold 6.5 points below tight siblings: stuck, unless 200 validation images per fold make
+    # that gap less than 4 binomial standard deviations (a harder fold, not a stuck run)
+    hard = [0.80, 0.86, 0.84, 0.78, 0.85]
+    assert stuck_flags(hard) == [False, False, False, True, False]
+    assert 4 * math.sqrt(0.845 * 0.155 / 200) > 0.065
+    assert stuck_flags(hard, n_val=200) == [False] * 5
+    assert stuck_flags([0.93, 0.91, 0.95, 0.57, 0.92], n_val=200)[3] is True
     rng = random.Random(0)
     for _ in range(300):
         n = rng.randint(1, 7)

@@ -121,11 +121,12 @@ def _fold_task(raw: dict[str, Any], folds: int, fold: int, seed: int, run_dir: P
 
 
 def _stuck_records(scores: dict[str, list[float]], seeds: dict[str, list[int]],
-                   rerun: bool = False) -> list[dict[str, Any]]:  # fmt: skip
-    """The runs of each arm far below the arm's other folds (:func:`stuck_flags`)."""
+                   rerun: bool = False, n_val: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """The runs of each arm far below the arm's other folds (:func:`stuck_flags`; ``n_val``:
+    the validation images of a fold)."""
     records = []
     for arm, values in scores.items():
-        for i, flagged in enumerate(stuck_flags(values)):
+        for i, flagged in enumerate(stuck_flags(values, n_val=n_val)):
             if not flagged:
                 continue
             others = [v for j, v in enumerate(values) if j != i]
@@ -180,10 +181,12 @@ def cross_validate(
                             after_s=after_s)  # fmt: skip
         return {name: done[i :: len(names)] for i, name in enumerate(names)}
 
+    size = train_size or _train_size(tuned)
+    n_val = size // folds
     first = run(list(range(folds)), 0, "")
     scores = {n: [r.score for r in first[n]] for n in names}
     seeds = {n: [r.seed for r in first[n]] for n in names}
-    stuck = _stuck_records(scores, seeds)
+    stuck = _stuck_records(scores, seeds, n_val=n_val)
     used = {n: list(v) for n, v in scores.items()}
     pairs = sorted({r["fold"] for r in stuck})
     for record in stuck:
@@ -197,12 +200,13 @@ def cross_validate(
         for n in names:
             for k, r in zip(pairs, again[n], strict=True):
                 seeds[n][k] = r.seed
-        late = [r for r in _stuck_records(used, seeds, rerun=True) if r["fold"] in pairs]
+        late = _stuck_records(used, seeds, rerun=True, n_val=n_val)
+        late = [r for r in late if r["fold"] in pairs]
         for record in late:
             if log is not None:
                 log(f"stuck again: {stuck_text(record)}")
         stuck += late
-    resolution = folds / (train_size or _train_size(tuned))
+    resolution = folds / size
     gain = paired_fold_test(used[names[0]], used[names[1]], noise=noise, resolution=resolution)
     out = {"tuned": used[names[0]], "ce": used[names[1]], "gain": gain, "stuck": stuck,
            "runs": 2 * folds, "reruns": pairs, "resolution": resolution,

@@ -84,14 +84,20 @@ def pooled_seed_std(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
 
 
 def stuck_flags(
-    values: Sequence[float], z: float = STUCK_Z, points: float = STUCK_POINTS
+    values: Sequence[float],
+    z: float = STUCK_Z,
+    points: float = STUCK_POINTS,
+    n_val: int | None = None,
 ) -> list[bool]:
     """For each run's score, whether it is *stuck*: far below its siblings (the other values:
     the same setting on other seeds or folds). A value is stuck when it lies at least
     ``points`` below the median of the others and more than ``z`` robust standard deviations
     (``1.4826 * MAD`` of the others) below it; leaving the value out of its own reference
     keeps one stuck run from hiding itself. Needs two siblings (with one, either may be the
-    stuck one): fewer than 3 values are never flagged."""
+    stuck one): fewer than 3 values are never flagged. With ``n_val`` (the validation images
+    behind each value, e.g. a fold's) the gap must also exceed 4 binomial standard deviations
+    of an accuracy near the median on that many images, ``4 * sqrt(m (1 - m) / n_val)``: a
+    fold whose images are harder than the others' is not a stuck run."""
     flags = []
     for i, value in enumerate(values):
         others = [v for j, v in enumerate(values) if j != i]
@@ -101,7 +107,10 @@ def stuck_flags(
         median = statistics.median(others)
         spread = _MAD_TO_STD * statistics.median(abs(v - median) for v in others)
         gap = median - value
-        flags.append(gap >= points and (spread == 0 or gap > z * spread))
+        least = points
+        if n_val:
+            least = max(least, 4 * math.sqrt(max(median * (1 - median), 0.0) / n_val))
+        flags.append(gap >= least and (spread == 0 or gap > z * spread))
     return flags
 
 
