@@ -215,6 +215,7 @@ def test_rescore_recomputes_the_verdicts_from_the_stored_fold_scores(tmp_path: P
     # every fold favours the tuned arm by about 1.7 points: beyond noise (paired t-test)
     tuned, ce = [0.86, 0.84, 0.88, 0.85, 0.87], [0.84, 0.83, 0.85, 0.845, 0.85]
     data["losses"]["cc"]["cv"].update(tuned=tuned, ce=ce)
+    data["losses"]["cc"]["noise"] = {"std": None, "dof": 0}  # no floor: the plain paired test
     data["losses"]["mc"].pop("test")  # no test check: no agreement to recompute
     data["losses"]["mc"]["cv"].update(tuned=ce, ce=ce)
     (results / "tune_digits.json").write_text(json.dumps(data))
@@ -227,7 +228,14 @@ def test_rescore_recomputes_the_verdicts_from_the_stored_fold_scores(tmp_path: P
     assert cc["answer"] == "gain"
     assert cc["agrees"] is True  # was False: the test check shows a gain too
     mc = got["losses"]["mc"]
-    assert mc["cv"]["diff"] == 0 and mc["verdict"].startswith("no difference")
+    # with the entry's seed noise (1.23 points) the threshold is floored by it, and a gain
+    # under the 2.9 points detectable would be missed: more than the useful 2.46
+    assert mc["cv"]["diff"] == 0 and mc["verdict"].startswith("cannot tell: within noise, but a")
+    assert mc["answer"] == "cannot tell"
+    assert mc["cv"]["noise"] == 0.0123 and mc["cv"]["threshold"] == pytest.approx(
+        stats.t.ppf(0.975, 4) * (2 / 5) ** 0.5 * 0.0123
+    )
+    assert mc["cv"]["floor"] == "seed noise"
     assert mc["agrees"] == data["losses"]["mc"]["agrees"]
     assert got["rescored"]["command"].startswith("python benchmarks/bench_tune.py --rescore")
     assert got["wall_s"] == data["wall_s"]  # the run's own figures are kept
