@@ -509,6 +509,13 @@ def _reconfirmed_lines(dataset: str, data: dict[str, Any]) -> list[str]:
                 f"agree with test: {'yes' if before.get('agrees') else 'no'}"
             )
         lines.append(text + ".")
+    for loss, e in data["losses"].items():  # a loss kept from an earlier invocation's file
+        run = e.get("run")
+        if run and run.get("command"):
+            commit = str(((run.get("machine") or {}).get("git") or {}).get("commit"))[:7]
+            lines.append(f"- {dataset}, {CHANNEL_LOSSES.get(loss, loss)}: from an earlier "
+                         f"invocation, `{run['command']}` (git {commit}, "
+                         f"{fmt_seconds(run.get('wall_s') or 0)}).")  # fmt: skip
     return lines
 
 

@@ -125,6 +125,8 @@ def test_report_shows_the_verdict_next_to_the_test_result(
     # a file of this round: the answer, the stuck runs, the trials per hour, the unstable case
     data["losses"]["mc"].update(answer="cannot tell", stuck={"search": 1, "confirmation": 2},
                                 trials_per_hour=41.4)  # fmt: skip
+    data["losses"]["cc"]["run"] = {"command": "python benchmarks/bench_tune.py --losses cc",
+                                   "wall_s": 720.0, "machine": MACHINE}  # fmt: skip
     (results / "tune_digits.json").write_text(json.dumps(data))
     calibration["unstable_config"] = {"optim": {"lr": 6.0}}
     calibration["rows"] = calibration["rows"] + [
@@ -141,6 +143,8 @@ def test_report_shows_the_verdict_next_to_the_test_result(
         "| digits, MC-Loss | alpha=0.5, beta=2 | 7 + 3 pruned (41) | 1.23 | +2.00 (±1.00; 1.50) "
         "| cannot tell | 1; 2 | +1.50 (1.00) | gain | yes |"
     ) in text
+    assert "- digits, CC-Loss: from an earlier invocation, `python benchmarks/bench_tune.py " \
+           "--losses cc` (git " in text  # fmt: skip
     assert (
         "(SGD 6.0, no warm-up): **3 of 24** fold runs flagged stuck (reruns included), stuck runs "
         'found in 1 of 2 repeats, the verdict "unstable" in **1 of 2** and "gain" in 0 of 2'
