@@ -8,8 +8,9 @@ STAMP := $(VENV)/.chanloss-installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# torch first, pinned to the CPU wheel, so that nothing later pulls a CUDA build
-	$(PY) -m pip install --quiet torch==2.13.0
+	# torch first, pinned to the CPU wheel (PyTorch's CPU index), so that nothing pulls a CUDA build;
+	# one retry: where that index cannot be reached, pip's configured mirrors answer at once
+	$(PY) -m pip install --quiet --retries 1 torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

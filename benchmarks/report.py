@@ -395,7 +395,7 @@ def tune_section(found: dict[str, Any]) -> list[str]:
                     f"{100 * cv['diff']:+.2f} (±{100 * cv['threshold']:.2f}; "
                     f"{100 * cv['detectable']:.2f}) | "
                     f"{e.get('answer') or _verdict_word(cv['beyond'], cv['diff'])} | {stuck_text} | "
-                    f"{100 * t['diff']:+.2f} ({200 * t['se']:.2f}) | "
+                    f"{100 * t['diff']:+.2f} ({'-' if t['se'] is None else format(200 * t['se'], '.2f')}) | "
                     f"{_verdict_word(t['beyond'], t['diff'])} | {'yes' if e['agrees'] else '**no**'} |"
                 )
         out.append("")

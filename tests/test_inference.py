@@ -254,3 +254,28 @@ def test_predict_and_export_commands(run, tmp_path, capsys):
         capsys, ["predict", ckpt, test, "--out", str(tmp_path / "nowhere" / "p.csv")]
     )
     assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_export_takes_its_format_from_the_suffix_of_out(run, tmp_path, capsys):
+    import onnx
+
+    ckpt = str(run["ckpt"])
+    target = tmp_path / "model.onnx"  # no --format: .onnx means ONNX (was TorchScript)
+    assert main(["export", ckpt, "--out", str(target)]) == 0
+    assert f"(onnx) to {target}" in capsys.readouterr().out
+    proto = onnx.load(str(target))
+    assert {p.key for p in proto.metadata_props} == {"chanloss"}
+    scripted = tmp_path / "model.pt"  # any other suffix: TorchScript, the default
+    assert main(["export", ckpt, "--out", str(scripted)]) == 0
+    assert "(torchscript)" in capsys.readouterr().out
+    torch.jit.load(str(scripted))
+    # a --format that contradicts the suffix: one line, nothing written
+    line = one_error_line(capsys, ["export", ckpt, "--out", str(tmp_path / "m.onnx"),
+                                   "--format", "torchscript"])  # fmt: skip
+    assert "m.onnx: a .onnx file is ONNX, but --format torchscript was asked for" in line
+    assert "name the file m.torchscript.pt, or leave --format out" in line
+    line = one_error_line(capsys, ["export", ckpt, "--out", str(tmp_path / "m.pt"),
+                                   "--format", "onnx"])  # fmt: skip
+    assert "a .pt file is TorchScript, but --format onnx was asked for" in line
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.pt").exists()

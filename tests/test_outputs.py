@@ -181,9 +181,10 @@ def test_image_folder_size_and_colour_default_to_auto_and_say_so(tmp_path, capsy
                 size = (10, 12) if (split, c, i) != ("train", "b", 2) else (20, 20)  # (w, h)
                 Image.new("L", size, color=40 * i).save(folder / f"{i}.png")
     bundle = build_datasets("image_folder", root=str(tmp_path))
-    assert bundle.train.images.shape == (6, 1, 12, 10) and bundle.in_channels == 1
+    # mixed sizes: the median height and width (12x10), each rounded to a multiple of 8
+    assert bundle.train.images.shape == (6, 1, 16, 8) and bundle.in_channels == 1
     out = capsys.readouterr().out
-    assert "image_size auto -> 12x10 (5 of 6 sampled training images)" in out
+    assert "image_size auto -> 16x8 (the median of 6 sampled training images, 12x10," in out
     assert "colour auto -> L (every sampled image is grey)" in out
     Image.new("RGB", (10, 12)).save(tmp_path / "train" / "a" / "rgb.png")
     bundle = build_datasets("image_folder", root=str(tmp_path), image_size=8)

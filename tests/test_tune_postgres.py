@@ -9,6 +9,7 @@ As root (CI), the server runs as the unprivileged ``postgres`` user: initdb refu
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -35,8 +36,14 @@ def _as_server_user(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
+@contextlib.contextmanager
+def postgres_server(
+    initdb_options: list[str], files: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
+    """A PostgreSQL server of its own in a temporary directory, ``(socket directory, port)``;
+    ``initdb_options`` set its authentication, ``files`` (name -> text) are written beside
+    it first (a password file), readable by the server user. Skipped (or failed, with
+    ``CHANLOSS_REQUIRE_POSTGRES``) where PostgreSQL is not installed."""
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if initdb is None or pg_ctl is None:
         if os.environ.get("CHANLOSS_REQUIRE_POSTGRES"):
@@ -46,22 +53,33 @@ def postgres_url() -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="chanloss-pg-"))
     data, sock = root / "data", root / "sock"
     sock.mkdir()
+    written = []
+    for name, text in (files or {}).items():
+        (root / name).write_text(text)
+        written.append(root / name)
     if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
+        for path in (root, sock, *written):
+            shutil.chown(path, "postgres")
     run = {"check": True, "capture_output": True, "timeout": 120}
-    port = 40000 + os.getpid() % 20000
+    port = 40000 + (os.getpid() + len(initdb_options)) % 20000
+    options = [o.replace("{root}", str(root)) for o in initdb_options]
     try:
-        subprocess.run(_as_server_user([initdb, "-D", str(data), "-U", "postgres", "--auth=trust",
+        subprocess.run(_as_server_user([initdb, "-D", str(data), "-U", "postgres", *options,
                                         "--no-sync"]), **run)  # fmt: skip
         subprocess.run(_as_server_user([pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w",
                                         "-o", f"-k {sock} -p {port} -c listen_addresses=''",
                                         "start"]), **run)  # fmt: skip
-        yield f"postgresql://postgres@/postgres?host={sock}&port={port}"
+        yield str(sock), port
     finally:
         subprocess.run(_as_server_user([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]),
                        capture_output=True, timeout=120, check=False)  # fmt: skip
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with postgres_server(["--auth=trust"]) as (sock, port):
+        yield f"postgresql://postgres@/postgres?host={sock}&port={port}"
 
 
 TINY = {

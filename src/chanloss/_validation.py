@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral, Real
 
 import torch
@@ -166,3 +166,27 @@ def check_finite(name: str, x: Tensor) -> None:
 def as_compute_dtype(x: Tensor) -> Tensor:
     """float16/bfloat16 are computed in float32; float32 and float64 are kept as they are."""
     return x.float() if x.dtype in _HALF_DTYPES else x
+
+
+def did_you_mean(key: str, options: Sequence[str]) -> str:
+    """A hint ``" (did you mean 'lr'?)"`` naming the option ``key`` was probably meant as (or
+    ``""``): a close spelling (difflib), or by initials the abbreviation of a long name or
+    the long name of an abbreviation (``learning_rate`` -> ``lr``, ``wd`` ->
+    ``weight_decay``), case aside."""
+    import difflib
+
+    close = difflib.get_close_matches(key, list(options), n=1)
+    if not close:
+        lowered = key.lower()
+        close = [
+            o
+            for o in options
+            if lowered in (o.lower(), _initials(o)) or _initials(key) == o.lower()
+        ]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _initials(name: str) -> str:
+    """``learning_rate`` -> ``lr``; a one-word name has none (``""``)."""
+    words = [w for w in name.lower().replace("-", "_").split("_") if w]
+    return "".join(w[0] for w in words) if len(words) > 1 else ""

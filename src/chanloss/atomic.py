@@ -7,14 +7,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_copy", "atomic_open", "open_temp", "write_json", "write_png", "write_text"]
+__all__ = [
+    "atomic_copy",
+    "atomic_open",
+    "finite_json",
+    "json_text",
+    "open_temp",
+    "write_json",
+    "write_png",
+    "write_text",
+]
 
 
 def open_temp(path: Path) -> tuple[int, Path]:
@@ -63,11 +73,40 @@ def write_png(fig: Any, path: str | Path, dpi: int = 100) -> None:
         fig.savefig(f, format="png", dpi=dpi)
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
+def finite_json(data: Any) -> Any:
+    """``data`` with every NaN or infinite float (in nested dicts, lists and tuples) replaced
+    by ``None``: JSON has no NaN or Infinity, and strict readers (jq, a browser's
+    ``JSON.parse``) reject a file that holds them."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite_json(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(value) for value in data]
+    return data
+
+
+def json_text(
+    data: Any, *, indent: int | None = 2, default: Callable[[Any], Any] | None = None
+) -> str:
+    """Strict JSON text of ``data`` (NaN and infinities written as ``null``, see
+    :func:`finite_json`), ending with a newline when indented. ``default`` converts objects
+    JSON has no type for; what it returns is made finite too."""
+
+    def convert(value: Any) -> Any:
+        if default is None:
+            raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+        return finite_json(default(value))
+
+    text = json.dumps(finite_json(data), indent=indent, allow_nan=False, default=convert)
+    return text + "\n" if indent is not None else text
+
+
+def write_json(path: str | Path, data: Any, *, default: Callable[[Any], Any] | None = None) -> None:
+    """Write ``data`` as indented strict JSON (:func:`json_text`), atomically."""
+    text = json_text(data, default=default)
     with atomic_open(path) as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
+        f.write(text)
 
 
 def write_text(path: str | Path, text: str) -> None:

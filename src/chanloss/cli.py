@@ -26,11 +26,13 @@ from chanloss.cli_support import (
     PROG,
     config_error,
     distributed_failure,
+    masked_traceback,
     out_of_memory,
     rerun_command,
     stop_signals_before_training,
 )
 from chanloss.errors import UsageError
+from chanloss.masking import mask_secrets
 
 USER_ERROR = 2
 NPROC_ENV = "CHANLOSS_NPROC"  # set by the --nproc launcher in its workers
@@ -284,9 +286,10 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--format",
-        default="torchscript",
+        default=None,
         choices=("torchscript", "onnx"),
-        help="torchscript (default) or onnx (needs the onnx package: pip install onnx)",
+        help="torchscript or onnx (needs the onnx package: pip install onnx); default: from "
+        "the suffix of --out (.onnx: onnx), else torchscript",
     )
     p.add_argument(
         "--out", help="output file (default: the checkpoint's path with .torchscript.pt or .onnx)"
@@ -297,10 +300,11 @@ def _configure_export(p: argparse.ArgumentParser) -> None:
     "export", "export a checkpoint as TorchScript or ONNX (images -> scores)", _configure_export
 )
 def _run_export(args: argparse.Namespace) -> int:
-    from chanloss.inference import export_model
+    from chanloss.inference import export_format, export_model
 
-    path = export_model(args.checkpoint, args.out, format=args.format)
-    print(f"exported {args.checkpoint} ({args.format}) to {path}", flush=True)
+    format = export_format(args.out, args.format)
+    path = export_model(args.checkpoint, args.out, format=format)
+    print(f"exported {args.checkpoint} ({format}) to {path}", flush=True)
     return 0
 
 
@@ -458,8 +462,9 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage",
         metavar="URL",
-        help="a shared Optuna storage: sqlite:///PATH, postgresql://..., or journal:PATH "
-        "(default: OUT/study.db)",
+        help="a shared Optuna storage: sqlite:///PATH, postgresql://USER@HOST/DB, or "
+        "journal:PATH (default: OUT/study.db); a PostgreSQL password is read from PGPASSWORD or "
+        "~/.pgpass when the URL has none, and is never printed or stored",
     )
     p.add_argument(
         "--pruner",
@@ -570,7 +575,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status. No password is printed: an error
+    message, and a traceback that would quote one, show it as ``***``
+    (:func:`chanloss.masking.mask_secrets`)."""
+    try:
+        return _run_command(argv)
+    except Exception as err:
+        if (text := masked_traceback(err)) is None:
+            raise
+        print(text, end="", file=sys.stderr, flush=True)
+        return 1
+
+
+def _run_command(argv: Sequence[str] | None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
@@ -587,11 +604,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     except (UsageError, config_error(), FileNotFoundError) as err:
         message = " ".join(str(err).split())
-        print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+        print(f"{PROG}: error: {mask_secrets(message)}", file=sys.stderr, flush=True)
         return USER_ERROR
     except OSError as err:  # an unwritable or full disk, a file that vanished: one line
         where = f"{err.filename}: " if err.filename else ""
-        print(f"{PROG}: error: {where}{err.strerror or err}", file=sys.stderr, flush=True)
+        message = mask_secrets(f"{where}{err.strerror or err}")
+        print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
         return USER_ERROR
     except KeyboardInterrupt as err:
         out_dir = getattr(err, "out_dir", None)  # TrainingInterrupted: last.pt was written
@@ -618,13 +636,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USER_ERROR
     except RuntimeError as err:
         if out_of_memory(err):
-            first = " ".join(str(err).split())[:200]
+            first = mask_secrets(" ".join(str(err).split())[:200])
             print(f"{PROG}: error: {OUT_OF_MEMORY} ({first})", file=sys.stderr, flush=True)
             return USER_ERROR
         reason = distributed_failure(err)
         if reason is None:
             raise
-        print(f"{PROG}: error: {reason}", file=sys.stderr, flush=True)
+        print(f"{PROG}: error: {mask_secrets(reason)}", file=sys.stderr, flush=True)
         return 1
     return int(status or 0)
 

@@ -11,12 +11,15 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from chanloss.masking import mask_secrets
+
 __all__ = [
     "OUT_OF_MEMORY",
     "PROG",
     "Stopped",
     "config_error",
     "distributed_failure",
+    "masked_traceback",
     "out_of_memory",
     "rerun_command",
     "stop_signals_before_training",
@@ -112,10 +115,25 @@ def distributed_failure(err: RuntimeError) -> str | None:
 
 def rerun_command(arguments: Sequence[str]) -> str:
     """A shell command running ``arguments`` the way this process was started: the ``chanloss``
-    script, or ``python -m chanloss`` with this interpreter."""
+    script, or ``python -m chanloss`` with this interpreter. A password in an argument (a
+    ``--storage`` URL) is shown as ``***``, with a word on how to give it."""
     script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
     if script is not None and script.name == PROG:
         program = [str(script)]
     else:
         program = [sys.executable, "-m", PROG]
-    return shlex.join([*program, *arguments])
+    command = shlex.join([*program, *arguments])
+    shown = mask_secrets(command)
+    if shown != command:
+        shown += " (password masked: type it there, or leave it out of the URL and set PGPASSWORD)"
+    return shown
+
+
+def masked_traceback(err: BaseException) -> str | None:
+    """The traceback of ``err`` with its passwords masked, or ``None`` when it quotes none
+    (then Python prints it as usual)."""
+    import traceback
+
+    text = "".join(traceback.format_exception(err))
+    masked = mask_secrets(text)
+    return None if masked == text else masked

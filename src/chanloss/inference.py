@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -27,12 +26,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from chanloss.atomic import json_text
 from chanloss.errors import InferenceError
 from chanloss.training.checkpoint import CheckpointError
 from chanloss.training.config import ConfigError, TrainConfig
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 _SUFFIX = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
+_NAMES = {"torchscript": "TorchScript", "onnx": "ONNX"}
+_TORCHSCRIPT = (".pt", ".pth", ".ts")
 
 
 @dataclass(frozen=True)
@@ -304,17 +306,20 @@ def write_predictions(predictions: Sequence[Prediction], path: str | Path) -> No
 
 
 def export_model(
-    checkpoint: str | Path, out: str | Path | None = None, *, format: str = "torchscript"
+    checkpoint: str | Path, out: str | Path | None = None, *, format: str | None = None
 ) -> Path:
     """Export a checkpoint's :class:`TrainedModel` (images in ``[0, 1]`` -> class scores).
 
     ``format``: ``"torchscript"`` (``torch.jit.trace``; the file holds ``chanloss.json`` with
     the preprocessing and class names, see ``torch.jit.load(..., _extra_files=...)``) or
     ``"onnx"`` (needs the ``onnx`` package; input ``images``, output ``scores``, a dynamic batch
-    axis, the same JSON in the metadata property ``chanloss``). ``out`` defaults to the
-    checkpoint's path with ``.torchscript.pt`` or ``.onnx`` (``checkpoint`` may be a run
-    directory: its ``best.pt``, else its ``last.pt``). Returns the written path.
+    axis, the same JSON in the metadata property ``chanloss``); ``None``: from the suffix of
+    ``out`` (``.onnx``: ONNX, else TorchScript), and a format that contradicts the suffix is
+    refused. ``out`` defaults to the checkpoint's path with ``.torchscript.pt`` or ``.onnx``
+    (``checkpoint`` may be a run directory: its ``best.pt``, else its ``last.pt``). Returns
+    the written path.
     """
+    format = export_format(out, format)
     if format not in EXPORT_FORMATS:
         raise InferenceError(
             f"unknown export format {format!r}; expected one of {', '.join(EXPORT_FORMATS)}"
@@ -329,8 +334,9 @@ def export_model(
     checkpoint = resolve_checkpoint(checkpoint)  # a run directory: its best.pt (or last.pt)
     model = load_model(checkpoint)
     target = Path(out) if out is not None else checkpoint.with_suffix(_SUFFIX[format])
-    info = json.dumps(
-        {"preprocessing": model.preprocessing.to_dict(), "class_names": model.class_names}
+    info = json_text(
+        {"preprocessing": model.preprocessing.to_dict(), "class_names": model.class_names},
+        indent=None,
     )
     pre = model.preprocessing
     example = torch.rand(2, len(pre.mean), *pre.image_size)
@@ -349,6 +355,22 @@ def export_model(
             with _atomic_write(target, "wb") as f:
                 f.write(proto.SerializeToString())
     return target
+
+
+def export_format(out: str | Path | None, format: str | None) -> str:
+    """The export format of ``out``: ``format`` when given (refused when the file's suffix
+    says the other format: ``.onnx`` is ONNX, ``.pt``/``.pth``/``.ts`` TorchScript), else the
+    one its suffix says (``.onnx``: ONNX; anything else: TorchScript)."""
+    suffix = Path(out).suffix.lower() if out is not None else ""
+    said = "onnx" if suffix == ".onnx" else "torchscript" if suffix in _TORCHSCRIPT else None
+    if format is None:
+        return said or "torchscript"
+    if said is not None and said != format and format in EXPORT_FORMATS:
+        raise InferenceError(
+            f"--out {out}: a {suffix} file is {_NAMES[said]}, but --format {format} was asked "
+            f"for; name the file {Path(out).stem}{_SUFFIX[format]}, or leave --format out"
+        )
+    return format
 
 
 def _onnx_bytes(model: TrainedModel, example: Tensor) -> bytes:

@@ -118,6 +118,9 @@ class DataBundle:
     #: each split's size and how it was made (a run's ``summary.json`` stores it), e.g.
     #: ``{"test": {"images": 80, "from": "80 of the 400 train/ images (20%, ...)"}}``
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the data-set options an ``auto`` value was resolved to (``{"image_size": [48, 48]}``):
+    #: a run stores them in its config, so that it resumes and predicts at the size it trained
+    chosen: dict[str, Any] = field(default_factory=dict)
 
 
 class Splits(NamedTuple):
@@ -289,6 +292,7 @@ def build_datasets(
         train = TensorImageDataset(splits.train_images, splits.train_labels)
         test = TensorImageDataset(splits.test_images, splits.test_labels)
         class_names, crop, own_val, origin = list(splits.class_names), None, None, {}
+        chosen: dict[str, Any] = {}
     else:
         from chanloss.data.files import ImageFileDataset, cached_decode, decode_files, decoded_bytes
 
@@ -302,6 +306,7 @@ def build_datasets(
         if mode == "auto":
             mode = "memory" if decoded_bytes(files) <= budget * 1e9 else "stream"
         spec, class_names, origin = files.spec, list(files.class_names), dict(files.origin)
+        chosen = dict(files.chosen)
         parts = {"train": files.train, "test": files.test}
         if files.val is not None:
             parts["val"] = files.val
@@ -371,6 +376,7 @@ def build_datasets(
         class_names=class_names,
         mode=mode,
         crop=crop,
+        chosen=chosen,
         splits={
             split: {"images": len(ds), "from": origin.get(split, "the data set's own")}
             for split, ds in (("train", train), ("val", val), ("test", test))

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from chanloss._validation import check_choice, check_float, check_int, check_size
+from chanloss.data.auto import probe_images
 from chanloss.data.base import (
     DatasetError,
     DatasetFileNotFoundError,
@@ -105,9 +106,18 @@ def load_mnist5k(*, root: str | None = None) -> Splits:
 def _need_root(root: str | os.PathLike | None, name: str, layout: str) -> Path:
     if root is None:
         raise ValueError(f"dataset {name!r} needs root=<directory holding {layout}>, got None")
-    path = Path(root).expanduser()
+    given = Path(root).expanduser()
+    path = given.absolute()  # later messages name the folders in full
     if not path.is_dir():
-        raise DatasetFileNotFoundError(f"{name}: root {str(path)!r} is not a directory ({layout})")
+        where = (
+            ""
+            if given.is_absolute()
+            else f"; a relative root is taken from the current directory, {Path.cwd()}, "
+            f"which gives {path}"
+        )
+        raise DatasetFileNotFoundError(
+            f"{name}: root {str(given)!r} is not a directory ({layout}){where}"
+        )
     return path
 
 
@@ -471,9 +481,10 @@ def list_image_folder(
     rest is the training set; this is printed. ``val/``, when present, is the validation split
     (``build_datasets`` then needs ``val_fraction=0``). ``colour`` is ``"RGB"`` (3 channels),
     ``"L"`` (grey, 1 channel) or ``"auto"`` (``"L"`` when every sampled training image is grey,
-    else ``"RGB"``); ``image_size`` is a size as for ``cub200`` or ``"auto"`` (the most common
-    size of the sampled training images); an ``auto`` choice is printed. ``resize`` and
-    ``resize_mode`` as for ``cub200``.
+    else ``"RGB"``); ``image_size`` is a size as for ``cub200`` or ``"auto"`` (the size of the
+    sampled training images when they share one, else their median height and width rounded
+    to multiples of 8: :func:`chanloss.data.auto.auto_size`); an ``auto`` choice is printed.
+    ``resize`` and ``resize_mode`` as for ``cub200``.
     """
     name = "image_folder"
     colour = str(check_choice("colour", colour, ("auto", "RGB", "L")))
@@ -491,7 +502,7 @@ def list_image_folder(
     test = _folder_files(base / "test", name) if (base / "test").exists() else None
     val = _folder_files(base / "val", name) if (base / "val").exists() else None
     if auto_size or colour == "auto":
-        image_size, colour = _probe_images(
+        image_size, colour = probe_images(
             [p for files in train.values() for p in files],
             None if auto_size else image_size,
             None if colour == "auto" else colour,
@@ -527,6 +538,7 @@ def list_image_folder(
         num_workers,
         val=None if val is None else files(val),
         origin=origin,
+        chosen={"image_size": list(spec.size)} if auto_size else {},
     )
 
 
@@ -576,45 +588,3 @@ def _carve_test(
 
 
 load_image_folder = register_dataset("image_folder")(_decoding(list_image_folder))
-
-_GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
-_PROBE = 64  # training images whose headers an ``auto`` choice reads (evenly spread)
-
-
-def _probe_images(
-    paths: list[Path], size: object, colour: str | None, name: str
-) -> tuple[object, str]:
-    """Choose the ``auto`` image size and colour from the headers of up to 64 training images
-    (Pillow reads no pixels for this) and print the choice."""
-    from collections import Counter
-
-    from PIL import Image
-
-    step = max(1, len(paths) // _PROBE)
-    sizes: Counter[tuple[int, int]] = Counter()
-    grey = True
-    first_error = None
-    for path in paths[::step][:_PROBE]:
-        try:
-            with Image.open(path) as image:
-                sizes[(image.height, image.width)] += 1
-                grey = grey and image.mode in _GREY_MODES
-        except (OSError, ValueError) as err:  # decoding names it later; the others decide
-            first_error = first_error or f"{path}: {type(err).__name__}: {err}"
-    if not sizes:
-        raise DatasetError(f"{name}: cannot read image {first_error}")
-    chosen = []
-    if size is None:
-        (height, width), count = sizes.most_common(1)[0]
-        size = height if height == width else [height, width]
-        how = "all" if count == sum(sizes.values()) else f"{count} of {sum(sizes.values())}"
-        chosen.append(f"image_size auto -> {height}x{width} ({how} sampled training images)")
-    if colour is None:
-        colour = "L" if grey else "RGB"
-        chosen.append(
-            f"colour auto -> {colour} ("
-            + ("every sampled image is grey" if grey else "colour images among them")
-            + ")"
-        )
-    once(f"{name}: {'; '.join(chosen)}")  # the same for every run of a command: printed once
-    return size, colour

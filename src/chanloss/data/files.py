@@ -33,18 +33,20 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from chanloss.errors import DatasetError, DatasetFileNotFoundError
 
 RESIZE_MODES = ("crop", "stretch")
-#: Bumped whenever the decoded pixels of a cache file would change for the same spec.
-CACHE_VERSION = 1
+#: Bumped whenever the decoded pixels of a cache file would change for the same spec
+#: (2: EXIF orientation applied, 16-bit grey scaled to 8 bits).
+CACHE_VERSION = 2
 #: Training images decoded to estimate the channel statistics in stream mode.
 STATS_SAMPLE = 256
 
@@ -95,7 +97,8 @@ class FileSplits:
 
     ``val`` is the set's own validation split (an image folder's ``val/``), else ``None``;
     ``origin`` says how a split was made when it is not the set's own (an image folder
-    without ``test/``: ``{"test": "20% of train/, stratified, seed 0"}``)."""
+    without ``test/``: ``{"test": "20% of train/, stratified, seed 0"}``); ``chosen`` the
+    options an ``auto`` value was resolved to (``{"image_size": [48, 48]}``)."""
 
     name: str
     train: ImageFiles
@@ -105,6 +108,7 @@ class FileSplits:
     num_workers: int | None = None  # decoding threads in memory mode
     val: ImageFiles | None = None
     origin: dict[str, str] = field(default_factory=dict)
+    chosen: dict[str, Any] = field(default_factory=dict)
 
 
 # -- pixels ------------------------------------------------------------------------------------
@@ -132,16 +136,37 @@ def centre_box(height: int, width: int, size: tuple[int, int]) -> tuple[int, int
 
 
 def _open(path: Path, colour: str, name: str) -> Image.Image:
+    """The image file as it looks, in ``colour``: its EXIF orientation applied (a phone photo
+    taken upright is upright) and 16/32-bit grey scaled to 8 bits (:func:`_eight_bit`)."""
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert(colour)
+            upright = ImageOps.exif_transpose(image)
+            return _eight_bit(upright).convert(colour)
     except FileNotFoundError as exc:
         raise DatasetFileNotFoundError(f"{name}: image file not found: {path}") from exc
     except Exception as exc:
         raise DatasetError(
             f"{name}: cannot read image {path}: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """Grey images of more than 8 bits as 8-bit ``"L"``, scaled rather than clipped
+    (Pillow's ``convert`` clips every value above 255 to white): 16-bit (``"I;16"``, a 16-bit
+    PNG) by 255/65535; 32-bit integers (``"I"``) the same when they fit 16 bits, else by their
+    maximum; floats (``"F"``) as ``[0, 1]`` when they fit it, else by their maximum."""
+    if not image.mode.startswith(("I", "F")):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    top = float(values.max(initial=0.0))
+    if image.mode.startswith("I;16") or (image.mode == "I" and 255 < top <= 65535):
+        scale = 255.0 / 65535.0
+    elif image.mode == "F" and top <= 1.0:
+        scale = 255.0
+    else:  # "I" within 0..255 stays as it is
+        scale = 1.0 if top <= 255 else 255.0 / top
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
 
 
 def _resized(image: Image.Image, spec: ImageSpec) -> Image.Image:

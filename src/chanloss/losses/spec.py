@@ -12,11 +12,12 @@ loss's signature.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from chanloss._validation import did_you_mean
 
 __all__ = ["CONTEXT", "LossParam", "LossSpec", "REQUIRED"]
 
@@ -105,8 +106,7 @@ class LossSpec:
         """Raise ``ValueError`` naming the first key of ``given`` that is no parameter."""
         for key in given:
             if key not in self.params:
-                close = difflib.get_close_matches(key, [*self.accepted, "weight", "lr"], n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = did_you_mean(key, [*self.accepted, "weight", "lr"])
                 raise ValueError(
                     f"loss {self.name!r} has no parameter {key!r}{hint}; "
                     f"its parameters are {self.accepted}"

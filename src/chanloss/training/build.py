@@ -39,7 +39,7 @@ from chanloss.training.distributed import (
     objective_scale,
 )
 from chanloss.training.optim import build_optimizer, build_scheduler
-from chanloss.training.preflight import preflight
+from chanloss.training.preflight import check_image_size, preflight
 from chanloss.training.seeding import seed_everything, seed_rank
 
 __all__ = ["RunParts", "build_run", "describe_data", "wrap_for_training"]
@@ -94,6 +94,7 @@ def build_run(
     if announce:
         log(f"loaded {describe_data(data)} in {time.perf_counter() - loading:.1f} s")
     shape = {"num_classes": data.num_classes, "in_channels": data.in_channels}
+    check_image_size(config, image_size=tuple(data.image_size), **shape)
     if checkpoint_state is None:
         model = build_model(config, **shape).to(device)
     else:  # resumed or loaded: rebuilt as the checkpoint's model was

@@ -61,7 +61,7 @@ def run_status(run_dir: Path, config: TrainConfig) -> str:
     stored_path = run_dir / "config.yaml"
     stored = resolved_config_dict(read_yaml(stored_path)) if stored_path.exists() else None
     current = config_to_dict(config)
-    if not isinstance(stored, dict) or _strip(stored) != _strip(current):
+    if not isinstance(stored, dict) or _strip(stored, current) != _strip(current, current):
         raise ConfigError(
             f"{run_dir} holds a run of a different config; use another --out or delete it"
         )
@@ -78,10 +78,16 @@ def run_status(run_dir: Path, config: TrainConfig) -> str:
     return "resume"
 
 
-def _strip(raw: dict[str, Any]) -> dict[str, Any]:
+def _strip(raw: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` without the keys that do not change what a run trains; an ``image_size`` when
+    the ``current`` config leaves it ``auto`` (a run stores the size it chose)."""
     out = {k: v for k, v in raw.items() if k not in IGNORED_KEYS}
     if isinstance(out.get("data"), dict):
         out["data"] = {**out["data"], "root": None}
+        options = dict(out["data"].get("options") or {})
+        if current["data"].get("options", {}).get("image_size", "auto") == "auto":
+            options.pop("image_size", None)
+        out["data"]["options"] = options
     return out
 
 

@@ -29,11 +29,11 @@ parameter names (``mc.alpha``, ``optim.lr``) to :class:`Dimension` (see :func:`r
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Any
 
+from chanloss._validation import did_you_mean
 from chanloss.losses.search import Choice, IntRange, LogUniform, SearchParam, Uniform, describe
 
 __all__ = [
@@ -81,8 +81,7 @@ def _loss_keys(name: str) -> list[str]:
 
 
 def _hint(key: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(key, options, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(key, options)
 
 
 def _number(value: Any) -> bool:

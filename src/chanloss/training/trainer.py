@@ -103,6 +103,10 @@ class Trainer:
         )
         for part in dataclasses.fields(parts):  # self.model, self.data, self.optimizer, ...
             setattr(self, part.name, getattr(parts, part.name))
+        if self.data.chosen:  # image_size: auto -> the size chosen, in config.yaml and checkpoints
+            options = {**config.data.options, **self.data.chosen}
+            data = config.data.model_copy(update={"options": options})
+            self.config = config = config.model_copy(update={"data": data})
         self.params = list(self.model.parameters()) + list(self.losses.parameters())
 
         self.epoch = 0  # epochs completed

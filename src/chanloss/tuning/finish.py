@@ -5,14 +5,13 @@ alone, the config to use without a shown gain), ``trials.csv``, ``tune.json``, t
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from chanloss.atomic import write_json
 from chanloss.training.config import ConfigError
 from chanloss.tuning.common import params_text, write_text
 from chanloss.tuning.confirm import _settings, choose, confirm_folds, confirm_seeds
@@ -154,7 +153,7 @@ def finish(tuner: Tuner, study: Any, start: float) -> dict[str, Any]:
     learned = settings[0]["search_score"] > chance + max(2 * (noise if dof else 0), 0.02)
     summary: dict[str, Any] = {
         "study": STUDY_NAME,
-        "storage": tuner.spec,
+        "storage": tuner.shown_spec,
         "config": tuner.config_path,
         "trials_target": tuner.trials,
         "timeout_s": tuner.timeout_s,
@@ -185,7 +184,7 @@ def finish(tuner: Tuner, study: Any, start: float) -> dict[str, Any]:
                         "confirmation": confirmation["stuck"] if confirmation else []}  # fmt: skip
     search_s = round(tuner.search_s, 1) if tuner.search_s is not None else None
     summary.update(outcome, wall_s=round(time.time() - start, 1), search_s=search_s)
-    write_text(tuner.out_dir / "tune.json", json.dumps(summary, indent=1, default=_json) + "\n")
+    write_json(tuner.out_dir / "tune.json", summary, default=str)
     from chanloss.tuning.report import write_report
 
     write_report(study, tuner.dims, summary, tuner.out_dir)
@@ -193,9 +192,3 @@ def finish(tuner: Tuner, study: Any, start: float) -> dict[str, Any]:
         tuner.log("\n" + confirmation_table(confirmation, summary["noise"]))
     tuner.log("\n" + last_line(tuner.out_dir, outcome["verdict"], outcome["best"] is not None))
     return summary
-
-
-def _json(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from chanloss.losses.search import Choice, IntRange, LogUniform, SearchParam
+from chanloss.masking import mask_secrets
 from chanloss.training.config import ConfigError, TrainConfig, config_to_dict, resolved_config_dict
 from chanloss.training.search import Dimension
 
@@ -44,12 +45,14 @@ def open_storage(spec: str) -> Any:
         if spec.startswith("journal:"):
             path = Path(spec.removeprefix("journal:")).expanduser()
             if not path.parent.is_dir():
-                raise ConfigError(f"--storage {spec}: the directory {path.parent} does not exist")
+                raise ConfigError(
+                    mask_secrets(f"--storage {spec}: the directory {path.parent} does not exist")
+                )
             return JournalStorage(JournalFileBackend(str(path)))
         if "://" not in spec:
             raise ConfigError(
-                f"--storage: expected a database URL (sqlite:///PATH, postgresql://...) or "
-                f"journal:PATH, got {spec!r}"
+                "--storage: expected a database URL (sqlite:///PATH, postgresql://...) or "
+                f"journal:PATH, got {mask_secrets(repr(spec))}"
             )
         kwargs: dict[str, Any] = {}
         url = _with_driver(spec)
@@ -70,7 +73,7 @@ def open_storage(spec: str) -> Any:
         raise
     except Exception as err:  # the driver is missing, the URL is malformed, the server is down
         raise ConfigError(
-            f"--storage {spec}: cannot open it ({type(err).__name__}: {err})"
+            mask_secrets(f"--storage {spec}: cannot open it ({type(err).__name__}: {err})")
         ) from None
 
 

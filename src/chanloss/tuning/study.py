@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from chanloss.masking import mask_secrets
 from chanloss.training.config import ConfigError
 from chanloss.training.search import low_end_params, start_params
 from chanloss.tuning.pruners import make_pruner
@@ -61,9 +62,9 @@ def open_study(tuner: Tuner) -> Any:
     try:
         names = optuna.study.get_all_study_names(storage)
     except Exception as err:
-        raise ConfigError(f"--storage {tuner.spec}: cannot read it ({err})") from None
+        raise ConfigError(mask_secrets(f"--storage {tuner.spec}: cannot read it ({err})")) from None
     if tuner.resume and STUDY_NAME not in names:
-        raise ConfigError(f"--resume: the storage {tuner.spec} holds no chanloss study")
+        raise ConfigError(f"--resume: the storage {tuner.shown_spec} holds no chanloss study")
     ident = identity(tuner.config, tuner.dims, tuner.fixed)
     existing = optuna.study.get_all_study_summaries(storage) if names else []
     known = {s.study_name: s for s in existing}
@@ -82,7 +83,7 @@ def open_study(tuner: Tuner) -> Any:
             if stored.get("space") != ident["space"] or stored.get("fixed") != ident["fixed"]:
                 keys.append("search space")
             raise ConfigError(
-                f"the storage {tuner.spec} holds a study of a different config (differs in "
+                f"the storage {tuner.shown_spec} holds a study of a different config (differs in "
                 f"{', '.join(keys) or 'its identity'}); use the same config, or another "
                 "--out/--storage"
             )

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from chanloss.atomic import write_json
 from chanloss.errors import TrainingDiverged
 from chanloss.training.config import ConfigError, TrainConfig, config_to_dict, load_config
 from chanloss.training.result import RunResult
-from chanloss.tuning.common import clock, cores, write_text
+from chanloss.tuning.common import clock, cores
 from chanloss.tuning.pruners import make_pruner
 from chanloss.tuning.stats import curve_score
 from chanloss.tuning.storage import open_storage
@@ -233,8 +234,7 @@ def confirm_runs(
             test_acc=final_test_accuracy(run_dir) if reads[i] else None,
             time_s=time.perf_counter() - started,
         )
-        write_text(run_dir / "confirm.json",
-                   json.dumps({"config": config_to_dict(config), **asdict(outcome)}, indent=1))  # fmt: skip
+        write_json(run_dir / "confirm.json", {"config": config_to_dict(config), **asdict(outcome)})
         results[i] = outcome
         if log is not None:
             name = labels[i] if labels else run_dir.parent.name

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from chanloss.errors import TuneInterrupted
+from chanloss.masking import mask_secrets
 from chanloss.training.config import ConfigError, TrainConfig, config_to_dict
 from chanloss.training.search import apply_params, resolve_space, start_params
 from chanloss.tuning.budget import eta_seconds, short_budget_line
@@ -113,6 +114,9 @@ class Tuner:
         self.split_seed = self.config.seed if split is None else split
         self.raw["data"]["split_seed"] = self.split_seed  # every seed validates on one split
         self.spec = storage_url(self.storage, self.out_dir)
+        self.shown_spec = mask_secrets(self.spec)  # what is printed and stored: no password
+        log = self.log  # every line (a trial's error too) without a password
+        self.log = lambda line: log(mask_secrets(line))
         self.threads = max(1, cores() // self.jobs)
         self.notes: list[str] = []  # what the terminal said about the budget and the pruner
         self.stuck_said: set[int] = set()  # stuck search trials already said
@@ -264,7 +268,7 @@ class Tuner:
                 if self.pruner in ("noise", "median")
                 else ""
             )  # fmt: skip
-            + f"; storage {self.spec}"
+            + f"; storage {self.shown_spec}"
             + (f"; {finished} finished earlier" if finished else "")
         )
         for d in self.dims:

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from chanloss._validation import did_you_mean
 from chanloss.errors import ConfigError
 
 __all__ = [
@@ -74,7 +75,7 @@ class ModelConfig(BaseModel):
         if ":" in self.name:
             return self  # third-party models: their options are checked when they are built
         if self.name not in MODELS:
-            hint = _did_you_mean(self.name, sorted(MODELS))
+            hint = did_you_mean(self.name, sorted(MODELS))
             raise ValueError(
                 f"unknown model {self.name!r}{hint}; expected one of {sorted(MODELS)} "
                 "or timm:NAME / torchvision:NAME"
@@ -82,7 +83,7 @@ class ModelConfig(BaseModel):
         accepted = list(model_options(self.name))
         for key in self.options():
             if key not in accepted:
-                hint = _did_you_mean(key, accepted)
+                hint = did_you_mean(key, accepted)
                 raise ValueError(
                     f"model {self.name!r} has no option {key!r}{hint}; its options are {accepted}"
                 )
@@ -207,14 +208,14 @@ class DataConfig(_Section):
         from chanloss.data import DATASETS, dataset_options
 
         if self.name not in DATASETS:
-            hint = _did_you_mean(self.name, sorted(DATASETS))
+            hint = did_you_mean(self.name, sorted(DATASETS))
             raise ValueError(
                 f"unknown dataset {self.name!r}{hint}; expected one of {sorted(DATASETS)}"
             )
         accepted = list(dataset_options(self.name))
         for key in self.options:
             if key not in accepted:
-                hint = _did_you_mean(key, accepted)
+                hint = did_you_mean(key, accepted)
                 raise ValueError(
                     f"dataset {self.name!r} has no option {key!r}{hint}; its options are {accepted}"
                 )
@@ -260,7 +261,7 @@ class LossConfig(BaseModel):
         from chanloss.losses import LOSSES, loss_spec
 
         if self.name not in LOSSES:
-            hint = _did_you_mean(self.name, sorted(LOSSES))
+            hint = did_you_mean(self.name, sorted(LOSSES))
             raise ValueError(f"unknown loss {self.name!r}{hint}; expected one of {sorted(LOSSES)}")
         spec = loss_spec(self.name)
         given = self.params()
@@ -518,11 +519,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _did_you_mean(key: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(key, options, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _section_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The field names of the schema section at ``loc`` (for 'did you mean' hints)."""
     for part in loc:
@@ -573,7 +569,7 @@ def _error_lines(err: ValidationError) -> list[tuple[str, str]]:
         key = ".".join(str(p) for p in loc) or "config"
         if e["type"] == "extra_forbidden":
             hint = _did_you_mean_dotted(str(loc[-1]), loc[:-1], exact=True)
-            hint = hint or _did_you_mean(str(loc[-1]), _section_fields(TrainConfig, loc[:-1]))
+            hint = hint or did_you_mean(str(loc[-1]), _section_fields(TrainConfig, loc[:-1]))
             hint = hint or _did_you_mean_dotted(str(loc[-1]), loc[:-1], exact=False)
             lines.append((key, f"{key}: unknown key{hint}"))
             continue
