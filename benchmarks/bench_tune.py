@@ -135,13 +135,20 @@ def run_loss(dataset: str, loss: str, base: dict[str, Any], args: argparse.Names
                    timeout_s=timeout, jobs=args.jobs, folds=folds,
                    resume=(out / "study.db").exists(), log=common.log)  # fmt: skip
     search_s = time.perf_counter() - t0
+    counts = summary["counts"]
     entry: dict[str, Any] = {
-        "counts": summary["counts"],
+        "counts": counts,
         "noise": summary["noise"],
         "learned": summary["learned"],
         "search_and_confirm_wall_s": round(search_s, 1),
+        "search_s": summary.get("search_s"),
         "ce_gain_last_quarter": ce_convergence(out),
+        "stuck": {k: len(v) for k, v in summary.get("stuck", {}).items()},
     }
+    if summary.get("search_s"):  # trials this invocation's search finished, per hour
+        entry["trials_per_hour"] = round(
+            3600 * (counts["COMPLETE"] + counts["PRUNED"]) / summary["search_s"], 1
+        )
     if summary["best"] is None:
         return entry
     conf = summary["confirmation"]
@@ -149,8 +156,17 @@ def run_loss(dataset: str, loss: str, base: dict[str, Any], args: argparse.Names
         chosen={k.split(".", 1)[1]: v for k, v in summary["best"]["params"].items()},
         best_trial=summary["best"]["trial"],
         reruns=summary["reruns"],
-        **cv_entry(conf["val"]["tuned"], conf["val"]["ce"]),
+        **cv_entry(
+            conf["val"]["tuned"],
+            conf["val"]["ce"],
+            noise=summary["noise"]["std"],
+            resolution=conf["val"].get("resolution", 0.0),
+            stuck=len(conf["stuck"]),
+            runs=conf["runs"],
+        ),  # fmt: skip
     )
+    entry["cv"]["reruns"] = conf["val"].get("reruns", [])
+    assert entry["answer"] == summary["verdict"]["answer"], (entry["answer"], summary["verdict"])
     from chanloss.training.config import yaml_load
 
     tuned = yaml_load((out / "best.yaml").read_text())
@@ -213,23 +229,45 @@ def reconfirmed(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def cv_entry(tuned: list[float], ce: list[float]) -> dict[str, Any]:
-    """The cross-validated gain of per-fold scores and the verdict printed for it."""
-    from chanloss.tuning import advice
+def cv_entry(tuned: list[float], ce: list[float], *, noise: float | None = None,
+             resolution: float = 0.0, stuck: int = 0, runs: int = 0) -> dict[str, Any]:  # fmt: skip
+    """The cross-validated gain of per-fold scores (those the verdict used: reruns in place of
+    stuck pairs), the tuner's verdict for it (``answer`` and its text) and what it rests on."""
+    from chanloss.tuning.recommend import decide
     from chanloss.tuning.stats import paired_fold_test
 
-    g = paired_fold_test(tuned, ce)
-    keys = ("diff", "threshold", "detectable", "p", "beyond", "p_corrected", "beyond_corrected")
+    g = paired_fold_test(tuned, ce, noise=noise, resolution=resolution)
+    keys = ("diff", "threshold", "detectable", "p", "beyond", "p_corrected", "beyond_corrected",
+            "floor")  # fmt: skip
+    verdict = decide(g, noise=noise, stuck=stuck, runs=runs)
     return {
-        "cv": {"tuned": tuned, "ce": ce, **{k: g[k] for k in keys}},
-        "verdict": advice({"mode": "folds", "val": {"gain": g}}),
+        "cv": {
+            "tuned": tuned,
+            "ce": ce,
+            **{k: g.get(k) for k in keys},
+            "noise": noise,
+            "resolution": resolution,
+            "stuck": stuck,
+            "runs": runs,
+        },  # fmt: skip
+        "verdict": verdict["text"],
+        "answer": verdict["answer"],
     }
 
 
 def agrees(entry: dict[str, Any]) -> bool:
-    """Whether the cross-validated verdict claims a gain exactly when the test check shows one."""
-    cv, test = entry["cv"], entry["test"]
-    return (bool(cv["beyond"]) and cv["diff"] > 0) == (bool(test["beyond"]) and test["diff"] > 0)
+    """Whether the verdict holds against the test check, by the tune issue's rule: a gain on
+    test is answered "gain", "cannot tell" or "unstable" (never "no difference" or "worse");
+    no gain on test is answered anything but "gain"."""
+    test = entry["test"]
+    test_gain = bool(test["beyond"]) and test["diff"] > 0
+    answer = entry.get("answer")
+    if answer is None:  # a file written before the five answers
+        cv = entry["cv"]
+        answer = "gain" if cv["beyond"] and cv["diff"] > 0 else "no difference"
+    if test_gain:
+        return answer in ("gain", "cannot tell", "unstable")
+    return answer != "gain"
 
 
 def merged(path: Path, data: dict[str, Any]) -> dict[str, Any]:
@@ -257,7 +295,11 @@ def rescore(path: Path, command: str) -> dict[str, Any]:
     data = json.loads(path.read_text())
     for entry in data["losses"].values():
         if "cv" in entry:
-            entry.update(cv_entry(entry["cv"]["tuned"], entry["cv"]["ce"]))
+            cv = entry["cv"]
+            noise = cv.get("noise", (entry.get("noise") or {}).get("std"))
+            entry.update(cv_entry(cv["tuned"], cv["ce"], noise=noise,
+                                  resolution=cv.get("resolution", 0.0),
+                                  stuck=cv.get("stuck", 0), runs=cv.get("runs", 0)))  # fmt: skip
             if "test" in entry:
                 entry["agrees"] = agrees(entry)
     data["rescored"] = {"command": command, "git": common.git_commit()}

@@ -3,6 +3,7 @@
     python benchmarks/bench_tune_calibration.py                   # 20 null + 2 positive repeats
     python benchmarks/bench_tune_calibration.py --null 40 --positive 3 --jobs 2
     python benchmarks/bench_tune_calibration.py --quick           # smoke: results/quick
+    python benchmarks/bench_tune_calibration.py --kinds unstable  # the unstable case alone
 
 The confirmation the tuner runs after its search (:func:`chanloss.tuning.confirm.cross_validate`:
 paired, stratified 5-fold cross-validation of the training split, a paired t-test on the
@@ -17,18 +18,24 @@ per-fold differences; the Nadeau-Bengio corrected p beside it) is run here on tw
 * **positive**: CE against CE + MC-Loss on the synthetic fine-grained set with the settings
   ``chanloss demo`` uses, where the study found MC-Loss's test gain beyond seed noise; both arms
   on the same seed (as the tuner does). The verdict should say that MC-Loss helps.
+* **unstable**: the null pair trained at a learning rate too high for the recipe (SGD 6.0, no
+  warm-up; measured: at 15 epochs, 1 of 8 seeds of CE ended at 43 % while the others reached
+  71-96 %): some runs get stuck. The confirmation should flag them, rerun their fold pairs,
+  and say "unstable" when they keep appearing (never "gain").
 
 Results: ``benchmarks/results/tune_calibration.json`` (per repeat: the per-fold scores, the mean
 difference, the threshold, p, the smallest detectable gain, the verdict; the rates; wall-clock,
 machine, commit). Runs live in ``runs/bench-tune-calibration/``; a second invocation reuses them.
 ``--rescore`` recomputes every verdict from the per-fold scores already in the results file with
-the current test (no training), and records that command and commit under ``rescored``.
+the current test (no training), and records that command and commit under ``rescored``;
+``--kinds`` trains only the kinds named and keeps (rescored) the others' rows of the file.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -40,6 +47,10 @@ sys.path.insert(0, str(HERE))
 import _common as common  # noqa: E402
 
 FOLDS = 5
+KINDS = ("null", "positive", "unstable")
+#: images in the training split of each kind's data (digits: 1,437; finegrained demo: 3,000):
+#: one validation image of a fold is FOLDS / TRAIN_SIZE in accuracy (the test's floor)
+TRAIN_SIZE = {"null": 1437, "unstable": 1437, "positive": 3000}
 NULL_RAW: dict[str, Any] = {
     "model": {"name": "convnet_small", "width": 8, "feature_channels": 20, "pools": 1},
     "data": {"name": "digits", "val_fraction": 0.0},
@@ -49,6 +60,16 @@ NULL_RAW: dict[str, Any] = {
     "batch_size": 64,
     "device": "cpu",
 }
+
+
+UNSTABLE_LR = 6.0
+
+
+def unstable_raw() -> dict[str, Any]:
+    raw = copy.deepcopy(NULL_RAW)
+    raw["optim"]["lr"] = UNSTABLE_LR
+    raw["schedule"]["warmup_epochs"] = 0
+    return raw
 
 
 def positive_raw() -> dict[str, Any]:
@@ -64,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--null", type=common.positive_int, default=20, help="null repeats")
     parser.add_argument("--positive", type=int, default=2, help="fine-grained repeats")
+    parser.add_argument("--unstable", type=int, default=4, help="unstable-recipe repeats")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
+                        help="the kinds to train (the file keeps the others' rows)")  # fmt: skip
     parser.add_argument("--jobs", type=common.positive_int, default=1, help="runs at once")
     parser.add_argument("--quick", action="store_true", help="2 null repeats of 2 epochs")
     parser.add_argument("--runs", type=Path, default=None)
@@ -74,9 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _row(kind: str, repeat: int, result: dict[str, Any], seconds: float) -> dict[str, Any]:
+    from chanloss.tuning.recommend import decide
+
     g = result["gain"]
     verdict = "no difference" if not g["beyond"] else ("better" if g["diff"] > 0 else "worse")
+    stuck = result.get("stuck", [])
+    runs = result.get("runs", 2 * FOLDS)
+    extra = {"stuck": stuck, "runs": runs, "reruns": result.get("reruns", []),
+             "answer": decide(g, stuck=len(stuck), runs=runs)["answer"]}  # fmt: skip
+    if "first" in result:
+        extra["first"] = result["first"]
     return {
+        **extra,
         "kind": kind,
         "repeat": repeat,
         "tuned": result["tuned"],
@@ -94,25 +127,32 @@ def _row(kind: str, repeat: int, result: dict[str, Any], seconds: float) -> dict
 def _rates(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     null = [row for row in rows if row["kind"] == "null"]
     pos = [row for row in rows if row["kind"] == "positive"]
+    bad = [row for row in rows if row["kind"] == "unstable"]
     return {
         "null_no_difference_rate": sum(r["verdict"] == "no difference" for r in null) / len(null),
         "positive_better_rate": (sum(r["verdict"] == "better" for r in pos) / len(pos))
         if pos
         else None,
+        "unstable_flagged_rate": sum(bool(r["stuck"]) for r in bad) / len(bad) if bad else None,
+        "unstable_answer_rate": sum(r["answer"] == "unstable" for r in bad) / len(bad)
+        if bad
+        else None,
+        "unstable_gain_rate": sum(r["answer"] == "gain" for r in bad) / len(bad) if bad else None,
     }
 
 
 def rescore(path: Path, command: str) -> dict[str, Any]:
     """The results file with every verdict recomputed from its per-fold scores."""
-    import json
-
     from chanloss.tuning.stats import paired_fold_test
 
     data = json.loads(path.read_text())
     data["rows"] = [
         _row(row["kind"], row["repeat"],
-             {"tuned": row["tuned"], "ce": row["ce"],
-              "gain": paired_fold_test(row["tuned"], row["ce"])}, row["wall_s"])
+             {**{k: row[k] for k in ("stuck", "runs", "reruns", "first") if k in row},
+              "tuned": row["tuned"], "ce": row["ce"],
+              "gain": paired_fold_test(row["tuned"], row["ce"],
+                                       resolution=FOLDS / TRAIN_SIZE[row["kind"]])},
+             row["wall_s"])
         for row in data["rows"]
     ]  # fmt: skip
     data.update(_rates(data["rows"]))
@@ -125,8 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python", "benchmarks/bench_tune_calibration.py",
                         *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
     import torch
-
-    from chanloss.tuning.confirm import cross_validate
 
     torch.set_num_threads(1)
     runs = args.runs or common.REPO_ROOT / (
@@ -141,41 +179,28 @@ def main(argv: list[str] | None = None) -> int:
                    f"positive 'better' {100 * (data['positive_better_rate'] or 0):.0f} %; wrote {path}")  # fmt: skip
         return 0
     start = time.perf_counter()
+    counts = {"null": 2 if args.quick else args.null, "positive": 0 if args.quick else args.positive,
+              "unstable": 0 if args.quick else args.unstable}  # fmt: skip
+    kept = []  # the rows of the kinds not trained now, from the file (rescored)
+    if set(args.kinds) != set(KINDS) and path.exists():
+        kept = [r for r in rescore(path, command)["rows"] if r["kind"] not in args.kinds]
     rows = []
-    n_null = 2 if args.quick else args.null
-    n_pos = 0 if args.quick else args.positive
-    for r in range(n_null):
-        t0 = time.perf_counter()
-        base = copy.deepcopy(NULL_RAW)
-        if args.quick:
-            base["epochs"] = 2
-        base["data"]["split_seed"] = r
-        ce = {**copy.deepcopy(base), "losses": [{"name": "ce"}], "seed": 100 + r}
-        zero = {**copy.deepcopy(base), "seed": 200 + r,
-                "losses": [{"name": "ce"}, {"name": "mc", "weight": 0.0}]}  # fmt: skip
-        res = cross_validate(zero, ce, FOLDS, runs / "null" / f"repeat{r:02d}", jobs=args.jobs,
-                             names=("ce+mc0", "ce"))  # fmt: skip
-        rows.append(_row("null", r, res, time.perf_counter() - t0))
-        common.log(f"null {r}: {rows[-1]['verdict']} (diff {100 * res['gain']['diff']:+.2f}, "
-                   f"threshold {100 * res['gain']['threshold']:.2f}, p {res['gain']['p']:.2f})")  # fmt: skip
-    for r in range(n_pos):
-        t0 = time.perf_counter()
-        mc = positive_raw()
-        mc["data"]["split_seed"] = r
-        mc["seed"] = 300 + r
-        ce = {**copy.deepcopy(mc), "losses": [{"name": "ce"}]}
-        res = cross_validate(mc, ce, FOLDS, runs / "positive" / f"repeat{r:02d}", jobs=args.jobs,
-                             names=("ce+mc", "ce"))  # fmt: skip
-        rows.append(_row("positive", r, res, time.perf_counter() - t0))
-        common.log(f"positive {r}: {rows[-1]['verdict']} (diff {100 * res['gain']['diff']:+.2f}, "
-                   f"threshold {100 * res['gain']['threshold']:.2f}, p {res['gain']['p']:.2f})")  # fmt: skip
-    null = [row for row in rows if row["kind"] == "null"]
-    pos = [row for row in rows if row["kind"] == "positive"]
+    for kind in args.kinds:
+        for r in range(counts[kind]):
+            t0 = time.perf_counter()
+            res = _repeat(kind, r, args, runs)
+            rows.append(_row(kind, r, res, time.perf_counter() - t0))
+            g = res["gain"]
+            common.log(f"{kind} {r}: {rows[-1]['verdict']}, answer {rows[-1]['answer']} (diff "
+                       f"{100 * g['diff']:+.2f}, threshold {100 * g['threshold']:.2f}, p {g['p']:.2f}; "
+                       f"{len(res['stuck'])} stuck)")  # fmt: skip
+    rows = sorted(kept + rows, key=lambda row: (KINDS.index(row["kind"]), row["repeat"]))
     data = {
         "quick": args.quick,
         "folds": FOLDS,
         "null_config": NULL_RAW,
         "positive_config": positive_raw(),
+        "unstable_config": unstable_raw(),
         "rows": rows,
         **_rates(rows),
         "jobs": args.jobs,
@@ -183,11 +208,41 @@ def main(argv: list[str] | None = None) -> int:
         "machine": common.machine_info("cpu"),
         "command": command,
     }
+    if kept:
+        old = json.loads(path.read_text())
+        data["earlier"] = {k: old.get(k) for k in ("command", "wall_s", "machine")}
+        data["earlier"]["kinds"] = sorted({r["kind"] for r in kept})
     common.write_json(path, data)
-    common.log(f"null: 'no difference' in {100 * data['null_no_difference_rate']:.0f} % of "
-               f"{len(null)}; positive: 'better' in {len(pos) and 100 * data['positive_better_rate']:.0f} % "
-               f"of {len(pos)}; {data['wall_s']:.0f} s; wrote {path}")  # fmt: skip
+    common.log(f"null 'no difference' {100 * data['null_no_difference_rate']:.0f} %, positive "
+               f"'better' {100 * (data['positive_better_rate'] or 0):.0f} %, unstable flagged "
+               f"{100 * (data['unstable_flagged_rate'] or 0):.0f} % / 'unstable' "
+               f"{100 * (data['unstable_answer_rate'] or 0):.0f} %; {data['wall_s']:.0f} s; "
+               f"wrote {path}")  # fmt: skip
     return 0
+
+
+def _repeat(kind: str, r: int, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
+    """One repeat's cross-validation of the pair of ``kind`` (see the module docstring)."""
+    from chanloss.tuning.confirm import cross_validate
+
+    out = runs / kind / f"repeat{r:02d}"
+    if kind == "positive":
+        mc = positive_raw()
+        mc["data"]["split_seed"] = r
+        mc["seed"] = 300 + r
+        ce = {**copy.deepcopy(mc), "losses": [{"name": "ce"}]}
+        return cross_validate(mc, ce, FOLDS, out, jobs=args.jobs, names=("ce+mc", "ce"),
+                              train_size=TRAIN_SIZE[kind])  # fmt: skip
+    base = copy.deepcopy(NULL_RAW) if kind == "null" else unstable_raw()
+    if args.quick:
+        base["epochs"] = 2
+    base["data"]["split_seed"] = r
+    offset = 100 if kind == "null" else 400  # the unstable pairs on seeds of their own
+    ce = {**copy.deepcopy(base), "losses": [{"name": "ce"}], "seed": offset + r}
+    zero = {**copy.deepcopy(base), "seed": offset + 100 + r,
+            "losses": [{"name": "ce"}, {"name": "mc", "weight": 0.0}]}  # fmt: skip
+    return cross_validate(zero, ce, FOLDS, out, jobs=args.jobs, names=("ce+mc0", "ce"),
+                          train_size=TRAIN_SIZE[kind])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -365,28 +365,36 @@ def tune_section(found: dict[str, Any]) -> list[str]:
             "the verdict, CE and the chosen setting trained on the whole training split over 3 "
             "fresh seeds and scored once on test (two-standard-error rule). Gains in points.",
             "",
-            "| data set, loss | chosen | trials | noise (seed std) | cross-validated gain "
-            "(threshold; detectable) | verdict | test gain (2 SE) | test says | agree |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| data set, loss | chosen | trials (per hour of search) | noise (seed std) | "
+            "cross-validated gain (threshold; detectable) | verdict | stuck runs (search; folds) "
+            "| test gain (2 SE) | test says | agree |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for d in sorted(tuned, key=column_order):
             data = tuned[d]
             for loss, e in data["losses"].items():
                 label = f"{d}, {CHANNEL_LOSSES.get(loss, loss)}"
                 counts = e["counts"]
-                trials = f"{counts['COMPLETE']} + {counts['PRUNED']} pruned"
+                trials = f"{counts['COMPLETE']} + {counts['PRUNED']} pruned" + (
+                    f" ({e['trials_per_hour']:.0f})" if e.get("trials_per_hour") else ""
+                )
+                stuck = e.get("stuck")
+                stuck_text = (
+                    f"{stuck.get('search', 0)}; {stuck.get('confirmation', 0)}" if stuck else "-"
+                )
                 noise = e["noise"].get("std")
                 noise_text = f"{100 * noise:.2f}" if noise is not None else "-"
                 if "test" not in e:
                     out.append(f"| {label} | learned nothing | {trials} | {noise_text} | - | - "
-                               "| - | - | - |")  # fmt: skip
+                               f"| {stuck_text} | - | - | - |")  # fmt: skip
                     continue
                 chosen = ", ".join(f"{k}={fmt_param(v)}" for k, v in e["chosen"].items())
                 cv, t = e["cv"], e["test"]
                 out.append(
                     f"| {label} | {chosen} | {trials} | {noise_text} | "
                     f"{100 * cv['diff']:+.2f} (±{100 * cv['threshold']:.2f}; "
-                    f"{100 * cv['detectable']:.2f}) | {_verdict_word(cv['beyond'], cv['diff'])} | "
+                    f"{100 * cv['detectable']:.2f}) | "
+                    f"{e.get('answer') or _verdict_word(cv['beyond'], cv['diff'])} | {stuck_text} | "
                     f"{100 * t['diff']:+.2f} ({'-' if t['se'] is None else format(200 * t['se'], '.2f')}) | "
                     f"{_verdict_word(t['beyond'], t['diff'])} | {'yes' if e['agrees'] else '**no**'} |"
                 )
@@ -436,11 +444,30 @@ def tune_section(found: dict[str, Any]) -> list[str]:
                 else ""
             )
             + _corrected_text(rows)
+            + _unstable_text(calibration)
             + f". {fmt_seconds(calibration['wall_s'])} wall-clock on "
             f"{machine_line(calibration.get('machine'))}" + _rescored_text(calibration) + ".",
             "",
         ]
     return out
+
+
+def _unstable_text(calibration: dict[str, Any]) -> str:
+    """The unstable-recipe case: were its stuck runs found, and what did the verdict say?"""
+    bad = [r for r in calibration["rows"] if r["kind"] == "unstable"]
+    if not bad:
+        return ""
+    lr = calibration.get("unstable_config", {}).get("optim", {}).get("lr")
+    stuck = sum(len(r.get("stuck", [])) for r in bad)
+    runs = sum(r.get("runs", 0) + 2 * len(r.get("reruns", [])) for r in bad)
+    answers = {a: sum(r.get("answer") == a for r in bad) for a in ("unstable", "gain")}
+    return (
+        f"; the same pair at a learning rate too high for the recipe (SGD {lr}, no warm-up): "
+        f"**{stuck} of {runs}** fold runs flagged stuck (reruns included), stuck runs found in "
+        f"{sum(bool(r.get('stuck')) for r in bad)} of {len(bad)} repeats, the verdict "
+        f'"unstable" in **{answers["unstable"]} of {len(bad)}** and "gain" in '
+        f"{answers['gain']} of {len(bad)}"
+    )
 
 
 def _corrected_text(rows: list[dict[str, Any]]) -> str:
@@ -482,6 +509,13 @@ def _reconfirmed_lines(dataset: str, data: dict[str, Any]) -> list[str]:
                 f"agree with test: {'yes' if before.get('agrees') else 'no'}"
             )
         lines.append(text + ".")
+    for loss, e in data["losses"].items():  # a loss kept from an earlier invocation's file
+        run = e.get("run")
+        if run and run.get("command"):
+            commit = str(((run.get("machine") or {}).get("git") or {}).get("commit"))[:7]
+            lines.append(f"- {dataset}, {CHANNEL_LOSSES.get(loss, loss)}: from an earlier "
+                         f"invocation, `{run['command']}` (git {commit}, "
+                         f"{fmt_seconds(run.get('wall_s') or 0)}).")  # fmt: skip
     return lines
 
 

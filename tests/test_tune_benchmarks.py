@@ -108,12 +108,12 @@ def test_report_shows_the_verdict_next_to_the_test_result(
     assert "### Tuning with `chanloss tune`: the verdict against the test split" in text
     assert (
         "| digits, MC-Loss | alpha=0.5, beta=2 | 7 + 3 pruned | 1.23 | +2.00 (±1.00; 1.50) | gain "
-        "| +1.50 (1.00) | gain | yes |"
+        "| - | +1.50 (1.00) | gain | yes |"
     ) in text
     assert (
         "| digits, CC-Loss | alpha=0.5, beta=2 | 7 + 3 pruned | 1.23 | +0.40 (±1.00; 1.50) " in text
     )
-    assert "| no difference | +3.00 (1.00) | gain | **no** |" in text
+    assert "| no difference | - | +3.00 (1.00) | gain | **no** |" in text
     assert "CE's validation accuracy rose +0.40 points at most over the last quarter" in text
     assert (
         "- digits, CC-Loss: the confirmation was rerun on the stored search by "
@@ -122,6 +122,33 @@ def test_report_shows_the_verdict_next_to_the_test_result(
     ) in text
     assert '"no difference" in **19 of 20** repeats (95 %)' in text
     assert '"gain" in **2 of 2** (mean cross-validated gain +2.50 points, threshold ±1.20)' in text
+    # a file of this round: the answer, the stuck runs, the trials per hour, the unstable case
+    data["losses"]["mc"].update(answer="cannot tell", stuck={"search": 1, "confirmation": 2},
+                                trials_per_hour=41.4)  # fmt: skip
+    data["losses"]["cc"]["run"] = {"command": "python benchmarks/bench_tune.py --losses cc",
+                                   "wall_s": 720.0, "machine": MACHINE}  # fmt: skip
+    (results / "tune_digits.json").write_text(json.dumps(data))
+    calibration["unstable_config"] = {"optim": {"lr": 6.0}}
+    calibration["rows"] = calibration["rows"] + [
+        {"kind": "unstable", "verdict": "better", "diff": 0.02, "threshold": 0.01,
+         "answer": "unstable", "runs": 10, "reruns": [1, 3],
+         "stuck": [{"fold": 1}, {"fold": 3}, {"fold": 3}]},
+        {"kind": "unstable", "verdict": "no difference", "diff": 0.0, "threshold": 0.01,
+         "answer": "no difference", "runs": 10, "reruns": [], "stuck": []},
+    ]  # fmt: skip
+    (results / "tune_calibration.json").write_text(json.dumps(calibration))
+    assert report.main(["--results", str(results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert (
+        "| digits, MC-Loss | alpha=0.5, beta=2 | 7 + 3 pruned (41) | 1.23 | +2.00 (±1.00; 1.50) "
+        "| cannot tell | 1; 2 | +1.50 (1.00) | gain | yes |"
+    ) in text
+    assert "- digits, CC-Loss: from an earlier invocation, `python benchmarks/bench_tune.py " \
+           "--losses cc` (git " in text  # fmt: skip
+    assert (
+        "(SGD 6.0, no warm-up): **3 of 24** fold runs flagged stuck (reruns included), stuck runs "
+        'found in 1 of 2 repeats, the verdict "unstable" in **1 of 2** and "gain" in 0 of 2'
+    ) in text
     # quick results, and results of the former schema, are not reported
     (results / "tune_digits.json").write_text(json.dumps(_tune_json(quick=True)))
     (results / "tune_calibration.json").unlink()
@@ -192,6 +219,7 @@ def test_rescore_recomputes_the_verdicts_from_the_stored_fold_scores(tmp_path: P
     # every fold favours the tuned arm by about 1.7 points: beyond noise (paired t-test)
     tuned, ce = [0.86, 0.84, 0.88, 0.85, 0.87], [0.84, 0.83, 0.85, 0.845, 0.85]
     data["losses"]["cc"]["cv"].update(tuned=tuned, ce=ce)
+    data["losses"]["cc"]["noise"] = {"std": None, "dof": 0}  # no floor: the plain paired test
     data["losses"]["mc"].pop("test")  # no test check: no agreement to recompute
     data["losses"]["mc"]["cv"].update(tuned=ce, ce=ce)
     (results / "tune_digits.json").write_text(json.dumps(data))
@@ -200,10 +228,18 @@ def test_rescore_recomputes_the_verdicts_from_the_stored_fold_scores(tmp_path: P
     cc = got["losses"]["cc"]
     assert cc["cv"]["p"] == pytest.approx(stats.ttest_rel(tuned, ce).pvalue)
     assert cc["cv"]["beyond"] is True and cc["cv"]["beyond_corrected"] is False
-    assert cc["verdict"].startswith("the tuned setting beats CE alone")
+    assert cc["verdict"].startswith("gain: the tuned setting beats CE alone")
+    assert cc["answer"] == "gain"
     assert cc["agrees"] is True  # was False: the test check shows a gain too
     mc = got["losses"]["mc"]
-    assert mc["cv"]["diff"] == 0 and mc["verdict"].startswith("no difference")
+    # with the entry's seed noise (1.23 points) the threshold is floored by it, and a gain
+    # under the 2.9 points detectable would be missed: more than the useful 2.46
+    assert mc["cv"]["diff"] == 0 and mc["verdict"].startswith("cannot tell: within noise, but a")
+    assert mc["answer"] == "cannot tell"
+    assert mc["cv"]["noise"] == 0.0123 and mc["cv"]["threshold"] == pytest.approx(
+        stats.t.ppf(0.975, 4) * (2 / 5) ** 0.5 * 0.0123
+    )
+    assert mc["cv"]["floor"] == "seed noise"
     assert mc["agrees"] == data["losses"]["mc"]["agrees"]
     assert got["rescored"]["command"].startswith("python benchmarks/bench_tune.py --rescore")
     assert got["wall_s"] == data["wall_s"]  # the run's own figures are kept
@@ -276,3 +312,23 @@ def test_a_reconfirmation_keeps_the_searchs_record(tmp_path: Path) -> None:
     assert [e["verdict"] for e in again["losses"]["cc"]["reconfirmed"]["earlier"]] == ["old", "new"]
     with pytest.raises(SystemExit, match="--reconfirm: no study"):
         bench.finished_trials(tmp_path)
+
+
+def test_agreement_follows_the_tune_issues_rule() -> None:
+    bench = _load("chanloss_bench_tune_agrees", BENCH / "bench_tune.py")
+
+    def entry(answer: str | None, test_diff: float, test_beyond: bool) -> dict:
+        cv = {"beyond": answer == "gain", "diff": 0.03 if answer == "gain" else 0.0}
+        return {"answer": answer, "cv": cv, "test": {"diff": test_diff, "beyond": test_beyond}}
+
+    # a gain on test: "gain", "cannot tell" or "unstable" hold; "no difference" and "worse" fail
+    for answer, holds in (("gain", True), ("cannot tell", True), ("unstable", True),
+                          ("no difference", False), ("worse", False)):  # fmt: skip
+        assert bench.agrees(entry(answer, 0.02, True)) is holds, answer
+    # no gain on test (none, or a loss): anything but "gain"
+    for test_diff, beyond in ((0.001, False), (-0.03, True)):
+        assert bench.agrees(entry("gain", test_diff, beyond)) is False
+        for answer in ("cannot tell", "unstable", "no difference", "worse"):
+            assert bench.agrees(entry(answer, test_diff, beyond)) is True
+    # a file of the former schema: the verdict from the cross-validated gain
+    assert bench.agrees(entry(None, 0.02, True)) is False

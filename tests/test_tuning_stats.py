@@ -156,7 +156,7 @@ def test_pruning_before_half_of_the_epochs_is_counted_and_worded() -> None:
     import optuna
     from optuna.trial import TrialState
 
-    from chanloss.tuning.confirm import _pruned_early
+    from chanloss.tuning.finish import _pruned_early
     from chanloss.tuning.output import pruned_early_line
 
     study = optuna.create_study(direction="maximize")

@@ -439,7 +439,7 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="K",
         help="confirm the winner against CE alone by paired, stratified K-fold cross-validation "
-        "of the training split (default 5)",
+        "of the training split (default 5; fewer than 3 give no verdict)",
     )
     p.add_argument(
         "--confirm-seeds",

@@ -9,8 +9,12 @@ The search space is the losses' declared spaces narrowed or extended by the conf
 Modules: :mod:`~chanloss.tuning.storage` (where a study lives and what it is of),
 :mod:`~chanloss.tuning.pruners`, :mod:`~chanloss.tuning.trials` (one training run, in this
 process or a worker), :mod:`~chanloss.tuning.stats` (the verdicts' statistics),
-:mod:`~chanloss.tuning.tuner` (one invocation), :mod:`~chanloss.tuning.output` (table, advice,
-trials.csv) and :mod:`~chanloss.tuning.report` (report.html). ``tuning`` uses ``training``,
+:mod:`~chanloss.tuning.tuner` (one invocation), :mod:`~chanloss.tuning.budget` (the ETA, a
+short budget), :mod:`~chanloss.tuning.confirm` (choosing the winner, the confirmation, stuck
+fold runs rerun), :mod:`~chanloss.tuning.recommend` (the verdict's five answers),
+:mod:`~chanloss.tuning.finish` (after the search: best.yaml, ce.yaml, tune.json),
+:mod:`~chanloss.tuning.output` (table, advice, trials.csv) and
+:mod:`~chanloss.tuning.report` (report.html). ``tuning`` uses ``training``,
 never the reverse.
 """
 

@@ -5,26 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from chanloss.atomic import write_json
 from chanloss.training.config import ConfigError
-from chanloss.tuning.common import params_text, write_text
-from chanloss.tuning.output import (
-    chance_line,
-    confirmation_table,
-    epoch_noise_line,
-    pruned_early_line,
-    rerun_drop_line,
-    write_trials_csv,
-)
-from chanloss.tuning.stats import SCORE_EPOCHS, gain_over, paired_fold_test, pooled_seed_std
-from chanloss.tuning.storage import STUDY_NAME
-from chanloss.tuning.study import seed_groups
+from chanloss.tuning.output import stuck_text
+from chanloss.tuning.stats import gain_over, paired_fold_test, stuck_flags
 from chanloss.tuning.trials import confirm_runs
 
 if TYPE_CHECKING:
@@ -36,7 +22,6 @@ __all__ = [
     "confirm_folds",
     "confirm_seeds",
     "cross_validate",
-    "finish",
     "fold_schedule",
 ]
 
@@ -51,6 +36,7 @@ def check_folds(tuner: Tuner) -> None:
     raw = copy.deepcopy(tuner.raw)
     raw["data"]["val_fraction"] = 0.0
     labels = build_data(load_config(raw=raw)).train.labels
+    tuner.train_size = len(labels)
     counts = labels.bincount()
     least = int(counts.argmin())
     if int(counts.min()) < tuner.folds:
@@ -89,6 +75,7 @@ def choose(tuner: Tuner, study: Any) -> tuple[dict[str, Any], list[dict[str, Any
              for s in top]  # fmt: skip
     tuner.log(f"re-running the {len(top)} best settings on a fresh seed ({seed}) to choose")
     done = confirm_runs(tasks, jobs=tuner.jobs, log=tuner.log, read_test=False,
+                        after_s=tuner.after.get("choose", 0.0),
                         labels=[f"trial {s['trials'][0]}" for s in top])  # fmt: skip
     rows = [{**s, "trial": s["trials"][0], "rerun_score": r.score}
             for s, r in zip(top, done, strict=True)]  # fmt: skip
@@ -121,6 +108,33 @@ def fold_schedule(raw: dict[str, Any], folds: int) -> dict[str, Any]:
     return out
 
 
+RERUN_SEED_OFFSET = 1000  # a fold pair with a stuck run is rerun on seed + 1000 + k
+
+
+def _fold_task(raw: dict[str, Any], folds: int, fold: int, seed: int, run_dir: Path) -> tuple:
+    r = fold_schedule(raw, folds)
+    if r["data"].get("split_seed") is None:  # the folds must not move with the seed
+        r["data"]["split_seed"] = int(r.get("seed", 0))
+    r["data"].update(val_fraction=0.0, folds=folds, fold=fold)
+    r["seed"] = seed
+    return r, run_dir
+
+
+def _stuck_records(scores: dict[str, list[float]], seeds: dict[str, list[int]],
+                   rerun: bool = False, n_val: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """The runs of each arm far below the arm's other folds (:func:`stuck_flags`; ``n_val``:
+    the validation images of a fold)."""
+    records = []
+    for arm, values in scores.items():
+        for i, flagged in enumerate(stuck_flags(values, n_val=n_val)):
+            if not flagged:
+                continue
+            others = [v for j, v in enumerate(values) if j != i]
+            records.append({"fold": i, "arm": arm, "seed": seeds[arm][i], "score": values[i],
+                            "others": [min(others), max(others)], "rerun": rerun})  # fmt: skip
+    return records
+
+
 def cross_validate(
     tuned: dict[str, Any],
     base: dict[str, Any],
@@ -130,6 +144,9 @@ def cross_validate(
     jobs: int = 1,
     log: Any = None,
     names: tuple[str, str] = ("tuned", "ce"),
+    noise: float | None = None,
+    train_size: int | None = None,
+    after_s: float = 0.0,
 ) -> dict[str, Any]:
     """The paired k-fold comparison of two training configs (``raw`` dicts with their seeds):
     both trained on the same ``folds`` stratified folds of the training split (drawn with the
@@ -138,29 +155,80 @@ def cross_validate(
     ``k`` trains both configs on seed ``seed + k``: paired within a fold, a fresh seed from one
     fold to the next, so the per-fold differences vary with the seed as a gain on test does
     (on one seed for all folds, a gain that holds for that seed only looks certain: CE + CC-Loss
-    on the image folder gained on every fold of seed 3 and not on test). The per-fold scores
-    and :func:`~chanloss.tuning.stats.paired_fold_test` of ``tuned - base``. Run directories
-    ``out_dir/<name>/fold<k>``."""
-    tasks, labels = [], []
-    for fold in range(folds):
-        for name, raw in zip(names, (tuned, base), strict=True):
-            r = fold_schedule(raw, folds)
-            seed = int(r.get("seed", 0))
-            if r["data"].get("split_seed") is None:  # the folds must not move with the seed
-                r["data"]["split_seed"] = seed
-            r["data"].update(val_fraction=0.0, folds=folds, fold=fold)
-            r["seed"] = seed + fold
-            tasks.append((r, out_dir / name / f"fold{fold}"))
-            labels.append(f"{name} fold {fold}")
-    done = confirm_runs(tasks, jobs=jobs, log=log, labels=labels, read_test=False)
-    a = [r.score for r in done[0::2]]
-    b = [r.score for r in done[1::2]]
-    return {"tuned": a, "ce": b, "gain": paired_fold_test(a, b),
-            "curves": {names[0]: [r.curve for r in done[0::2]],
-                       names[1]: [r.curve for r in done[1::2]]}}  # fmt: skip
+    on the image folder gained on every fold of seed 3 and not on test).
+
+    A run far below its arm's other folds (:func:`~chanloss.tuning.stats.stuck_flags`) is
+    *stuck*: its fold pair is rerun once on seed ``seed + 1000 + k`` (both arms, still
+    paired) and the reruns replace the pair in the test. Returns the per-fold scores used
+    (``tuned``, ``ce``), the first scores (``first``), ``stuck`` (every stuck run, reruns
+    included), ``runs`` (``2 * folds``), ``reruns`` (the folds rerun) and ``gain``
+    (:func:`~chanloss.tuning.stats.paired_fold_test` of ``tuned - base``, floored by one
+    validation image (of ``train_size / folds``, counted when not given) and ``noise``);
+    ``gain_first`` without the reruns. ``after_s``: the seconds of the runs after these (the
+    ETA in the log lines). Run directories
+    ``out_dir/<name>/fold<k>`` (reruns ``fold<k>-rerun``)."""
+    seed = {n: int(raw.get("seed", 0)) for n, raw in zip(names, (tuned, base), strict=True)}
+    arms = dict(zip(names, (tuned, base), strict=True))
+
+    def run(fold_ids: list[int], offset: int, suffix: str) -> dict[str, list[Any]]:
+        tasks, labels = [], []
+        for k in fold_ids:
+            for name in names:
+                tasks.append(_fold_task(arms[name], folds, k, seed[name] + offset + k,
+                                        out_dir / name / f"fold{k}{suffix}"))  # fmt: skip
+                labels.append(f"{name} fold {k}{suffix.replace('-', ' ')}")
+        done = confirm_runs(tasks, jobs=jobs, log=log, labels=labels, read_test=False,
+                            after_s=after_s)  # fmt: skip
+        return {name: done[i :: len(names)] for i, name in enumerate(names)}
+
+    size = train_size or _train_size(tuned)
+    n_val = size // folds
+    first = run(list(range(folds)), 0, "")
+    scores = {n: [r.score for r in first[n]] for n in names}
+    seeds = {n: [r.seed for r in first[n]] for n in names}
+    stuck = _stuck_records(scores, seeds, n_val=n_val)
+    used = {n: list(v) for n, v in scores.items()}
+    pairs = sorted({r["fold"] for r in stuck})
+    for record in stuck:
+        if log is not None:
+            log(f"stuck: {stuck_text(record)}; its fold pair is rerun on a fresh seed")
+    if pairs:
+        again = run(pairs, RERUN_SEED_OFFSET, "-rerun")
+        for n in names:
+            for k, r in zip(pairs, again[n], strict=True):
+                used[n][k] = r.score
+        for n in names:
+            for k, r in zip(pairs, again[n], strict=True):
+                seeds[n][k] = r.seed
+        late = _stuck_records(used, seeds, rerun=True, n_val=n_val)
+        late = [r for r in late if r["fold"] in pairs]
+        for record in late:
+            if log is not None:
+                log(f"stuck again: {stuck_text(record)}")
+        stuck += late
+    resolution = folds / size
+    gain = paired_fold_test(used[names[0]], used[names[1]], noise=noise, resolution=resolution)
+    out = {"tuned": used[names[0]], "ce": used[names[1]], "gain": gain, "stuck": stuck,
+           "runs": 2 * folds, "reruns": pairs, "resolution": resolution,
+           "curves": {n: [r.curve for r in first[n]] for n in names}}  # fmt: skip
+    if pairs:
+        out["first"] = {"tuned": scores[names[0]], "ce": scores[names[1]]}
+        out["gain_first"] = paired_fold_test(scores[names[0]], scores[names[1]], noise=noise,
+                                             resolution=resolution)  # fmt: skip
+    return out
 
 
-def confirm_folds(tuner: Tuner, winner: dict[str, Any]) -> dict[str, Any]:
+def _train_size(raw: dict[str, Any]) -> int:
+    """Images in the training split of ``raw`` (validation left in)."""
+    from chanloss.training.builders import build_data
+    from chanloss.training.config import load_config
+
+    r = copy.deepcopy(raw)
+    r["data"].update(val_fraction=0.0, folds=0)
+    return max(1, len(build_data(load_config(raw=r)).train.labels))
+
+
+def confirm_folds(tuner: Tuner, winner: dict[str, Any], noise: float | None) -> dict[str, Any]:
     """Paired, stratified k-fold confirmation on the whole training split: the winner and CE
     alone on the same K folds with the same seeds (``confirm_seed + k`` on fold ``k``), then
     both trained on the full training split (seed ``confirm_seed``) and the test split read
@@ -171,8 +239,12 @@ def confirm_folds(tuner: Tuner, winner: dict[str, Any]) -> dict[str, Any]:
     tuner.log(f"confirming trial {winner['trial']} against CE alone on {k} folds (fold k on "
               f"seed {seed} + k): {2 * k} runs, then both once on the full training split")  # fmt: skip
     val = cross_validate(tuned, ce, k, tuner.out_dir / "confirm", jobs=tuner.jobs,
-                         log=tuner.log, names=(name, "ce"))  # fmt: skip
+                         log=tuner.log, names=(name, "ce"), noise=noise,
+                         train_size=tuner.train_size,
+                         after_s=tuner.after.get("folds", 0.0))  # fmt: skip
     val.pop("curves")
+    for record in val["stuck"]:
+        record["arm"] = "tuned" if record["arm"] == name else record["arm"]
     finals = []
     for label, raw in ((name, tuned), ("ce", ce)):
         r = copy.deepcopy(raw)
@@ -185,6 +257,8 @@ def confirm_folds(tuner: Tuner, winner: dict[str, Any]) -> dict[str, Any]:
         "seed": seed,
         "trial": winner["trial"],
         "val": val,
+        "stuck": val.pop("stuck"),
+        "runs": val.pop("runs"),
         "test": {
             "tuned": [final[0].test_acc],
             "ce": [final[1].test_acc],
@@ -206,112 +280,17 @@ def confirm_seeds(tuner: Tuner, winner: dict[str, Any]) -> dict[str, Any]:
             labels.append(label)
     tuner.log(f"confirming trial {winner['trial']} against CE alone over {len(seeds)} seed(s) "
               f"({', '.join(map(str, seeds))}): {len(tasks)} runs")  # fmt: skip
-    done = confirm_runs(tasks, jobs=tuner.jobs, log=tuner.log, labels=labels)
-    out: dict[str, Any] = {"mode": "seeds", "seeds": seeds, "trial": winner["trial"]}
+    done = confirm_runs(tasks, jobs=tuner.jobs, log=tuner.log, labels=labels,
+                        after_s=tuner.after.get("folds", 0.0))  # fmt: skip
+    out: dict[str, Any] = {"mode": "seeds", "seeds": seeds, "trial": winner["trial"],
+                           "runs": len(tasks)}  # fmt: skip
     for split, get in (("val", lambda r: r.score), ("test", lambda r: r.test_acc)):
         a = [get(r) for lab, r in zip(labels, done, strict=True) if lab == "tuned"]
         b = [get(r) for lab, r in zip(labels, done, strict=True) if lab == "ce"]
         out[split] = {"tuned": a, "ce": b, "gain": gain_over(a, b)}
+    # a run far below the same arm's other seeds (no rerun: every seed is already a fresh one)
+    scores = {"tuned": out["val"]["tuned"], "ce": out["val"]["ce"]}
+    out["stuck"] = [
+        {**r, "fold": None} for r in _stuck_records(scores, {"tuned": seeds, "ce": seeds})
+    ]
     return out
-
-
-def write_best(tuner: Tuner, winner: dict[str, Any]) -> Path:
-    raw = tuner.trial_raw(winner["params"])
-    rerun = winner.get("rerun_score")
-    header = (
-        f"# Chosen by chanloss tune (trial {winner['trial']}, validation score "
-        f"{100 * winner['search_score']:.2f}%"
-        + (f", {100 * rerun:.2f}% on a fresh seed" if rerun is not None else "")
-        + f", {tuner.config.epochs} epochs"
-        + (f", from {tuner.config_path}" if tuner.config_path else "")
-        + ").\n# "
-        + params_text(winner["params"])
-        + "\n# Train it with: chanloss train -c best.yaml\n"
-    )
-    path = tuner.out_dir / "best.yaml"
-    write_text(path, header + yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-def _pruned_early(tuner: Tuner, study: Any) -> tuple[int, int]:
-    from optuna.trial import TrialState
-
-    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    early = sum(
-        t.state == TrialState.PRUNED and t.user_attrs.get("epochs", 0) < tuner.config.epochs / 2
-        for t in finished
-    )
-    return early, len(finished)
-
-
-def finish(tuner: Tuner, study: Any, start: float) -> dict[str, Any]:
-    """Everything after the search; returns what ``tune.json`` holds."""
-    write_trials_csv(study, tuner.out_dir / "trials.csv", tuner.dims)
-    counts = tuner.counts(study)
-    if not counts["COMPLETE"]:
-        raise ConfigError(
-            f"no trial finished ({counts['PRUNED']} pruned, {counts['FAIL']} failed); "
-            "give more --trials or --timeout, or check the ranges in search:"
-        )
-    early, finished = _pruned_early(tuner, study)
-    if 2 * early > finished:
-        tuner.note(pruned_early_line(early, finished, tuner.pruner))
-    settings = _settings(study)
-    noise, dof = pooled_seed_std(list(seed_groups(study).values()))
-    chance = 1.0 / study.user_attrs.get("num_classes", 1)
-    learned = settings[0]["search_score"] > chance + max(2 * (noise if dof else 0), 0.02)
-    summary: dict[str, Any] = {
-        "study": STUDY_NAME,
-        "storage": tuner.shown_spec,
-        "config": tuner.config_path,
-        "trials_target": tuner.trials,
-        "timeout_s": tuner.timeout_s,
-        "counts": counts,
-        "score": f"mean validation accuracy of the last {SCORE_EPOCHS} evaluated epochs",
-        "chance": chance,
-        "learned": learned,
-        "space": [d.describe() for d in tuner.dims],
-        "notes": tuner.notes,
-    }
-    best = confirmation = None
-    reruns: list[dict[str, Any]] = []
-    if not learned:
-        tuner.note(chance_line(settings[0]["search_score"], chance))
-    else:
-        winner, reruns = choose(tuner, study)
-        # the re-runs are not pooled into the noise: their search scores are the maxima of many
-        # noisy trials, so (search, re-run) pairs differ by more than seeds alone make them
-        best_path = write_best(tuner, winner)
-        best = {"trial": winner["trial"], "val_acc": winner["search_score"],
-                "rerun_val_acc": winner["rerun_score"], "params": winner["params"]}  # fmt: skip
-        tuner.log(f"best: trial {winner['trial']}, val {100 * winner['search_score']:.2f}%"
-                  + (f" ({100 * winner['rerun_score']:.2f}% on seed {tuner.rerun_seed})"
-                     if winner["rerun_score"] is not None else "")
-                  + f": {params_text(winner['params'])}; wrote {best_path}")  # fmt: skip
-        if line := rerun_drop_line(winner, noise if dof else None):
-            tuner.note(line)
-        if tuner.folds:
-            confirmation = confirm_folds(tuner, winner)
-        elif tuner.confirm_seeds:
-            confirmation = confirm_seeds(tuner, winner)
-    from optuna.trial import TrialState
-
-    from chanloss.tuning.pruners import seed_noise_by_epoch
-
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    summary["noise"] = {"std": noise if dof else None, "dof": dof,
-                        "by_epoch": {str(k): v for k, v in seed_noise_by_epoch(complete).items()}}  # fmt: skip
-    if line := epoch_noise_line(summary["noise"]):
-        tuner.log(line)
-    summary.update(best=best, reruns=[{k: r[k] for k in ("trial", "params", "search_score",
-                                                          "rerun_score")} for r in reruns],
-                   confirmation=confirmation, wall_s=round(time.time() - start, 1))  # fmt: skip
-    write_json(tuner.out_dir / "tune.json", summary, default=str)
-    from chanloss.tuning.report import write_report
-
-    write_report(study, tuner.dims, summary, tuner.out_dir)
-    if confirmation is not None:
-        tuner.log("\n" + confirmation_table(confirmation, summary["noise"]))
-    tail = f"; train the best with: chanloss train -c {tuner.out_dir / 'best.yaml'}" if best else ""
-    tuner.log(f"\nreport in {tuner.out_dir / 'report.html'}{tail}")
-    return summary

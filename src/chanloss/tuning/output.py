@@ -9,6 +9,7 @@ from typing import Any
 
 from chanloss.training.search import Dimension
 from chanloss.tuning.common import mean_std, write_text
+from chanloss.tuning.stats import noise_text
 
 __all__ = [
     "advice",
@@ -21,6 +22,8 @@ __all__ = [
     "power_line",
     "pruned_early_line",
     "rerun_drop_line",
+    "stuck_lines",
+    "stuck_text",
     "trial_rows",
     "write_trials_csv",
 ]
@@ -40,11 +43,13 @@ def gain_text(g: dict[str, Any]) -> str:
         return "-"
     text = f"{100 * g['diff']:+.2f} pts"
     if g["beyond"] is None:
-        return text + " (one run each: information, not a verdict)"
+        return text + f" ({g.get('reason', 'one run each')}: information, not a verdict)"
     verdict = "beyond noise" if g["beyond"] else "within noise"
     if "threshold" in g:
+        floor = {"seed noise": ", floored by the seed noise",
+                 "one image": ", floored by one validation image"}.get(g.get("floor") or "", "")  # fmt: skip
         return (f"{text}, beyond noise from ±{100 * g['threshold']:.2f} (paired, {g['folds']} "
-                f"folds, p = {g['p']:.2f}): {verdict}")  # fmt: skip
+                f"folds, p = {g['p']:.2f}{floor}): {verdict}")  # fmt: skip
     return f"{text}, 2 SE = {200 * g['se']:.2f}: {verdict}"
 
 
@@ -76,9 +81,13 @@ def corrected_line(conf: dict[str, Any]) -> str:
 def noise_line(noise: dict[str, Any] | None) -> str:
     if not noise or noise.get("std") is None:
         return "noise: not measured (the config as written finished on fewer than two seeds)"
+    dof = noise.get("dof")
+    left_out = noise.get("stuck_left_out") or []
     return (
-        f"noise: on this split, the seed standard deviation of a score is "
-        f"{100 * noise['std']:.2f} points; differences below ±{200 * noise['std']:.2f} are noise"
+        "noise: on this split, the seed standard deviation of a score is "
+        + (noise_text(noise["std"], dof) if dof else f"{100 * noise['std']:.2f} points")
+        + f"; differences below ±{200 * noise['std']:.2f} are noise"
+        + (f" (stuck trials left out: {', '.join(map(str, left_out))})" if left_out else "")
     )
 
 
@@ -124,29 +133,41 @@ def confirmation_table(conf: dict[str, Any], noise: dict[str, Any] | None = None
         "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
     lines = (noise_line(noise) if noise else "", power_line(conf), corrected_line(conf))
-    extra = [line for line in lines if line]
-    return "\n".join([table, *extra, advice(conf)])
+    extra = [line for line in lines if line] + stuck_lines(conf)
+    return "\n".join([table, *extra, "verdict: " + advice(conf)])
+
+
+def stuck_text(record: dict[str, Any]) -> str:
+    """``fold 4, tuned arm, seed 7: stuck at 57.0 % while the other folds reached 91.0-95.0 %``."""
+    lo, hi = record["others"]
+    what = "rerun" if record.get("rerun") else "run"
+    where, others = (
+        (f"fold {record['fold']}, ", "folds") if record["fold"] is not None else ("", "seeds")
+    )
+    return (f"{where}{record['arm']} arm, seed {record['seed']} ({what}): stuck at "
+            f"{100 * record['score']:.1f} % while the other {others} reached "
+            f"{100 * lo:.1f}-{100 * hi:.1f} %")  # fmt: skip
+
+
+def stuck_lines(conf: dict[str, Any]) -> list[str]:
+    """The stuck confirmation runs, and the gain without the reruns that replaced them."""
+    lines = [f"stuck: {stuck_text(r)}" for r in conf.get("stuck", [])]
+    first = conf["val"].get("gain_first")
+    if first is not None:
+        folds = ", ".join(map(str, conf["val"]["reruns"]))
+        lines.append(f"reruns: fold(s) {folds} rerun on a fresh seed; the verdict uses the reruns; "
+                     f"with the first runs instead: {gain_text(first)}")  # fmt: skip
+    return lines
 
 
 def advice(conf: dict[str, Any]) -> str:
-    """What to do, decided on the validation runs only (the test row is information)."""
-    g = conf["val"]["gain"]
-    if g["beyond"] is None:
-        return "one seed: no noise estimate; rerun with --folds 5 or --confirm-seeds 3 before trusting the gain"
-    if g["beyond"] and g["diff"] > 0:
-        return "the tuned setting beats CE alone on validation beyond noise: use best.yaml"
-    if g["beyond"]:
-        return "CE alone is better on validation beyond noise: keep CE (do not use best.yaml)"
-    text = (
-        "no difference beyond noise on validation: the tuned losses are not shown to help; "
-        "CE alone is as good"
-    )
-    if "detectable" in g and math.isfinite(g["detectable"]):
-        text += (
-            f" (this confirmation sees a gain only from about {100 * g['detectable']:.1f} "
-            "points; a smaller one is not ruled out)"
-        )
-    return text
+    """What to do, decided on the validation runs only (the test row is information): the
+    verdict's text (:func:`~chanloss.tuning.recommend.decide`; without a stored verdict,
+    decided here without a noise estimate or stuck runs)."""
+    from chanloss.tuning.recommend import decide
+
+    verdict = conf.get("verdict") or decide(conf["val"]["gain"])
+    return verdict["text"]
 
 
 def chance_line(best: float, chance: float) -> str:
@@ -185,8 +206,11 @@ def pruned_early_line(early: int, finished: int, pruner: str) -> str:
     )
 
 
-def trial_rows(study: Any, dims: list[Dimension]) -> list[dict[str, Any]]:
-    """One row per trial: number, state, value, epochs, time, params, run directory."""
+def trial_rows(
+    study: Any, dims: list[Dimension], stuck: set[int] | frozenset[int] = frozenset()
+) -> list[dict[str, Any]]:
+    """One row per trial: number, state, value, stuck (``yes`` for the trials in ``stuck``),
+    epochs, time, params, run directory."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         row = {
@@ -194,6 +218,7 @@ def trial_rows(study: Any, dims: list[Dimension]) -> list[dict[str, Any]]:
             "state": t.user_attrs.get("outcome", t.state.name.lower()),
             "seed": t.user_attrs.get("seed", ""),
             "val_acc": t.value if t.state.name == "COMPLETE" else "",
+            "stuck": "yes" if t.number in stuck else "",
             "last_val_acc": t.intermediate_values[max(t.intermediate_values)]
             if t.intermediate_values
             else "",
@@ -208,12 +233,14 @@ def trial_rows(study: Any, dims: list[Dimension]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_trials_csv(study: Any, path: Path, dims: list[Dimension]) -> None:
+def write_trials_csv(
+    study: Any, path: Path, dims: list[Dimension], stuck: set[int] | frozenset[int] = frozenset()
+) -> None:
     """``trials.csv``: :func:`trial_rows` as CSV."""
     import io
 
-    rows = trial_rows(study, dims)
-    fields = ["number", "state", "seed", "val_acc", "last_val_acc", "epochs", "time_s"]
+    rows = trial_rows(study, dims, stuck)
+    fields = ["number", "state", "seed", "val_acc", "stuck", "last_val_acc", "epochs", "time_s"]
     fields += [d.name for d in dims] + ["origin", "run_dir", "error"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")

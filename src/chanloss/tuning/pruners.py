@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 
 from chanloss.training.config import ConfigError
-from chanloss.tuning.stats import SCORE_EPOCHS, curve_score, pooled_seed_std
+from chanloss.tuning.stats import SCORE_EPOCHS, curve_score, pooled_seed_std, stuck_flags
 
 __all__ = [
     "NOISE_FLOOR",
@@ -58,15 +58,22 @@ def seed_noise_by_epoch(trials: list[Any], last: int = SCORE_EPOCHS) -> dict[int
     are left out): the pooled within-setting standard deviation of the running mean of
     ``last`` epochs, made non-increasing in the epoch (the noise at epoch e is the largest
     measured at e or later), so that one epoch where two seeds happen to agree does not
-    declare the curves settled. Empty when no setting has two seeds."""
-    by_setting: dict[str, dict[int, dict[int, float]]] = {}
+    declare the curves settled. Stuck runs (:func:`~chanloss.tuning.stats.stuck_flags` of
+    the final scores) are left out. Empty when no setting has two seeds."""
+    by_setting: dict[str, dict[int, Any]] = {}
     for t in trials:
         seed = t.user_attrs.get("seed")
         if seed is None:
             continue
         key = json.dumps(t.params, sort_keys=True)  # as seed_groups keys a setting
-        by_setting.setdefault(key, {})[int(seed)] = t.intermediate_values
-    groups = [list(seeds.values()) for seeds in by_setting.values() if len(seeds) > 1]
+        by_setting.setdefault(key, {})[int(seed)] = t
+    groups = []
+    for seeds in by_setting.values():  # stuck runs left out, as from the final score's noise
+        runs = list(seeds.values())
+        flags = stuck_flags([t.value for t in runs])
+        kept = [t.intermediate_values for t, stuck in zip(runs, flags, strict=True) if not stuck]
+        if len(kept) > 1:
+            groups.append(kept)
     steps = sorted({s for g in groups for curve in g for s in curve})
     raw: dict[int, float] = {}
     for step in steps:

@@ -29,6 +29,7 @@ from chanloss.tuning.output import (  # noqa: E402
     gain_text,
     noise_line,
     power_line,
+    stuck_lines,
     trial_rows,
 )
 from chanloss.tuning.output import pct as output_pct  # noqa: E402
@@ -194,6 +195,7 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
         "<title>chanloss tune</title>",
         f"<style>{REPORT_CSS}</style></head><body>",
         "<h1>chanloss tune</h1>",
+        *_lead(summary),
         f"<p>Config <code>{esc(str(summary.get('config')))}</code>, storage "
         f"<code>{esc(summary['storage'])}</code>: {counts['COMPLETE']} complete, "
         f"{counts['PRUNED']} pruned, {counts['FAIL']} failed trials (target "
@@ -211,7 +213,8 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
         parts += [
             f"<p>Chosen: trial {best['trial']}, search score {100 * best['val_acc']:.2f}%"
             + (f", {100 * rerun:.2f}% re-run on a fresh seed" if rerun is not None else "")
-            + ". <a href='best.yaml'>best.yaml</a> trains it.</p>",
+            + ". <a href='best.yaml'>best.yaml</a> trains it; <a href='ce.yaml'>ce.yaml</a> "
+            "trains CE alone.</p>",
             "<table><tr><th>parameter</th><th>chosen</th><th>searched over</th></tr>"
             + "".join(
                 f"<tr><td class='l'>{esc(d.name)}</td><td>{esc(_val(best['params'].get(d.name)))}"
@@ -247,7 +250,8 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
             f"</td><td>{_pct(conf['test']['tuned'])}</td></tr>",
             f"<tr><td class='l'>gain over CE</td><td>{esc(gain_text(conf['val']['gain']))}</td>"
             f"<td>{esc(gain_text(conf['test']['gain']))}</td></tr></table>",
-            f"<p><b>{esc(advice(conf))}</b></p>",
+            f"<p><b>Verdict: {esc(advice(conf))}</b></p>",
+            *(f"<p>{esc(line)}</p>" for line in stuck_lines(conf)),
             f"<p>{esc(power_line(conf))}</p><p>{esc(corrected_line(conf))}</p>" if folds else "",
             "<p class='note'>"
             + (
@@ -284,10 +288,12 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
         "<h2>Trials</h2>",
     ]
     rows = sorted(
-        trial_rows(study, dims),
+        trial_rows(
+            study, dims, {r["trial"] for r in (summary.get("stuck") or {}).get("search", [])}
+        ),
         key=lambda r: -(r["val_acc"] if isinstance(r["val_acc"], float) else -1.0),
     )
-    head = ["number", "state", "val_acc", "epochs", "time_s"] + [d.name for d in dims]
+    head = ["number", "state", "val_acc", "stuck", "epochs", "time_s"] + [d.name for d in dims]
     parts.append(
         "<table><tr>"
         + "".join(f"<th>{esc(h)}</th>" for h in head)
@@ -301,6 +307,29 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
     parts.append("<p class='note'>All trials: <a href='trials.csv'>trials.csv</a>.</p>")
     parts.append("</body></html>\n")
     write_text(out_dir / "report.html", "\n".join(parts))
+
+
+def _lead(summary: dict[str, Any]) -> list[str]:
+    """The report's first lines: the verdict and the config to use, then the stuck runs."""
+    from chanloss.tuning.study import search_stuck_text
+
+    esc = html.escape
+    verdict = summary.get("verdict")
+    if verdict is not None:
+        use = verdict["use"]
+        parts = [f"<p class='verdict'><b>Verdict: {esc(verdict['text'])}</b></p>",
+                 f"<p><b>Use <a href='{use}'>{use}</a></b>"
+                 + ("" if use == "best.yaml" else " (CE alone; best.yaml holds the search's "
+                    "choice, not shown to help)") + ".</p>"]  # fmt: skip
+    elif summary.get("best") is not None:
+        parts = ["<p class='verdict'><b>No confirmation against CE alone: best.yaml is the "
+                 "search's choice, not shown to help; ce.yaml trains CE alone.</b></p>"]  # fmt: skip
+    else:
+        parts = []
+    stuck = (summary.get("stuck") or {}).get("search") or []
+    parts += [f"<p><b>stuck: {esc(search_stuck_text(r))}</b> (left out of the noise)</p>"
+              for r in stuck]  # fmt: skip
+    return parts
 
 
 def _val(value: Any, key: str = "") -> str:

@@ -25,9 +25,18 @@ from chanloss.tuning.storage import (
 if TYPE_CHECKING:
     from chanloss.tuning.tuner import Tuner
 
-__all__ = ["NOISE_ORIGIN", "open_study", "recover", "seed_groups", "set_study_attr"]
+__all__ = [
+    "NOISE_ORIGIN",
+    "THIRD_ORIGIN",
+    "open_study",
+    "recover",
+    "search_stuck",
+    "seed_groups",
+    "set_study_attr",
+]
 
 NOISE_ORIGIN = "config, noise seed"
+THIRD_ORIGIN = "config, third seed"  # when the two seeds disagree by a stuck run's gap
 
 
 def open_study(tuner: Tuner) -> Any:
@@ -95,23 +104,36 @@ def open_study(tuner: Tuner) -> Any:
     if "chanloss_fingerprint" not in study.user_attrs:
         study.set_user_attr("chanloss_fingerprint", fingerprint(ident))
         study.set_user_attr("chanloss_identity", ident)
-    if not study.trials:
-        first = start_params(tuner.config, tuner.dims)
-        seed = tuner.config.seed
-        study.enqueue_trial(first, user_attrs={"origin": "config", "seed": seed},
-                            skip_if_exists=True)  # fmt: skip
-        # the config as written on a second seed: the seed noise of the score (not skipped
-        # as a duplicate: same params, another seed)
-        origins = [t.user_attrs.get("origin") for t in study.get_trials(deepcopy=False)]
-        if NOISE_ORIGIN not in origins:
-            study.enqueue_trial(first, user_attrs={"origin": NOISE_ORIGIN,
-                                                   "seed": tuner.noise_seed})  # fmt: skip
-        low = low_end_params(tuner.config, tuner.dims)
-        if low != first:
-            study.enqueue_trial(low, user_attrs={"origin": "losses off", "seed": seed},
-                                skip_if_exists=True)  # fmt: skip
+    first = start_params(tuner.config, tuner.dims)
+    seed = tuner.config.seed
+    starts = [("config", first, seed), (NOISE_ORIGIN, first, tuner.noise_seed)]
+    low = low_end_params(tuner.config, tuner.dims)
+    if low != first:
+        starts.append(("losses off", low, seed))
+    _queue_missing(study, starts)
     recover(study, tuner.log)
     return study
+
+
+def _queue_missing(study: Any, starts: list[tuple[str, dict[str, Any], int]]) -> None:
+    """Queue each first trial (origin, params, seed) that no trial of the study holds finished,
+    running or queued: on a new study all of them; on ``--resume`` those that failed (a full
+    disk during the first trials), so that the seed noise is measured however the last
+    invocation ended. A setting on a seed is one trial: the config and its noise seed are
+    two (same params, another seed)."""
+    from optuna.trial import TrialState
+
+    alive = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    held = {
+        (json.dumps(t.params or t.system_attrs.get("fixed_params", {}), sort_keys=True),
+         t.user_attrs.get("seed"))
+        for t in study.get_trials(deepcopy=False, states=alive)
+    }  # fmt: skip
+    for origin, params, seed in starts:
+        key = (json.dumps(params, sort_keys=True), seed)
+        if key not in held:
+            study.enqueue_trial(params, user_attrs={"origin": origin, "seed": seed})
+            held.add(key)
 
 
 def recover(study: Any, log: Callable[[str], None]) -> None:
@@ -162,3 +184,32 @@ def seed_groups(study: Any) -> dict[str, list[float]]:
         key = json.dumps(t.params, sort_keys=True)
         groups.setdefault(key, {})[int(t.user_attrs.get("seed", -1))] = t.value
     return {k: list(v.values()) for k, v in groups.items()}
+
+
+def search_stuck(study: Any) -> list[dict[str, Any]]:
+    """The complete trials far below the same setting on its other seeds
+    (:func:`~chanloss.tuning.stats.stuck_flags`; a setting needs three seeds): ``trial``,
+    ``seed``, ``score``, ``others`` (the lowest and highest of the other seeds' scores)."""
+    from optuna.trial import TrialState
+
+    from chanloss.tuning.stats import stuck_flags
+
+    groups: dict[str, list[Any]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        groups.setdefault(json.dumps(t.params, sort_keys=True), []).append(t)
+    records = []
+    for trials in groups.values():
+        values = [t.value for t in trials]
+        for i, flagged in enumerate(stuck_flags(values)):
+            if flagged:
+                others = values[:i] + values[i + 1 :]
+                records.append({"trial": trials[i].number, "seed": trials[i].user_attrs.get("seed"),
+                                "score": values[i], "others": [min(others), max(others)]})  # fmt: skip
+    return sorted(records, key=lambda r: r["trial"])
+
+
+def search_stuck_text(record: dict[str, Any]) -> str:
+    """``trial 1, seed 1: stuck at 57.0 % while the same setting on other seeds reached ...``."""
+    lo, hi = record["others"]
+    return (f"trial {record['trial']}, seed {record['seed']}: stuck at {100 * record['score']:.1f} % "
+            f"while the same setting on other seeds reached {100 * lo:.1f}-{100 * hi:.1f} %")  # fmt: skip

@@ -201,11 +201,14 @@ def confirm_runs(
     log: Callable[[str], None] | None = None,
     labels: list[str] | None = None,
     read_test: bool | list[bool] = True,
+    after_s: float = 0.0,
 ) -> list[RunOutcome]:
     """The runs after the search, ``(raw config, run dir)`` each, through the runner
     (:func:`~chanloss.training.runner.run_many`, ``jobs`` at a time): trained on validation only,
     resumed when cut short, reused when finished (``run_dir/confirm.json``); then, where
-    ``read_test`` says so, the final model's test accuracy is read once. In the order given."""
+    ``read_test`` says so, the final model's test accuracy is read once. In the order given.
+    Each finished run is logged with the ETA of the whole command: these runs' mean time for
+    each run left, plus ``after_s`` (the runs after these)."""
     from chanloss.training.runner import run_many
 
     reads = read_test if isinstance(read_test, list) else [read_test] * len(tasks)
@@ -237,7 +240,10 @@ def confirm_runs(
             name = labels[i] if labels else run_dir.parent.name
             val = f"val {100 * outcome.score:.2f}%" if outcome.score is not None else "trained"
             test = f", test {100 * outcome.test_acc:.2f}%" if outcome.test_acc is not None else ""
-            log(f"  {name} seed {outcome.seed}: {val}{test} ({clock(outcome.time_s)} so far)")
+            trained, left = len(results) - (len(tasks) - len(todo)), len(tasks) - len(results)
+            eta = outcome.time_s / trained * left + after_s
+            log(f"  {name} seed {outcome.seed}: {val}{test} ({clock(outcome.time_s)} so far, "
+                f"ETA {clock(eta)})")  # fmt: skip
 
     run_many([configs[i] for i in todo], jobs=jobs, on_finished=finished, worker=_validation_only)
     return [results[i] for i in range(len(tasks))]

@@ -1,10 +1,11 @@
 """``chanloss tune``: the :class:`Tuner` that runs one invocation (the search loop; what comes
-after the search is :mod:`chanloss.tuning.confirm`)."""
+after the search is :mod:`chanloss.tuning.finish`)."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import os
 import socket
@@ -19,15 +20,24 @@ from typing import Any
 from chanloss.errors import TuneInterrupted
 from chanloss.masking import mask_secrets
 from chanloss.training.config import ConfigError, TrainConfig, config_to_dict
-from chanloss.training.search import apply_params, resolve_space
+from chanloss.training.search import apply_params, resolve_space, start_params
+from chanloss.tuning.budget import eta_seconds, short_budget_line
 from chanloss.tuning.common import clock, cores, params_text
 from chanloss.tuning.pruners import PRUNERS, warmup_epochs
-from chanloss.tuning.stats import pooled_seed_std
+from chanloss.tuning.stats import STUCK_POINTS, noise_text, pooled_seed_std, without_stuck
 from chanloss.tuning.storage import STUDY_NAME, distribution, storage_url
-from chanloss.tuning.study import open_study, recover, seed_groups, set_study_attr
+from chanloss.tuning.study import (
+    THIRD_ORIGIN,
+    open_study,
+    recover,
+    search_stuck,
+    search_stuck_text,
+    seed_groups,
+    set_study_attr,
+)
 from chanloss.tuning.trials import TrialOutcome, executor_for, run_trial, trial_task
 
-__all__ = ["DEFAULT_TRIALS", "TuneInterrupted", "Tuner", "tune"]
+__all__ = ["DEFAULT_TRIALS", "TuneInterrupted", "Tuner", "eta_seconds", "tune"]
 
 DEFAULT_TRIALS = 20  # without --trials and --timeout
 _FAILURES_IN_A_ROW = 3  # consecutive failed trials (errors, not pruning) end the search
@@ -109,6 +119,11 @@ class Tuner:
         self.log = lambda line: log(mask_secrets(line))
         self.threads = max(1, cores() // self.jobs)
         self.notes: list[str] = []  # what the terminal said about the budget and the pruner
+        self.stuck_said: set[int] = set()  # stuck search trials already said
+        self.train_size: int | None = None  # images in the training split (check_folds)
+        self.after: dict[str, float] = {}  # seconds after each stage past the search (the ETA)
+        self.search_s: float | None = None  # how long this invocation's search took
+        self.budget_said = False  # the short-budget note, once
 
     # -- seeds: the search's, the noise trial's, the re-runs', the confirmation's ----------------
     @property
@@ -122,6 +137,10 @@ class Tuner:
     @property
     def confirm_seed(self) -> int:
         return self.config.seed + 3
+
+    @property
+    def third_seed(self) -> int:
+        return self.config.seed + 100
 
     def trial_raw(self, params: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
         """The training config of a setting (``params``) on ``seed`` (default the config's)."""
@@ -152,6 +171,17 @@ class Tuner:
         confirm = 2 * self.folds + 2 if self.folds else 2 * self.confirm_seeds
         return self.top + confirm
 
+    def after_s(self, stage: str, study: Any) -> float:
+        """Seconds the runs after ``stage`` (``choose``, ``folds``, ``final``) will take, at the
+        median trial's time (fold and final runs on the whole training split's images)."""
+        durations = self.durations(study)
+        if not durations:
+            return 0.0
+        run = statistics.median(durations) / max(1.0 - self.config.data.val_fraction, 0.5)
+        runs = {"choose": 2 * self.folds + 2 if self.folds else 2 * self.confirm_seeds,
+                "folds": 2 if self.folds else 0, "final": 0}[stage]  # fmt: skip
+        return math.ceil(runs / self.jobs) * run
+
     def reserve(self, durations: list[float]) -> float:
         """Seconds to keep for the runs after the search: the median full-trial time for each
         re-run, and that over ``1 - data.val_fraction`` for each fold and final run (they
@@ -163,17 +193,50 @@ class Tuner:
         confirm = self.runs_after_search() - self.top
         return (math.ceil(self.top / self.jobs) + math.ceil(confirm / self.jobs) * whole) * median
 
+    def durations(self, study: Any) -> list[float]:
+        """The seconds of the complete trials (what the reserve and the ETA are made of)."""
+        from optuna.trial import TrialState
+
+        return [
+            t.user_attrs["time_s"]
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "time_s" in t.user_attrs
+        ]
+
     def update_noise(self, study: Any) -> None:
-        """The seed noise of the score, from the settings trained on several seeds, kept in the
-        study (``noise_std``: the pruner reads it)."""
-        std, dof = pooled_seed_std(list(seed_groups(study).values()))
-        if dof and study.user_attrs.get("noise_dof") != dof:
+        """The seed noise of the score, from the settings trained on several seeds without
+        their stuck runs, kept in the study (``noise_std``: the pruner reads it); stuck trials
+        said once; a third seed of the config queued when its two seeds lie a stuck run's gap
+        apart (with two, neither can be told stuck)."""
+        for record in search_stuck(study):
+            if record["trial"] not in self.stuck_said:
+                self.stuck_said.add(record["trial"])
+                self.log(f"stuck: {search_stuck_text(record)}; left out of the noise")
+        groups = seed_groups(study)
+        std, dof = pooled_seed_std(without_stuck(list(groups.values())))
+        if dof and (study.user_attrs.get("noise_dof"), study.user_attrs.get("noise_std")) != (
+            dof,
+            std,
+        ):
             set_study_attr(study, "noise_std", std)
             set_study_attr(study, "noise_dof", dof)
             self.log(
                 f"noise: on this split, the seed standard deviation of a trial's score is "
-                f"{100 * std:.2f} points ({dof} degree{'s' if dof > 1 else ''} of freedom); "
-                f"differences below ±{200 * std:.2f} points are noise"
+                f"{noise_text(std, dof)}; differences below ±{200 * std:.2f} points are noise"
+            )
+        first = json.dumps(start_params(self.config, self.dims), sort_keys=True)
+        twins = groups.get(first, [])
+        origins = {t.user_attrs.get("origin") for t in study.get_trials(deepcopy=False)}
+        if (
+            len(twins) == 2
+            and abs(twins[0] - twins[1]) >= STUCK_POINTS
+            and THIRD_ORIGIN not in origins
+        ):
+            study.enqueue_trial(json.loads(first), user_attrs={"origin": THIRD_ORIGIN,
+                                                               "seed": self.third_seed})  # fmt: skip
+            self.log(
+                f"noise: the config's two seeds lie {100 * abs(twins[0] - twins[1]):.1f} points "
+                f"apart; a third seed ({self.third_seed}) is queued to tell a stuck run from noise"
             )
 
     # -- search --------------------------------------------------------------------------------
@@ -187,11 +250,7 @@ class Tuner:
         trials_dir.mkdir(parents=True, exist_ok=True)
         start = time.time()
         deadline = start + self.timeout_s if self.timeout_s else None
-        durations = [
-            t.user_attrs["time_s"]
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if "time_s" in t.user_attrs
-        ]
+        durations = self.durations(study)
         mine: list[float] = []
         executor = executor_for(self.jobs)
         pending: dict[Future, _Running] = {}
@@ -258,6 +317,7 @@ class Tuner:
                         if "num_classes" not in study.user_attrs:
                             set_study_attr(study, "num_classes", result.num_classes)
                         self.update_noise(study)
+                        self._budget_note(durations)
                     mine.append(result.time_s)
                     self._progress(study, start, deadline, mine, len(pending))
                     if failures >= _FAILURES_IN_A_ROW:
@@ -293,6 +353,17 @@ class Tuner:
     def note(self, line: str) -> None:
         self.notes.append(line)
         self.log(line)
+
+    def _budget_note(self, durations: list[float]) -> None:
+        """Once, at the first complete trial: the budget leaves the search few trials."""
+        if self.timeout_s is None or self.budget_said or not durations:
+            return
+        self.budget_said = True
+        whole = 1.0 / max(1.0 - self.config.data.val_fraction, 0.5)
+        line = short_budget_line(timeout_s=self.timeout_s, trial_s=statistics.median(durations),
+                                 top=self.top, folds=self.folds, jobs=self.jobs, whole=whole)  # fmt: skip
+        if line:
+            self.note(line)
 
     def _out_of_time(self, deadline: float | None, durations: list[float]) -> bool:
         return deadline is not None and time.time() >= deadline - self.reserve(durations)
@@ -337,13 +408,13 @@ class Tuner:
             b = study.best_trial
             best = f", best val {100 * b.value:.2f}% (trial {b.number})"
         elapsed = time.time() - start
-        eta = ""
         left = max(0, self.trials - finished) if self.trials else None
-        if mine and (left or left is None):
-            seconds = sum(mine) / len(mine) / self.jobs * left if left else math.inf
-            if deadline is not None:
-                seconds = min(seconds, max(0.0, deadline - time.time()))
-            eta = f", ETA {clock(seconds)}" if math.isfinite(seconds) else ""
+        eta = ""
+        if mine:
+            seconds = eta_seconds(now=time.time(), deadline=deadline, trials_left=left,
+                                  trial_s=sum(mine) / len(mine), jobs=self.jobs,
+                                  after_s=self.reserve(self.durations(study)))  # fmt: skip
+            eta = f", ETA {clock(seconds)} (search and the runs after it)"
         tally = (
             f"({counts['COMPLETE']} complete, {counts['PRUNED']} pruned"
             f"{f', {running} running' if running else ''}){best}; elapsed {clock(elapsed)}{eta}"
@@ -359,7 +430,8 @@ class Tuner:
     # -- the whole command ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from chanloss.training.run_dir import RunDir
-        from chanloss.tuning.confirm import check_folds, finish
+        from chanloss.tuning.confirm import check_folds
+        from chanloss.tuning.finish import finish
 
         check_folds(self)
         # one tune per OUT at a time (each trial's own directory is locked by train())
@@ -375,6 +447,7 @@ class Tuner:
         try:
             start = time.time()
             self.search(study)
+            self.search_s = time.time() - start
             return finish(self, study, start)
         finally:
             run.release()
