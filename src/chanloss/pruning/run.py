@@ -421,7 +421,7 @@ def _loss_states(
     channels = torch.tensor(kept[feature.name])
     out = []
     for slot, sd in zip(trainer.slots, saved, strict=True):
-        if slot.name != "cc":
+        if slot.name != "cc" or not sd:  # the gate placement's loss has no state
             out.append(dict(sd))
             continue
         from chanloss.losses import create_loss

@@ -37,6 +37,7 @@ from chanloss.training.distributed import (
     log,
     reduce_sum,
 )
+from chanloss.training.grad_share import GradShare
 from chanloss.training.progress import (
     epoch_bar,
     epoch_line,
@@ -111,6 +112,8 @@ class Trainer:
         self.best_val: float | None = None
         self.best_epoch: int | None = None
         self.columns = [col for slot in self.slots for col in slot.columns.values()]
+        gated = getattr(self.model, "gate", None) is not None
+        self.grad_share = GradShare(self.slots, config.grad_share_every, gated=gated)
         self._rank_rng: list[Any] | None = None  # every rank's generator states, for last.pt
         self.stop = StopRequest()  # set by a stop signal; the loop stops after the step
         self._partial_ranks: list[Any] | None = None  # every rank's position, for last.pt
@@ -183,6 +186,11 @@ class Trainer:
                 objective, to_backward, values = self.objective(slot_terms)
             stacked = torch.stack([*values, objective.detach().float()])
             if self.nonfinite.step_is_finite(stacked, epoch, step, self._check_every_step):
+                if self.grad_share.due(self.global_step):  # from this graph, before backward
+                    scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+                    self.grad_share.record(
+                        out, slot_terms, step=self.global_step, scale=scale, writer=self.writer
+                    )
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(to_backward).backward()
                 if self.config.grad_clip is not None:
@@ -244,6 +252,7 @@ class Trainer:
         row["samples_per_s"] = seen_total / max(time.perf_counter() - start, 1e-9)
         if self.config.on_nonfinite == "skip":
             row["skipped_steps"] = skipped
+        row.update(self.grad_share.epoch_means())
         if not math.isfinite(row["train_loss"]):
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch + 1} (loss {row['train_loss']}); "
@@ -409,6 +418,7 @@ class Trainer:
         fields += ["epoch_time", "samples_per_s"]
         if self.config.on_nonfinite == "skip":
             fields.append("skipped_steps")
+        fields += self.grad_share.columns
         self.run.write_metrics([rounded(row) for row in self.history], fields)
 
     def load_state(self, state: dict[str, Any], source: str) -> None:
