@@ -1,19 +1,20 @@
 """CC-Loss's gradient share at initialisation: how hard each placement and form pulls on the
-feature map against cross-entropy, at weight 1 (what the default weight is chosen from).
+feature map against cross-entropy, at the default weight (what the default is chosen from).
 
 Usage::
 
     python benchmarks/bench_cc_grad_share.py [--datasets digits,mnist5k,finegrained]
         [--seeds 3] [--batches 5] [--out benchmarks/results/cc_grad_share.json]
 
-For each data set's study recipe (``benchmarks/study/parts.py``: model, batch size), each
+For each data set's recipe of ``benchmarks/bench_cc_round3.py`` (model, batch size), each
 seed, placement (``gate``: the SE block in the model's forward path, CC-Loss on its attention;
 ``branch``: the side branch owned by the loss) and form (ratio, margin, softplus, cosine), the
 freshly initialised model (seeded) sees ``--batches`` training batches (evaluation
 preprocessing, training mode); the number is the median over batches and seeds of
 
-    ||d (w * cc) / dF|| / ||d ce / dF||,   w = 1,
+    ||d (w * cc) / dF|| / ||d ce / dF||,   w = 0.01 (CCLoss's default weight),
 
+a ratio linear in ``w`` (the margin form's old default was ``w = 1``: multiply its rows by 100);
 the gradient norms on the feature map ``F`` taken with the trainer's own gradient-share code
 (:class:`chanloss.training.grad_share.GradShare`). The same ratio on the attention vector is
 recorded for the gate. Shares through training come from the runs of
@@ -35,7 +36,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "study"))
 
 import _common as common  # noqa: E402
-import parts as P  # noqa: E402
+from bench_cc_round3 import RECIPES  # noqa: E402
+
+from chanloss.losses.cc_loss import DEFAULT_WEIGHT  # noqa: E402
 
 FORMS = ("ratio", "margin", "softplus", "cosine")
 PLACEMENTS = ("gate", "branch")
@@ -44,10 +47,10 @@ PLACEMENTS = ("gate", "branch")
 def config_for(dataset: str, placement: str, form: str, seed: int) -> Any:
     from chanloss.training.config import load_config
 
-    raw = {**P.BASES[dataset], "seed": seed, "device": "cpu"}
+    raw = {**RECIPES[dataset], "seed": seed, "device": "cpu"}
     raw["losses"] = [
         {"name": "ce"},
-        {"name": "cc", "placement": placement, "form": form, "weight": 1.0},
+        {"name": "cc", "placement": placement, "form": form},  # the default weight
     ]
     return load_config(raw=raw)
 
@@ -84,7 +87,7 @@ def shares(dataset: str, placement: str, form: str, seed: int, batches: int, dat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", default="digits,mnist5k,finegrained")
+    parser.add_argument("--datasets", default="digits,mnist5k,finegrained,folder")
     parser.add_argument("--seeds", type=common.positive_int, default=3)
     parser.add_argument("--batches", type=common.positive_int, default=5)
     parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "cc_grad_share.json")
@@ -105,7 +108,7 @@ def main() -> None:
                     "dataset": dataset,
                     "placement": placement,
                     "form": form,
-                    "weight": 1.0,
+                    "weight": DEFAULT_WEIGHT,
                     "feature_map": statistics.median(s["feature_map"] for s in per_seed),
                     "feature_map_seeds": [s["feature_map"] for s in per_seed],
                 }
@@ -116,11 +119,12 @@ def main() -> None:
     common.write_json(
         args.out,
         {
-            "benchmark": "CC-Loss gradient share on the feature map at initialisation, weight 1",
+            "benchmark": "CC-Loss gradient share on the feature map at initialisation, "
+            f"weight {DEFAULT_WEIGHT:g} (the default)",
             "definition": "||d(w cc)/dF|| / ||d ce/dF||, median over batches and seeds",
             "seeds": args.seeds,
             "batches": args.batches,
-            "recipes": {d: P.BASES[d]["model"] for d in args.datasets.split(",")},
+            "recipes": {d: RECIPES[d]["model"] for d in args.datasets.split(",")},
             "machine": common.machine_info("cpu"),
             "rows": rows,
         },

@@ -60,7 +60,7 @@ def _narrow(dataset: str, epochs: int, **model: Any) -> dict[str, Any]:
 RECIPES: dict[str, dict[str, Any]] = {
     "digits": _narrow("digits", 12, width=8),
     "mnist5k": _narrow("mnist5k", 6, width=8),
-    "finegrained": _narrow("finegrained", 8, width=8),
+    "finegrained": _narrow("finegrained", 16, width=8),
     "folder": {
         "model": {"name": "convnet_small", "width": 8, "feature_channels": 30, "pools": 2},
         "data": {"name": "image_folder", "root": str(FOLDER), "options": {"colour": "L"}},
@@ -70,7 +70,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "batch_size": 64,
     },
 }
-WEIGHTS = (0.01, 0.1)
+WEIGHTS = (1.0, 10.0)  # x the loss's own default weight 0.01: 0.01 and 0.1 in effect
 ARMS = ("ce", "ce+se", "cc-gate", "cc-branch")
 
 
@@ -187,7 +187,22 @@ def main() -> None:
                 "datasets": results,
             },
         )
+    figure(results, args.runs, args.out.with_name(args.out.stem + "_grad_share.png"))
     common.log(f"wrote {args.out}")
+
+
+def figure(results: dict[str, Any], runs: Path, path: Path) -> None:
+    """The gradient share of both CC readings (seed 0, the chosen weight) per data set."""
+    from chanloss.analysis.grad_share import plot_grad_share
+
+    curves = []
+    for dataset, entry in results.items():
+        for arm in ("cc-gate", "cc-branch"):
+            weight = entry["arms"][arm]["weight"]
+            run_dir = runs / dataset / f"{arm}-w{weight:g}" / "seed0"
+            curves.append((f"{dataset} {arm} x{weight:g}", run_dir / "metrics.csv"))
+    if plot_grad_share(path, curves):
+        common.log(f"wrote {path}")
 
 
 if __name__ == "__main__":

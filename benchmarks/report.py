@@ -10,6 +10,8 @@ markers are appended to the page when it has none). Sources:
 - ``train_step_<device>.json``: CE vs CE+CC vs CE+MC training-step times and ratios;
 - ``losses_<device>.json``: forward+backward time and peak memory of every loss;
 - ``scaling_<device>.json`` / ``.png``; ``cc_loss_cpu.json`` and ``mc_loss_cpu.json``;
+- ``cc_round3.json`` / ``cc_grad_share.json``: CC-Loss's gate and branch readings against CE
+  and the SE-gate control (``report_cc_round3.py``);
 - ``tune_<dataset>.json`` (``benchmarks/bench_tune.py``): tune's verdict against the test
   split; ``tune_calibration.json`` (``benchmarks/bench_tune_calibration.py``): its calibration.
 
@@ -34,6 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from report_cc_round3 import cc_round3_section
 from report_prune import prune_section
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -121,6 +124,8 @@ def load(results: Path, *, include_quick: bool = False) -> dict[str, Any]:
     cc_forms = _read_json(results / "cc_forms.json", include_quick)
     if cc_forms is not None and cc_forms.get("rows"):
         found["cc_forms"] = cc_forms
+    for name in ("cc_round3", "cc_grad_share"):
+        found[name] = _read_json(results / f"{name}.json", include_quick)
     return found
 
 
@@ -791,6 +796,7 @@ def render(found: dict[str, Any], base: Path) -> str:
         "",
         *study_section(found, base),
         *tune_section(found),
+        *cc_round3_section(found.get("cc_round3"), found.get("cc_grad_share")),
         *cc_forms_section(found),
         *prune_section(found.get("prune"), machine_line),
         *speed_section(found, base),

@@ -47,7 +47,8 @@ class CCLoss(Loss):
 
        - ``"gate"`` (default): the SE block is the model's channel gate
          (:class:`~chanloss.models.gate.SEGate`, ``model.channel_gate: se``, added by the
-         trainer when unset); the classifier reads ``F * a``. The loss owns no parameters and
+         trainer when unset, with this loss's ``reduction`` unless ``model.gate_reduction`` is
+         given); the classifier reads ``F * (2 a)``. The loss owns no parameters and
          consumes the model's ``attention`` ``(B, C)``.
        - ``"branch"`` (the project's earlier reading): the loss owns the SE block as a
          training-only side branch on ``features`` ``(B, C, H, W)``; the classifier never sees

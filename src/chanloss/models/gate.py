@@ -29,9 +29,8 @@ class SEGate(nn.Module):
 
     ``scale`` (default 2, ours) makes the gate the identity on average at initialisation
     (``a`` about 0.5): SE blocks sit inside residual branches in the SE paper, and a gate in
-    front of the classifier that halves the features slowed training down (digits, study
-    recipe, 8 epochs, seed 0: validation accuracy 52% with ``scale=1``, 93% with 2, 86% without
-    a gate; docs/cc-loss.md).
+    front of the classifier that halved the features trained markedly slower than no gate in a
+    one-off check on digits (not a recorded benchmark; docs/cc-loss.md).
 
     ``W1: C -> hidden``, ``W2: hidden -> C`` with ``hidden = max(C // reduction,
     min(min_hidden, C))`` (30 channels at reduction 16 get 4 hidden units, not 1).
@@ -83,18 +82,25 @@ def gate_of(model: nn.Module) -> SEGate | None:
 
 
 def add_channel_gate(
-    model: nn.Module, *, reduction: int = 16, min_hidden: int = 4, kind: str = "se"
+    model: nn.Module,
+    *,
+    channels: int | None = None,
+    reduction: int = 16,
+    min_hidden: int = 4,
+    kind: str = "se",
 ) -> nn.Module:
     """Put an :class:`SEGate` between ``model``'s feature map and its head, in place; returns
     ``model``.
 
-    ``model`` is a built-in backbone or a :class:`~chanloss.models.tap.FeatureTap` (call
-    ``infer_dims`` first when it has not run yet); its output then carries ``attention``.
-    A model without a known feature-map width is a ``ValueError``.
+    ``model`` is a built-in backbone or a :class:`~chanloss.models.tap.FeatureTap`; its output
+    then carries ``attention``. ``channels`` is the feature-map width (default
+    ``model.num_features``: give it, or call the tap's ``infer_dims``, when the tap could not
+    guess it). A model without a known width is a ``ValueError``.
     """
     if kind != "se":
         raise ValueError(f"channel_gate must be one of {GATES}, got {kind!r}")
-    channels = getattr(model, "num_features", None)
+    if channels is None:
+        channels = getattr(model, "num_features", None)
     if not hasattr(model, "gate") or not isinstance(channels, int):
         raise ValueError(
             f"the channel gate goes into a built-in backbone or a FeatureTap whose feature "

@@ -87,8 +87,9 @@ def build_augmentations(config: TrainConfig, bundle: Any, device: torch.device) 
 
 def model_options(config: TrainConfig) -> dict[str, Any]:
     """``config.model``'s options, with ``channel_gate: se`` when a CC-Loss of the config has
-    ``placement: gate`` and the model option is unset; ``channel_gate: none`` with such a loss
-    is a :class:`ConfigError`."""
+    ``placement: gate`` and the model option is unset (its bottleneck ``gate_reduction``, unless
+    given, is the loss's ``reduction``); ``channel_gate: none`` with such a loss is a
+    :class:`ConfigError`."""
     options = config.model.options()
     gated = [
         i
@@ -103,6 +104,8 @@ def model_options(config: TrainConfig) -> dict[str, Any]:
         )
     if gated and options.get("channel_gate") is None:
         options["channel_gate"] = "se"
+        # the added gate's bottleneck: model.gate_reduction if given, else the loss's reduction
+        options.setdefault("gate_reduction", config.losses[gated[0]].params().get("reduction", 16))
     return options
 
 
