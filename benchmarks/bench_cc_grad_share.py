@@ -57,6 +57,7 @@ def config_for(dataset: str, placement: str, form: str, seed: int) -> Any:
 
 def shares(dataset: str, placement: str, form: str, seed: int, batches: int, data: Any) -> dict:
     """Median feature-map (and attention) share over ``batches`` batches of one seed."""
+    from chanloss.data.base import to_float_images
     from chanloss.training.builders import build_augmentations, build_losses, build_model
     from chanloss.training.grad_share import GradShare
 
@@ -71,7 +72,7 @@ def shares(dataset: str, placement: str, form: str, seed: int, batches: int, dat
     feature, attention = [], []
     for b in range(batches):
         index = order[b * config.batch_size : (b + 1) * config.batch_size]
-        x = evaluate(data.train.images[index])
+        x = evaluate(to_float_images(data.train.images[index]))
         y = data.train.labels[index]
         out = model(x)
         terms = [s.loss.terms(getattr(out, s.loss.consumes), y) for s in slots]

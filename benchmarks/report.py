@@ -49,7 +49,7 @@ CHANNEL_LOSSES = {"cc": "CC-Loss", "mc": "MC-Loss"}
 #: ``defaults-*`` parts (trained at the defaults that changed after the other parts).
 VERDICT_LOSSES = {
     **CHANNEL_LOSSES,
-    "cc_default": "CC-Loss (margin form, defaults)",
+    "cc_default": "CC-Loss (margin form, side branch: the defaults before the gate)",
     "center_default": "centre loss (published centre update, defaults)",
 }
 
@@ -281,7 +281,8 @@ def study_section(found: dict[str, Any], base: Path) -> list[str]:
             "— : not trained in that part (the ResNet-20 parts train the ten losses the "
             "study protocol names, to fit a part in two hours; the *current defaults* parts "
             "train CE and the two losses whose defaults changed after the other parts were "
-            "trained: `cc_default` is CC-Loss in its default margin form, `center_default` the "
+            "trained: `cc_default` is CC-Loss in its margin form on the side branch (the default "
+            "until the gate reading), `center_default` the "
             "centre loss with the published centre update, both at their defaults, untuned; "
             "the `cc` and `center` rows keep the ratio form and optimiser-moved centres they "
             "were trained with).",
@@ -773,8 +774,9 @@ def cc_forms_section(found: dict[str, Any]) -> list[str]:
     lines += [
         f"Runs: {machine_line(data.get('machine'))}.",
         "",
-        "The default CC-Loss (`form=margin`, `weight=1`) was chosen from these validation "
-        "results; the `cc` rows of the accuracy study above are the ratio form its sweeps "
+        "The side-branch default before the gate reading (`form=margin`, `weight=1`) was "
+        "chosen from these validation results (the gate reading's default is in the section "
+        "above); the `cc` rows of the accuracy study above are the ratio form its sweeps "
         "tuned, and its `center` rows were trained with optimiser-moved centres "
         "(`center_update: sgd`), before the published update became the default; the "
         "*current defaults* columns of the study (`cc_default`, `center_default`; "

@@ -85,6 +85,33 @@ def _init_lines(init: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _wins(datasets: dict[str, Any], pair: str) -> list[str]:
+    """The data sets whose verdict line for ``pair`` (``"cc-gate - ce"``) is a gain beyond
+    seed noise."""
+    return [
+        DATASET_NAMES.get(d, d)
+        for d, entry in datasets.items()
+        for v in entry["verdicts"]
+        if v.startswith(f"{pair}: +") and "beyond seed noise" in v
+    ]
+
+
+def _summary(datasets: dict[str, Any]) -> str:
+    n = len(datasets)
+
+    def count(pair: str) -> str:
+        wins = _wins(datasets, pair)
+        return f"{len(wins)} of {n}" + (f" ({', '.join(wins)})" if wins else "")
+
+    return (
+        f"**In short:** CE + CC (gate) beat CE beyond seed noise on {count('cc-gate - ce')} data "
+        f"sets and the CE + SE-gate control on {count('cc-gate - ce+se')}; the control beat CE "
+        f"on {count('ce+se - ce')}; CE + CC (branch) beat CE on {count('cc-branch - ce')}. Where "
+        "a gap is within noise these runs cannot tell the arms apart. (xW: CC-Loss's weight "
+        "multiplier chosen on validation.)"
+    )
+
+
 def cc_round3_section(data: dict[str, Any] | None, init: dict[str, Any] | None) -> list[str]:
     """Markdown lines: the four arms per data set, the verdicts, the gradient shares."""
     if not data or not data.get("datasets"):
@@ -110,6 +137,7 @@ def cc_round3_section(data: dict[str, Any] | None, init: dict[str, Any] | None) 
     for d, entry in datasets.items():
         for verdict in entry["verdicts"]:
             lines.append(f"- {DATASET_NAMES.get(d, d)}: {verdict}")
+    lines += ["", _summary(datasets)]
     lines += [
         "",
         "Gradient share of CC-Loss on the feature map (its gradient norm over CE's, epoch "

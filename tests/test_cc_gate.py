@@ -265,3 +265,16 @@ def test_gated_run_exports_with_its_gate(tmp_path):
     torch.save(state, tmp_path / "run" / "moved.pt")
     with torch.no_grad():
         assert not torch.allclose(load_model(tmp_path / "run" / "moved.pt")(x), model(x))
+
+
+def test_added_gate_takes_the_loss_reduction_unless_the_model_gives_one():
+    from chanloss.training.builders import build_model
+
+    def hidden(model_opts: dict, cc: dict) -> int:
+        raw = _tiny(model={**TINY["model"], **model_opts}, losses=[{"name": "ce"}, cc])
+        return build_model(load_config(raw=raw), num_classes=10, in_channels=1).gate.hidden
+
+    assert hidden({}, {"name": "cc"}) == 4  # 20 // 16 = 1, raised to the floor of 4
+    assert hidden({}, {"name": "cc", "reduction": 4}) == 5
+    assert hidden({"gate_reduction": 2}, {"name": "cc", "reduction": 4}) == 10
+    assert hidden({"channel_gate": "se"}, {"name": "cc", "placement": "branch"}) == 4

@@ -49,10 +49,14 @@ def plot_grad_share(path: Path, runs: Sequence[tuple[str, Path]]) -> bool:
         return False
     from chanloss.analysis.plots import plt, save_figure
 
-    tensors = [
+    tensors = [  # a tensor no term reaches (CC-Loss and the embedding) gets no panel
         t
         for t in _TENSOR_NAMES.values()
-        if any(_tensor(c)[1] == t for _, series in data for c in series)
+        if any(
+            _tensor(c)[1] == t and any(v > 0 for _, v in points)
+            for _, series in data
+            for c, points in series.items()
+        )
     ]
     fig, axes = plt.subplots(1, len(tensors), figsize=(4.2 * len(tensors), 3.4), squeeze=False)
     for ax, tensor in zip(axes[0], tensors, strict=True):

@@ -105,7 +105,9 @@ def model_options(config: TrainConfig) -> dict[str, Any]:
     if gated and options.get("channel_gate") is None:
         options["channel_gate"] = "se"
         # the added gate's bottleneck: model.gate_reduction if given, else the loss's reduction
-        options.setdefault("gate_reduction", config.losses[gated[0]].params().get("reduction", 16))
+        reduction = config.losses[gated[0]].params().get("reduction")
+        if type(reduction) is int and reduction >= 1:  # a bad one is the loss's error
+            options.setdefault("gate_reduction", reduction)
     return options
 
 

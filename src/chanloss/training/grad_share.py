@@ -64,7 +64,7 @@ class GradShare:
                 for t in self.tensors
             ]
             self.columns.append(f"gnorm_{self.reference}")
-        self._points: list[list[float]] = []
+        self.points: list[list[float]] = []  # this epoch's recorded values, row per point
 
     def due(self, step: int) -> bool:
         """Whether the global step ``step`` (0-based) is a recording point."""
@@ -108,7 +108,7 @@ class GradShare:
                 continue
             values += [_ratio(v, r) for v, r in zip(row, ref, strict=True)]
         values.append(ref[0])
-        self._points.append(values)
+        self.points.append(values)
         point = dict(zip(self.columns, values, strict=True))
         if writer is not None:
             for name, value in point.items():
@@ -118,7 +118,7 @@ class GradShare:
     def epoch_means(self) -> dict[str, float | None]:
         """The mean of each column over the points recorded since the last call (``None``
         when the epoch had none); starts the next epoch's record."""
-        points, self._points = self._points, []
+        points, self.points = self.points, []
         if not points:
             return dict.fromkeys(self.columns)
         return {

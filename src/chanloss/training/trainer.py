@@ -168,6 +168,7 @@ class Trainer:
             first, seen, skipped = int(partial["step"]), int(partial["seen"]), partial["skipped"]
             sums, correct = partial["sums"].to(self.device), partial["correct"].to(self.device)
             elapsed = float(partial["elapsed"])
+            self.grad_share.points = [list(p) for p in partial.get("grad_share", [])]
         self.nonfinite.reset()
         start = time.perf_counter() - elapsed
         bar = epoch_bar(self.config, epoch, self.steps_per_epoch, self.verbose)
@@ -296,6 +297,7 @@ class Trainer:
             "seen": seen,
             "skipped": skipped,
             "elapsed": time.perf_counter() - start,
+            "grad_share": [list(p) for p in self.grad_share.points],  # this epoch's so far
         }
         if self.world_size > 1:  # every rank's position and generators
             self._partial_ranks = all_gather_object(self._partial)
