@@ -34,7 +34,12 @@ def reference_cc(loss, x, y, pair_reduction):
     """Per-pair double loop with the loss's own SE layers: the plain reading of docs/design.md."""
     z = x.mean(dim=(2, 3))
     a = torch.sigmoid(loss.fc2(torch.relu(loss.fc1(z))))
-    intra, inter, n_pos, n_neg = x.new_zeros(()), x.new_zeros(()), 0, 0
+    return reference_ratio(a, y, pair_reduction, loss.eps)
+
+
+def reference_ratio(a, y, pair_reduction, eps):
+    """The ratio form on attention vectors ``a``, by a plain loop over the ordered pairs."""
+    intra, inter, n_pos, n_neg = a.new_zeros(()), a.new_zeros(()), 0, 0
     for i in range(len(y)):
         for j in range(len(y)):
             if i == j:
@@ -49,7 +54,7 @@ def reference_cc(loss, x, y, pair_reduction):
     if pair_reduction == "mean":
         intra = intra / max(n_pos, 1)
         inter = inter / n_neg
-    return intra / (inter + loss.eps)
+    return intra / (inter + eps)
 
 
 def grads(value, x, loss):

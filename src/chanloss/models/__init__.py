@@ -11,8 +11,8 @@ from chanloss.models import resnet as _resnet  # noqa: F401
 from chanloss.models import vgg as _vgg  # noqa: F401
 from chanloss.models.base import ModelOutput
 from chanloss.models.common import Backbone
-from chanloss.models.gate import SEGate, add_channel_gate
 from chanloss.models.convnet import SmallConvNet
+from chanloss.models.gate import SEGate, add_channel_gate
 from chanloss.models.registry import MODELS, create_model, model_options, register_model
 from chanloss.models.resnet import CifarResNet, ResNet
 from chanloss.models.tap import FeatureTap
