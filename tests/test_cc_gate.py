@@ -262,3 +262,18 @@ def test_added_gate_takes_the_loss_reduction_unless_the_model_gives_one():
     assert hidden({}, {"name": "cc", "reduction": 4}) == 5
     assert hidden({"gate_reduction": 2}, {"name": "cc", "reduction": 4}) == 10
     assert hidden({"channel_gate": "se"}, {"name": "cc", "placement": "branch"}) == 4
+
+
+def test_gate_is_counted_in_macs_and_parameters():
+    from chanloss.pruning.graph import count_macs
+
+    opts = {"num_classes": 4, "in_channels": 1, "width": 4, "feature_channels": 12}
+    plain = create_model("convnet_small", **opts).eval()
+    gated = create_model("convnet_small", channel_gate="se", gate_reduction=3, **opts).eval()
+    x = torch.rand(1, 1, 8, 8)
+    (macs_plain, params_plain), (macs_gated, params_gated) = (
+        count_macs(plain, x),
+        count_macs(gated, x),
+    )
+    assert params_gated - params_plain == 12 * 4 + 4 + 4 * 12 + 12  # fc1 and fc2 of the gate
+    assert macs_gated - macs_plain >= 2 * 12 * 4  # at least the two Linear layers

@@ -125,3 +125,23 @@ def test_grad_share_every_is_validated():
 
     with pytest.raises(ConfigError, match="grad_share_every"):
         _config([{"name": "ce"}], grad_share_every=-1)
+
+
+def test_tensorboard_gets_every_recorded_point(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = _config(
+        [{"name": "ce"}, {"name": "center"}],
+        tensorboard=True,
+        grad_share_every=5,
+        data={"name": "digits", "val_fraction": 0.2},
+    )
+    train(config, tmp_path, verbose=0)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"grad_share/gshare_center", "grad_share/gshare_center_emb"} <= tags
+    assert "grad_share/gnorm_ce" in tags
+    # 1149 training images in full batches of 128: 8 steps, recorded at steps 0 and 5
+    assert [e.step for e in events.Scalars("grad_share/gshare_center_emb")] == [0, 5]
+    assert all(e.value > 0 for e in events.Scalars("grad_share/gshare_center_emb"))
