@@ -12,7 +12,7 @@ seed, placement (``gate``: the SE block in the model's forward path, CC-Loss on 
 freshly initialised model (seeded) sees ``--batches`` training batches (evaluation
 preprocessing, training mode); the number is the median over batches and seeds of
 
-    ||d (w * cc) / dF|| / ||d ce / dF||,   w = 0.01 (CCLoss's default weight),
+    ||d (w * cc) / dF|| / ||d ce / dF||,   w = 0.01 (the gate's default weight) for every row,
 
 a ratio linear in ``w`` (the margin form's old default was ``w = 1``: multiply its rows by 100);
 the gradient norms on the feature map ``F`` taken with the trainer's own gradient-share code
@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE / "study"))
 import _common as common  # noqa: E402
 from bench_cc_round3 import RECIPES  # noqa: E402
 
-from chanloss.losses.cc_loss import DEFAULT_WEIGHT  # noqa: E402
+from chanloss.losses.cc_loss import DEFAULT_WEIGHT, DEFAULT_WEIGHTS  # noqa: E402
 
 FORMS = ("ratio", "margin", "softplus", "cosine")
 PLACEMENTS = ("gate", "branch")
@@ -50,7 +50,13 @@ def config_for(dataset: str, placement: str, form: str, seed: int) -> Any:
     raw = {**RECIPES[dataset], "seed": seed, "device": "cpu"}
     raw["losses"] = [
         {"name": "ce"},
-        {"name": "cc", "placement": placement, "form": form},  # the default weight
+        # the gate's default weight 0.01 in effect for both (the branch's default is 1)
+        {
+            "name": "cc",
+            "placement": placement,
+            "form": form,
+            "weight": DEFAULT_WEIGHT / DEFAULT_WEIGHTS[placement],
+        },
     ]
     return load_config(raw=raw)
 

@@ -16,7 +16,7 @@ training data; ``grad_share_every = 10``):
 - ``cc-branch``: cross-entropy + CC-Loss (ratio form) on its own side-branch SE attention.
 
 CC-Loss's weight is chosen per data set and placement on VALIDATION: seed 0 is trained with
-each weight of ``WEIGHTS``, the one with the higher final validation accuracy is kept (a tie
+each weight of ``WEIGHTS`` (0.01 and 0.1 in effect for both readings), the one with the higher final validation accuracy is kept (a tie
 goes to the smaller weight) and trained with the other seeds. Test accuracy is read only for
 reporting; the verdict uses the project's rule (chanloss.training.verdict: a gap of means beyond
 2 standard errors of the difference). The recipes are SHRUNK to fit about an hour of one CPU
@@ -70,7 +70,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         "batch_size": 64,
     },
 }
-WEIGHTS = (1.0, 10.0)  # x the loss's own default weight 0.01: 0.01 and 0.1 in effect
+#: The config's ``weight`` (a multiplier of the loss's own default: 0.01 with the gate, 1 with
+#: the branch) swept per reading; both sweep the weights 0.01 and 0.1 in effect.
+WEIGHTS = {"cc-gate": (1.0, 10.0), "cc-branch": (0.01, 0.1)}
 ARMS = ("ce", "ce+se", "cc-gate", "cc-branch")
 
 
@@ -132,13 +134,14 @@ def evaluate(dataset: str, seeds: int, runs: Path) -> dict[str, Any]:
         if not arm.startswith("cc-"):
             arms[arm] = [run(dataset, arm, s, None, runs) for s in range(seeds)]
             continue
-        first = {w: run(dataset, arm, 0, w, runs) for w in WEIGHTS}
-        sweep[arm] = {f"{w:g}": first[w]["val_acc"] for w in WEIGHTS}
-        best = max(WEIGHTS, key=lambda w: (first[w]["val_acc"] or 0.0, -w))
+        first = {w: run(dataset, arm, 0, w, runs) for w in WEIGHTS[arm]}
+        sweep[arm] = {f"{effective(arm, w):g}": first[w]["val_acc"] for w in WEIGHTS[arm]}
+        best = max(WEIGHTS[arm], key=lambda w: (first[w]["val_acc"] or 0.0, -w))
         arms[arm] = [first[best]] + [run(dataset, arm, s, best, runs) for s in range(1, seeds)]
     summary = {
         arm: {
             "weight": rows[0]["weight"],
+            "effective_weight": effective(arm, rows[0]["weight"]),
             "val_mean": statistics.fmean(r["val_acc"] for r in rows),
             "test_mean": statistics.fmean(r["test_acc"] for r in rows),
             "test_std": statistics.stdev(r["test_acc"] for r in rows) if len(rows) > 1 else 0.0,
@@ -154,6 +157,15 @@ def evaluate(dataset: str, seeds: int, runs: Path) -> dict[str, Any]:
         "runs": arms,
         "verdicts": verdicts(arms, RECIPES[dataset]["epochs"]),
     }
+
+
+def effective(arm: str, weight: float | None) -> float | None:
+    """The CC-Loss weight in effect: the config's multiplier x the placement's default."""
+    from chanloss.losses.cc_loss import DEFAULT_WEIGHTS
+
+    if weight is None:
+        return None
+    return weight * DEFAULT_WEIGHTS[arm.removeprefix("cc-")]
 
 
 def _mean_at(rows: list[dict[str, Any]], index: int) -> float | None:
@@ -181,7 +193,7 @@ def main() -> None:
             args.out,
             {
                 "benchmark": "CC-Loss gate vs branch vs CE vs CE + SE gate (shrunk recipes)",
-                "weights_swept": list(WEIGHTS),
+                "weights_swept": sorted({effective(a, w) for a, ws in WEIGHTS.items() for w in ws}),
                 "seeds": args.seeds,
                 "machine": common.machine_info("cpu"),
                 "datasets": results,

@@ -34,7 +34,8 @@ def _arms_table(datasets: dict[str, Any]) -> list[str]:
             if row is None:
                 cells.append("–")
                 continue
-            weight = f" (x{row['weight']:g})" if row.get("weight") is not None else ""
+            w = row.get("effective_weight")
+            weight = f" (w {w:g})" if w is not None else ""
             cells.append(f"{_pct(row['test_mean'], row['test_std'])}{weight}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
@@ -52,7 +53,7 @@ def _share_lines(datasets: dict[str, Any]) -> list[str]:
                 continue
             lines.append(
                 f"| {DATASET_NAMES.get(d, d)} | {arm.removeprefix('cc-')} | "
-                f"x{row['weight']:g} | {_share(row['share_first_epoch'])} | "
+                f"{row['effective_weight']:g} | {_share(row['share_first_epoch'])} | "
                 f"{_share(row['share_last_epoch'])} |"
             )
     return lines
@@ -65,7 +66,7 @@ def _init_lines(init: dict[str, Any] | None) -> list[str]:
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     lines = [
         "",
-        f"Gradient share at initialisation, weight {rows[0]['weight']:g} (the default), median "
+        f"Gradient share at initialisation, weight {rows[0]['weight']:g} (the gate's default), median "
         f"over {init['batches']} batches x {init['seeds']} seeds "
         "(`benchmarks/bench_cc_grad_share.py`, `benchmarks/results/cc_grad_share.json`; linear "
         "in the weight):",
@@ -107,8 +108,7 @@ def _summary(datasets: dict[str, Any]) -> str:
         f"**In short:** CE + CC (gate) beat CE beyond seed noise on {count('cc-gate - ce')} data "
         f"sets and the CE + SE-gate control on {count('cc-gate - ce+se')}; the control beat CE "
         f"on {count('ce+se - ce')}; CE + CC (branch) beat CE on {count('cc-branch - ce')}. Where "
-        "a gap is within noise these runs cannot tell the arms apart. (xW: CC-Loss's weight "
-        "multiplier chosen on validation.)"
+        "a gap is within noise these runs cannot tell the arms apart."
     )
 
 
@@ -122,7 +122,7 @@ def cc_round3_section(data: dict[str, Any] | None, init: dict[str, Any] | None) 
         "",
         f"Final test accuracy (%), mean ± sample std over {data['seeds']} seeds, from "
         "`benchmarks/bench_cc_round3.py` (`benchmarks/results/cc_round3.json`). Every run holds "
-        "out a fifth of its training data for validation; CC-Loss's weight (x the default 0.01) "
+        "out a fifth of its training data for validation; CC-Loss's weight (w, in effect) "
         f"was chosen per data set and reading on validation from {data['weights_swept']} "
         "(seed 0; the test split is never used to choose). Ratio form. SHRUNK recipes (narrow "
         "ConvNets, 6 to 16 epochs, to fit about an hour of one CPU core), so the accuracies are "

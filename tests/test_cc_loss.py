@@ -201,6 +201,9 @@ def test_registry_builds_the_loss_from_the_trainer_context():
     # the defaults (docs/cc-loss.md): the gate reading, the ratio form, weight 0.01
     assert (default.placement, default.form, default.weights) == ("gate", "ratio", {"cc": 0.01})
     assert default.consumes == "attention" and not list(default.parameters())
+    # the branch keeps its weight from before the gate, so old configs train as they did
+    branch = create_loss("cc", context={"num_channels": 64}, placement="branch")
+    assert branch.weights == {"cc": 1.0}
 
 
 def test_terms_keep_no_state_between_calls():

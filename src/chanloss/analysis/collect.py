@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["RunData", "collect", "example_indices", "load_trainer"]
 
 ATTENTION_SE = "CC-Loss SE attention"
-ATTENTION_GATE = "the model's SE gate"
+ATTENTION_GATE = "CC-Loss SE gate (the model's)"
 ATTENTION_GAP = "GAP / max (no attention module)"
 
 

@@ -25,9 +25,12 @@ from chanloss.losses.search import Choice, LogUniform
 PAIR_REDUCTIONS = ("mean", "sum")
 FORMS = ("ratio", "margin", "cosine", "softplus")
 PLACEMENTS = ("gate", "branch")
-#: The default weight: the gradient share on the feature map against cross-entropy's is of
-#: order 1 at the start of training (benchmarks/bench_cc_grad_share.py, docs/cc-loss.md).
-DEFAULT_WEIGHT = 0.01
+#: The default weight per placement. Gate: the ratio's gradient share on the feature map
+#: against cross-entropy's is of order 1 at the start of training
+#: (benchmarks/bench_cc_grad_share.py, docs/cc-loss.md). Branch: 1, as before the gate existed,
+#: so that side-branch configs and checkpoints train as they did.
+DEFAULT_WEIGHTS = {"gate": 0.01, "branch": 1.0}
+DEFAULT_WEIGHT = DEFAULT_WEIGHTS["gate"]
 
 
 @register_loss("cc")
@@ -74,7 +77,9 @@ class CCLoss(Loss):
          L2-normalised ``a`` (``2 - 2 cos``). Their gradients are 2 to 3 orders of magnitude
          below cross-entropy's on the feature map at weight 1 (docs/cc-loss.md).
 
-    Terms: ``{"cc": cc}``; ``weights = {"cc": weight}``. ``consumes``: ``"attention"``
+    Terms: ``{"cc": cc}``; ``weights = {"cc": weight}``, by default 0.01 with the gate (its
+    gradient on the feature map is then of the order of cross-entropy's at initialisation) and 1
+    with the branch (as before the gate existed). ``consumes``: ``"attention"``
     (gate) or ``"features"`` (branch, ``forward(features, labels)`` with ``C ==
     num_channels``). The branch's SE layers are ordinary parameters: move the loss with
     ``.to(device)``, give its parameters to the optimiser and keep its ``state_dict``.
@@ -106,7 +111,7 @@ class CCLoss(Loss):
         num_channels: int,
         placement: str = "gate",
         reduction: int = 16,
-        weight: float = DEFAULT_WEIGHT,
+        weight: float | None = None,
         pair_reduction: str = "mean",
         eps: float = 1e-6,
         gather: bool = True,
@@ -116,6 +121,9 @@ class CCLoss(Loss):
         min_hidden: int = 4,
         check_finite: bool = False,
     ) -> None:
+        placement = check_choice("placement", placement, PLACEMENTS)
+        if weight is None:
+            weight = DEFAULT_WEIGHTS[placement]
         super().__init__(
             weights={"cc": check_float("weight", weight, low=0.0)},
             check_finite=check_bool("check_finite", check_finite),
