@@ -212,7 +212,8 @@ def figure(results: dict[str, Any], runs: Path, path: Path) -> None:
         for arm in ("cc-gate", "cc-branch"):
             weight = entry["arms"][arm]["weight"]
             run_dir = runs / dataset / f"{arm}-w{weight:g}" / "seed0"
-            curves.append((f"{dataset} {arm} x{weight:g}", run_dir / "metrics.csv"))
+            label = f"{dataset} {arm} w {effective(arm, weight):g}"
+            curves.append((label, run_dir / "metrics.csv"))
     if plot_grad_share(path, curves):
         common.log(f"wrote {path}")
 
