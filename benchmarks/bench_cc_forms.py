@@ -63,6 +63,7 @@ def setting(label: str) -> dict[str, Any]:
     form, weight, extra = match.group(1), float(match.group(2)), match.group(3)
     cc: dict[str, Any] = {
         "name": "cc",
+        "placement": "branch",  # the reading these results were recorded with
         "form": form,
         "weight": weight,
         "reduction": 4,
@@ -105,7 +106,7 @@ def gradients(out: Path) -> None:
     rows = []
     for form in FORMS:
         torch.manual_seed(1)
-        loss = CCLoss(num_channels=64, reduction=4, form=form).double()
+        loss = CCLoss(num_channels=64, placement="branch", reduction=4, form=form).double()
         norms = []
         for scale in scales:
             x = (x0 * scale).requires_grad_(True)

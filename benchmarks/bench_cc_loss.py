@@ -93,7 +93,7 @@ def pair_stage(
 
 def measure_batch(batch: int, channels: int, hw: int, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
-    loss = CCLoss(num_channels=channels)
+    loss = CCLoss(num_channels=channels, placement="branch", form="margin")
     labels = torch.arange(batch) % args.classes
     x = torch.randn(batch, channels, hw, hw).relu_().requires_grad_()
 

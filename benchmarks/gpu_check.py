@@ -79,6 +79,8 @@ def _loss_inputs(consumes: str, b: int, k: int, c: int, d: int, hw: int) -> tupl
         x = torch.randn(b, c, hw, hw, generator=gen).relu_()
     elif consumes == "embedding":
         x = torch.randn(b, d, generator=gen)
+    elif consumes == "attention":  # CC-Loss's gate placement: the gate's (B, C) attention
+        x = torch.rand(b, c, generator=gen)
     else:
         x = 2.0 * torch.randn(b, k, generator=gen)
     return x, torch.randint(0, k, (b,), generator=gen)
@@ -327,7 +329,9 @@ def check_loss_speed(device: torch.device, quick: bool) -> list[dict[str, Any]]:
         y = torch.randint(0, k, (b,), generator=gen).to(device)
         row: dict[str, Any] = {"B": b, "C": c, "H": hw, "W": hw, "K": k}
         for name, inputs in (("ce", logits), ("mc", feats), ("cc", feats)):
-            loss = create_loss(name, context={"num_classes": k, "num_channels": c}).to(device)
+            branch = {"placement": "branch"} if name == "cc" else {}  # CC-Loss on the features
+            loss = create_loss(name, context={"num_classes": k, "num_channels": c}, **branch)
+            loss = loss.to(device)
 
             def call(loss=loss, inputs=inputs, y=y) -> None:
                 inputs.grad = None

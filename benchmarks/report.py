@@ -10,6 +10,8 @@ markers are appended to the page when it has none). Sources:
 - ``train_step_<device>.json``: CE vs CE+CC vs CE+MC training-step times and ratios;
 - ``losses_<device>.json``: forward+backward time and peak memory of every loss;
 - ``scaling_<device>.json`` / ``.png``; ``cc_loss_cpu.json`` and ``mc_loss_cpu.json``;
+- ``cc_round3.json`` / ``cc_grad_share.json``: CC-Loss's gate and branch readings against CE
+  and the SE-gate control (``report_cc_round3.py``);
 - ``tune_<dataset>.json`` (``benchmarks/bench_tune.py``): tune's verdict against the test
   split; ``tune_calibration.json`` (``benchmarks/bench_tune_calibration.py``): its calibration.
 
@@ -34,6 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from report_cc_round3 import cc_round3_section
 from report_prune import prune_section
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -46,7 +49,7 @@ CHANNEL_LOSSES = {"cc": "CC-Loss", "mc": "MC-Loss"}
 #: ``defaults-*`` parts (trained at the defaults that changed after the other parts).
 VERDICT_LOSSES = {
     **CHANNEL_LOSSES,
-    "cc_default": "CC-Loss (margin form, defaults)",
+    "cc_default": "CC-Loss (margin form, side branch: the defaults before the gate)",
     "center_default": "centre loss (published centre update, defaults)",
 }
 
@@ -121,6 +124,8 @@ def load(results: Path, *, include_quick: bool = False) -> dict[str, Any]:
     cc_forms = _read_json(results / "cc_forms.json", include_quick)
     if cc_forms is not None and cc_forms.get("rows"):
         found["cc_forms"] = cc_forms
+    for name in ("cc_round3", "cc_grad_share"):
+        found[name] = _read_json(results / f"{name}.json", include_quick)
     return found
 
 
@@ -276,7 +281,8 @@ def study_section(found: dict[str, Any], base: Path) -> list[str]:
             "— : not trained in that part (the ResNet-20 parts train the ten losses the "
             "study protocol names, to fit a part in two hours; the *current defaults* parts "
             "train CE and the two losses whose defaults changed after the other parts were "
-            "trained: `cc_default` is CC-Loss in its default margin form, `center_default` the "
+            "trained: `cc_default` is CC-Loss in its margin form on the side branch (the default "
+            "until the gate reading), `center_default` the "
             "centre loss with the published centre update, both at their defaults, untuned; "
             "the `cc` and `center` rows keep the ratio form and optimiser-moved centres they "
             "were trained with).",
@@ -802,8 +808,9 @@ def cc_forms_section(found: dict[str, Any]) -> list[str]:
     lines += [
         f"Runs: {machine_line(data.get('machine'))}.",
         "",
-        "The default CC-Loss (`form=margin`, `weight=1`) was chosen from these validation "
-        "results; the `cc` rows of the accuracy study above are the ratio form its sweeps "
+        "The side-branch default before the gate reading (`form=margin`, `weight=1`) was "
+        "chosen from these validation results (the gate reading's default is in the section "
+        "above); the `cc` rows of the accuracy study above are the ratio form its sweeps "
         "tuned, and its `center` rows were trained with optimiser-moved centres "
         "(`center_update: sgd`), before the published update became the default; the "
         "*current defaults* columns of the study (`cc_default`, `center_default`; "
@@ -825,6 +832,7 @@ def render(found: dict[str, Any], base: Path) -> str:
         "",
         *study_section(found, base),
         *tune_section(found),
+        *cc_round3_section(found.get("cc_round3"), found.get("cc_grad_share")),
         *cc_forms_section(found),
         *prune_section(found.get("prune"), machine_line),
         *speed_section(found, base),

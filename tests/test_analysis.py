@@ -291,8 +291,8 @@ def test_collected_views_match_per_class_loops_on_a_tiny_model(runs):
     cc = next(s.loss for s in trainer.slots if isinstance(s.loss, CCLoss))
     k = trainer.data.num_classes
     assert run.attention_source.startswith("CC-Loss")
-    with torch.no_grad():
-        att = cc.attention(out.features)
+    assert cc.placement == "gate" and out.attention is not None  # the default reading
+    att = out.attention
     torch.testing.assert_close(run.attention, att, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(run.embeddings, out.embedding, rtol=1e-5, atol=1e-6)
     assert run.accuracy == pytest.approx(
@@ -365,6 +365,7 @@ def test_analyze_command_writes_every_file(runs, tmp_path, capsys):
         "mc_channel_maps_1_ce.png",
         "mc_channel_maps_2_cc.png",
         "mc_channel_maps_3_mc.png",
+        "grad_share.png",  # the cc and mc runs recorded gradient shares (grad_share_every)
     }
     assert {p.name for p in out.iterdir()} == expected
     for name in expected - {"report.html", "metrics.csv"}:

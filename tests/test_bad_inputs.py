@@ -585,6 +585,8 @@ def _input_shape(name: str) -> tuple[int, ...]:
         return (4, CONTEXT["num_channels"], 3, 3)
     if consumes == "embedding":
         return (4, CONTEXT["embedding_dim"])
+    if consumes == "attention":  # CC-Loss's gate placement: the gate's (B, C) attention
+        return (4, CONTEXT["num_channels"])
     return (4, CONTEXT["num_classes"])
 
 

@@ -467,8 +467,10 @@ def test_defaults_parts_train_the_changed_losses_at_their_current_defaults(parts
         by_label = {i["label"]: load_config(raw=i["raw"]) for i in items}
         cc = by_label["cc_default"].losses[1].params()
         center = by_label["center_default"].losses[1].params()
-        # nothing is pinned: the configs carry the loss classes' own defaults
-        assert cc["form"] == CCLoss.__init__.__kwdefaults__["form"] == "margin"
+        # CC-Loss is pinned to the side-branch margin defaults these parts were recorded with
+        # (the defaults before the gate reading); the centre loss carries its own defaults
+        assert (cc["form"], cc["placement"]) == ("margin", "branch")
+        assert CCLoss.__init__.__kwdefaults__["form"] == "ratio"
         assert center["center_update"] == CenterLoss.__init__.__kwdefaults__["center_update"]
         assert center["center_update"] == "paper"
     # the recorded parts keep the pinned forms they were trained with, and no defaults rows
@@ -485,9 +487,10 @@ def test_report_gives_the_defaults_rows_their_own_verdicts(tmp_path: Path, repor
     )
     assert "| loss | digits | digits, current defaults |" in text
     assert "| cc_default | — | 91.00 ± 1.00 |" in text
-    assert "CC-Loss (margin form, defaults) does not beat CE" in text
+    label = "CC-Loss (margin form, side branch: the defaults before the gate)"
+    assert f"{label} does not beat CE" in text
     assert (
-        "digits, current defaults: highest mean ce (98.00 %); CC-Loss (margin form, defaults) "
+        f"digits, current defaults: highest mean ce (98.00 %); {label} "
         "ranks 2 of 2 by mean (ties share a rank)."
     ) in text
     assert "reused unchanged" not in text  # nothing in the part was chosen by a sweep

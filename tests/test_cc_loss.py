@@ -20,6 +20,9 @@ def make_batch(labels, *, channels=C, hw=(3, 2), dtype=torch.float64, seed=0):
 def make_loss(**kwargs):
     torch.manual_seed(0)
     kwargs.setdefault("num_channels", C)
+    kwargs.setdefault(
+        "placement", "branch"
+    )  # this file tests the side branch (gate: test_cc_gate.py)
     kwargs.setdefault("reduction", 2)
     kwargs.setdefault(
         "form", "ratio"
@@ -31,7 +34,12 @@ def reference_cc(loss, x, y, pair_reduction):
     """Per-pair double loop with the loss's own SE layers: the plain reading of docs/design.md."""
     z = x.mean(dim=(2, 3))
     a = torch.sigmoid(loss.fc2(torch.relu(loss.fc1(z))))
-    intra, inter, n_pos, n_neg = x.new_zeros(()), x.new_zeros(()), 0, 0
+    return reference_ratio(a, y, pair_reduction, loss.eps)
+
+
+def reference_ratio(a, y, pair_reduction, eps):
+    """The ratio form on attention vectors ``a``, by a plain loop over the ordered pairs."""
+    intra, inter, n_pos, n_neg = a.new_zeros(()), a.new_zeros(()), 0, 0
     for i in range(len(y)):
         for j in range(len(y)):
             if i == j:
@@ -46,7 +54,7 @@ def reference_cc(loss, x, y, pair_reduction):
     if pair_reduction == "mean":
         intra = intra / max(n_pos, 1)
         inter = inter / n_neg
-    return intra / (inter + loss.eps)
+    return intra / (inter + eps)
 
 
 def grads(value, x, loss):
@@ -165,7 +173,7 @@ def test_attention_shape_range_and_se_formula():
 
 
 def test_parameters_state_dict_and_api_attributes():
-    loss = CCLoss(num_channels=64, reduction=16, weight=0.5, eps=1e-4)
+    loss = CCLoss(placement="branch", num_channels=64, reduction=16, weight=0.5, eps=1e-4)
     shapes = {k: tuple(v.shape) for k, v in loss.state_dict().items()}
     assert shapes == {
         "fc1.weight": (4, 64),
@@ -177,17 +185,25 @@ def test_parameters_state_dict_and_api_attributes():
     assert loss.weights == {"cc": 0.5} and loss.eps == 1e-4
     assert loss.consumes == "features" and not loss.provides_logits
     assert loss.gathers_across_ranks is False  # no process group in this process
-    clone = CCLoss(num_channels=64, eps=1e-4)
+    clone = CCLoss(placement="branch", num_channels=64, eps=1e-4)
     clone.load_state_dict(loss.state_dict())
     x, y = make_batch([0, 1, 0, 1], channels=64, dtype=torch.float32)
     assert clone.terms(x, y)["cc"].item() == loss.terms(x, y)["cc"].item()
 
 
 def test_registry_builds_the_loss_from_the_trainer_context():
-    loss = create_loss("cc", context={"num_classes": 10, "num_channels": 64}, weight=2.0)
+    loss = create_loss(
+        "cc", context={"num_classes": 10, "num_channels": 64}, weight=2.0, placement="branch"
+    )
     assert isinstance(loss, CCLoss) and LOSSES["cc"] is CCLoss
     assert loss.num_channels == 64 and loss.weights == {"cc": 2.0} and loss.hidden == 4
-    assert loss.form == "margin"  # the default, chosen on validation (docs/cc-loss.md)
+    default = create_loss("cc", context={"num_classes": 10, "num_channels": 64})
+    # the defaults (docs/cc-loss.md): the gate reading, the ratio form, weight 0.01
+    assert (default.placement, default.form, default.weights) == ("gate", "ratio", {"cc": 0.01})
+    assert default.consumes == "attention" and not list(default.parameters())
+    # the branch keeps its weight from before the gate, so old configs train as they did
+    branch = create_loss("cc", context={"num_channels": 64}, placement="branch")
+    assert branch.weights == {"cc": 1.0}
 
 
 def test_terms_keep_no_state_between_calls():
@@ -268,6 +284,8 @@ def test_bad_constructor_arguments(kwargs, message):
 def test_constructor_is_keyword_only():
     with pytest.raises(TypeError):
         CCLoss(C)
+    with pytest.raises(ValueError, match="placement must be one of"):
+        CCLoss(num_channels=C, placement="side")
 
 
 def _peak_cpu_bytes(fn):
@@ -293,7 +311,7 @@ def _peak_cpu_bytes(fn):
 
 def test_pair_matrix_memory_is_quadratic_in_batch_not_batch_squared_times_channels():
     batch, channels = 512, 256  # (B, B, C) float32 would be 256 MiB; (B, B) is 1 MiB
-    loss = CCLoss(num_channels=channels)
+    loss = CCLoss(placement="branch", num_channels=channels)
     x = torch.randn(batch, channels, 1, 1, requires_grad=True)
     y = torch.arange(batch) % 10
     peak = _peak_cpu_bytes(lambda: loss(x, y).backward())
@@ -302,7 +320,9 @@ def test_pair_matrix_memory_is_quadratic_in_batch_not_batch_squared_times_channe
 
 def test_float32_gram_distances_stay_accurate_for_clustered_attention():
     torch.manual_seed(0)
-    loss = CCLoss(num_channels=512)  # at initialisation all attention values are near 0.5
+    loss = CCLoss(
+        placement="branch", num_channels=512
+    )  # at initialisation all attention values are near 0.5
     x = torch.relu(torch.randn(48, 512, 3, 3))
     y = torch.arange(48) % 6
     exact = loss.double()(x.double(), y).item()

@@ -22,7 +22,9 @@ def global_batch():
 
 def make_loss(pair_reduction):
     torch.manual_seed(0)  # the same SE initialisation in every process
-    return CCLoss(num_channels=C, reduction=2, pair_reduction=pair_reduction, form="ratio").double()
+    return CCLoss(
+        placement="branch", num_channels=C, reduction=2, pair_reduction=pair_reduction, form="ratio"
+    ).double()
 
 
 def make_center():

@@ -17,7 +17,7 @@ C = 8
 def make(form, **kwargs):
     torch.manual_seed(0)
     kwargs.setdefault("reduction", 2)
-    return CCLoss(num_channels=C, form=form, **kwargs).double()
+    return CCLoss(placement="branch", num_channels=C, form=form, **kwargs).double()
 
 
 def batch(labels, seed=0, scale=1.0, hw=(3, 2)):
@@ -118,15 +118,15 @@ def test_margin_hinge_switches_off_once_classes_are_apart():
 
 def test_hidden_width_floor_raises_the_bottleneck_with_a_warning():
     with pytest.warns(UserWarning, match=r"30 // 16 = 1 is below min_hidden=8; using 8"):
-        loss = CCLoss(num_channels=30, reduction=16, min_hidden=8)
+        loss = CCLoss(placement="branch", num_channels=30, reduction=16, min_hidden=8)
     assert loss.hidden == 8 and loss.fc1.out_features == 8
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert CCLoss(num_channels=30, reduction=16, min_hidden=1).hidden == 1
-        assert CCLoss(num_channels=30, reduction=4, min_hidden=4).hidden == 7
-        assert CCLoss(num_channels=512, reduction=16, min_hidden=8).hidden == 32
+        assert CCLoss(placement="branch", num_channels=30, reduction=16, min_hidden=1).hidden == 1
+        assert CCLoss(placement="branch", num_channels=30, reduction=4, min_hidden=4).hidden == 7
+        assert CCLoss(placement="branch", num_channels=512, reduction=16, min_hidden=8).hidden == 32
     with pytest.warns(UserWarning, match="using 3"):  # never wider than the channels
-        assert CCLoss(num_channels=3, reduction=16, min_hidden=8).hidden == 3
+        assert CCLoss(placement="branch", num_channels=3, reduction=16, min_hidden=8).hidden == 3
 
 
 @pytest.mark.parametrize(
@@ -144,4 +144,4 @@ def test_hidden_width_floor_raises_the_bottleneck_with_a_warning():
 )
 def test_bad_form_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        CCLoss(num_channels=C, **kwargs)
+        CCLoss(placement="branch", num_channels=C, **kwargs)

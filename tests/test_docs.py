@@ -315,8 +315,11 @@ def test_loss_table_examples_run() -> None:
     from chanloss.models import ModelOutput
 
     torch.manual_seed(0)
-    # The table's convention: K = 10 classes, C = 64 feature channels, D = 64 embedding dims.
-    out = ModelOutput(torch.randn(8, 10), torch.randn(8, 64, 4, 4), torch.randn(8, 64))
+    # The table's convention: K = 10 classes, C = 64 feature channels (and gate attention),
+    # D = 64 embedding dims.
+    out = ModelOutput(
+        torch.randn(8, 10), torch.randn(8, 64, 4, 4), torch.randn(8, 64), torch.rand(8, 64)
+    )
     y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     namespace = {**vars(losses_module), "out": out, "y": y}
     for row in _loss_table():

@@ -68,7 +68,9 @@ def test_every_loss_trains_a_tiny_model_on_digits(name, digits):
     images, labels = digits
     torch.manual_seed(0)
     model = TinyNet()
-    loss = create_loss(name, context=CONTEXT)
+    # TinyNet has no channel gate: CC-Loss reads the feature map through its side branch
+    options = {"placement": "branch"} if name == "cc" else {}
+    loss = create_loss(name, context=CONTEXT, **options)
     joint = loss.consumes == "features" or (
         loss.consumes == "embedding" and not loss.provides_logits
     )

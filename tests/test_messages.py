@@ -89,8 +89,8 @@ def test_compare_with_worker_processes_prints_the_data_note_and_a_warning_once(t
     config = {
         "model": {"name": "convnet_small", "width": 4, "feature_channels": 6},
         "data": {"name": "image_folder", "root": str(tmp_path / "images")},
-        # 6 channels // reduction 16 = 0 units, below min_hidden: CC-Loss warns at every build
-        "losses": [{"name": "ce"}, {"name": "cc", "reduction": 16}],
+        # 6 channels // reduction 16 = 0 units, below min_hidden: the side branch warns at every build
+        "losses": [{"name": "ce"}, {"name": "cc", "placement": "branch", "reduction": 16}],
         "epochs": 1,
         "batch_size": 18,
         "device": "cpu",

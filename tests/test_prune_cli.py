@@ -44,7 +44,12 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("prune")
     return {
         "mc": _train(base, "mc", MODEL, [{"name": "ce"}, {"name": "mc"}]),
-        "cc": _train(base, "cc", MODEL, [{"name": "ce"}, {"name": "cc", "reduction": 4}]),
+        "cc": _train(
+            base,
+            "cc",
+            MODEL,
+            [{"name": "ce"}, {"name": "cc", "placement": "branch", "reduction": 4}],
+        ),
     }
 
 

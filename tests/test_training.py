@@ -184,7 +184,7 @@ def resumable(*overrides: str) -> object:
         *overrides,
         losses=[
             {"name": "ce"},
-            {"name": "cc", "weight": 0.5, "reduction": 4, "lr": 0.02},
+            {"name": "cc", "placement": "branch", "weight": 0.5, "reduction": 4, "lr": 0.02},
             {"name": "test_random_drop"},
         ],
     )
@@ -343,7 +343,8 @@ def test_the_objective_is_the_weighted_sum_of_the_losses(tmp_path):
     assert [s.takes_generator for s in trainer.slots] == [False, False]
     assert trainer.columns == ["ce", "cc"]
     row = trainer.train_epoch(0)
-    assert row["train_loss"] == pytest.approx(2.0 * row["ce"] + 0.5 * row["cc"], rel=1e-5)
+    inner = trainer.slots[1].loss.weights["cc"]  # CC-Loss's own term weight (default 0.01)
+    assert row["train_loss"] == pytest.approx(2.0 * row["ce"] + 0.5 * inner * row["cc"], rel=1e-5)
     if "mc" in LOSSES:
         mc = Trainer(tiny(losses=[{"name": "ce"}, {"name": "mc"}]), tmp_path / "mc", verbose=0)
         assert [s.takes_generator for s in mc.slots] == [False, True]
@@ -435,12 +436,12 @@ def test_each_loss_with_parameters_gets_its_own_group_and_lr():
     config = tiny(
         "schedule.name=cosine",
         "schedule.min_lr=0.005",
-        losses=[{"name": "ce"}, {"name": "cc", "reduction": 4, "lr": 0.01}],
+        losses=[{"name": "ce"}, {"name": "cc", "placement": "branch", "reduction": 4, "lr": 0.01}],
     )
     model = create_model(
         "convnet_small", num_classes=10, in_channels=1, width=4, feature_channels=20
     )
-    cc = create_loss("cc", context={"num_channels": 20}, reduction=4)
+    cc = create_loss("cc", context={"num_channels": 20}, placement="branch", reduction=4)
     ce = create_loss("ce")
     opt = build_optimizer(config.optim, model, [ce, cc], [None, 0.01])
     assert [g["lr"] for g in opt.param_groups] == [0.05, 0.01]

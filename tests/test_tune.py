@@ -63,7 +63,7 @@ def test_every_weight_range_can_switch_its_loss_almost_off() -> None:
                 assert param.low < param.high, (name, key)
             if key == "weight" or key in ("alpha", "beta") and name == "mc":
                 assert isinstance(param, LogUniform) and param.low <= 0.01, (name, key)
-    assert {"form", "reduction", "weight"} <= set(LOSSES["cc"].search_space)
+    assert {"form", "placement", "weight"} <= set(LOSSES["cc"].search_space)
     assert isinstance(LOSSES["mc"].search_space["keep_ratio"], Choice)
     assert isinstance(LOSSES["mc"].search_space["pool"], Choice)
 
@@ -589,9 +589,9 @@ def test_a_warning_repeated_by_every_trial_in_worker_processes_is_printed_once(
 ) -> None:
     from chanloss.messages import command_scope
 
-    # CC-Loss on 20 feature channels with reduction 16: C // 16 = 1 < min_hidden 4 warns
-    raw = {**TINY, "losses": [{"name": "ce"}, {"name": "cc", "reduction": 16}],
-           "search": {"cc": {"reduction": None, "form": None}}, "epochs": 1}  # fmt: skip
+    # CC-Loss's side branch on 20 feature channels with reduction 16: 20 // 16 = 1 < 4 warns
+    raw = {**TINY, "losses": [{"name": "ce"}, {"name": "cc", "placement": "branch"}],
+           "search": {"cc": {"placement": None, "form": None}}, "epochs": 1}  # fmt: skip
     with command_scope():  # what the command line wraps around a command
         tune(load_config(raw=raw), tmp_path / "tune", trials=4, jobs=2, folds=0, top=0,
              pruner="none", log=lambda line: None)  # fmt: skip

@@ -76,7 +76,8 @@ STUDY_LOSSES: dict[str, list[dict[str, Any]]] = {
     "ce": [{"name": "ce"}],
     # The study's CC-Loss is the ratio form its sweeps tuned (pair_reduction "sum" is a ratio
     # option); the other forms are compared on validation by benchmarks/bench_cc_forms.py.
-    "cc": [{"name": "ce"}, {"name": "cc", "form": "ratio"}],
+    # Recorded before the gate placement existed: pinned to the side branch they trained.
+    "cc": [{"name": "ce"}, {"name": "cc", "form": "ratio", "placement": "branch"}],
     "mc": [{"name": "ce"}, {"name": "mc"}],
     "label_smoothing": [{"name": "label_smoothing"}],
     "focal": [{"name": "focal"}],
@@ -98,7 +99,7 @@ TUNED = ("cc", "mc")
 #: centre update, no longer optimiser-moved centres). Only the ``defaults-*`` parts train them,
 #: beside cross-entropy, so that the recorded parts keep matching their configs.
 CURRENT_DEFAULTS: dict[str, list[dict[str, Any]]] = {
-    "cc_default": [{"name": "ce"}, {"name": "cc"}],
+    "cc_default": [{"name": "ce"}, {"name": "cc", "form": "margin", "placement": "branch"}],
     "center_default": [{"name": "ce"}, {"name": "center"}],
 }
 DEFAULTS_LOSSES = ("ce", *CURRENT_DEFAULTS)
@@ -111,7 +112,7 @@ SWEEP_GRIDS: dict[str, dict[str, list[Any]]] = {
 
 #: Settings every sweep point of a loss shares (not part of its label): the CC sweeps tune the
 #: ratio form.
-SWEEP_FIXED: dict[str, dict[str, Any]] = {"cc": {"form": "ratio"}}
+SWEEP_FIXED: dict[str, dict[str, Any]] = {"cc": {"form": "ratio", "placement": "branch"}}
 
 #: A narrower grid for the slowest data set (to fit a part in two hours on 2 CPU cores): the
 #: values that won on digits and mnist5k (CC reduction 16; MC alpha 1.5) are fixed, the rest kept.

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["RunData", "collect", "example_indices", "load_trainer"]
 
 ATTENTION_SE = "CC-Loss SE attention"
+ATTENTION_GATE = "CC-Loss SE gate (the model's)"
 ATTENTION_GAP = "GAP / max (no attention module)"
 
 
@@ -109,6 +110,8 @@ def collect(
     c = int(t.model.num_features)
     cc = next((s.loss for s in t.slots if isinstance(s.loss, CCLoss)), None)
     mc = next((s.loss for s in t.slots if isinstance(s.loss, MCLoss)), None)
+    branch = cc if cc is not None and cc.placement == "branch" else None
+    gated = getattr(t.model, "gate", None) is not None
     if mc is None and c >= k:
         mc = channel_groups(c, k).to(t.device)
     test = t.data.test
@@ -127,7 +130,12 @@ def collect(
         parts["y"].append(y.cpu())
         parts["pred"].append(t.class_scores(out).argmax(1).cpu())
         parts["emb"].append(out.embedding.float().cpu())
-        att = cc.attention(features) if cc is not None else gap_attention(features)
+        if out.attention is not None:  # the model's channel gate (CC-Loss's gate placement)
+            att = out.attention
+        elif branch is not None:
+            att = branch.attention(features)
+        else:
+            att = gap_attention(features)
         parts["att"].append(att.float().cpu())
         if mc is not None:
             parts["scores"].append(mc.group_scores(features).float().cpu())
@@ -145,7 +153,9 @@ def collect(
         epoch=epoch,
         losses=[s.name for s in t.slots],
         class_names=names,
-        attention_source=ATTENTION_SE if cc is not None else ATTENTION_GAP,
+        attention_source=(
+            ATTENTION_GATE if gated else ATTENTION_SE if branch is not None else ATTENTION_GAP
+        ),
         labels=cat["y"],
         predictions=cat["pred"],
         embeddings=cat["emb"],

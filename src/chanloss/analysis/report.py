@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from chanloss.analysis.collect import ATTENTION_GAP, RunData, collect, load_trainer
+from chanloss.analysis.grad_share import plot_grad_share
 from chanloss.analysis.metrics import separability
 from chanloss.analysis.plots import finite_range, plot_channel_maps, plot_heatmaps, plot_tsne
 from chanloss.analysis.views import class_correlation, class_means
@@ -109,6 +110,7 @@ _DATE_SUFFIX = re.compile(r"-\d{8}-\d{6}$")
 _OUTPUT_NAMES = (
     "report.html",
     "metrics.csv",
+    "grad_share.png",
     "tsne.png",
     "cc_class_channel.png",
     "cc_class_correlation.png",
@@ -316,6 +318,9 @@ def _figures(
         x_classes=True,
     )
     figures["cc"] = ["cc_class_channel.png", "cc_class_correlation.png"]
+    runs_csv = [(r.label, r.checkpoint.parent / "metrics.csv") for r in runs]
+    if plot_grad_share(out / "grad_share.png", runs_csv):
+        figures["grad_share"] = "grad_share.png"
 
     mc_runs = [r for r in runs if r.group_scores is not None]
     if mc_runs:
@@ -451,8 +456,16 @@ def _html(
         _img(figures["cc"][1], "class-class correlation of mean attention"),
         "<p class='note'>Pearson correlation over the channels between the classes' mean "
         "attention vectors: class-specific attention shows as a light off-diagonal.</p>",
-        "<h2>MC view: channel groups</h2>",
     ]
+    if "grad_share" in figures:
+        parts += [
+            "<h2>Gradient share</h2>",
+            _img(figures["grad_share"], "gradient share of each loss term"),
+            "<p class='note'>Each term's gradient norm on the feature map (embedding, "
+            "attention) over cross-entropy's, epoch means of the training run's "
+            "metrics.csv (grad_share_every); 1 = as strong as cross-entropy.</p>",
+        ]
+    parts.append("<h2>MC view: channel groups</h2>")
     if "mc" in figures:
         parts += [
             "<p class='note'>Channels are split into one group of consecutive channels per class "

@@ -9,14 +9,15 @@ from torch import Tensor, nn
 
 from chanloss._validation import as_compute_dtype, check_finite, check_labels, check_tensor
 
-ModelOutputName = Literal["logits", "features", "embedding"]
+ModelOutputName = Literal["logits", "features", "embedding", "attention"]
 
 
 class Loss(nn.Module):
     """Base class: a loss is a weighted sum of named, unweighted terms.
 
     Subclasses set ``consumes`` (the model output they read: ``"logits"`` ``(B, K)``,
-    ``"features"`` ``(B, C, H, W)`` or ``"embedding"`` ``(B, D)``), implement
+    ``"features"`` ``(B, C, H, W)``, ``"embedding"`` ``(B, D)`` or the channel gate's
+    ``"attention"`` ``(B, C)``), implement
     :meth:`compute_terms`, and may override :meth:`validate`. ``terms`` validates the input,
     casts float16/bfloat16 to float32 and turns autocast off, so every term is computed in at
     least float32 whatever the caller's precision.

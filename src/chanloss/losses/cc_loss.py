@@ -24,6 +24,13 @@ from chanloss.losses.search import Choice, LogUniform
 
 PAIR_REDUCTIONS = ("mean", "sum")
 FORMS = ("ratio", "margin", "cosine", "softplus")
+PLACEMENTS = ("gate", "branch")
+#: The default weight per placement. Gate: the ratio's gradient share on the feature map
+#: against cross-entropy's is of order 1 at the start of training
+#: (benchmarks/bench_cc_grad_share.py, docs/cc-loss.md). Branch: 1, as before the gate existed,
+#: so that side-branch configs and checkpoints train as they did.
+DEFAULT_WEIGHTS = {"gate": 0.01, "branch": 1.0}
+DEFAULT_WEIGHT = DEFAULT_WEIGHTS["gate"]
 
 
 @register_loss("cc")
@@ -34,97 +41,96 @@ class CCLoss(Loss):
     What the paper's public abstract states: a channel attention module produces a channel
     attention vector for every sample during training; a Euclidean distance matrix between
     these vectors is used to make the vectors of the same class identical and those of
-    different classes differ. The full text (and so its equations) is not available to us;
-    everything below beyond that is **our reconstruction** (docs/design.md, "CC-Loss"):
+    different classes differ. The full text is not available to us; two outside facts and our
+    reconstruction are in docs/cc-loss.md (a reader's note says the attention module is an SE
+    block; the closest public design puts it in the forward path and uses the ratio form).
 
-    1. Attention (squeeze-and-excitation, owned by the loss, training only):
-       ``z = GAP(F)``, ``a = sigmoid(W2 relu(W1 z + b1) + b2)`` with
-       ``W1: C -> hidden`` and ``W2`` back to ``C``, ``hidden = max(C // reduction,
-       min(min_hidden, C))``: a ``C // reduction`` below ``min_hidden`` is raised to it with a
-       warning (30 channels at the SE default reduction 16 would give a 1-unit bottleneck).
-       The SE form and the floor are ours.
+    1. Attention ``a`` in ``(0, 1)^C`` from a squeeze-and-excitation block (Hu et al., CVPR
+       2018), ``a = sigmoid(W2 relu(W1 GAP(F) + b1) + b2)``. ``placement``:
+
+       - ``"gate"`` (default): the SE block is the model's channel gate
+         (:class:`~chanloss.models.gate.SEGate`, ``model.channel_gate: se``, added by the
+         trainer when unset, with this loss's ``reduction`` unless ``model.gate_reduction`` is
+         given); the classifier reads ``F * (2 a)``. The loss owns no parameters and
+         consumes the model's ``attention`` ``(B, C)``.
+       - ``"branch"`` (the project's earlier reading): the loss owns the SE block as a
+         training-only side branch on ``features`` ``(B, C, H, W)``; the classifier never sees
+         it. ``hidden = max(C // reduction, min(min_hidden, C))`` (raised with a warning).
     2. ``D[i, j] = ||a_i - a_j||^2`` from the Gram matrix (``O(B^2)`` memory, never
-       ``(B, B, C)``), clamped at 0; the diagonal is excluded. Squared distances are ours.
-       ``a`` is centred on its batch mean first (distances are unchanged): the sigmoid
-       outputs sit near 0.5, and without centring the Gram form loses about 4 digits to
-       cancellation in float32 (relative error 8e-5 instead of 1e-8 at C = 512, B = 64).
+       ``(B, B, C)``), clamped at 0, diagonal excluded; ``a`` is centred on its batch mean
+       first (distances are unchanged; without it the Gram form loses about 4 digits to
+       cancellation in float32 when the ``a`` sit near 0.5).
     3. ``P = {(i, j): i != j, y_i = y_j}``, ``N = {(i, j): y_i != y_j}`` (ordered pairs);
-       ``cc = intra / (inter + eps)`` where ``intra``, ``inter`` are the means of ``D`` over
-       ``P``, ``N`` (``pair_reduction="mean"``, ours: independent of batch size and class
-       count) or their sums (``"sum"``, as a secondary description writes it). The ratio form
-       is ours. Without pairs in ``N``, ``cc = 0`` with gradient 0; without pairs in ``P``,
-       ``intra = 0`` (so ``cc = 0``: the ratio then carries no signal and its gradient is 0).
-    4. ``form`` (all ours; the abstract allows any of them): ``"ratio"`` is 3. It is
-       scale-free, so its gradient grows like ``1 / s`` as the attention vectors converge
-       (differences of size ``s``). The bounded alternatives use the means (always
-       ``pair_reduction="mean"``; an empty set's mean is 0, so a batch without positive pairs
-       still separates the classes and one without negative pairs still pulls together):
+       ``intra``, ``inter`` are the means of ``D`` over ``P``, ``N`` (``pair_reduction="mean"``,
+       default: independent of batch size and class count) or their sums (``"sum"``; equal to
+       the means' ratio times ``|P| / |N|``, about ``1 / (K - 1)`` in a balanced batch).
+    4. ``form``:
 
-       - ``"margin"``: ``relu(intra_c - inter_c + margin)`` with ``intra_c``, ``inter_c`` the
-         means of the per-channel squared distance ``D / C`` (in ``[0, 1]`` for sigmoid
-         attention); a hinge: zero once the classes are ``margin`` further apart than the
-         samples of one class.
-       - ``"softplus"``: ``temperature * softplus((intra_c - inter_c) / temperature)``, a
-         smooth hinge at 0 that never switches off.
-       - ``"cosine"``: ``intra_n - inter_n`` on the squared distances of the L2-normalised
-         attention vectors, ``||a_i/|a_i| - a_j/|a_j|||^2 = 2 - 2 cos(a_i, a_j)``, in
-         ``[-2, 2]``.
+       - ``"ratio"`` (default, the form with outside support): ``cc = intra / (inter + eps)``.
+         Without pairs in ``N``, ``cc = 0`` with gradient 0; without pairs in ``P``,
+         ``intra = 0``. Scale-free, so its gradient grows like ``1 / s`` as the attention
+         vectors converge (differences of size ``s``).
+       - ours, bounded (always ``pair_reduction="mean"``; an empty set's mean is 0):
+         ``"margin"``: ``relu(intra_c - inter_c + margin)`` on the per-channel means
+         ``D / C``; ``"softplus"``: ``temperature * softplus((intra_c - inter_c) /
+         temperature)``; ``"cosine"``: ``intra_n - inter_n`` on the squared distances of the
+         L2-normalised ``a`` (``2 - 2 cos``). Their gradients are 2 to 3 orders of magnitude
+         below cross-entropy's on the feature map at weight 1 (docs/cc-loss.md).
 
-       Their gradients w.r.t. ``a`` are bounded (by ``2 / C`` times the largest attention
-       difference for ``margin``/``softplus``, and by a constant over ``|a|`` for ``cosine``),
-       so they shrink rather than grow as the attention vectors converge.
-
-    Terms: ``{"cc": cc}``; ``weights = {"cc": weight}``. ``consumes = "features"``:
-    ``forward(features, labels)`` with features ``(B, C, H, W)``, ``C == num_channels``.
-    The SE layers are ordinary parameters: move the loss with ``.to(device)``, give its
-    parameters to the optimiser and keep its ``state_dict`` in checkpoints. They are cast to
-    the (at least float32) compute dtype of the features inside the call.
+    Terms: ``{"cc": cc}``; ``weights = {"cc": weight}``, by default 0.01 with the gate (its
+    gradient on the feature map is then of the order of cross-entropy's at initialisation) and 1
+    with the branch (as before the gate existed). ``consumes``: ``"attention"``
+    (gate) or ``"features"`` (branch, ``forward(features, labels)`` with ``C ==
+    num_channels``). The branch's SE layers are ordinary parameters: move the loss with
+    ``.to(device)``, give its parameters to the optimiser and keep its ``state_dict``.
 
     Distributed training (``gather=True``, a process group of world size > 1 initialised):
     ``a`` and the labels are all-gathered with autograd, so every rank computes the loss of the
-    global batch, identical on all ranks; the gradient w.r.t. each rank's features (and the SE
-    parameters' gradient on each rank) is that rank's share of the global gradient, and the
-    shares sum to the single-process gradient on the global batch. DDP *averages* gradients
-    over ranks, so a trainer must multiply this loss by ``world_size`` in the objective it
-    back-propagates (not in what it logs) to get the single-process gradient; the property
-    :attr:`gathers_across_ranks` says when that applies. Per-rank losses that are batch means
-    (cross-entropy) are not multiplied. ``all_gather`` needs equal per-rank batch sizes (a
-    ``DistributedSampler`` pads every rank to the same sample count, so equal batch sizes
-    follow with the same ``batch_size``). The sizes are compared with one small collective
-    when the features are on the CPU or ``check_finite=True`` (it reads the sizes on the host,
-    so on accelerators it is off by default) and a mismatch raises ``ValueError`` on every
-    rank.
+    global batch, identical on all ranks; the gradient w.r.t. each rank's input is that rank's
+    share of the global gradient. DDP *averages* gradients over ranks, so a trainer multiplies
+    this loss by ``world_size`` in the objective it back-propagates (not in what it logs); the
+    property :attr:`gathers_across_ranks` says when that applies. ``all_gather`` needs equal
+    per-rank batch sizes (a ``DistributedSampler`` pads every rank to the same sample count);
+    the sizes are compared with one small collective when the input is on the CPU or
+    ``check_finite=True``, and a mismatch raises ``ValueError`` on every rank.
     """
 
-    consumes = "features"
-    #: What ``chanloss tune`` varies (see chanloss.losses.search).
+    consumes: str = "attention"  # per instance: "features" with placement="branch"
+    #: What ``chanloss tune`` varies (see chanloss.losses.search); a gate trial gets the gate
+    #: added to its model by the trainer.
     search_space = {
-        "weight": LogUniform(1e-3, 10.0),
-        "reduction": Choice((4, 8, 16)),
+        "weight": LogUniform(0.01, 10.0),
+        "placement": Choice(PLACEMENTS),
         # pair_reduction "sum" exists only for the ratio form, so the form is tuned instead
-        "form": Choice(("margin", "softplus", "cosine", "ratio")),
+        "form": Choice(("ratio", "margin", "softplus", "cosine")),
     }
 
     def __init__(
         self,
         *,
         num_channels: int,
+        placement: str = "gate",
         reduction: int = 16,
-        weight: float = 1.0,
+        weight: float | None = None,
         pair_reduction: str = "mean",
         eps: float = 1e-6,
         gather: bool = True,
-        form: str = "margin",
+        form: str = "ratio",
         margin: float = 0.1,
         temperature: float = 0.1,
         min_hidden: int = 4,
         check_finite: bool = False,
     ) -> None:
+        placement = check_choice("placement", placement, PLACEMENTS)
+        if weight is None:
+            weight = DEFAULT_WEIGHTS[placement]
         super().__init__(
             weights={"cc": check_float("weight", weight, low=0.0)},
             check_finite=check_bool("check_finite", check_finite),
         )
         self.num_channels = check_int("num_channels", num_channels, low=1)
+        self.placement = check_choice("placement", placement, PLACEMENTS)
+        self.consumes = "attention" if self.placement == "gate" else "features"
         self.reduction = check_int("reduction", reduction, low=1)
         self.pair_reduction = check_choice("pair_reduction", pair_reduction, PAIR_REDUCTIONS)
         self.eps = check_float("eps", eps, low=0.0, low_inclusive=False)
@@ -138,6 +144,11 @@ class CCLoss(Loss):
                 f"pair_reduction='sum' is only for form='ratio' (the bounded forms use means), "
                 f"got form={self.form!r}"
             )
+        self.hidden = 0
+        if self.placement == "branch":
+            self._build_branch()
+
+    def _build_branch(self) -> None:
         self.hidden = max(1, self.num_channels // self.reduction)
         floor = min(self.min_hidden, self.num_channels)
         if self.hidden < floor:
@@ -146,7 +157,7 @@ class CCLoss(Loss):
                 f"{self.num_channels} // {self.reduction} = {self.hidden} is below "
                 f"min_hidden={self.min_hidden}; using {floor} (set min_hidden=1 to keep "
                 f"{self.hidden}, or a smaller reduction)",
-                stacklevel=2,
+                stacklevel=3,
             )
             self.hidden = floor
         self.fc1 = nn.Linear(self.num_channels, self.hidden)
@@ -159,7 +170,12 @@ class CCLoss(Loss):
 
     # -- the API -----------------------------------------------------------------------------
     def attention(self, features: Tensor) -> Tensor:
-        """The SE channel attention ``a`` in ``(0, 1)``, shape ``(B, C)``, for analysis."""
+        """The side branch's SE channel attention ``a`` in ``(0, 1)``, shape ``(B, C)``, for
+        analysis (``placement="branch"``; with the gate, read the model's ``attention``)."""
+        if self.placement != "branch":
+            raise ValueError(
+                "CCLoss(placement='gate') owns no attention: read the model output's attention"
+            )
         features = check_tensor(
             "features", features, ndim=4, layout="(B, C, H, W)", sizes={1: self.num_channels}
         )
@@ -168,6 +184,16 @@ class CCLoss(Loss):
             return self._attention(features)
 
     def validate(self, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        if self.placement == "gate":
+            if inputs is None:
+                raise ValueError(
+                    "CCLoss(placement='gate') reads the model's channel-gate attention, and the "
+                    "model has no gate; set model.channel_gate: se (or placement: branch)"
+                )
+            attention = check_tensor(
+                "attention", inputs, ndim=2, layout="(B, C)", sizes={1: self.num_channels}
+            )
+            return attention, self._check_labels(labels, attention)
         features = check_tensor(
             "features", inputs, ndim=4, layout="(B, C, H, W)", sizes={1: self.num_channels}
         )
@@ -182,19 +208,22 @@ class CCLoss(Loss):
                 f"features must be on the loss's device {param.device} (move the loss with "
                 f".to(device)), got features on {features.device}"
             )
+        return features, self._check_labels(labels, features)
+
+    def _check_labels(self, labels: Tensor, inputs: Tensor) -> Tensor:
         labels = check_labels(
-            labels, batch_size=features.shape[0], num_classes=None, validate_values=False
+            labels, batch_size=inputs.shape[0], num_classes=None, validate_values=False
         )
         if self.check_finite or labels.device.type == "cpu":
             low = int(labels.min())
             if low < 0:
                 raise ValueError(f"labels must be class indices >= 0, got a label {low}")
-        return features, labels
+        return labels
 
     def compute_terms(self, inputs: Tensor, labels: Tensor, **kwargs: object) -> dict[str, Tensor]:
         if kwargs:
             raise ValueError(f"CCLoss takes no keyword arguments, got {sorted(kwargs)}")
-        a = self._attention(inputs)
+        a = self._attention(inputs) if self.placement == "branch" else inputs
         if self.gathers_across_ranks:
             if self.check_finite or a.device.type == "cpu":
                 distributed.check_equal_batch_sizes(a.shape[0], a.device)
@@ -247,7 +276,8 @@ class CCLoss(Loss):
 
     def extra_repr(self) -> str:
         return (
-            f"num_channels={self.num_channels}, hidden={self.hidden}, form={self.form!r}, "
+            f"num_channels={self.num_channels}, placement={self.placement!r}, "
+            f"hidden={self.hidden}, form={self.form!r}, "
             f"pair_reduction={self.pair_reduction!r}, eps={self.eps:g}, gather={self.gather}, "
             f"weights={self.weights}"
         )

@@ -12,6 +12,7 @@ from chanloss.models import vgg as _vgg  # noqa: F401
 from chanloss.models.base import ModelOutput
 from chanloss.models.common import Backbone
 from chanloss.models.convnet import SmallConvNet
+from chanloss.models.gate import SEGate, add_channel_gate
 from chanloss.models.registry import MODELS, create_model, model_options, register_model
 from chanloss.models.resnet import CifarResNet, ResNet
 from chanloss.models.tap import FeatureTap
@@ -25,7 +26,9 @@ __all__ = [
     "FeatureTap",
     "ModelOutput",
     "ResNet",
+    "SEGate",
     "SmallConvNet",
+    "add_channel_gate",
     "create_model",
     "model_options",
     "register_model",

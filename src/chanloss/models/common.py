@@ -104,16 +104,20 @@ class Backbone(nn.Module):
     ``embedding = forward_head(features, pre_logits=True)`` ``(B, embedding_dim)`` and
     ``logits = classifier(embedding)`` ``(B, num_classes)``. Subclasses build ``self.body``
     (features), ``self.head`` (features -> embedding) and ``self.classifier`` (``nn.Linear``).
+    With a channel gate (``self.gate``, :func:`~chanloss.models.gate.add_channel_gate`) the head
+    reads ``features * attention`` and the output carries ``attention``.
     """
 
     body: nn.Module
     head: nn.Module
     classifier: nn.Linear
+    gate: nn.Module | None
 
     def __init__(self, *, num_classes: int, in_channels: int) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.in_channels = in_channels
+        self.gate = None
 
     def _finish(self, num_features: int, head: nn.Module) -> None:
         self.num_features = num_features
@@ -133,14 +137,21 @@ class Backbone(nn.Module):
         return self.body(x)
 
     def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
-        """Logits ``(B, K)`` from ``features``, or the embedding ``(B, D)`` with ``pre_logits``."""
+        """Logits ``(B, K)`` from ``features``, or the embedding ``(B, D)`` with ``pre_logits``
+        (through the channel gate, if any)."""
+        if self.gate is not None:
+            features = self.gate(features)[0]
         embedding = self.head(features)
         return embedding if pre_logits else self.classifier(embedding)
 
     def forward(self, x: Tensor) -> ModelOutput:
         features = self.forward_features(x)
-        embedding = self.head(features)
-        return ModelOutput(self.classifier(embedding), features, embedding)
+        if self.gate is None:
+            embedding = self.head(features)
+            return ModelOutput(self.classifier(embedding), features, embedding)
+        gated, attention = self.gate(features)
+        embedding = self.head(gated)
+        return ModelOutput(self.classifier(embedding), features, embedding, attention)
 
 
 def with_weights(model: Backbone, weights: str | None) -> Backbone:

@@ -29,6 +29,10 @@ class FeatureTap(nn.Module):
     ``embedding = GAP(features)``. ``logits`` is the wrapped model's output, which must be a
     ``(B, K)`` tensor (or a ``ModelOutput``, whose ``logits`` are taken).
 
+    With a channel gate (``self.gate``, :func:`~chanloss.models.gate.add_channel_gate`) the
+    hook replaces the layer's output ``F`` by ``F * a`` for the rest of the wrapped model;
+    ``features`` stays ``F`` and the output carries ``attention = a``.
+
     Hooks are registered for the duration of one call and removed afterwards, so nothing is
     kept between calls. A captured output that a later in-place operation modifies (e.g. a
     ``BatchNorm`` output followed by ``out += identity`` inside a residual block) is
@@ -48,6 +52,7 @@ class FeatureTap(nn.Module):
         self.model = model
         self.layer = layer
         self.classifier_name = classifier
+        self.gate: nn.Module | None = None
         tapped = self._find(layer, "layer")
         head = None if classifier is None else self._find(classifier, "classifier")
         self.num_features: int | None = None
@@ -91,10 +96,14 @@ class FeatureTap(nn.Module):
     def forward(self, x: Tensor) -> ModelOutput:
         store: dict[str, object] = {}
 
-        def take_features(module: nn.Module, args: tuple, output: object) -> None:
+        def take_features(module: nn.Module, args: tuple, output: object) -> object:
             store["features"] = output
             if isinstance(output, Tensor):
                 store["version"] = _version(output)
+            if self.gate is None:
+                return None
+            gated, store["attention"] = self.gate(output)
+            return gated
 
         def take_embedding(module: nn.Module, args: tuple) -> None:
             store["embedding"] = args[0] if args else None
@@ -121,7 +130,8 @@ class FeatureTap(nn.Module):
         self.num_features = features.shape[1]
         self.embedding_dim = embedding.shape[1]
         self.num_classes = logits.shape[1]
-        return ModelOutput(logits, features, embedding)
+        attention = store.get("attention")
+        return ModelOutput(logits, features, embedding, attention)  # type: ignore[arg-type]
 
     def _check_features(self, store: dict[str, object], x: Tensor) -> Tensor:
         if "features" not in store:

@@ -205,7 +205,7 @@ def loss_states(
     channels = torch.tensor(kept[feature.root])
     out = []
     for slot, sd in zip(trainer.slots, saved, strict=True):
-        if slot.name != "cc":
+        if slot.name != "cc" or not sd:  # the gate placement's loss has no state
             out.append(dict(sd))
             continue
         from chanloss.losses import create_loss

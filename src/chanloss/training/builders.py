@@ -85,16 +85,44 @@ def build_augmentations(config: TrainConfig, bundle: Any, device: torch.device) 
     return train.to(device), evaluate.to(device)
 
 
+def model_options(config: TrainConfig) -> dict[str, Any]:
+    """``config.model``'s options, with ``channel_gate: se`` when a CC-Loss of the config has
+    ``placement: gate`` and the model option is unset (its bottleneck ``gate_reduction``, unless
+    given, is the loss's ``reduction``); ``channel_gate: none`` with such a loss is a
+    :class:`ConfigError`."""
+    options = config.model.options()
+    gated = [
+        i
+        for i, entry in enumerate(config.losses)
+        if entry.name == "cc" and entry.params().get("placement") == "gate"
+    ]
+    if gated and options.get("channel_gate") == "none":
+        raise ConfigError(
+            f"losses.{gated[0]} (cc): placement: gate reads the model's channel gate, but "
+            f"model.channel_gate is none; set model.channel_gate: se (or leave it unset), or "
+            f"losses.{gated[0]}.placement: branch"
+        )
+    if gated and options.get("channel_gate") is None:
+        options["channel_gate"] = "se"
+        # the added gate's bottleneck: model.gate_reduction if given, else the loss's reduction
+        reduction = config.losses[gated[0]].params().get("reduction")
+        if type(reduction) is int and reduction >= 1:  # a bad one is the loss's error
+            options.setdefault("gate_reduction", reduction)
+    return options
+
+
 def build_model(config: TrainConfig, *, num_classes: int, in_channels: int) -> nn.Module:
-    """The network of ``config.model``."""
+    """The network of ``config.model`` (with the channel gate a CC-Loss of the config reads,
+    see :func:`model_options`)."""
     from chanloss.models import create_model
 
+    options = model_options(config)
     try:
         model = create_model(
             config.model.name,
             num_classes=num_classes,
             in_channels=in_channels,
-            **config.model.options(),
+            **options,
         )
     except (ValueError, TypeError, ImportError) as err:
         text = " ".join(str(err).split())

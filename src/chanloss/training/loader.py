@@ -26,6 +26,7 @@ from chanloss.errors import CheckpointError, ConfigError
 from chanloss.training.builders import LossSlot, build_losses, model_from_checkpoint
 from chanloss.training.checkpoint import EXPECTED, describe, load_checkpoint
 from chanloss.training.config import TrainConfig, validate_config
+from chanloss.training.config.schema import upgrade_stored_config
 
 if TYPE_CHECKING:
     from chanloss.training.trainer import Trainer
@@ -105,7 +106,7 @@ def read_checkpoint(
     if device is not None:
         raw = {**raw, "device": device}
     try:
-        config = validate_config(raw, source=f"{path} (stored config)")
+        config = validate_config(upgrade_stored_config(raw), source=f"{path} (stored config)")
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
     return StoredCheckpoint(path, state, config)

@@ -47,6 +47,11 @@ def epoch_line(config: TrainConfig, columns: list[str], row: dict[str, Any]) -> 
     parts += [f"{c} {row[c]:.4f}" for c in columns]
     if len(columns) > 1:
         parts.append(f"loss {row['train_loss']:.4f}")
+    shares = [
+        f"{c} {row['gshare_' + c]:.3g}" for c in columns if row.get("gshare_" + c) is not None
+    ]
+    if shares:  # each term's gradient on the feature map / the reference's (grad_share_every)
+        parts.append(f"grad share {', '.join(shares)}")
     parts.append(f"train {100 * row['train_acc']:.2f}%")
     if row.get("val_acc") is not None:
         parts.append(f"val {100 * row['val_acc']:.2f}%")

@@ -37,6 +37,7 @@ from chanloss.training.distributed import (
     log,
     reduce_sum,
 )
+from chanloss.training.grad_share import GradShare
 from chanloss.training.progress import (
     epoch_bar,
     epoch_line,
@@ -115,6 +116,8 @@ class Trainer:
         self.best_val: float | None = None
         self.best_epoch: int | None = None
         self.columns = [col for slot in self.slots for col in slot.columns.values()]
+        gated = getattr(self.model, "gate", None) is not None
+        self.grad_share = GradShare(self.slots, config.grad_share_every, gated=gated)
         self._rank_rng: list[Any] | None = None  # every rank's generator states, for last.pt
         self.stop = StopRequest()  # set by a stop signal; the loop stops after the step
         self._partial_ranks: list[Any] | None = None  # every rank's position, for last.pt
@@ -169,6 +172,7 @@ class Trainer:
             first, seen, skipped = int(partial["step"]), int(partial["seen"]), partial["skipped"]
             sums, correct = partial["sums"].to(self.device), partial["correct"].to(self.device)
             elapsed = float(partial["elapsed"])
+            self.grad_share.points = [list(p) for p in partial.get("grad_share", [])]
         self.nonfinite.reset()
         start = time.perf_counter() - elapsed
         bar = epoch_bar(self.config, epoch, self.steps_per_epoch, self.verbose)
@@ -187,6 +191,11 @@ class Trainer:
                 objective, to_backward, values = self.objective(slot_terms)
             stacked = torch.stack([*values, objective.detach().float()])
             if self.nonfinite.step_is_finite(stacked, epoch, step, self._check_every_step):
+                if self.grad_share.due(self.global_step):  # from this graph, before backward
+                    scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+                    self.grad_share.record(
+                        out, slot_terms, step=self.global_step, scale=scale, writer=self.writer
+                    )
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(to_backward).backward()
                 if self.config.grad_clip is not None:
@@ -248,6 +257,7 @@ class Trainer:
         row["samples_per_s"] = seen_total / max(time.perf_counter() - start, 1e-9)
         if self.config.on_nonfinite == "skip":
             row["skipped_steps"] = skipped
+        row.update(self.grad_share.epoch_means())
         if not math.isfinite(row["train_loss"]):
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch + 1} (loss {row['train_loss']}); "
@@ -291,6 +301,7 @@ class Trainer:
             "seen": seen,
             "skipped": skipped,
             "elapsed": time.perf_counter() - start,
+            "grad_share": [list(p) for p in self.grad_share.points],  # this epoch's so far
         }
         if self.world_size > 1:  # every rank's position and generators
             self._partial_ranks = all_gather_object(self._partial)
@@ -413,6 +424,7 @@ class Trainer:
         fields += ["epoch_time", "samples_per_s"]
         if self.config.on_nonfinite == "skip":
             fields.append("skipped_steps")
+        fields += self.grad_share.columns
         self.run.write_metrics([rounded(row) for row in self.history], fields)
 
     def load_state(self, state: dict[str, Any], source: str) -> None:

@@ -438,6 +438,17 @@ class TrainConfig(_Section):
         "(every term and the total, every 10 steps), train/ (lr every 10 steps; loss, "
         "accuracy, speed per epoch), val/ and test/ accuracy; x axis: the global step.",
     )
+    grad_share_every: int = Field(
+        50,
+        ge=0,
+        le=1_000_000,
+        description="Every this many steps (0: never), record each loss term's gradient norm "
+        "on the feature map, the embedding and the channel-gate attention relative to the "
+        "first ce term's (metrics.csv gshare_* columns as epoch means, TensorBoard "
+        "grad_share/, the epoch line, chanloss analyze). Taken from the step's graph before "
+        "its backward pass: the trained weights are the same with it on or off. Runs with a "
+        "single loss term record nothing.",
+    )
     eval_every: int = Field(
         1,
         ge=1,
@@ -650,12 +661,36 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     return config.model_dump(mode="json")
 
 
+#: Keys a stored CC-Loss entry names when it was written before ``placement`` existed (a
+#: stored config names every default): such an entry is the side-branch reading.
+_CC_BEFORE_PLACEMENT = ("form", "min_hidden", "reduction", "pair_reduction")
+
+
+def upgrade_stored_config(raw: Any) -> Any:
+    """A stored config (a checkpoint's, a run's ``config.yaml``) as today's schema reads what
+    it meant: a CC-Loss entry written before ``placement`` existed gets ``placement: branch``
+    (the reading it was trained with; today's default is the gate). Anything else unchanged."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("losses"), list):
+        return raw
+    losses = []
+    for entry in raw["losses"]:
+        old = (
+            isinstance(entry, dict)
+            and entry.get("name") == "cc"
+            and "placement" not in entry
+            and all(key in entry for key in _CC_BEFORE_PLACEMENT)
+        )
+        losses.append({**entry, "placement": "branch"} if old else entry)
+    return {**raw, "losses": losses}
+
+
 def resolved_config_dict(raw: Any) -> Any:
     """A stored config (``config.yaml`` of a run, a checkpoint's ``config``) with every key
-    that the schema gained since it was written filled in with its default, so that it compares
-    equal to the same config resolved today. A stored config that no longer validates is
-    returned unchanged (it then compares unequal to any valid config)."""
+    that the schema gained since it was written filled in with its default (see
+    :func:`upgrade_stored_config`), so that it compares equal to the same config resolved
+    today. A stored config that no longer validates is returned unchanged (it then compares
+    unequal to any valid config)."""
     try:
-        return config_to_dict(validate_config(raw))
+        return config_to_dict(validate_config(upgrade_stored_config(raw)))
     except ConfigError:
         return raw
