@@ -256,7 +256,9 @@ def test_added_gate_takes_the_loss_reduction_unless_the_model_gives_one():
 
     def hidden(model_opts: dict, cc: dict) -> int:
         raw = _tiny(model={**TINY["model"], **model_opts}, losses=[{"name": "ce"}, cc])
-        return build_model(load_config(raw=raw), num_classes=10, in_channels=1).gate.hidden
+        gate = build_model(load_config(raw=raw), num_classes=10, in_channels=1).gate
+        assert gate.fc1.out_features == gate.fc2.in_features == gate.hidden  # the layers too
+        return gate.hidden
 
     assert hidden({}, {"name": "cc"}) == 4  # 20 // 16 = 1, raised to the floor of 4
     assert hidden({}, {"name": "cc", "reduction": 4}) == 5

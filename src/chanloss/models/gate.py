@@ -48,8 +48,8 @@ class SEGate(nn.Module):
         hidden = max(1, self.channels // self.reduction)
         floor = min(check_int("min_hidden", min_hidden, low=1), self.channels)
         self.hidden = max(hidden, floor)
-        self.fc1 = nn.Linear(self.channels, hidden)
-        self.fc2 = nn.Linear(hidden, self.channels)
+        self.fc1 = nn.Linear(self.channels, self.hidden)
+        self.fc2 = nn.Linear(self.hidden, self.channels)
 
     def attention(self, features: Tensor) -> Tensor:
         """``a`` in ``(0, 1)``, shape ``(B, C)``."""
