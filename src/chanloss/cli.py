@@ -431,7 +431,8 @@ def _configure_tune(p: argparse.ArgumentParser) -> None:
         type=_int_at_least(1),
         default=1,
         metavar="J",
-        help="trials at once, in separate processes (cores // J torch threads each)",
+        help="trials at once, in separate processes (cores // J torch threads each); on a CPU "
+        "with small models, the number of cores buys the most trials an hour",
     )
     p.add_argument(
         "--folds",
