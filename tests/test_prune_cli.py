@@ -380,3 +380,33 @@ def test_bad_inputs_are_one_line_and_write_nothing(runs, tmp_path, capsys, one_c
     assert "cannot re-apply its pruned structure (pruning record version 99" in line
     assert not out.exists()
     assert runs["mc"].read_bytes() == source  # the source run is untouched
+
+
+def test_a_gated_cc_run_prunes_and_every_command_reads_it(tmp_path, capsys):
+    """CC-Loss's default placement puts an SE gate between the feature map and the head: the
+    inner groups prune, the gate is carried over, and eval, predict, export and a resumed
+    fine-tune read the pruned checkpoint."""
+    last = _train(tmp_path, "gated", MODEL, [{"name": "ce"}, {"name": "cc", "reduction": 4}])
+    assert load_checkpoint(last)["model"]["gate.fc1.weight"].shape == (5, 20)
+    out = tmp_path / "p"
+    argv = ["prune", str(last), "--out", str(out), "--speedup", "2", "--finetune-epochs", "1"]
+    assert main([*argv, "--set", "prune.round_to=1"]) == 0
+    assert f"wrote {out / 'pruned.pt'}" in capsys.readouterr().out
+    result = json.loads((out / "prune.json").read_text())
+    assert result["macs"]["before"] / result["macs"]["after"] >= 2.0
+    state = load_checkpoint(out / "pruned.pt")
+    assert state["model"]["gate.fc1.weight"].shape == (5, 20)  # the feature map keeps its width
+    model = chanloss.load_model(out / "pruned.pt")
+    x = torch.rand(3, 1, 8, 8)
+    assert model(x).shape == (3, 10)
+    assert main(["eval", str(out / "pruned.pt"), "--out", str(tmp_path / "ev")]) == 0
+    top1 = json.loads((tmp_path / "ev" / "test" / "eval.json").read_text())["top1"]
+    assert top1 == pytest.approx(result["accuracy"]["kept"]["test"])
+    image = tmp_path / "one.png"
+    Image.fromarray((np.random.default_rng(1).random((8, 8)) * 255).astype(np.uint8)).save(image)
+    assert main(["predict", str(out / "pruned.pt"), str(image)]) == 0
+    assert main(["export", str(out / "pruned.pt"), "--out", str(tmp_path / "g.pt")]) == 0
+    torch.testing.assert_close(torch.jit.load(str(tmp_path / "g.pt"))(x), model(x))
+    tune = out / "finetune"
+    assert main(["train", "--out", str(tune), "--resume", "--set", "epochs=2", "-q"]) == 0
+    assert load_checkpoint(tune / "last.pt")["pruning"] == state["pruning"]
