@@ -39,4 +39,4 @@ report: $(STAMP)
 	$(PY) benchmarks/report.py
 
 docs: $(STAMP)
-	$(PY) -m chanloss.training.config_reference > docs/configuration.md
+	$(PY) -m chanloss.config.reference > docs/configuration.md

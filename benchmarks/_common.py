@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from chanloss.atomic import json_text
+from chanloss.core.atomic import json_text
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent

@@ -16,7 +16,7 @@ preprocessing, training mode); the number is the median over batches and seeds o
 
 a ratio linear in ``w`` (the margin form's old default was ``w = 1``: multiply its rows by 100);
 the gradient norms on the feature map ``F`` taken with the trainer's own gradient-share code
-(:class:`chanloss.training.grad_share.GradShare`). The same ratio on the attention vector is
+(:class:`chanloss.run.grad_share.GradShare`). The same ratio on the attention vector is
 recorded for the gate. Shares through training come from the runs of
 ``benchmarks/bench_cc_round3.py`` (``grad_share_every``).
 """
@@ -45,7 +45,7 @@ PLACEMENTS = ("gate", "branch")
 
 
 def config_for(dataset: str, placement: str, form: str, seed: int) -> Any:
-    from chanloss.training.config import load_config
+    from chanloss.config import load_config
 
     raw = {**RECIPES[dataset], "seed": seed, "device": "cpu"}
     raw["losses"] = [
@@ -64,8 +64,8 @@ def config_for(dataset: str, placement: str, form: str, seed: int) -> Any:
 def shares(dataset: str, placement: str, form: str, seed: int, batches: int, data: Any) -> dict:
     """Median feature-map (and attention) share over ``batches`` batches of one seed."""
     from chanloss.data.base import to_float_images
-    from chanloss.training.builders import build_augmentations, build_losses, build_model
-    from chanloss.training.grad_share import GradShare
+    from chanloss.run.builders import build_augmentations, build_losses, build_model
+    from chanloss.run.grad_share import GradShare
 
     config = config_for(dataset, placement, form, seed)
     torch.manual_seed(seed)
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "cc_grad_share.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from chanloss.training.builders import build_data
+    from chanloss.run.builders import build_data
 
     rows = []
     for dataset in args.datasets.split(","):

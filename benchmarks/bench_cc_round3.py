@@ -18,7 +18,7 @@ training data; ``grad_share_every = 10``):
 CC-Loss's weight is chosen per data set and placement on VALIDATION: seed 0 is trained with
 each weight of ``WEIGHTS`` (0.01 and 0.1 in effect for both readings), the one with the higher final validation accuracy is kept (a tie
 goes to the smaller weight) and trained with the other seeds. Test accuracy is read only for
-reporting; the verdict uses the project's rule (chanloss.training.verdict: a gap of means beyond
+reporting; the verdict uses the project's rule (chanloss.experiments.verdict: a gap of means beyond
 2 standard errors of the difference). The recipes are SHRUNK to fit about an hour of one CPU
 core (narrow ConvNets, few epochs; see ``RECIPES``), so the accuracies are below the study's.
 Runs are resumable (a finished run is skipped).
@@ -112,9 +112,9 @@ def run(dataset: str, arm: str, seed: int, weight: float | None, runs: Path) -> 
 
 def verdicts(arms: dict[str, list[dict[str, Any]]], epochs: int) -> list[str]:
     """The project's verdict lines: each CC arm against CE and against the SE control."""
-    from chanloss.training.compare import ConfigResult
-    from chanloss.training.config import load_config
-    from chanloss.training.verdict import gap_line
+    from chanloss.config import load_config
+    from chanloss.experiments.comparison import ConfigResult
+    from chanloss.experiments.verdict import gap_line
 
     def result(label: str) -> ConfigResult:
         rows = arms[label]

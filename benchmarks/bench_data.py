@@ -93,7 +93,7 @@ _RSS_CHILD = """
 import json, resource, sys
 import torch
 from chanloss.data import build_datasets
-from chanloss.training.builders import Batches
+from chanloss.run.builders import Batches
 torch.set_num_threads(1)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 bundle = build_datasets("image_folder", root=sys.argv[1], mode=sys.argv[2], normalize="imagenet",

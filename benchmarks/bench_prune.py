@@ -130,7 +130,8 @@ def _config(setup: dict[str, Any], losses: list, seed: int, quick: bool) -> dict
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from chanloss.training import train, validate_config
+    from chanloss.config import validate_config
+    from chanloss.run.session import train
 
     torch.set_num_threads(args.threads)
     speedups = [float(s) for s in args.speedups.split(",")]

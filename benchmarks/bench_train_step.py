@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common  # noqa: E402
 
+from chanloss.config import OptimConfig  # noqa: E402
 from chanloss.losses import create_loss  # noqa: E402
 from chanloss.models import create_model  # noqa: E402
-from chanloss.training.config import OptimConfig  # noqa: E402
-from chanloss.training.optim import build_optimizer  # noqa: E402
+from chanloss.run.optim import build_optimizer  # noqa: E402
 
 common.import_all_losses()
 

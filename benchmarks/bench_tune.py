@@ -120,7 +120,7 @@ def ce_convergence(out: Path) -> float | None:
 
 def run_loss(dataset: str, loss: str, base: dict[str, Any], args: argparse.Namespace,
              runs: Path, trials: int, folds: int) -> dict[str, Any]:  # fmt: skip
-    from chanloss.training import load_config
+    from chanloss.config import load_config
     from chanloss.tuning import confirm_runs, gain_over, tune
 
     raw = {**copy.deepcopy(base), "losses": [{"name": "ce"}, {"name": loss}]}
@@ -167,7 +167,7 @@ def run_loss(dataset: str, loss: str, base: dict[str, Any], args: argparse.Names
     )
     entry["cv"]["reruns"] = conf["val"].get("reruns", [])
     assert entry["answer"] == summary["verdict"]["answer"], (entry["answer"], summary["verdict"])
-    from chanloss.training.config import yaml_load
+    from chanloss.config import yaml_load
 
     tuned = yaml_load((out / "best.yaml").read_text())
     tasks, labels = [], []
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs/bench-tune-quick" if args.quick else "runs/bench-tune"
     )
     results = args.results or (common.QUICK_DIR if args.quick else common.RESULTS_DIR)
-    from chanloss.messages import command_scope
+    from chanloss.core.messages import command_scope
 
     with command_scope():  # each repeated note or warning once, as the command line does
         return _run(args, runs, results)

@@ -73,7 +73,7 @@ def unstable_raw() -> dict[str, Any]:
 
 
 def positive_raw() -> dict[str, Any]:
-    from chanloss.training.demo import DEMO_CONFIGS
+    from chanloss.experiments.demo import DEMO_CONFIGS
 
     raw = copy.deepcopy(DEMO_CONFIGS["demo-mc"])
     raw["device"] = "cpu"

@@ -261,10 +261,10 @@ def _timed_steps(
 
 
 def check_backbones(device: torch.device, quick: bool) -> list[dict[str, Any]]:
+    from chanloss.config import OptimConfig
     from chanloss.losses import create_loss
     from chanloss.models import create_model
-    from chanloss.training.config import OptimConfig
-    from chanloss.training.optim import build_optimizer
+    from chanloss.run.optim import build_optimizer
 
     steps, warmup = (1, 0) if quick else (8, 3)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
@@ -355,7 +355,7 @@ def check_stream(device: torch.device, quick: bool, workers: int | None) -> dict
     from chanloss.data import build_datasets
     from chanloss.losses import create_loss
     from chanloss.models import create_model
-    from chanloss.training.builders import Batches
+    from chanloss.run.builders import Batches
 
     images = 8 if quick else 384
     size, resize = (32, 40) if quick else (448, 512)

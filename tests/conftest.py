@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from ctrl_c import CtrlCLoss
+
+from chanloss.losses import LOSSES
+from chanloss.losses.registry import register_loss
 
 torch.set_num_threads(1)
 
@@ -55,3 +59,12 @@ def _working_tree_stays_clean() -> Iterator[None]:
         "the test suite left these in the working tree (tests must write only under "
         f"tmp_path): {', '.join(left[:20])}"
     )
+
+
+@pytest.fixture
+def ctrl_c_loss() -> Iterator[None]:
+    """The Ctrl-C loss (tests/ctrl_c.py) registered as ``test_ctrl_c`` for one test."""
+    register_loss("test_ctrl_c")(CtrlCLoss)
+    yield
+    LOSSES.pop("test_ctrl_c")
+    CtrlCLoss.AT = []

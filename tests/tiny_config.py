@@ -10,3 +10,17 @@ TINY = {
     "batch_size": 128,
     "device": "cpu",
 }
+
+# The tune tests' config: MC-Loss with its search space; needs a validation split.
+TUNE_TINY = {
+    "model": {"name": "convnet_small", "width": 4, "feature_channels": 20, "pools": 1},
+    "data": {"name": "digits", "val_fraction": 0.25},
+    "losses": [{"name": "ce"}, {"name": "mc"}],
+    "optim": {"lr": 0.1},
+    "schedule": {"name": "constant"},
+    "epochs": 3,
+    "batch_size": 32,
+    "device": "cpu",
+    # MC's weights and the learning rate; a wide lr range gives the pruner poor trials to stop
+    "search": {"mc": {"keep_ratio": None, "pool": None}, "optim": {"lr": [1e-4, 0.5]}},
+}

@@ -1,6 +1,6 @@
 """The accuracy study's protocol: data sets, training recipes, losses, sweeps and parts.
 
-Every part trains raw configs (the schema of ``chanloss.training.config``) with the project's
+Every part trains raw configs (the schema of ``chanloss.config``) with the project's
 trainer. Two kinds of part:
 
 - ``sweep-<dataset>``: CC-Loss (``weight``, ``reduction``, ``pair_reduction``) and MC-Loss

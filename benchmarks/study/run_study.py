@@ -128,7 +128,7 @@ def _strip(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _non_finite_error() -> tuple[type[BaseException], ...]:
     try:
-        from chanloss.training.trainer import NonFiniteLossError
+        from chanloss.run.trainer import NonFiniteLossError
     except ImportError:  # older trainers raise a ConfigError saying "diverged"
         return ()
     return (NonFiniteLossError,)
@@ -140,7 +140,7 @@ _NON_FINITE = _non_finite_error()
 # -- one run -------------------------------------------------------------------------------------
 def run_status(run_dir: Path, config_dict: dict[str, Any]) -> str:
     """``new``, ``resume``, ``done`` or ``diverged``; another config in ``run_dir`` is an error."""
-    from chanloss.training.config import resolved_config_dict, yaml_load
+    from chanloss.config import resolved_config_dict, yaml_load
 
     stored_path = run_dir / "config.yaml"
     if not stored_path.exists():
@@ -190,8 +190,8 @@ def final_metrics(run_dir: Path) -> dict[str, Any]:
 
 def train_one(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Train (or skip / resume) one run; ``{"status", "val_acc", "test_acc", "time_s"}``."""
-    from chanloss.training import load_config, train
-    from chanloss.training.config import ConfigError, config_to_dict
+    from chanloss.config import ConfigError, config_to_dict, load_config
+    from chanloss.run.session import train
 
     config = load_config(raw=raw)
     config_dict = config_to_dict(config)
@@ -388,8 +388,7 @@ class Runner:
     def run_tuned(self, part: P.Part, start: float) -> None:
         """Tune every loss with ``chanloss tune`` (same budget, validation only), then train the
         chosen settings on the full training split over the seeds like a study part."""
-        from chanloss.training import load_config
-        from chanloss.training.config import yaml_load
+        from chanloss.config import load_config, yaml_load
         from chanloss.tuning import tune
 
         trials = 2 if self.args.quick else (self.args.trials or part.trials)
@@ -629,7 +628,7 @@ class Runner:
 
 
 def dry_run(runner: Runner, part: P.Part) -> None:
-    from chanloss.training import load_config
+    from chanloss.config import load_config
 
     if part.kind == "sweep":
         items = P.sweep_configs(part)

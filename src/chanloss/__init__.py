@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from chanloss.inference import load_model
 
-from chanloss import messages as _messages
+from chanloss.core import messages as _messages
 
 # A worker process of a command (compare/tune --jobs, train --nproc) prints warnings as that
-# command does: one line, once per command (see chanloss.messages).
+# command does: one line, once per command (see chanloss.core.messages).
 _messages.join_command()
 
 __version__ = "0.1.0"

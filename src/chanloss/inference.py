@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from chanloss.atomic import json_text
-from chanloss.errors import InferenceError
-from chanloss.training.checkpoint import CheckpointError
-from chanloss.training.config import ConfigError, TrainConfig
+from chanloss.config import ConfigError, TrainConfig
+from chanloss.core.atomic import json_text
+from chanloss.core.errors import InferenceError
+from chanloss.run.checkpoint import CheckpointError
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 _SUFFIX = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
@@ -186,8 +186,8 @@ def load_model(path: str | Path, *, device: str = "cpu") -> TrainedModel:
     ``device``: cpu (default), cuda, cuda:N or auto. A checkpoint written before the
     preprocessing was stored warns and rebuilds it from the run's data set.
     """
-    from chanloss.training.builders import resolve_device
-    from chanloss.training.loader import load_run, read_checkpoint
+    from chanloss.run.builders import resolve_device
+    from chanloss.run.loader import load_run, read_checkpoint
 
     stored = read_checkpoint(path, device="cpu")
     path = stored.path
@@ -206,7 +206,7 @@ def load_model(path: str | Path, *, device: str = "cpu") -> TrainedModel:
 
 
 def _rebuilt_preprocessing(config: TrainConfig, path: Path) -> Preprocessing:
-    from chanloss.training.builders import build_data, run_preprocessing
+    from chanloss.run.builders import build_data, run_preprocessing
 
     warnings.warn(
         f"{path} was written before checkpoints stored their preprocessing; rebuilding it "
@@ -329,7 +329,7 @@ def export_model(
             import onnx
         except ImportError:
             raise InferenceError("ONNX export needs the onnx package: pip install onnx") from None
-    from chanloss.training.loader import resolve_checkpoint
+    from chanloss.run.loader import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(checkpoint)  # a run directory: its best.pt (or last.pt)
     model = load_model(checkpoint)
@@ -394,7 +394,7 @@ def _onnx_bytes(model: TrainedModel, example: Tensor) -> bytes:
 @contextlib.contextmanager
 def _atomic_write(path: Path, mode: str) -> Iterator[Any]:
     """A file object whose content replaces ``path`` only once it is complete."""
-    from chanloss.training.run_dir import atomic_open
+    from chanloss.run.run_dir import atomic_open
 
     if not path.parent.is_dir():
         raise InferenceError(f"cannot write {path}: the directory does not exist")

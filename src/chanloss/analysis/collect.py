@@ -20,7 +20,7 @@ from chanloss.losses.cc_loss import CCLoss
 from chanloss.losses.mc_loss import MCLoss
 
 if TYPE_CHECKING:
-    from chanloss.training import Trainer
+    from chanloss.run.trainer import Trainer
 
 __all__ = ["RunData", "collect", "example_indices", "load_trainer"]
 
@@ -74,13 +74,13 @@ def _example_images(test: Any, examples: Tensor, crop: tuple[int, int] | None) -
 
 
 def load_trainer(checkpoint: str | Path, *, device: str = "auto") -> tuple[Trainer, dict[str, Any]]:
-    """The run's :class:`~chanloss.training.Trainer` with the checkpoint's weights, and the state.
+    """The run's :class:`~chanloss.run.trainer.Trainer` with the checkpoint's weights, and the state.
 
     ``checkpoint`` is a file or a run directory; the run is rebuilt by the one checkpoint
-    loader (:func:`chanloss.training.loader.load_run` with its data), ``device`` replacing the
+    loader (:func:`chanloss.run.loader.load_run` with its data), ``device`` replacing the
     stored config's, with the model's and the losses' weights (CC-Loss attention, margin heads).
     """
-    from chanloss.training.loader import load_run
+    from chanloss.run.loader import load_run
 
     loaded = load_run(checkpoint, device=device, with_data=True)
     assert loaded.trainer is not None

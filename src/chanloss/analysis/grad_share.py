@@ -1,7 +1,7 @@
 """The gradient-share figure of ``chanloss analyze``: each loss term's gradient norm on the
 feature map (and the embedding, the attention) relative to cross-entropy's, per epoch, from the
 ``gshare_*`` columns of each run's ``metrics.csv`` (``grad_share_every``, see
-:mod:`chanloss.training.grad_share`)."""
+:mod:`chanloss.run.grad_share`)."""
 
 from __future__ import annotations
 

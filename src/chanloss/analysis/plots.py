@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
 
-from chanloss.training.run_dir import write_png  # noqa: E402
+from chanloss.run.run_dir import write_png  # noqa: E402
 
 __all__ = [
     "class_colours",

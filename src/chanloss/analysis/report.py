@@ -28,8 +28,8 @@ from chanloss.analysis.grad_share import plot_grad_share
 from chanloss.analysis.metrics import separability
 from chanloss.analysis.plots import finite_range, plot_channel_maps, plot_heatmaps, plot_tsne
 from chanloss.analysis.views import class_correlation, class_means
-from chanloss.html_style import REPORT_CSS
-from chanloss.training.run_dir import atomic_open
+from chanloss.core.html_style import REPORT_CSS
+from chanloss.run.run_dir import atomic_open
 
 __all__ = ["METRIC_COLUMNS", "analyze", "remove_earlier_outputs", "run_labels", "subsample"]
 
@@ -215,7 +215,7 @@ def analyze(
     stage starts. The files of an earlier analysis in ``out_dir`` are removed once the runs
     are collected (:func:`remove_earlier_outputs`), so it holds only this analysis.
     """
-    from chanloss.training.loader import resolve_checkpoint
+    from chanloss.run.loader import resolve_checkpoint
 
     if not checkpoints:
         raise ValueError("analyze needs at least one checkpoint, got none")

@@ -16,7 +16,7 @@ import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
 
-from chanloss._validation import check_bool, check_float, check_int, check_size
+from chanloss.core.validation import check_bool, check_float, check_int, check_size
 
 
 class Augmentation(nn.Module):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from chanloss.errors import DatasetError
-from chanloss.messages import once
+from chanloss.core.errors import DatasetError
+from chanloss.core.messages import once
 
 __all__ = ["auto_size", "probe_images"]
 

@@ -11,15 +11,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from chanloss._validation import (
+from chanloss.core.errors import DatasetError as DatasetError
+from chanloss.core.errors import DatasetFileNotFoundError as DatasetFileNotFoundError
+from chanloss.core.validation import (
     check_choice,
     check_float,
     check_int,
     check_options,
     keyword_options,
 )
-from chanloss.errors import DatasetError as DatasetError
-from chanloss.errors import DatasetFileNotFoundError as DatasetFileNotFoundError
 
 
 def to_float_images(images: Tensor) -> Tensor:

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from chanloss._validation import check_choice, check_float, check_int, check_size
+from chanloss.core.errors import UnsafePickleError
+from chanloss.core.messages import once
+from chanloss.core.validation import check_choice, check_float, check_int, check_size
 from chanloss.data.auto import probe_images
 from chanloss.data.base import (
     DatasetError,
@@ -44,8 +46,6 @@ from chanloss.data.files import (
     ImageSpec,
     decode_files,
 )
-from chanloss.errors import UnsafePickleError
-from chanloss.messages import once
 
 #: Seed of the fixed train/test splits of digits and mnist5k.
 SPLIT_SEED = 0

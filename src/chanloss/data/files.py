@@ -41,7 +41,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from chanloss.errors import DatasetError, DatasetFileNotFoundError
+from chanloss.core.errors import DatasetError, DatasetFileNotFoundError
 
 RESIZE_MODES = ("crop", "stretch")
 #: Bumped whenever the decoded pixels of a cache file would change for the same spec

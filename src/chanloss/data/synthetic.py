@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from chanloss._validation import check_float, check_int
+from chanloss.core.validation import check_float, check_int
 from chanloss.data.base import Splits, register_dataset
 
 CHUNK = 1024

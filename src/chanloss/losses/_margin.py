@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from chanloss._validation import (
+from chanloss.core.validation import (
     check_float,
     check_int,
 )

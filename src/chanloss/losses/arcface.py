@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from chanloss._validation import check_float
+from chanloss.core.validation import check_float
 from chanloss.losses._margin import MarginHead, cosine, replace_target, target_cos_sin, unit
 from chanloss.losses.registry import register_loss
 from chanloss.losses.search import Choice, Uniform

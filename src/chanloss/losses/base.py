@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from chanloss._validation import as_compute_dtype, check_finite, check_labels, check_tensor
+from chanloss.core.validation import as_compute_dtype, check_finite, check_labels, check_tensor
 
 ModelOutputName = Literal["logits", "features", "embedding", "attention"]
 

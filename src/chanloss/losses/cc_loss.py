@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from chanloss._validation import (
+from chanloss.core.validation import (
     as_compute_dtype,
     check_bool,
     check_choice,

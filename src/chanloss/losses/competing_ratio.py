@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from chanloss._validation import check_float
+from chanloss.core.validation import check_float
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
 from chanloss.losses.search import Uniform

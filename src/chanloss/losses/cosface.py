@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from chanloss._validation import check_float
+from chanloss.core.validation import check_float
 from chanloss.losses._margin import MarginHead, cosine, replace_target, unit
 from chanloss.losses.registry import register_loss
 from chanloss.losses.search import Choice, Uniform

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from chanloss._validation import check_float
+from chanloss.core.validation import check_float
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
 

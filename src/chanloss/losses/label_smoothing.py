@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from chanloss._validation import check_float, check_int
+from chanloss.core.validation import check_float, check_int
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
 from chanloss.losses.search import Uniform

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from chanloss._validation import (
+from chanloss.core.validation import (
     check_choice,
     check_float,
     check_int,

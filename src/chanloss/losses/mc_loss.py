@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from chanloss._validation import check_choice, check_float, check_int, check_labels
+from chanloss.core.validation import check_choice, check_float, check_int, check_labels
 from chanloss.losses.base import Loss
 from chanloss.losses.registry import register_loss
 from chanloss.losses.search import Choice, LogUniform

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from chanloss.errors import LossInputError
+from chanloss.core.errors import LossInputError
 
 __all__ = ["ModelWithLosses", "Objective", "backward_scale"]
 

@@ -6,7 +6,7 @@ or ``weight``, the entry's multiplier) to one of the small dataclasses below. We
 log-uniform with a lower end small enough that the search can switch the loss almost off, so
 a tuned loss added to cross-entropy cannot end worse than cross-entropy except by noise.
 
-Plain data, no dependency: ``chanloss.training.search`` turns these into Optuna suggestions
+Plain data, no dependency: ``chanloss.config.search`` turns these into Optuna suggestions
 and lets a config's ``search:`` block narrow or override them.
 """
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from chanloss._validation import did_you_mean
+from chanloss.core.validation import did_you_mean
 
 __all__ = ["CONTEXT", "LossParam", "LossSpec", "REQUIRED"]
 

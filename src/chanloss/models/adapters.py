@@ -18,7 +18,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from chanloss._validation import check_int
+from chanloss.core.validation import check_int
 from chanloss.models.registry import ADAPTERS, MODELS
 from chanloss.models.tap import FeatureTap
 

@@ -6,7 +6,7 @@ import os
 
 from torch import Tensor, nn
 
-from chanloss._validation import check_choice, check_int
+from chanloss.core.validation import check_choice, check_int
 from chanloss.models.base import ModelOutput
 
 HEADS = ("gap", "mcloss")

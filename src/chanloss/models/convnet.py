@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from chanloss._validation import check_int
+from chanloss.core.validation import check_int
 from chanloss.models.common import Backbone, build_head, conv_bn_relu
 from chanloss.models.registry import register_model
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from chanloss._validation import check_int
+from chanloss.core.validation import check_int
 
 __all__ = ["GATE_DEFAULTS", "GATES", "SEGate", "add_channel_gate", "gate_of"]
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from chanloss._validation import check_int, check_options, keyword_options
+from chanloss.core.validation import check_int, check_options, keyword_options
 from chanloss.models.gate import GATE_DEFAULTS, GATES, add_channel_gate
 
 ModelFactory = Callable[..., nn.Module]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from chanloss._validation import check_bool, check_choice, check_float, check_int
+from chanloss.core.validation import check_bool, check_choice, check_float, check_int
 from chanloss.models.common import Backbone, build_head, scaled, with_weights
 from chanloss.models.registry import register_model
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from chanloss._validation import check_bool, check_float, check_int
+from chanloss.core.validation import check_bool, check_float, check_int
 from chanloss.models.common import (
     Backbone,
     build_head,

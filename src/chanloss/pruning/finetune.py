@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from chanloss.errors import PruneError
+from chanloss.core.errors import PruneError
 
 PARTIAL = "prune.partial.json"
 AFTER_PRUNING = "after_pruning.pt"
@@ -27,7 +27,7 @@ AFTER_PRUNING = "after_pruning.pt"
 def claim_out(out: Path, request: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
     """Lock ``out`` and check it: ``(run_dir, partial)`` where ``partial`` is the saved state
     of an unfinished prune of the same ``request`` (else ``None``: a fresh start)."""
-    from chanloss.training.run_dir import HOLDER_FILE, LOCK_FILE, RunDir
+    from chanloss.run.run_dir import HOLDER_FILE, LOCK_FILE, RunDir
 
     if out.exists() and not out.is_dir():
         raise PruneError(f"--out {out} exists and is not a directory; expected a new directory")
@@ -59,7 +59,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
 def finetune_config(config: Any, epochs: int, options: dict[str, Any], overrides: list) -> Any:
     """The fine-tune's config: the run's, ``epochs`` long, at ``prune.finetune_lr`` (default
     a tenth of the run's peak lr; an explicit ``--set optim.lr`` is kept), no warm-up."""
-    from chanloss.training.config import apply_overrides, config_to_dict, validate_config
+    from chanloss.config import apply_overrides, config_to_dict, validate_config
 
     raw = config_to_dict(config)
     given = {key for key, _ in overrides}
@@ -79,7 +79,7 @@ def finetune_config(config: Any, epochs: int, options: dict[str, Any], overrides
 def start_finetune(tuner: Any, out: Path) -> float | None:
     """Save the model right after pruning as ``after_pruning.pt`` and as the fine-tune's
     epoch-0 ``last.pt`` (best so far: its validation accuracy); that accuracy."""
-    from chanloss.training.checkpoint import save_checkpoint
+    from chanloss.run.checkpoint import save_checkpoint
 
     val = tuner.accuracy("val") if "val" in tuner.eval_batches else None
     tuner.best_val, tuner.best_epoch = val, 0 if val is not None else None
@@ -92,13 +92,13 @@ def start_finetune(tuner: Any, out: Path) -> float | None:
 
 def run_finetune(config: Any, out: Path, verbose: bool) -> Any:
     """Fine-tune (or continue fine-tuning) from ``finetune/last.pt``; the trainer's result."""
-    from chanloss.training.session import train
+    from chanloss.run.session import train
 
     return train(config, out / "finetune", resume=True, verbose=2 if verbose else 0)
 
 
 def _copy(source: Path, target: Path) -> None:
-    from chanloss.training.checkpoint import load_checkpoint, save_checkpoint
+    from chanloss.run.checkpoint import load_checkpoint, save_checkpoint
 
     save_checkpoint(load_checkpoint(source), target)  # a temporary file + rename
 
@@ -106,7 +106,7 @@ def _copy(source: Path, target: Path) -> None:
 def choose_kept(out: Path, after_val: float | None, epochs: int) -> dict[str, Any]:
     """Which model becomes ``pruned.pt`` (copied there): ``{"which", "why", "epoch",
     "val"}``."""
-    from chanloss.training.checkpoint import load_checkpoint
+    from chanloss.run.checkpoint import load_checkpoint
 
     if epochs == 0:
         _copy(out / AFTER_PRUNING, out / "pruned.pt")

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from chanloss.errors import PruneError as PruneError
+from chanloss.core.errors import PruneError as PruneError
 from chanloss.models.pruned import (
     RECORD_FORMAT,
     RECORD_VERSION,

@@ -86,7 +86,7 @@ def calibration_images(
 ) -> tuple[Calibration, list[tuple[Tensor, Tensor]], str]:
     """Calibration batches from the training split (seeded shuffle, evaluation preprocessing);
     the validation batches (the val split, or held-out training images when there is none)."""
-    from chanloss.training.builders import Batches
+    from chanloss.run.builders import Batches
 
     want = int(options["calibration_images"])
     holdout_want = 0 if trainer.data.val is not None else int(options["holdout_images"])

@@ -68,7 +68,7 @@ def prune_checkpoint(
     contents. ``refit`` (default: on for cpli only) re-fits the readers of each pruned group
     by least squares. Bad input is a :class:`PruneError` (or ``CheckpointError``/
     ``ConfigError``) raised before anything is written."""
-    from chanloss.training.config import parse_overrides
+    from chanloss.config import parse_overrides
 
     started = time.perf_counter()
     say = inputs.printer(verbose)
@@ -127,7 +127,7 @@ def prune_checkpoint(
 
 
 def _tune_config(result: dict[str, Any], epochs: int, options: dict, overrides: list) -> Any:
-    from chanloss.training.config import validate_config
+    from chanloss.config import validate_config
 
     return finetune_config(validate_config(result["config"]), epochs, options, overrides)
 
@@ -153,8 +153,8 @@ class _Job:
 
 def _load(checkpoint, out: Path, options, prune_features: bool, device: str) -> _Job:
     """Read the run and find its groups; every check that needs the model happens here."""
-    from chanloss.errors import CheckpointError
-    from chanloss.training.loader import load_run, read_checkpoint
+    from chanloss.core.errors import CheckpointError
+    from chanloss.run.loader import load_run, read_checkpoint
 
     stored = read_checkpoint(checkpoint, device=device)
     checkpoint, state, config = stored.path, stored.state, stored.config
@@ -212,7 +212,7 @@ def _prune(
 ) -> tuple[dict[str, Any], Any]:
     """Everything up to the fine-tune: prune, measure, write ``after_pruning.pt`` and the
     partial state; (the result so far, the fine-tune's config)."""
-    from chanloss.training.run_dir import write_json
+    from chanloss.run.run_dir import write_json
 
     job = _load(checkpoint, out, options, prune_features, device)
     tune_config = finetune_config(job.config, finetune_epochs, options, config_overrides)
@@ -253,7 +253,7 @@ def _prune(
 
 
 def _result(job: _Job, method, refit, speedup, pruned, kept_all, options, prune_features):
-    from chanloss.training.config import config_to_dict
+    from chanloss.config import config_to_dict
 
     macs_before, params_before = count_macs(job.model, job.example)
     macs_after, params_after = count_macs(pruned, job.example)
@@ -286,7 +286,7 @@ def _result(job: _Job, method, refit, speedup, pruned, kept_all, options, prune_
 
 def _tuner(job: _Job, pruned, kept_all, method, tune_config, out: Path) -> Any:
     """The fine-tune's trainer holding the pruned model (and the losses' re-sliced state)."""
-    from chanloss.training.trainer import Trainer
+    from chanloss.run.trainer import Trainer
 
     record = make_record(job.groups, kept_all, job.example, method)
     tuner = Trainer(
@@ -411,7 +411,7 @@ def _finish(
     started: float,
 ) -> None:
     """Fine-tune (or continue), choose the kept model, write pruned.pt and prune.json."""
-    from chanloss.training.run_dir import write_json
+    from chanloss.run.run_dir import write_json
 
     tuned_started = time.perf_counter()
     result["accuracy"]["finetuned"] = None
@@ -445,7 +445,7 @@ def _finish(
 
 def _evaluate(path: Path) -> dict[str, float | None]:
     """Accuracy of the checkpoint at ``path`` on its run's val and test splits."""
-    from chanloss.training.loader import load_run
+    from chanloss.run.loader import load_run
 
     trainer = load_run(path, device=None, with_data=True, out_dir=path.parent / "finetune").trainer
     return {s: trainer.accuracy(s) if s in trainer.eval_batches else None for s in ("val", "test")}

@@ -4,7 +4,7 @@ Every trial is a training run of the config with sampled settings (TPE sampler),
 the VALIDATION split; a pruner fed the per-epoch validation accuracy stops poor trials early.
 The test split is never read during the search (trials train with ``evaluate_test=False``).
 The search space is the losses' declared spaces narrowed or extended by the config's
-``search:`` block (:mod:`chanloss.training.search`).
+``search:`` block (:mod:`chanloss.config.search`).
 
 Modules: :mod:`~chanloss.tuning.storage` (where a study lives and what it is of),
 :mod:`~chanloss.tuning.pruners`, :mod:`~chanloss.tuning.trials` (one training run, in this

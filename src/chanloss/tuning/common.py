@@ -61,7 +61,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def write_text(path: Path, text: str) -> None:
-    from chanloss.training.run_dir import atomic_open
+    from chanloss.run.run_dir import atomic_open
 
     with atomic_open(path) as f:
         f.write(text)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chanloss.training.config import ConfigError
+from chanloss.config import ConfigError
 from chanloss.tuning.output import stuck_text
 from chanloss.tuning.stats import gain_over, paired_fold_test, stuck_flags
 from chanloss.tuning.trials import confirm_runs
@@ -30,8 +30,8 @@ def check_folds(tuner: Tuner) -> None:
     """``--folds K`` needs K images of every class in the training split (one line, exit 2)."""
     if not tuner.folds:
         return
-    from chanloss.training.builders import build_data
-    from chanloss.training.config import load_config
+    from chanloss.config import load_config
+    from chanloss.run.builders import build_data
 
     raw = copy.deepcopy(tuner.raw)
     raw["data"]["val_fraction"] = 0.0
@@ -90,7 +90,7 @@ def fold_schedule(raw: dict[str, Any], folds: int) -> dict[str, Any]:
     learning-rate schedule, as the run on the whole training split that the test split judges.
     Without it a fold trains ``(K-1)/K`` of the steps, and a loss that only learns faster looks
     better on the folds than on test (docs/tuning.md, "How long")."""
-    from chanloss.training.config import load_config
+    from chanloss.config import load_config
 
     config = load_config(raw=raw)
     factor = folds / (folds - 1)
@@ -220,8 +220,8 @@ def cross_validate(
 
 def _train_size(raw: dict[str, Any]) -> int:
     """Images in the training split of ``raw`` (validation left in)."""
-    from chanloss.training.builders import build_data
-    from chanloss.training.config import load_config
+    from chanloss.config import load_config
+    from chanloss.run.builders import build_data
 
     r = copy.deepcopy(raw)
     r["data"].update(val_fraction=0.0, folds=0)

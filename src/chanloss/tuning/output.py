@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from chanloss.training.search import Dimension
+from chanloss.config.search import Dimension
 from chanloss.tuning.common import mean_std, write_text
 from chanloss.tuning.stats import noise_text
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import optuna
 
-from chanloss.training.config import ConfigError
+from chanloss.config import ConfigError
 from chanloss.tuning.stats import SCORE_EPOCHS, curve_score, pooled_seed_std, stuck_flags
 
 __all__ = [

@@ -18,9 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from chanloss.html_style import REPORT_CSS  # noqa: E402
+from chanloss.config.search import Dimension  # noqa: E402
+from chanloss.core.html_style import REPORT_CSS  # noqa: E402
 from chanloss.losses.search import Choice, LogUniform  # noqa: E402
-from chanloss.training.search import Dimension  # noqa: E402
 from chanloss.tuning.common import mean_std, write_text  # noqa: E402
 from chanloss.tuning.output import (  # noqa: E402
     advice,

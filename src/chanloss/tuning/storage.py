@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chanloss.config import ConfigError, TrainConfig, config_to_dict, resolved_config_dict
+from chanloss.config.search import Dimension
+from chanloss.core.masking import mask_secrets
 from chanloss.losses.search import Choice, IntRange, LogUniform, SearchParam
-from chanloss.masking import mask_secrets
-from chanloss.training.config import ConfigError, TrainConfig, config_to_dict, resolved_config_dict
-from chanloss.training.search import Dimension
 
 __all__ = [
     "STUDY_NAME",

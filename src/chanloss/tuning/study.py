@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from chanloss.masking import mask_secrets
-from chanloss.training.config import ConfigError
-from chanloss.training.search import low_end_params, start_params
+from chanloss.config import ConfigError
+from chanloss.config.search import low_end_params, start_params
+from chanloss.core.masking import mask_secrets
 from chanloss.tuning.pruners import make_pruner
 from chanloss.tuning.storage import (
     STUDY_NAME,

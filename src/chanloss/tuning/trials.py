@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from chanloss.atomic import write_json
-from chanloss.errors import TrainingDiverged
-from chanloss.training.config import ConfigError, TrainConfig, config_to_dict, load_config
-from chanloss.training.result import RunResult
+from chanloss.config import ConfigError, TrainConfig, config_to_dict, load_config
+from chanloss.core.atomic import write_json
+from chanloss.core.errors import TrainingDiverged
+from chanloss.run.result import RunResult
 from chanloss.tuning.common import clock, cores
 from chanloss.tuning.pruners import make_pruner
 from chanloss.tuning.stats import curve_score
@@ -78,7 +78,7 @@ def run_trial(trial: Any, raw: dict[str, Any], run_dir: Path) -> TrialOutcome:
     validation accuracy of every evaluated epoch to ``trial`` and stopping when it is pruned."""
     import optuna
 
-    from chanloss.training.session import train
+    from chanloss.run.session import train
 
     start = time.perf_counter()
     curve: list[float] = []
@@ -119,7 +119,7 @@ def run_trial(trial: Any, raw: dict[str, Any], run_dir: Path) -> TrialOutcome:
 
 def final_test_accuracy(run_dir: Path) -> float:
     """The test accuracy of a finished run's final model (``last.pt``), read once."""
-    from chanloss.training.loader import load_run
+    from chanloss.run.loader import load_run
 
     loaded = load_run(run_dir / "last.pt", device=None, with_data=True)
     assert loaded.trainer is not None
@@ -128,10 +128,10 @@ def final_test_accuracy(run_dir: Path) -> float:
 
 def _validation_only(config: TrainConfig, run_dir: Path) -> RunResult:
     """The runner's worker for tune: train (or resume, or read) a run without reading the test
-    split (:func:`~chanloss.training.runner.train_locked` reads it)."""
-    from chanloss.training.run_dir import RunDir
-    from chanloss.training.runner import read_result, run_status
-    from chanloss.training.session import train
+    split (:func:`~chanloss.experiments.runner.train_locked` reads it)."""
+    from chanloss.experiments.runner import read_result, run_status
+    from chanloss.run.run_dir import RunDir
+    from chanloss.run.session import train
 
     with RunDir(run_dir) as run:
         status = run_status(run_dir, config)
@@ -204,12 +204,12 @@ def confirm_runs(
     after_s: float = 0.0,
 ) -> list[RunOutcome]:
     """The runs after the search, ``(raw config, run dir)`` each, through the runner
-    (:func:`~chanloss.training.runner.run_many`, ``jobs`` at a time): trained on validation only,
+    (:func:`~chanloss.experiments.runner.run_many`, ``jobs`` at a time): trained on validation only,
     resumed when cut short, reused when finished (``run_dir/confirm.json``); then, where
     ``read_test`` says so, the final model's test accuracy is read once. In the order given.
     Each finished run is logged with the ETA of the whole command: these runs' mean time for
     each run left, plus ``after_s`` (the runs after these)."""
-    from chanloss.training.runner import run_many
+    from chanloss.experiments.runner import run_many
 
     reads = read_test if isinstance(read_test, list) else [read_test] * len(tasks)
     configs = [(load_config(raw=raw), Path(run_dir)) for raw, run_dir in tasks]

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chanloss.errors import TuneInterrupted
-from chanloss.masking import mask_secrets
-from chanloss.training.config import ConfigError, TrainConfig, config_to_dict
-from chanloss.training.search import apply_params, resolve_space, start_params
+from chanloss.config import ConfigError, TrainConfig, config_to_dict
+from chanloss.config.search import apply_params, resolve_space, start_params
+from chanloss.core.errors import TuneInterrupted
+from chanloss.core.masking import mask_secrets
 from chanloss.tuning.budget import eta_seconds, short_budget_line
 from chanloss.tuning.common import clock, cores, params_text
 from chanloss.tuning.pruners import PRUNERS, warmup_epochs
@@ -429,7 +429,7 @@ class Tuner:
 
     # -- the whole command ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from chanloss.training.run_dir import RunDir
+        from chanloss.run.run_dir import RunDir
         from chanloss.tuning.confirm import check_folds
         from chanloss.tuning.finish import finish
 

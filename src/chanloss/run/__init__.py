@@ -1,0 +1,37 @@
+"""One run: a config in, a run directory out.
+
+``train(config, out)`` trains a config into a run directory and returns a ``RunResult``
+(``read_result`` reads one back); ``load_run`` rebuilds a run's model and losses from its
+checkpoint; ``Trainer`` is the loop itself; ``load_checkpoint``/``save_checkpoint`` read and write
+the checkpoint format. The names are imported on first use, so that importing a submodule does
+not import the whole floor.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "CheckpointError": "chanloss.core.errors",
+    "load_checkpoint": "chanloss.run.checkpoint",
+    "save_checkpoint": "chanloss.run.checkpoint",
+    "is_main_process": "chanloss.run.distributed",
+    "load_run": "chanloss.run.loader",
+    "RunResult": "chanloss.run.result",
+    "read_result": "chanloss.run.result",
+    "Trainer": "chanloss.run.trainer",
+    "train": "chanloss.run.session",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
