@@ -29,6 +29,7 @@ from chanloss.config import (
     config_to_dict,
     validate_config,
 )
+from chanloss.core.text import clock, pct
 from chanloss.experiments.runner import run_many, run_status, train_locked
 from chanloss.experiments.verdict import compare_verdict
 from chanloss.run.result import RunResult, metrics_rows, read_result
@@ -238,19 +239,14 @@ class _Progress:
         done = self._epochs_done()
         elapsed = time.perf_counter() - self.start_time
         text = f"all runs: {done}/{self.total} epochs ({100 * done / max(self.total, 1):.0f}%), "
-        text += f"{_clock(elapsed)} elapsed"
+        text += f"{clock(elapsed)} elapsed"
         trained = done - self.done_before
         if trained > 0 and done < self.total:
-            text += f", about {_clock(elapsed / trained * (self.total - done))} left"
+            text += f", about {clock(elapsed / trained * (self.total - done))} left"
         return text
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
-
-
-def _clock(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def load_labelled(paths: list[str], overrides: list[str]) -> list[tuple[str, TrainConfig]]:
@@ -330,10 +326,6 @@ def settings_text(settings: dict[str, Any]) -> str:
     return ", ".join(f"{k}={_fmt_setting(v)}" for k, v in settings.items()) or "—"
 
 
-def _pct(mean: float | None, std: float) -> str:
-    return "—" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
-
-
 def results_table(results: list[ConfigResult]) -> str:
     """The Markdown table: final validation and test accuracy (mean ± std over seeds) per
     config, with the settings that tell the configs apart."""
@@ -351,7 +343,7 @@ def results_table(results: list[ConfigResult]) -> str:
         time_s = sum(r.train_time_s) / len(r.train_time_s)
         lines.append(
             f"| {r.label} | {r.config.model.name} | {losses} | {settings_text(differ)} | "
-            f"{_pct(r.val_mean, r.val_std)} | {_pct(r.mean, r.std)} | {len(r.seeds)} | "
+            f"{pct(r.val_mean, r.val_std, unit='', missing='—')} | {pct(r.mean, r.std, unit='', missing='—')} | {len(r.seeds)} | "
             f"{time_s:.1f} | {r.params:,} |"
         )
     return "\n".join(lines)

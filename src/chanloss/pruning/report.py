@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from chanloss.core.text import pct
+
 BATCHES = (1, 64)
 
 
@@ -72,18 +74,15 @@ def speed_lines(result: dict[str, Any]) -> list[str]:
 def format_table(result: dict[str, Any]) -> str:
     """The terminal summary of a prune.json."""
 
-    def pct(value: Any) -> str:
-        return "-" if value is None else f"{100 * value:.2f}%"
-
     acc = result["accuracy"]
     rows = [("", "original", "pruned", "fine-tuned")]
     for split in ("val", "test"):
         rows.append(
             (
                 f"{split} accuracy",
-                pct(acc["original"].get(split)),
-                pct(acc["pruned"].get(split)),
-                pct((acc["finetuned"] or {}).get(split)),
+                pct(acc["original"].get(split), unit="%"),
+                pct(acc["pruned"].get(split), unit="%"),
+                pct((acc["finetuned"] or {}).get(split), unit="%"),
             )
         )
     lat = result["latency_ms"]

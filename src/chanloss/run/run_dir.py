@@ -39,8 +39,16 @@ from typing import Any
 import filelock
 import torch
 
-from chanloss.core.atomic import atomic_copy, atomic_open, open_temp, write_json, write_png
+from chanloss.core.atomic import (
+    atomic_copy,
+    atomic_open,
+    open_temp,
+    write_json,
+    write_png,
+    write_text,
+)
 from chanloss.core.errors import CheckpointError, ConfigError, NonFiniteStateError, RunDirBusy
+from chanloss.core.text import pid_alive
 from chanloss.run.distributed import broadcast_object, is_main_process
 
 __all__ = [
@@ -64,18 +72,6 @@ RUN_FILES = ("last", "best", "metrics", "summary", "config")  # names of strays 
 
 
 # -- the lock ----------------------------------------------------------------------------------
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    except (OverflowError, ValueError):
-        return False
-    return True
-
-
 class RunDir:
     """The run directory ``path`` of one run (see the module docstring).
 
@@ -243,7 +239,7 @@ class RunDir:
             holder.get("host") == socket.gethostname()
             and isinstance(pid, int)
             and pid != os.getpid()
-            and not _alive(pid)
+            and not pid_alive(pid)
         )
 
     def _busy_message(self, holder: dict[str, Any] | None) -> str:
@@ -275,8 +271,7 @@ class RunDir:
     # files
     def write_text(self, name: str, text: str) -> None:
         """Write ``name`` (``config.yaml``...) atomically."""
-        with atomic_open(self.path / name) as f:
-            f.write(text)
+        write_text(self.path / name, text)
 
     def write_json(self, name: str, data: Any) -> None:
         """Write ``name`` (``summary.json``...) as JSON, atomically."""

@@ -1,14 +1,11 @@
-"""Small helpers of ``chanloss tune``: durations, formatting, cores, atomic text files."""
+"""Small helpers of ``chanloss tune``: durations, parameter text, cores."""
 
 from __future__ import annotations
 
-import math
 import os
-import statistics
-from pathlib import Path
 from typing import Any
 
-__all__ = ["clock", "cores", "fmt", "mean_std", "params_text", "parse_duration", "write_text"]
+__all__ = ["cores", "fmt", "params_text", "parse_duration"]
 
 
 def parse_duration(text: str) -> float:
@@ -29,13 +26,6 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def clock(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
 def fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -51,17 +41,3 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
         return os.cpu_count() or 1
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    mean = sum(values) / len(values)
-    return mean, statistics.stdev(values) if len(values) > 1 else math.nan
-
-
-def write_text(path: Path, text: str) -> None:
-    from chanloss.run.run_dir import atomic_open
-
-    with atomic_open(path) as f:
-        f.write(text)

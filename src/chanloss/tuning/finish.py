@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from chanloss.config import ConfigError
-from chanloss.core.atomic import write_json
-from chanloss.tuning.common import params_text, write_text
+from chanloss.core.atomic import write_json, write_text
+from chanloss.tuning.common import params_text
 from chanloss.tuning.confirm import _settings, choose, confirm_folds, confirm_seeds
 from chanloss.tuning.output import (
     chance_line,

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from chanloss.config.search import Dimension
-from chanloss.tuning.common import mean_std, write_text
+from chanloss.core.atomic import write_text
+from chanloss.core.text import mean_std, pct
 from chanloss.tuning.stats import noise_text
 
 __all__ = [
@@ -18,7 +19,6 @@ __all__ = [
     "epoch_noise_line",
     "gain_text",
     "noise_line",
-    "pct",
     "power_line",
     "pruned_early_line",
     "rerun_drop_line",
@@ -27,14 +27,6 @@ __all__ = [
     "trial_rows",
     "write_trials_csv",
 ]
-
-
-def pct(mean: float, std: float) -> str:
-    if math.isnan(mean):
-        return "-"
-    if math.isnan(std):
-        return f"{100 * mean:.2f} %"
-    return f"{100 * mean:.2f} ± {100 * std:.2f} %"
 
 
 def gain_text(g: dict[str, Any]) -> str:

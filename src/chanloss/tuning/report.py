@@ -19,9 +19,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from chanloss.config.search import Dimension  # noqa: E402
+from chanloss.core.atomic import write_text  # noqa: E402
 from chanloss.core.html_style import REPORT_CSS  # noqa: E402
+from chanloss.core.text import mean_std, pct  # noqa: E402
 from chanloss.losses.search import Choice, LogUniform  # noqa: E402
-from chanloss.tuning.common import mean_std, write_text  # noqa: E402
 from chanloss.tuning.output import (  # noqa: E402
     advice,
     corrected_line,
@@ -32,7 +33,6 @@ from chanloss.tuning.output import (  # noqa: E402
     stuck_lines,
     trial_rows,
 )
-from chanloss.tuning.output import pct as output_pct  # noqa: E402
 
 __all__ = ["write_report"]
 
@@ -173,7 +173,7 @@ def importances(study: Any) -> tuple[dict[str, float], str]:
 
 
 def _pct(values: list[float]) -> str:
-    return output_pct(*mean_std(values))
+    return pct(*mean_std(values))
 
 
 def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out_dir: Path) -> None:

@@ -29,7 +29,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from chanloss.tuning.common import mean_std
+from chanloss.core.text import mean_std
 
 __all__ = [
     "ALPHA",

@@ -4,7 +4,6 @@ of killed processes rerun."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from chanloss.config import ConfigError
 from chanloss.config.search import low_end_params, start_params
 from chanloss.core.masking import mask_secrets
+from chanloss.core.text import pid_alive
 from chanloss.tuning.pruners import make_pruner
 from chanloss.tuning.storage import (
     STUDY_NAME,
@@ -143,22 +143,12 @@ def recover(study: Any, log: Callable[[str], None]) -> None:
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") != host or not isinstance(pid, int) or _alive(pid):
+        if t.user_attrs.get("host") != host or not isinstance(pid, int) or pid_alive(pid):
             continue
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         attrs = {"origin": f"rerun of trial {t.number}", "seed": t.user_attrs.get("seed")}
         study.enqueue_trial(t.params, user_attrs=attrs)
         log(f"trial {t.number} was cut short by an earlier run; queued again")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def set_study_attr(study: Any, key: str, value: Any) -> None:

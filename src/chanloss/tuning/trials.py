@@ -19,8 +19,9 @@ from typing import Any
 from chanloss.config import ConfigError, TrainConfig, config_to_dict, load_config
 from chanloss.core.atomic import write_json
 from chanloss.core.errors import TrainingDiverged
+from chanloss.core.text import clock
 from chanloss.run.result import RunResult
-from chanloss.tuning.common import clock, cores
+from chanloss.tuning.common import cores
 from chanloss.tuning.pruners import make_pruner
 from chanloss.tuning.stats import curve_score
 from chanloss.tuning.storage import open_storage

@@ -21,8 +21,9 @@ from chanloss.config import ConfigError, TrainConfig, config_to_dict
 from chanloss.config.search import apply_params, resolve_space, start_params
 from chanloss.core.errors import TuneInterrupted
 from chanloss.core.masking import mask_secrets
+from chanloss.core.text import clock
 from chanloss.tuning.budget import eta_seconds, short_budget_line
-from chanloss.tuning.common import clock, cores, params_text
+from chanloss.tuning.common import cores, params_text
 from chanloss.tuning.pruners import PRUNERS, warmup_epochs
 from chanloss.tuning.stats import STUCK_POINTS, noise_text, pooled_seed_std, without_stuck
 from chanloss.tuning.storage import STUDY_NAME, distribution, storage_url
