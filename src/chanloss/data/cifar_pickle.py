@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from chanloss.core.errors import UnsafePickleError as UnsafePickleError
+from chanloss.core.errors import UnsafePickleError
 from chanloss.data.base import DatasetError, DatasetFileNotFoundError, Splits
 from chanloss.data.layout import find_base, need_root
 
