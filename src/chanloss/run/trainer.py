@@ -97,7 +97,7 @@ class Trainer(Evaluator):
         self.params: list[Tensor] = [*self.model.parameters(), *self.losses.parameters()]
         # -- the run's progress
         self.epoch: int = 0  # epochs completed
-        self.count = StepCount()  # optimisation steps taken (global_step)
+        self.step_count = StepCount()  # optimisation steps taken (global_step)
         self.history: list[dict[str, Any]] = []
         self.best_val: float | None = None
         self.best_epoch: int | None = None
@@ -125,11 +125,11 @@ class Trainer(Evaluator):
     @property
     def global_step(self) -> int:
         """Optimisation steps taken (the schedule's and the losses' step count)."""
-        return self.count.value
+        return self.step_count.value
 
     @global_step.setter
     def global_step(self, value: int) -> None:
-        self.count.value = value
+        self.step_count.value = value
 
     # -- one epoch -----------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -173,7 +173,7 @@ class Trainer(Evaluator):
             self.train_batches,
             watch,
             config=self.config,
-            count=self.count,
+            count=self.step_count,
             partial=partial,
             verbose=self.verbose,
             on_interrupt=self._interrupt,
