@@ -1,7 +1,7 @@
 """A run's model and losses with its evaluation batches, no optimiser: :class:`Evaluator`.
 
-What ``eval``, ``analyze``, ``predict`` and ``prune`` score a model with
-(:func:`~chanloss.run.loader.load_for_eval` loads one from a checkpoint);
+What scoring a trained model on its data needs (``eval``; ``analyze`` and ``prune`` can use
+it too): :func:`~chanloss.run.loader.load_for_eval` loads one from a checkpoint;
 :class:`~chanloss.run.trainer.Trainer` extends it with what training needs.
 """
 

@@ -1,5 +1,8 @@
 """The training loop: :class:`Trainer` trains the parts :func:`~chanloss.run.build.build_run`
-builds; :func:`~chanloss.run.session.train` runs a config into a locked run directory.
+builds, an epoch at a time (:func:`~chanloss.run.epoch.train_one_epoch`), and keeps the run's
+progress: what a checkpoint holds (:meth:`Trainer.state`, :meth:`Trainer.load_state`) and what
+the run reports (:meth:`Trainer.summary`). :func:`~chanloss.run.session.train` runs a config
+into a locked run directory.
 
 The run directory (:class:`~chanloss.run.run_dir.RunDir`) holds ``config.yaml``,
 ``metrics.csv`` (one row per epoch), ``summary.json``, ``last.pt`` and ``best.pt`` (chosen on the
