@@ -118,8 +118,9 @@ def test_a_torch_file_of_other_contents_says_what_it_holds(tmp_path):
         load_checkpoint(path)
 
 
-def test_load_run_rebuilds_through_model_from_checkpoint(run, monkeypatch):
-    calls = []
+def spy_on_rebuilds(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """The shapes every model rebuilt from a checkpoint is built with, from now on."""
+    calls: list[dict] = []
 
     def spy(config, state, **shape):
         calls.append(shape)
@@ -127,6 +128,11 @@ def test_load_run_rebuilds_through_model_from_checkpoint(run, monkeypatch):
 
     monkeypatch.setattr("chanloss.run.loader.model_from_checkpoint", spy)
     monkeypatch.setattr("chanloss.run.build.model_from_checkpoint", spy)
+    return calls
+
+
+def test_load_run_rebuilds_through_model_from_checkpoint(run, monkeypatch):
+    calls = spy_on_rebuilds(monkeypatch)
     loaded = load_run(run / "last.pt", device="cpu", quiet=True)
     state = torch.load(run / "last.pt", weights_only=True)
     assert all(torch.equal(v, state["model"][k]) for k, v in loaded.model.state_dict().items())
@@ -150,13 +156,7 @@ def test_load_for_eval_builds_no_optimiser_and_scores_like_the_trainer(run, monk
     from chanloss.run.loader import load_for_eval
     from chanloss.run.trainer import Trainer
 
-    calls = []
-
-    def spy(config, state, **shape):
-        calls.append(shape)
-        return model_from_checkpoint(config, state, **shape)
-
-    monkeypatch.setattr("chanloss.run.build.model_from_checkpoint", spy)
+    calls = spy_on_rebuilds(monkeypatch)
     loaded = load_for_eval(run / "last.pt", device="cpu", quiet=True)
     evaluator = loaded.evaluator
     assert isinstance(evaluator, Evaluator) and not isinstance(evaluator, Trainer)
