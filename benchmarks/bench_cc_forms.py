@@ -13,7 +13,7 @@ schedule, batch size) with a validation split carved from the training data
 validation only). ``--epochs`` shortens the recipe to fit the CPU budget (the results file
 records the epochs and seeds used). Runs are resumable (``runs/cc_forms/...``; a finished run is
 skipped). The results file (default ``benchmarks/results/cc_forms.json``) accumulates every
-(data set, model, setting) measured so far; ``benchmarks/report.py`` renders it in the README.
+(data set, model, setting) measured so far; ``tools/results_page.py`` renders it in the README.
 
 ``--gradients`` instead measures, without training, the norm of the gradient of each form
 w.r.t. the features ``F`` (B = 32, C = 64, 7 x 7, 8 classes, 4 samples each, standard normal

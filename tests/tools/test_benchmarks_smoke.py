@@ -1,6 +1,6 @@
 """Cheap checks of the benchmark and study machinery (no timing asserts, no training).
 
-``benchmarks/report.py`` on tiny fake results files must produce the expected Markdown and
+``tools/results_page.py`` on tiny fake results files must produce the expected Markdown and
 touch only the marked README block; the scripts' argument parsing, the shared helpers, and the
 study's protocol (configs valid, selection on validation only, resumable run status).
 """
@@ -18,6 +18,7 @@ from types import ModuleType
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+TOOLS = BENCH.parent / "tools"
 
 
 def _load(name: str, path: Path) -> ModuleType:
@@ -34,7 +35,7 @@ def _load(name: str, path: Path) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def report() -> ModuleType:
-    return _load("chanloss_bench_report", BENCH / "report.py")
+    return _load("chanloss_bench_report", TOOLS / "results_page.py")
 
 
 @pytest.fixture(scope="module")

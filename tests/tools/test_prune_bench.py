@@ -142,7 +142,9 @@ def test_markdown_and_merge(bench, tmp_path):
 
 
 def test_report_renders_the_pruning_section(bench, tmp_path):
-    spec = importlib.util.spec_from_file_location("chanloss_bench_report_p", BENCH / "report.py")
+    spec = importlib.util.spec_from_file_location(
+        "chanloss_bench_report_p", BENCH.parent / "tools" / "results_page.py"
+    )
     assert spec is not None and spec.loader is not None
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)

@@ -29,7 +29,7 @@ def _load(name: str, path: Path) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def report() -> ModuleType:
-    return _load("chanloss_bench_report_tune", BENCH / "report.py")
+    return _load("chanloss_bench_report_tune", BENCH.parent / "tools" / "results_page.py")
 
 
 @pytest.fixture(scope="module")

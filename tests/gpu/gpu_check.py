@@ -24,7 +24,7 @@ on the CPU (a dry run of the script itself; the tests use it) and writes nothing
 ``--out`` is given.
 
     bash benchmarks/gpu_check.sh             # on a GPU machine
-    python benchmarks/gpu_check.py --device cpu --quick --out /tmp/gpu_check.json
+    python tests/gpu/gpu_check.py --device cpu --quick --out /tmp/gpu_check.json
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # _common
 
 import _common as common  # noqa: E402
 
