@@ -18,6 +18,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -382,8 +383,13 @@ def curve_column(results: list[ConfigResult]) -> str:
     return "train_acc"
 
 
-def plot_curves(results: list[ConfigResult], path: Path) -> None:
-    """Accuracy against epoch (see :func:`curve_column`), mean over seeds per config."""
+def plot_curves(
+    results: list[ConfigResult],
+    path: Path,
+    legend: Callable[[ConfigResult], str] | None = None,
+) -> None:
+    """Accuracy against epoch (see :func:`curve_column`), mean over seeds per config; each line
+    labelled ``legend(result)`` (default: the label and the mean test accuracy)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -396,16 +402,16 @@ def plot_curves(results: list[ConfigResult], path: Path) -> None:
         curves = [_curve(d, column) for d in r.run_dirs]
         epochs = sorted(set.intersection(*(set(c) for c in curves)))
         means = [100 * sum(c[e] for c in curves) / len(curves) for e in epochs]
-        ax.plot(
-            epochs, means, marker="o", markersize=3, label=f"{r.label} (test {100 * r.mean:.2f}%)"
-        )
+        name = legend(r) if legend else f"{r.label} (test {100 * r.mean:.2f}%)"
+        ax.plot(epochs, means, marker="o", markersize=3, label=name)
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{name} accuracy (%)")
     ax.set_title(
         f"{name.capitalize()} accuracy, mean over {len(results[0].seeds) if results else 0} seeds"
     )
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_lines():  # every run of every config may have diverged
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
