@@ -148,6 +148,31 @@ def study_configs(part: Part, chosen: dict[str, dict], labels: list[str] | None 
     return out
 
 
+def tuned_search_configs(part: Part, labels: list[str] | None = None) -> list[dict[str, Any]]:
+    """``{"label", "raw"}`` per loss of a "tuned" part: the recipe on the training split minus
+    the validation split, with a ``search:`` block adding the learning rate to the loss's own
+    declared space (so every loss, CE included, gets a search)."""
+    out = []
+    for label, losses in SETTINGS["losses"].items():
+        if (labels and label not in labels) or (part.losses and label not in part.losses):
+            continue
+        raw = {**recipe(part, VAL_FRACTION), "losses": copy.deepcopy(losses),
+               "search": {"optim": {"lr": list(SETTINGS["tune"]["lr"])}}}  # fmt: skip
+        out.append({"label": label, "raw": raw})
+    return out
+
+
+def tuned_study_config(part: Part, label: str, best: dict[str, Any]) -> dict[str, Any]:
+    """``{"label", "params", "raw"}`` of a tuned loss: the recipe on the full training split
+    with the losses and optimiser of its ``best.yaml`` (``best``: that config)."""
+    params = {"lr": best["optim"]["lr"]}
+    for entry in best["losses"]:
+        params.update({k: v for k, v in entry.items() if k != "name"})
+    raw = {**recipe(part, 0.0), "losses": copy.deepcopy(best["losses"]),
+           "optim": copy.deepcopy(best["optim"])}  # fmt: skip
+    return {"label": label, "params": params, "raw": raw}
+
+
 def choose(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per loss, the params of the row with the highest ``val_acc_mean`` (ties: lower
     ``val_acc_std``, then earlier row); a NaN mean (every seed diverged) is never chosen."""
@@ -338,26 +363,17 @@ class Study:
 
         trials = 2 if self.args.quick else (self.args.trials or part.trials)
         items, searches = [], {}
-        for label, losses in SETTINGS["losses"].items():
-            if (self.args.only and label not in self.args.only) or (
-                    part.losses and label not in part.losses):  # fmt: skip
-                continue
-            raw = {**recipe(part, VAL_FRACTION), "losses": copy.deepcopy(losses),
-                   "search": {"optim": {"lr": list(SETTINGS["tune"]["lr"])}}}  # fmt: skip
-            out, t0 = self.runs / part.name / label / "tune", time.time()
-            summary = tune(self.config(raw), out, trials=trials, confirm_seeds=0,
+        for item in tuned_search_configs(part, self.args.only):
+            out, t0 = self.runs / part.name / item["label"] / "tune", time.time()
+            summary = tune(self.config(item["raw"]), out, trials=trials, confirm_seeds=0,
                            resume=(out / "study.db").exists(), log=common.log)  # fmt: skip
             best = yaml.safe_load((out / "best.yaml").read_text())
-            params = {"lr": best["optim"]["lr"]}
-            for entry in best["losses"]:
-                params.update({k: v for k, v in entry.items() if k != "name"})
-            items.append({"label": label, "params": params, "raw": {
-                **recipe(part, 0.0), "losses": best["losses"], "optim": best["optim"]}})  # fmt: skip
-            searches[label] = {"chosen": summary["best"]["params"],
-                               "val_acc": summary["best"]["val_acc"],
-                               "complete": summary["counts"]["COMPLETE"],
-                               "pruned": summary["counts"]["PRUNED"],
-                               "search_wall_s": round(time.time() - t0, 1)}  # fmt: skip
+            items.append(tuned_study_config(part, item["label"], best))
+            searches[item["label"]] = {"chosen": summary["best"]["params"],
+                                       "val_acc": summary["best"]["val_acc"],
+                                       "complete": summary["counts"]["COMPLETE"],
+                                       "pruned": summary["counts"]["PRUNED"],
+                                       "search_wall_s": round(time.time() - t0, 1)}  # fmt: skip
         selection = ("chanloss tune: TPE + median pruner, final-epoch validation accuracy "
                      f"(val_fraction {VAL_FRACTION}); each loss's declared search space plus "
                      f"optim.lr in {SETTINGS['tune']['lr']}; test never read")  # fmt: skip
