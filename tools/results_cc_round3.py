@@ -1,6 +1,6 @@
 """The results-page section of CC-Loss's two readings (``benchmarks/bench_cc_round3.py``) and its
 gradient share at initialisation (``benchmarks/bench_cc_grad_share.py``); rendered by
-``benchmarks/report.py``."""
+``tools/results_page.py``."""
 
 from __future__ import annotations
 

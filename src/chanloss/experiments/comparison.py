@@ -59,9 +59,10 @@ def compare(
 ) -> list[ConfigResult]:
     """Train each ``(label, config)`` for ``seeds`` seeds (``config.seed + i``) and report.
 
-    ``jobs`` trainings run at a time (``jobs > 1``: in worker processes, each with
-    ``cpu_count // jobs`` torch threads). With ``verbose``, a line per finished epoch and per
-    finished run goes to ``stream`` (default stdout). Writes ``results.md``, ``results.csv``
+    ``jobs`` trainings run at a time (``jobs > 1``: in the worker processes of
+    :mod:`chanloss.experiments.pool`, each with ``cores // jobs`` torch threads). With
+    ``verbose``, a line per finished epoch and per finished run goes to ``stream`` (default
+    stdout). Writes ``results.md``, ``results.csv``
     and ``accuracy.png`` in ``out_dir``. With ``keep_diverged`` a run whose training diverges
     does not stop the comparison: it is recorded (``diverged.json`` in its run directory, not
     trained again), listed in :attr:`ConfigResult.diverged` and left out of the means.
