@@ -36,7 +36,7 @@ clean:
 	rm -rf $(VENV) build dist src/*.egg-info
 
 report: $(STAMP)
-	$(PY) benchmarks/report.py
+	$(PY) tools/results_page.py
 
 docs: $(STAMP)
 	$(PY) -m chanloss.config.reference > docs/configuration.md

@@ -24,15 +24,15 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from chanloss.core.atomic import json_text
+from chanloss.core import atomic
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -295,33 +295,37 @@ def peak_bytes(
 
 # -- output --------------------------------------------------------------------------------------
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as indented JSON through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json_text(payload))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``payload`` as indented JSON, atomically (the parent folder made if missing)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(path, payload)
 
 
 def save_figure(fig: Any, path: Path) -> None:
-    """Save a matplotlib figure as PNG through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Save a matplotlib figure as a PNG, atomically (the parent folder made if missing)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_png(fig, path, dpi=110)
+
+
+# -- runs ----------------------------------------------------------------------------------------
+#: The study's training recipe per data set (benchmarks/study/study.yaml), shared by the
+#: benchmarks that train shrunk versions of it.
+STUDY_RECIPES: dict[str, dict[str, Any]] = yaml.safe_load(
+    (BENCH_DIR / "study" / "study.yaml").read_text()
+)["recipes"]
+
+
+def train_run(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Train one config into ``run_dir`` through the package's runner (a finished run is read,
+    an interrupted one resumed, a diverged one recorded and not trained again):
+    ``{"status": "finished" | "diverged", "val_acc", "test_acc", "time_s"}``."""
+    from chanloss.config import load_config
+    from chanloss.experiments.runner import KeepDiverged, run_many
+
+    [got] = run_many([(load_config(raw=raw), Path(run_dir))], worker=KeepDiverged())
+    if "diverged" in got:
+        return {"status": "diverged", "val_acc": None, "test_acc": None, "time_s": None}
+    return {"status": "finished", "val_acc": got.final_val_acc,
+            "test_acc": got.final_test_acc, "time_s": got.train_time_s}  # fmt: skip
 
 
 def pyplot() -> Any:

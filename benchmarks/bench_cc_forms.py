@@ -6,14 +6,14 @@ Usage::
         [--configs LABEL,...] [--seeds N] [--epochs N] [--runs DIR] [--out PATH]
 
 Every run trains cross-entropy alone (``ce``) or cross-entropy plus CC-Loss with one setting of
-the grid below, on the data set's study recipe (``benchmarks/study/parts.py``: model, optimiser,
+the grid below, on the data set's study recipe (``benchmarks/study/study.yaml``: model, optimiser,
 schedule, batch size) with a validation split carved from the training data
 (``data.val_fraction = 0.2``, stratified). The number recorded is the final epoch's
 **validation** accuracy; the test split is never read by this script (selection is on
 validation only). ``--epochs`` shortens the recipe to fit the CPU budget (the results file
 records the epochs and seeds used). Runs are resumable (``runs/cc_forms/...``; a finished run is
 skipped). The results file (default ``benchmarks/results/cc_forms.json``) accumulates every
-(data set, model, setting) measured so far; ``benchmarks/report.py`` renders it in the README.
+(data set, model, setting) measured so far; ``tools/results_page.py`` renders it in the README.
 
 ``--gradients`` instead measures, without training, the norm of the gradient of each form
 w.r.t. the features ``F`` (B = 32, C = 64, 7 x 7, 8 classes, 4 samples each, standard normal
@@ -31,6 +31,7 @@ class).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import sys
@@ -40,11 +41,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE / "study"))
 
 import _common as common  # noqa: E402
-import parts as P  # noqa: E402
-from run_study import train_one  # noqa: E402
+
+from chanloss.core.text import mean_std  # noqa: E402
 
 VAL_FRACTION = 0.2
 FORMS = ("ratio", "margin", "softplus", "cosine")
@@ -78,10 +78,10 @@ def setting(label: str) -> dict[str, Any]:
 
 
 def raw_config(dataset: str, model: str, label: str, seed: int, epochs: int | None) -> dict:
-    part = P.Part(
-        "cc-forms", dataset, "sweep", model=None if model == "convnet_small" else {"name": model}
-    )
-    raw = P.base_config(part, val_fraction=VAL_FRACTION)
+    raw = copy.deepcopy(common.STUDY_RECIPES[dataset])
+    if model != "convnet_small":
+        raw["model"] = {"name": model}
+    raw["data"]["val_fraction"] = VAL_FRACTION
     change = setting(label)
     raw["losses"] = change["losses"]
     raw["data"].update(change["data"])
@@ -127,7 +127,7 @@ def gradients(out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gradients", action="store_true", help="gradient norms only")
-    parser.add_argument("--dataset", choices=sorted(P.BASES))
+    parser.add_argument("--dataset", choices=sorted(common.STUDY_RECIPES))
     parser.add_argument("--model", default="convnet_small", choices=["convnet_small", "resnet20"])
     parser.add_argument("--configs", type=lambda s: s.split(","), default=None)
     parser.add_argument("--seeds", type=common.positive_int, default=2)
@@ -156,12 +156,13 @@ def main(argv: list[str] | None = None) -> int:
             epochs = raw["epochs"]
             run_dir = args.runs / f"{args.dataset}-{args.model}-e{epochs}" / label / f"seed{seed}"
             start = time.perf_counter()
-            got = train_one(raw, run_dir)
+            got = common.train_run(raw, run_dir)
             accs.append(got["val_acc"])
             times.append(time.perf_counter() - start)
             common.log(f"{args.dataset} {args.model} {label} seed {seed}: val {got['val_acc']}")
         finite = [a for a in accs if a is not None]
-        mean, std = P.mean_std(finite)
+        mean, std = mean_std(finite)
+        std = 0.0 if len(finite) == 1 else std  # as recorded: no spread from one seed
         rows[(args.dataset, args.model, label, epochs)] = {
             "dataset": args.dataset,
             "model": args.model,

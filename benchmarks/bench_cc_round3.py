@@ -37,11 +37,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE / "study"))
 
 import _common as common  # noqa: E402
-import parts as P  # noqa: E402
-from run_study import train_one  # noqa: E402
 
 FOLDER = common.REPO_ROOT / "runs/bench-folder/mnist-shift56"
 _SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
@@ -49,13 +46,13 @@ _COSINE = {"name": "cosine", "warmup_epochs": 1}
 
 
 def _narrow(dataset: str, epochs: int, **model: Any) -> dict[str, Any]:
-    base = copy.deepcopy(P.BASES[dataset])
+    base = copy.deepcopy(common.STUDY_RECIPES[dataset])
     base["model"].update(model)
     base["epochs"] = epochs
     return base
 
 
-#: The shrunk recipes: the study's (benchmarks/study/parts.py) with narrower models and fewer
+#: The shrunk recipes: the study's (benchmarks/study/study.yaml) with narrower models and fewer
 #: epochs; the folder's is the tune benchmark's (benchmarks/bench_tune.py) with fewer epochs.
 RECIPES: dict[str, dict[str, Any]] = {
     "digits": _narrow("digits", 12, width=8),
@@ -105,7 +102,7 @@ def shares(run_dir: Path) -> dict[str, list[float]]:
 def run(dataset: str, arm: str, seed: int, weight: float | None, runs: Path) -> dict[str, Any]:
     tag = f"{arm}-w{weight:g}" if weight is not None else arm
     run_dir = runs / dataset / tag / f"seed{seed}"
-    got = train_one(arm_config(dataset, arm, seed, weight), run_dir)
+    got = common.train_run(arm_config(dataset, arm, seed, weight), run_dir)
     common.log(f"{dataset} {tag} seed {seed}: val {got['val_acc']} test {got['test_acc']}")
     return {"seed": seed, "weight": weight, **got, "shares": shares(run_dir)}
 

@@ -12,7 +12,7 @@ lose less accuracy than CE-trained ones.
 Sized for a shared 2-core CPU (short training, one fine-tune epoch, a reduced and easier
 synthetic fine-grained set: 100 training images per class, ``difficulty`` 0): the accuracies are those of small, briefly trained models.
 
-    nice -n 10 python benchmarks/bench_prune.py            # -> results/prune_cpu.json + .md
+    nice -n 10 python benchmarks/bench_prune.py            # -> results/prune_cpu.json
     python benchmarks/bench_prune.py --quick               # smoke test (one seed, tiny)
 """
 
@@ -32,6 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import QUICK_DIR, RESULTS_DIR, machine_info, write_json  # noqa: E402
+
+from chanloss.experiments.verdict import gap_of  # noqa: E402
 
 METHODS = ("cpli", "l1", "bn_scale", "taylor", "random")
 BASELINES = METHODS[1:]
@@ -357,11 +359,11 @@ def _verdicts(keyed: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
         if not base:
             continue
         best = max(base, key=lambda c: c["test_finetuned"][0])
-        diff = cpli["test_finetuned"][0] - best["test_finetuned"][0]
-        se = math.sqrt(
+        found = gap_of(*cpli["test_finetuned"], cpli["n"], *best["test_finetuned"], best["n"])
+        diff, beyond = found.diff, found.beyond
+        se = math.sqrt(  # kept in the file even for one seed (then the verdict is "cannot tell")
             cpli["test_finetuned"][1] ** 2 / cpli["n"] + best["test_finetuned"][1] ** 2 / best["n"]
         )
-        beyond = cpli["n"] > 1 and best["n"] > 1 and abs(diff) > 2 * se
         verdicts.append(
             {
                 "setup": setup,
@@ -379,60 +381,13 @@ def _verdicts(keyed: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
     return verdicts
 
 
-def markdown(result: dict[str, Any]) -> str:
-    """The results table and verdicts as Markdown (what docs and README quote)."""
-
-    def pct(ms: tuple[float, float]) -> str:
-        return f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
-
-    s = result["summary"]
-    m = result["machine"]
-    lines = [
-        f"Test accuracy (%) after pruning and {result['settings']['finetune_epochs']} fine-tune "
-        f"epoch(s), mean ± std over {result['settings']['seeds']} seeds; 'pruned' is before "
-        "fine-tuning. `python benchmarks/bench_prune.py` "
-        f"({m.get('cpu_model', '?')}, torch {m.get('torch', '?')}, commit "
-        f"{str((m.get('git') or {}).get('commit', '?'))[:10]}).",
-        "",
-        "| setup | loss | speedup | method | original | pruned | fine-tuned | MACs after | batch-64 latency ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for c in s["cells"]:
-        lines.append(
-            f"| {c['setup']} | {c['loss']} | {c['speedup_target']:g}x ({c['speedup']:.2f}x) | "
-            f"{c['method']} | {pct(c['test_original'])} | {pct(c['test_pruned'])} | "
-            f"{pct(c['test_finetuned'])} | {c['macs_after'] / 1e6:.2f} M | "
-            f"{c['latency64_ratio']:.2f}x |"
-        )
-    lines += [
-        "",
-        "CPLI against the best baseline (fine-tuned test accuracy; beyond noise = more than 2 standard errors):",
-        "",
-    ]
-    for v in s["cpli_vs_best_baseline"]:
-        lines.append(
-            f"- {v['setup']} {v['loss']} {v['speedup_target']:g}x: {v['cpli']} - {v['best_baseline']} = "
-            f"{100 * v['cpli_minus_best']:+.1f} points (s.e. {100 * v['standard_error']:.1f}): "
-            f"{v['verdict']}"
-        )
-    less = [x for x in s["mc_vs_ce"] if x["mc_loses_less"]]
-    lines += [
-        "",
-        f"MC-trained models lost less accuracy (original - fine-tuned) than CE-trained ones in "
-        f"{len(less)} of {len(s['mc_vs_ce'])} (setup, speedup, method) cells.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
 _OUT: list[Path] = []
 
 
 def save(result: dict[str, Any]) -> None:
-    """Write the results JSON and its Markdown table (after every trained model, so that a run
-    stopped early keeps what it measured; ``finished`` says whether it completed)."""
-    out = _OUT[0]
-    write_json(out, result)
-    out.with_suffix(".md").write_text(markdown(result))
+    """Write the results JSON (after every trained model, so that a run stopped early keeps
+    what it measured; ``finished`` says whether it completed). ``make report`` renders it."""
+    write_json(_OUT[0], result)
 
 
 def _cell(row: dict[str, Any]) -> tuple:
@@ -479,8 +434,10 @@ def main(argv: list[str] | None = None) -> int:
     _OUT.append(out)
     result = merge(args.merge) if args.merge else run(args)
     save(result)
-    print(markdown(result))
-    print(f"wrote {out} and {out.with_suffix('.md')} in {result['time_s']:.0f} s")
+    for v in result["summary"]["cpli_vs_best_baseline"]:
+        print(f"{v['setup']} {v['loss']} {v['speedup_target']:g}x: {v['cpli']} - "
+              f"{v['best_baseline']} = {100 * v['cpli_minus_best']:+.1f} points: {v['verdict']}")  # fmt: skip
+    print(f"wrote {out} in {result['time_s']:.0f} s (make report shows it on docs/results.md)")
     return 0
 
 

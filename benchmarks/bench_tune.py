@@ -6,7 +6,7 @@
     python benchmarks/make_image_folder.py                   # a held-out folder, then:
     python benchmarks/bench_tune.py --folder runs/bench-folder/mnist-shift56 --timeout 60m
 
-For each data set (the study's recipe from ``benchmarks/study/parts.py`` with a ConvNet of
+For each data set (the study's recipe from ``benchmarks/study/study.yaml`` with a ConvNet of
 width 8, ``data.val_fraction = 0.2`` and the epochs of ``BUDGETS``, long enough that CE's
 validation accuracy has stopped rising: each JSON records CE's gain over the last quarter of
 the epochs) and each loss of ``BUDGETS``, ``chanloss tune`` runs as a user would: the search on
@@ -42,10 +42,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE / "study"))
 
 import _common as common  # noqa: E402
-import parts as P  # noqa: E402
 
 #: The budget per data set: epochs of every run, trials of each search, the losses tuned.
 BUDGETS: dict[str, dict[str, Any]] = {
@@ -70,7 +68,9 @@ FOLDS = 5
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=list(BUDGETS), choices=list(P.BASES))
+    parser.add_argument(
+        "--datasets", nargs="+", default=list(BUDGETS), choices=list(common.STUDY_RECIPES)
+    )
     parser.add_argument("--trials", type=common.positive_int, default=None, help="per search")
     parser.add_argument("--epochs", type=common.positive_int, default=None, help="every run")
     parser.add_argument("--jobs", type=common.positive_int, default=1, help="runs at once")
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def base_raw(dataset: str, epochs: int) -> dict[str, Any]:
-    raw = copy.deepcopy(P.BASES[dataset])
+    raw = copy.deepcopy(common.STUDY_RECIPES[dataset])
     raw["model"]["width"] = WIDTH
     raw["data"]["val_fraction"] = VAL_FRACTION
     raw["epochs"] = epochs
@@ -314,7 +314,9 @@ def folder_raw(root: Path, epochs: int | None) -> dict[str, Any]:
 
 
 def run_dataset(dataset: str, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
-    default_epochs = FOLDER_RECIPE["epochs"] if args.folder else P.BASES[dataset]["epochs"]
+    default_epochs = (
+        FOLDER_RECIPE["epochs"] if args.folder else common.STUDY_RECIPES[dataset]["epochs"]
+    )
     budget = BUDGETS.get(dataset, {"epochs": default_epochs, "trials": 8, "losses": ["mc"]})
     epochs = args.epochs or (2 if args.quick else budget["epochs"])
     trials = args.trials or (3 if args.quick else budget["trials"])

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One-shot GPU check (at most ~5 minutes on one GPU): losses on CUDA equal CPU (fp32) and stay
-# finite under fp16/bf16 autocast, training steps of every built-in backbone with AMP and
-# channels-last, MC/CC speed against the softmax floor, train-step overhead, stream-mode
+# One-shot GPU check (at most ~5 minutes on one GPU; it runs the acceptance test
+# tests/gpu/gpu_check.py): losses on CUDA equal CPU (fp32) and stay finite under fp16/bf16
+# autocast, training steps of every built-in backbone with AMP and channels-last, MC/CC speed against the softmax floor, train-step overhead, stream-mode
 # throughput, and `chanloss train --nproc N` with NCCL when more than one GPU is present.
 # Writes benchmarks/results/gpu_check_cuda.json (plus train_step_cuda.json, losses_cuda.json);
 # `make report` shows them in the README. Without CUDA it says so and exits 0.
@@ -17,4 +17,4 @@ if [[ -z "$python" ]]; then
 fi
 export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
 # the whole check must end within 5 minutes; each section also has its own limits inside
-exec timeout --signal=INT --kill-after=20 300 "$python" "$here/gpu_check.py" "$@"
+exec timeout --signal=INT --kill-after=20 300 "$python" "$root/tests/gpu/gpu_check.py" "$@"

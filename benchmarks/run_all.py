@@ -10,7 +10,7 @@ Benchmarks: ``losses`` (every registered loss), ``train_step`` (CE vs CE+CC vs C
 (``bench_cc_loss.py``, ``bench_mc_loss.py``). With ``--device cuda`` the CPU-only ones are
 skipped. Timings are sensitive to other processes: the 1-minute load average is printed before
 each benchmark, and ``--wait-load`` waits (up to ``--wait-max`` seconds) for it to drop below a
-threshold first. ``python benchmarks/report.py`` (``make report``) then rewrites the README's
+threshold first. ``python tools/results_page.py`` (``make report``) then rewrites the README's
 results block from the files written here.
 """
 

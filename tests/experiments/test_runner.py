@@ -79,3 +79,19 @@ def test_a_failed_run_raises_its_error_and_keeps_the_earlier_results(tmp_path):
     with pytest.raises(ConfigError, match="training diverged"):
         run_many([(tiny(0), tmp_path / "a"), (bad, tmp_path / "b")])
     assert read_result(tmp_path / "a").finished
+
+
+def test_keep_diverged_records_a_diverged_run_and_does_not_train_it_again(tmp_path):
+    from chanloss.experiments.runner import DIVERGED_FILE, KeepDiverged
+
+    bad = tiny(0, optim={"lr": 1e30, "momentum": 0.0})
+    results = run_many([(tiny(0), tmp_path / "a"), (bad, tmp_path / "b")], worker=KeepDiverged())
+    assert results[0].finished and "diverged" not in results[0]
+    assert "training diverged" in results[1]["diverged"]
+    record = tmp_path / "b" / DIVERGED_FILE
+    assert json.loads(record.read_text())["error"] == results[1]["diverged"]
+    stamp = record.stat().st_mtime_ns
+    again = run_many([(bad, tmp_path / "b")], worker=KeepDiverged())
+    assert again[0]["diverged"] == results[1]["diverged"] and record.stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigError, match="holds a run of a different config"):
+        run_many([(tiny(0, batch_size=64), tmp_path / "b")], worker=KeepDiverged())

@@ -7,6 +7,7 @@ import copy
 import math
 from pathlib import Path
 
+import pytest
 import yaml
 from tiny_config import TINY
 
@@ -62,3 +63,41 @@ def test_compare_ends_with_the_verdict_and_labels_ce_vs_mc_by_their_losses(tmp_p
     assert ("beyond seed noise" in tail) or ("not a reliable difference" in tail)
     assert tail.splitlines()[-1] == f"results in {out}"
     assert "Against ce (the first config):" in (out / "results.md").read_text()
+
+
+def test_the_one_rule_from_values_and_from_summaries():
+    from chanloss.experiments.verdict import gap, gap_of
+
+    a, b = [0.95, 0.96, 0.97], [0.90, 0.91, 0.92]
+    found = gap(a, b)
+    se = math.sqrt(0.01**2 / 3 + 0.01**2 / 3)  # by hand: sample std 0.01, 3 seeds each
+    assert found.diff == pytest.approx(0.05) and found.se == pytest.approx(se)
+    assert found.beyond is True and found.threshold == pytest.approx(2 * se)
+    assert gap(b, a).beyond is True and gap(b, a).diff == pytest.approx(-0.05)
+    near = gap([0.90, 0.915, 0.93], b)
+    assert near.beyond is False  # 0.5 points against 2 SE of about 2 points
+    one = gap([0.99], b)
+    assert one.beyond is None and math.isnan(one.se) and one.diff == pytest.approx(0.08)
+    # summaries: 2 SE = 2 * sqrt(0.1**2 / 4 * 2) = 0.141 > 0.1; with std 0.05, 0.071 < 0.1
+    assert gap_of(0.5, 0.1, 4, 0.4, 0.1, 4).beyond is False
+    assert gap_of(0.5, 0.05, 4, 0.4, 0.05, 4).beyond is True
+    assert gap_of(0.5, 0.0, 1, 0.4, 0.05, 4).beyond is None
+
+
+def test_compare_keeps_a_diverged_run_out_of_the_means_and_says_so(tmp_path):
+    from chanloss.experiments.comparison import compare
+
+    raw = copy.deepcopy(TINY)
+    bad = copy.deepcopy(TINY)
+    bad["optim"] = {"lr": 1e30, "momentum": 0.0}
+    configs = [("ce", load_config(raw=raw)), ("bad", load_config(raw=bad))]
+    with pytest.raises(Exception, match="training diverged"):
+        compare(configs, seeds=1, out_dir=tmp_path / "strict", verbose=0)
+    results = compare(configs, seeds=2, out_dir=tmp_path / "kept", verbose=0, keep_diverged=True)
+    ce, diverged = results
+    assert ce.seeds == [0, 1] and len(ce.test_acc) == 2 and not ce.diverged
+    assert diverged.diverged == [0, 1] and diverged.test_acc == [] and math.isnan(diverged.mean)
+    assert (tmp_path / "kept" / "bad" / "seed0" / "diverged.json").is_file()
+    text = (tmp_path / "kept" / "results.md").read_text()
+    assert "bad - ce: every run of a side diverged, nothing to compare (bad: 2 diverged" in text
+    assert (tmp_path / "kept" / "accuracy.png").is_file()

@@ -11,7 +11,11 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+import torch
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+TOOLS = BENCH.parent / "tools"
 
 
 def _load(name: str, path: Path) -> ModuleType:
@@ -33,7 +37,7 @@ def test_gpu_check_without_cuda_says_so_and_exits_0():
 
 
 def test_gpu_check_sections_run_as_a_cpu_dry_run_and_render(tmp_path):
-    gpu_check = _load("chanloss_gpu_check", BENCH / "gpu_check.py")
+    gpu_check = _load("chanloss_gpu_check", Path(__file__).resolve().parent / "gpu_check.py")
     out = tmp_path / "results" / "gpu_check_cuda.json"
     assert gpu_check.main(["--device", "cpu", "--quick", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
@@ -45,7 +49,7 @@ def test_gpu_check_sections_run_as_a_cpu_dry_run_and_render(tmp_path):
     # the README block shows it (a quick run is normally ignored: mark it as a full one)
     data["quick"] = False
     out.write_text(json.dumps(data))
-    report = _load("chanloss_bench_report_gpu", BENCH / "report.py")
+    report = _load("chanloss_bench_report_gpu", TOOLS / "results_page.py")
     readme = tmp_path / "README.md"
     readme.write_text("# x\n")
     assert report.main(["--results", str(out.parent), "--readme", str(readme)]) == 0
@@ -59,7 +63,7 @@ def test_bench_data_pieces(tmp_path):
     assert len(list((root / "train").rglob("*.jpg"))) == 4
     rate = bench_data.worker_rate(root, bench_data.RECIPES["224"], images=2)
     assert rate["images"] == 2 and rate["images_per_cpu_s"] > 0
-    report = _load("chanloss_bench_report_data", BENCH / "report.py")
+    report = _load("chanloss_bench_report_data", TOOLS / "results_page.py")
     line = report._data_line(
         {
             "per_worker": {"224": rate},
@@ -68,3 +72,14 @@ def test_bench_data_pieces(tmp_path):
         }
     )
     assert "memory mode 30 MB, stream mode 10 MB" in line
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU acceptance check needs CUDA")
+def test_gpu_check_passes_on_this_gpu(tmp_path):
+    """The acceptance test itself (``bash benchmarks/gpu_check.sh`` runs it and keeps its
+    results file): every section on the GPU, quick sizes."""
+    gpu_check = _load("chanloss_gpu_check_cuda", Path(__file__).resolve().parent / "gpu_check.py")
+    out = tmp_path / "gpu_check_cuda.json"
+    assert gpu_check.main(["--quick", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["ok"] and not data.get("errors"), data.get("errors")

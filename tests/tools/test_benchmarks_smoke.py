@@ -1,6 +1,6 @@
 """Cheap checks of the benchmark and study machinery (no timing asserts, no training).
 
-``benchmarks/report.py`` on tiny fake results files must produce the expected Markdown and
+``tools/results_page.py`` on tiny fake results files must produce the expected Markdown and
 touch only the marked README block; the scripts' argument parsing, the shared helpers, and the
 study's protocol (configs valid, selection on validation only, resumable run status).
 """
@@ -18,6 +18,7 @@ from types import ModuleType
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+TOOLS = BENCH.parent / "tools"
 
 
 def _load(name: str, path: Path) -> ModuleType:
@@ -34,22 +35,12 @@ def _load(name: str, path: Path) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def report() -> ModuleType:
-    return _load("chanloss_bench_report", BENCH / "report.py")
+    return _load("chanloss_bench_report", TOOLS / "results_page.py")
 
 
 @pytest.fixture(scope="module")
 def common() -> ModuleType:
     return _load("chanloss_bench_common", BENCH / "_common.py")
-
-
-@pytest.fixture(scope="module")
-def parts() -> ModuleType:
-    return _load("chanloss_study_parts", BENCH / "study" / "parts.py")
-
-
-@pytest.fixture(scope="module")
-def run_study() -> ModuleType:
-    return _load("chanloss_study_run", BENCH / "study" / "run_study.py")
 
 
 MACHINE = {
@@ -260,155 +251,6 @@ def test_common_stats_timing_order_and_json(tmp_path: Path, common: ModuleType):
     assert {"cpu_model", "cpu_count", "torch", "torch_threads", "git"} <= set(info)
 
 
-def test_study_configs_are_valid_and_sweeps_use_validation(parts: ModuleType):
-    from chanloss.config import load_config
-
-    for part in parts.PARTS.values():
-        if part.kind != "sweep":
-            continue
-        items = parts.sweep_configs(part)
-        assert len(items) == sum(len(parts.grid(g)) for g in part.grids.values())
-        for item in items:
-            config = load_config(raw=item["raw"])
-            assert config.data.val_fraction == parts.SWEEP_VAL_FRACTION > 0
-            assert [e.name for e in config.losses] == ["ce", item["loss"]]
-    chosen = {"cc": {"weight": 0.1, "reduction": 16}, "mc": {"beta": 5.0}}
-    study = parts.study_configs(parts.PARTS["digits"], chosen)
-    by_label = {i["label"]: load_config(raw=i["raw"]) for i in study}
-    assert set(by_label) == set(parts.STUDY_LOSSES)
-    assert all(c.data.val_fraction == 0.0 for c in by_label.values())
-    cc = by_label["cc"].losses[1]
-    # a validated config names every parameter (the defaults too): check what the study set
-    assert (cc.name, cc.weight) == ("cc", 0.1)
-    assert {"form": "ratio", "reduction": 16}.items() <= cc.params().items()
-    assert by_label["center"].losses[1].params()["center_update"] == "sgd"  # as recorded
-    assert by_label["mc"].losses[1].params()["beta"] == 5.0
-    with pytest.raises(ValueError, match=r"missing for \['mc'\]"):
-        parts.study_configs(parts.PARTS["digits"], {"cc": {}})
-
-
-def test_choose_picks_best_validation_mean_then_lower_std(parts: ModuleType):
-    rows = [
-        {"loss": "cc", "params": {"w": 1}, "val_acc_mean": 0.90, "val_acc_std": 0.01},
-        {"loss": "cc", "params": {"w": 2}, "val_acc_mean": 0.95, "val_acc_std": 0.03},
-        {"loss": "cc", "params": {"w": 3}, "val_acc_mean": 0.95, "val_acc_std": 0.02},
-        {"loss": "mc", "params": {"b": 1}, "val_acc_mean": math.nan, "val_acc_std": math.nan},
-        {"loss": "mc", "params": {"b": 2}, "val_acc_mean": 0.5, "val_acc_std": 0.0},
-    ]
-    assert parts.choose(rows) == {"cc": {"w": 3}, "mc": {"b": 2}}
-    with pytest.raises(ValueError, match="must not carry test accuracy"):
-        parts.choose([{**rows[0], "test_acc_mean": 0.9}])
-
-
-def test_run_status_skips_finished_and_refuses_another_config(
-    tmp_path: Path, parts: ModuleType, run_study: ModuleType
-):
-    from chanloss.config import config_to_dict, dump_config, load_config
-
-    item = parts.sweep_configs(parts.PARTS["sweep-digits"])[0]
-    config = load_config(raw={**item["raw"], "seed": 0})
-    run_dir = tmp_path / "run"
-    assert run_study.run_status(run_dir, config_to_dict(config)) == "new"
-    run_dir.mkdir()
-    (run_dir / "config.yaml").write_text(dump_config(config))
-    (run_dir / "last.pt").write_bytes(b"")
-    assert run_study.run_status(run_dir, config_to_dict(config)) == "resume"
-    summary = {"finished": True, "epochs": config.epochs}
-    (run_dir / "summary.json").write_text(json.dumps(summary))
-    assert run_study.run_status(run_dir, config_to_dict(config)) == "done"
-    other = config_to_dict(load_config(raw={**item["raw"], "seed": 1}))
-    with pytest.raises(SystemExit, match="different config"):
-        run_study.run_status(run_dir, other)
-
-
-def test_sweep_outputs_carry_no_test_accuracy(run_study: ModuleType):
-    assert not [c for c in run_study.SWEEP_COLUMNS if "test" in c]
-    assert "val_acc_mean" in run_study.SWEEP_COLUMNS
-    assert "test_acc_mean" in run_study.STUDY_COLUMNS
-
-
-def test_curve_plot_from_metrics_files(tmp_path: Path, run_study: ModuleType):
-    runs = []
-    for seed, accs in enumerate(([0.5, 0.8, 0.9], [0.6, 0.7, 1.0])):
-        run = tmp_path / f"seed{seed}"
-        run.mkdir()
-        lines = ["epoch,train_loss,test_acc"] + [
-            f"{e + 1},{1.0 / (e + 1)},{a}" for e, a in enumerate(accs)
-        ]
-        (run / "metrics.csv").write_text("\n".join(lines) + "\n")
-        runs.append(run)
-    assert run_study._curve(runs[0], "test_acc") == {1: 0.5, 2: 0.8, 3: 0.9}
-    out = tmp_path / "curves.png"
-    run_study.plot_curves({"ce": runs}, "test_acc", "title", out)
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_curve_zoom_ignores_one_diverged_loss_and_every_panel_is_labelled(
-    tmp_path: Path, run_study: ModuleType
-):
-    good = [([20, 25, 30], [94.0 + i / 10, 95.0, 96.0]) for i in range(12)]
-    diverged = ([20, 25, 30], [67.0, 75.0, 82.0])
-    low, high = run_study.zoom_limits([*good, diverged], 20)
-    assert 93.0 < low < 94.0 and high == 96.5  # not stretched down to 67 %
-    assert run_study.zoom_limits([diverged, good[0]], 20)[0] == 66.5  # two lines: the minimum
-
-    groups = {}
-    for label, accs in (("ce", [0.5, 0.8, 0.9]), ("arcface", [0.1, 0.2, 0.3])):
-        run = tmp_path / label
-        run.mkdir()
-        rows = [f"{e + 1},{1.0 / (e + 1)},{a}" for e, a in enumerate(accs)]
-        (run / "metrics.csv").write_text("\n".join(["epoch,train_loss,test_acc", *rows]) + "\n")
-        groups[label] = [run]
-    fig = run_study.curves_figure(groups, "test_acc", "title")
-    try:
-        assert all(ax.get_title() and ax.get_ylabel() and ax.get_xlabel() for ax in fig.axes)
-        fig.canvas.draw()
-        legend = fig.legends[0].get_window_extent()
-        inside = fig.bbox
-        assert inside.x0 <= legend.x0 and legend.x1 <= inside.x1
-        assert inside.y0 <= legend.y0 and legend.y1 <= inside.y1
-        panels = [ax.get_window_extent() for ax in fig.axes]
-        assert all(legend.y1 <= p.y0 for p in panels)  # below the panels, covering none
-    finally:
-        run_study.common.pyplot().close(fig)
-    for run in groups.values():  # test accuracy only after the last epoch: training accuracy
-        lines = ["epoch,train_loss,train_acc,test_acc", "1,1.0,0.4,", "2,0.5,0.6,0.55"]
-        (run[0] / "metrics.csv").write_text("\n".join(lines) + "\n")
-    fig = run_study.curves_figure(groups, "test_acc", "part: {accuracy} per epoch")
-    try:
-        assert fig._suptitle.get_text() == "part: train accuracy per epoch"
-        assert fig.axes[0].get_ylabel() == "train accuracy (%)"
-        assert list(fig.axes[0].get_lines()[0].get_ydata()) == [40.0, 60.0]
-    finally:
-        run_study.common.pyplot().close(fig)
-
-
-def test_resnet20_parts_swap_the_backbone_and_train_the_named_losses(parts: ModuleType):
-    from chanloss.config import load_config
-
-    chosen = {"cc": {"weight": 0.1}, "mc": {"beta": 5.0}}
-    for name in ("digits-resnet20", "mnist5k-resnet20", "finegrained-resnet20"):
-        part = parts.PARTS[name]
-        convnet = parts.PARTS[part.dataset]
-        assert part.sweep_part == convnet.sweep_part  # CC/MC values come from the ConvNet sweep
-        assert part.column == f"{part.dataset}, resnet20" and convnet.column == part.dataset
-        items = parts.study_configs(part, chosen)
-        assert [i["label"] for i in items] == list(parts.CORE_LOSSES)
-        for item in items:
-            config = load_config(raw=item["raw"])
-            assert config.model.name == "resnet20" and config.data.name == part.dataset
-            assert item["raw"]["model"] == {"name": "resnet20"} and config.data.val_fraction == 0.0
-        mc = next(i for i in items if i["label"] == "mc")
-        assert mc["raw"]["losses"][1] == {"name": "mc", "beta": 5.0}
-        # the recipe apart from the model is the data set's
-        expected = {k: v for k, v in parts.BASES[part.dataset].items() if k != "model"}
-        assert {k: v for k, v in parts.recipe(part).items() if k != "model"} == expected
-        # --only narrows within the part's losses; a loss outside them is not trained
-        only = parts.study_configs(part, chosen, ["ce", "sphereface"])
-        assert [i["label"] for i in only] == ["ce"]
-    assert parts.recipe(parts.PARTS["digits"]) == parts.BASES["digits"]
-
-
 def _add_part(tmp_path: Path, report: ModuleType, part: str, rows: list[dict], **meta) -> str:
     """Fake results of another study part beside the digits ones; the README rendered."""
     results = _write_fake_results(tmp_path)
@@ -447,37 +289,6 @@ def test_report_gives_a_second_backbone_its_own_column(tmp_path: Path, report: M
     assert "— : not trained in that part" in text
     assert "CC/MC settings chosen on validation by `sweep-digits` (the ConvNet)" in text
     assert "digits, resnet20: MC-Loss has a higher mean than CE" in text
-
-
-def test_defaults_parts_train_the_changed_losses_at_their_current_defaults(parts: ModuleType):
-    from chanloss.config import load_config
-    from chanloss.losses import CCLoss, CenterLoss
-
-    names = ("defaults-digits", "defaults-mnist5k", "defaults-finegrained")
-    for name in (*names, "defaults-digits-resnet20"):
-        part = parts.PARTS[name]
-        if name in names:
-            assert part.column == f"{part.dataset}, current defaults"
-            assert parts.recipe(part) == parts.BASES[part.dataset]
-        else:
-            assert part.column == f"{part.dataset}, resnet20, current defaults"
-            assert parts.recipe(part)["model"] == {"name": "resnet20"}
-        items = parts.study_configs(part, {})  # no sweep values needed: nothing here is tuned
-        assert [i["label"] for i in items] == ["ce", "cc_default", "center_default"]
-        by_label = {i["label"]: load_config(raw=i["raw"]) for i in items}
-        cc = by_label["cc_default"].losses[1].params()
-        center = by_label["center_default"].losses[1].params()
-        # CC-Loss is pinned to the side-branch margin defaults these parts were recorded with
-        # (the defaults before the gate reading); the centre loss carries its own defaults
-        assert (cc["form"], cc["placement"]) == ("margin", "branch")
-        assert CCLoss.__init__.__kwdefaults__["form"] == "ratio"
-        assert center["center_update"] == CenterLoss.__init__.__kwdefaults__["center_update"]
-        assert center["center_update"] == "paper"
-    # the recorded parts keep the pinned forms they were trained with, and no defaults rows
-    labels = [i["label"] for i in parts.study_configs(parts.PARTS["digits"], {"cc": {}, "mc": {}})]
-    assert "cc_default" not in labels and "center_default" not in labels
-    with pytest.raises(ValueError, match="chosen values are missing"):
-        parts.study_configs(parts.PARTS["digits"], {})
 
 
 def test_report_gives_the_defaults_rows_their_own_verdicts(tmp_path: Path, report: ModuleType):

@@ -332,7 +332,7 @@ def test_loss_table_examples_run() -> None:
 # -- the README's other facts ------------------------------------------------------------------
 def test_results_live_in_docs_results_md_and_are_current() -> None:
     """The generated results moved out of the README into docs/results.md, which
-    ``make report`` (benchmarks/report.py) regenerates: it must be what the results files give."""
+    ``make report`` (tools/results_page.py) regenerates: it must be what the results files give."""
     import subprocess
     import sys
 
@@ -342,7 +342,7 @@ def test_results_live_in_docs_results_md_and_are_current() -> None:
     page = (DOCS / "results.md").read_text()
     assert page.count(RESULTS_START) == 1 and page.count(RESULTS_END) == 1
     check = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "report.py"), "--check"],
+        [sys.executable, str(ROOT / "tools" / "results_page.py"), "--check"],
         capture_output=True,
         text=True,
         timeout=120,

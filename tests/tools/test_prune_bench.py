@@ -111,7 +111,7 @@ def test_cpli_is_compared_with_baselines_of_the_same_refit_setting(bench):
     assert verdicts["cpli"]["verdict"] == "CPLI worse"
 
 
-def test_markdown_and_merge(bench, tmp_path):
+def test_merge_and_its_verdicts(bench, tmp_path):
     rows = _rows()
     parts = []
     for i, seeds in enumerate(((0, 1), (2,))):
@@ -135,14 +135,19 @@ def test_markdown_and_merge(bench, tmp_path):
     merged = bench.merge(parts)
     assert merged["settings"]["seeds"] == 3 and len(merged["rows"]) == len(rows)
     assert merged["time_s"] == 10.0
-    text = bench.markdown(merged)
-    assert "| s | ce | 2x (2.10x) | cpli | 90.0 ± 0.0 | 50.0 ± 0.0 | 81.0 ± 1.0 |" in text
-    assert "cpli - l1 = +10.0 points" in text and "CPLI better" in text
-    assert "in 0 of 2 (setup, speedup, method) cells" in text
+    verdicts = merged["summary"]["cpli_vs_best_baseline"]
+    assert [(v["loss"], v["best_baseline"], v["verdict"]) for v in verdicts] == [
+        ("ce", "l1", "CPLI better"),  # +10 points, 2 SE = 1.6 points
+        ("mc", "taylor", "cannot tell"),  # +0.7 points against 2 SE of about 10
+    ]
+    assert verdicts[0]["cpli_minus_best"] == pytest.approx(0.10)
+    assert [x["mc_loses_less"] for x in merged["summary"]["mc_vs_ce"]] == [False, False]
 
 
 def test_report_renders_the_pruning_section(bench, tmp_path):
-    spec = importlib.util.spec_from_file_location("chanloss_bench_report_p", BENCH / "report.py")
+    spec = importlib.util.spec_from_file_location(
+        "chanloss_bench_report_p", BENCH.parent / "tools" / "results_page.py"
+    )
     assert spec is not None and spec.loader is not None
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)

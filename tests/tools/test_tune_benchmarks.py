@@ -1,5 +1,5 @@
 """The tuning evidence machinery (no training): the README block from ``tune_<dataset>.json``,
-and the study's parts whose every loss is tuned."""
+and the study's parts whose every loss is tuned (benchmarks/study/run_study.py)."""
 
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ def _load(name: str, path: Path) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def report() -> ModuleType:
-    return _load("chanloss_bench_report_tune", BENCH / "report.py")
+    return _load("chanloss_bench_report_tune", BENCH.parent / "tools" / "results_page.py")
 
 
 @pytest.fixture(scope="module")
 def parts() -> ModuleType:
-    return _load("chanloss_study_parts_tune", BENCH / "study" / "parts.py")
+    return _load("chanloss_study_run_tune", BENCH / "study" / "run_study.py")
 
 
 MACHINE = {"cpu_model": "Test CPU", "cpu_count": 2, "torch": "2.x", "torch_threads": 1,
@@ -163,17 +163,17 @@ def test_tuned_parts_give_every_loss_the_same_search(parts: ModuleType) -> None:
     part = parts.PARTS["tuned-finegrained"]
     assert part.kind == "tuned" and part.column == "finegrained, every loss tuned"
     items = parts.tuned_search_configs(part)
-    assert [i["label"] for i in items] == list(parts.STUDY_LOSSES)  # the baselines included
+    assert [i["label"] for i in items] == list(parts.SETTINGS["losses"])  # the baselines included
     for item in items:
         raw = item["raw"]
-        assert raw["data"]["val_fraction"] == parts.SWEEP_VAL_FRACTION  # chosen on validation
+        assert raw["data"]["val_fraction"] == parts.VAL_FRACTION  # chosen on validation
         dims, _ = resolve_space(load_config(raw={**raw, "seed": 0}))
         names = [d.name for d in dims]
         assert "optim.lr" in names, item["label"]  # CE gets a search too
         if item["label"] not in ("ce",):
             assert len(names) >= 2, item["label"]  # plus the loss's own space
     best = {"mc": {"losses": [{"name": "ce"}, {"name": "mc", "alpha": 0.2}], "optim": {"lr": 0.03}}}
-    (study,) = parts.tuned_study_configs(part, best)
+    study = parts.tuned_study_config(part, "mc", best["mc"])
     assert study["raw"]["data"]["val_fraction"] == 0.0  # then trained on the full split
     assert study["raw"]["losses"][1]["alpha"] == 0.2 and study["raw"]["optim"]["lr"] == 0.03
     assert study["params"] == {"lr": 0.03, "alpha": 0.2}

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,7 +30,8 @@ from chanloss.config import (
     validate_config,
 )
 from chanloss.core.text import clock, pct
-from chanloss.experiments.runner import run_many, run_status, train_locked
+from chanloss.experiments.results import ConfigResult
+from chanloss.experiments.runner import KeepDiverged, run_many, run_status, train_locked
 from chanloss.experiments.verdict import compare_verdict
 from chanloss.run.result import RunResult, metrics_rows, read_result
 
@@ -46,46 +47,6 @@ class _Run:
     status: str  # new, resume or done
 
 
-@dataclass
-class ConfigResult:
-    """The runs of one config: final test (and validation) accuracies over seeds, mean time."""
-
-    label: str
-    config: TrainConfig
-    seeds: list[int]
-    test_acc: list[float]
-    train_time_s: list[float]
-    params: int
-    run_dirs: list[Path]
-    val_acc: list[float] = field(default_factory=list)  # empty without a validation split
-
-    @property
-    def mean(self) -> float:
-        return sum(self.test_acc) / len(self.test_acc)
-
-    @property
-    def std(self) -> float:
-        """Sample standard deviation (0 for a single seed)."""
-        n = len(self.test_acc)
-        if n < 2:
-            return 0.0
-        m = self.mean
-        return math.sqrt(sum((a - m) ** 2 for a in self.test_acc) / (n - 1))
-
-    @property
-    def val_mean(self) -> float | None:
-        """Mean final validation accuracy over seeds; ``None`` without a validation split."""
-        return sum(self.val_acc) / len(self.val_acc) if self.val_acc else None
-
-    @property
-    def val_std(self) -> float:
-        n = len(self.val_acc)
-        if n < 2:
-            return 0.0
-        m = sum(self.val_acc) / n
-        return math.sqrt(sum((a - m) ** 2 for a in self.val_acc) / (n - 1))
-
-
 def compare(
     configs: list[tuple[str, TrainConfig]],
     *,
@@ -94,13 +55,17 @@ def compare(
     verbose: int = 1,
     jobs: int = 1,
     stream: TextIO | None = None,
+    keep_diverged: bool = False,
 ) -> list[ConfigResult]:
     """Train each ``(label, config)`` for ``seeds`` seeds (``config.seed + i``) and report.
 
-    ``jobs`` trainings run at a time (``jobs > 1``: in worker processes, each with
-    ``cpu_count // jobs`` torch threads). With ``verbose``, a line per finished epoch and per
-    finished run goes to ``stream`` (default stdout). Writes ``results.md``, ``results.csv``
-    and ``accuracy.png`` in ``out_dir``.
+    ``jobs`` trainings run at a time (``jobs > 1``: in the worker processes of
+    :mod:`chanloss.experiments.pool`, each with ``cores // jobs`` torch threads). With
+    ``verbose``, a line per finished epoch and per finished run goes to ``stream`` (default
+    stdout). Writes ``results.md``, ``results.csv``
+    and ``accuracy.png`` in ``out_dir``. With ``keep_diverged`` a run whose training diverges
+    does not stop the comparison: it is recorded (``diverged.json`` in its run directory, not
+    trained again), listed in :attr:`ConfigResult.diverged` and left out of the means.
     """
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
@@ -143,27 +108,35 @@ def compare(
             [(run.config, run.run_dir) for run in todo],
             jobs=jobs,
             on_finished=finished,
-            worker=_train_locked,
+            worker=KeepDiverged(_train_locked) if keep_diverged else _train_locked,
         )
     finally:
         if progress is not None:
             progress.stop()
-    results: list[ConfigResult] = []
-    for label, base in configs:
-        result = ConfigResult(label, base, [], [], [], 0, [])
-        for run in (r for r in plan if r.label == label):
-            summary = summaries[run.run_dir]
-            result.seeds.append(run.config.seed)
-            result.test_acc.append(summary["final_test_acc"])
-            result.train_time_s.append(summary["train_time_s"])
-            result.params = summary["params"]
-            result.run_dirs.append(run.run_dir)
-            val = summary.final_val_acc
-            if val is not None:
-                result.val_acc.append(val)
-        results.append(result)
+    results = [_collect(label, base, plan, summaries) for label, base in configs]
     write_results(results, out_dir, seeds=seeds)
     return results
+
+
+def _collect(
+    label: str, base: TrainConfig, plan: list[_Run], summaries: dict[Path, RunResult]
+) -> ConfigResult:
+    """The :class:`ConfigResult` of one config from its runs' results."""
+    result = ConfigResult(label, base, [], [], [], 0, [])
+    for run in (r for r in plan if r.label == label):
+        summary = summaries[run.run_dir]
+        if "diverged" in summary:
+            result.diverged.append(run.config.seed)
+            continue
+        result.seeds.append(run.config.seed)
+        result.test_acc.append(summary["final_test_acc"])
+        result.train_time_s.append(summary["train_time_s"])
+        result.params = summary["params"]
+        result.run_dirs.append(run.run_dir)
+        val = summary.final_val_acc
+        if val is not None:
+            result.val_acc.append(val)
+    return result
 
 
 class _Progress:
@@ -219,13 +192,14 @@ class _Progress:
         with self.lock:
             self.runs_done += 1
             self.seen[run.run_dir] = max(self.seen[run.run_dir], run.config.epochs)
+            head = f"[{self.runs_done}/{len(self.plan)}] {run.label} seed {run.config.seed}"
+            if "diverged" in summary:
+                self._print(f"{head}: diverged, left out ({summary['diverged']})")
+                return
             how = "finished earlier" if earlier else f"{summary['train_time_s']:.1f} s"
             val = summary.final_val_acc
             val_text = f"val {100 * val:.2f}%, " if val is not None else ""
-            self._print(
-                f"[{self.runs_done}/{len(self.plan)}] {run.label} seed {run.config.seed}: "
-                f"{val_text}test {100 * summary['final_test_acc']:.2f}% ({how})"
-            )
+            self._print(f"{head}: {val_text}test {100 * summary['final_test_acc']:.2f}% ({how})")
 
     def _epoch_line(self, run: _Run, row: dict[str, str]) -> str:
         parts = [f"{run.label} seed {run.config.seed} epoch {row['epoch']}/{run.config.epochs}"]
@@ -340,7 +314,7 @@ def results_table(results: list[ConfigResult]) -> str:
             loss.name if loss.weight == 1.0 else f"{loss.weight:g}*{loss.name}"
             for loss in r.config.losses
         )
-        time_s = sum(r.train_time_s) / len(r.train_time_s)
+        time_s = sum(r.train_time_s) / max(len(r.train_time_s), 1)
         lines.append(
             f"| {r.label} | {r.config.model.name} | {losses} | {settings_text(differ)} | "
             f"{pct(r.val_mean, r.val_std, unit='', missing='—')} | {pct(r.mean, r.std, unit='', missing='—')} | {len(r.seeds)} | "
@@ -390,7 +364,7 @@ def write_results(results: list[ConfigResult], out_dir: Path, *, seeds: int) -> 
                     f"{r.mean:.6f}",
                     f"{r.std:.6f}",
                     ";".join(f"{a:.6f}" for a in r.test_acc),
-                    f"{sum(r.train_time_s) / len(r.train_time_s):.2f}",
+                    f"{sum(r.train_time_s) / max(len(r.train_time_s), 1):.2f}",
                     r.params,
                 ]
             )
@@ -410,8 +384,13 @@ def curve_column(results: list[ConfigResult]) -> str:
     return "train_acc"
 
 
-def plot_curves(results: list[ConfigResult], path: Path) -> None:
-    """Accuracy against epoch (see :func:`curve_column`), mean over seeds per config."""
+def plot_curves(
+    results: list[ConfigResult],
+    path: Path,
+    legend: Callable[[ConfigResult], str] | None = None,
+) -> None:
+    """Accuracy against epoch (see :func:`curve_column`), mean over seeds per config; each line
+    labelled ``legend(result)`` (default: the label and the mean test accuracy)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -420,20 +399,20 @@ def plot_curves(results: list[ConfigResult], path: Path) -> None:
     column = curve_column(results)
     name = {"val_acc": "validation", "test_acc": "test", "train_acc": "training"}[column]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
+    for r in (r for r in results if r.run_dirs):  # every run of a config may have diverged
         curves = [_curve(d, column) for d in r.run_dirs]
         epochs = sorted(set.intersection(*(set(c) for c in curves)))
         means = [100 * sum(c[e] for c in curves) / len(curves) for e in epochs]
-        ax.plot(
-            epochs, means, marker="o", markersize=3, label=f"{r.label} (test {100 * r.mean:.2f}%)"
-        )
+        name = legend(r) if legend else f"{r.label} (test {100 * r.mean:.2f}%)"
+        ax.plot(epochs, means, marker="o", markersize=3, label=name)
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{name} accuracy (%)")
     ax.set_title(
         f"{name.capitalize()} accuracy, mean over {len(results[0].seeds) if results else 0} seeds"
     )
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_lines():  # every run of every config may have diverged
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from chanloss.core.errors import ConfigError
+from chanloss.experiments.pool import threads_per_worker
 from chanloss.run.distributed import env_world_size
 
 __all__ = ["FORWARDED", "GRACE_S", "INTERRUPTED", "NPROC_ENV", "launch", "worker_command"]
@@ -69,8 +70,9 @@ def launch(nproc: int, argv: Sequence[str], *, out_dir: str | Path) -> int:
     """Run ``chanloss ARGV`` in ``nproc`` processes on this machine; the exit status.
 
     Each worker gets torchrun's variables (``RANK``, ``WORLD_SIZE``, ``MASTER_PORT``...) and,
-    without ``OMP_NUM_THREADS`` in the environment, ``cpus // nproc`` threads. Rank 0 writes
-    to this terminal; rank ``r`` > 0 to ``OUT/logs/rank<r>.log`` (removed when empty).
+    without ``OMP_NUM_THREADS`` in the environment, ``cores // nproc`` threads (the share
+    :func:`chanloss.experiments.pool.threads_per_worker` gives). Rank 0 writes to this terminal;
+    rank ``r`` > 0 to ``OUT/logs/rank<r>.log`` (removed when empty).
     SIGINT, SIGTERM, SIGUSR1 and SIGHUP are passed on to every worker (each finishes its step
     and rank 0 saves ``last.pt``). When a worker fails the others get :data:`GRACE_S` seconds
     to end, then are stopped; the failure is reported in one line naming the log.
@@ -87,20 +89,8 @@ def launch(nproc: int, argv: Sequence[str], *, out_dir: str | Path) -> int:
         RunDir(out_dir).acquire().abandon()
     logs = out_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    env.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
-        WORLD_SIZE=str(nproc),
-        LOCAL_WORLD_SIZE=str(nproc),
-        GROUP_RANK="0",
-        **{NPROC_ENV: str(nproc)},
-    )
-    command = worker_command(argv)
     procs: list[subprocess.Popen] = []
-    files = []
-    handlers = {}
+    files: list[Any] = []
 
     def forward(signum: int, frame: Any) -> None:
         for proc in procs:
@@ -108,24 +98,9 @@ def launch(nproc: int, argv: Sequence[str], *, out_dir: str | Path) -> int:
                 with contextlib.suppress(OSError):
                     proc.send_signal(signum)
 
-    for sig in FORWARDED:
-        handlers[sig] = signal.signal(sig, forward)
+    handlers = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     try:
-        for rank in range(nproc):
-            output = None
-            if rank > 0:
-                output = open(logs / f"rank{rank}.log", "wb")  # noqa: SIM115 - closed below
-                files.append(output)
-            procs.append(
-                subprocess.Popen(
-                    command,
-                    env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                    stdout=output,
-                    stderr=output,
-                    start_new_session=True,  # a terminal's Ctrl-C reaches them once, from here
-                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
-                )
-            )
+        _start_workers(procs, files, worker_command(argv), _worker_env(nproc), logs)
         first = _watch(procs)
     finally:
         for proc in procs:  # an exception here (a second Ctrl-C): nothing is left running
@@ -135,15 +110,64 @@ def launch(nproc: int, argv: Sequence[str], *, out_dir: str | Path) -> int:
             signal.signal(sig, old)
         for f in files:
             f.close()
-        for rank in range(1, nproc):
-            path = logs / f"rank{rank}.log"
-            if path.exists() and path.stat().st_size == 0:
-                path.unlink()
-        with contextlib.suppress(OSError):
-            logs.rmdir()
-    codes = [proc.returncode for proc in procs]
+        _remove_empty_logs(logs, nproc)
     if first is None:
-        return next((c for c in codes if c in INTERRUPTED), 0)
+        return next((c for c in (proc.returncode for proc in procs) if c in INTERRUPTED), 0)
+    return _report_failure(first, nproc, logs)
+
+
+def _worker_env(nproc: int) -> dict[str, str]:
+    """The environment of every worker but its rank: torchrun's variables, the thread share."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(threads_per_worker(nproc)))
+    env.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        WORLD_SIZE=str(nproc),
+        LOCAL_WORLD_SIZE=str(nproc),
+        GROUP_RANK="0",
+        **{NPROC_ENV: str(nproc)},
+    )
+    return env
+
+
+def _start_workers(
+    procs: list[subprocess.Popen],
+    files: list[Any],
+    command: list[str],
+    env: dict[str, str],
+    logs: Path,
+) -> None:
+    """Start one process per rank into ``procs`` (appended as they start, so that the caller
+    can stop them whatever happens); ranks > 0 write to ``logs/rank<r>.log``."""
+    for rank in range(int(env["WORLD_SIZE"])):
+        output = None
+        if rank > 0:
+            output = open(logs / f"rank{rank}.log", "wb")  # noqa: SIM115 - closed by launch
+            files.append(output)
+        procs.append(
+            subprocess.Popen(
+                command,
+                env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                stdout=output,
+                stderr=output,
+                start_new_session=True,  # a terminal's Ctrl-C reaches them once, from here
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+            )
+        )
+
+
+def _remove_empty_logs(logs: Path, nproc: int) -> None:
+    for rank in range(1, nproc):
+        path = logs / f"rank{rank}.log"
+        if path.exists() and path.stat().st_size == 0:
+            path.unlink()
+    with contextlib.suppress(OSError):
+        logs.rmdir()
+
+
+def _report_failure(first: tuple[int, int], nproc: int, logs: Path) -> int:
+    """The exit status of a failed launch, after one line naming the process and its log."""
     rank, code = first
     if rank == 0 and code > 0:  # rank 0 said why on this terminal
         return code

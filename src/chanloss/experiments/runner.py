@@ -6,9 +6,11 @@ The API (``compare`` uses it; ``tune`` may too):
   or its ``epochs`` raised) or ``done``; a directory holding another config's run is an error.
 - :func:`train_locked` trains (or resumes, or just reads) one run while holding its directory's
   lock and returns its :class:`~chanloss.run.result.RunResult`.
+- :class:`KeepDiverged` wraps a worker so that a run that diverges is recorded
+  (``diverged.json``) and reported instead of stopping the others.
 - :func:`run_many` does that for ``[(config, run_dir), ...]`` with ``jobs`` at a time (``jobs >
-  1``: worker processes, each with ``cpu_count // jobs`` torch threads) and returns the results
-  in the order given. Ctrl-C (or SIGTERM/SIGUSR1 through the command line) asks every running
+  1``: worker processes of :mod:`chanloss.experiments.pool`, each with ``cores // jobs`` torch
+  threads) and returns the results in the order given. Ctrl-C (or SIGTERM/SIGUSR1 through the command line) asks every running
   worker to save ``last.pt`` and raises :class:`~chanloss.core.errors.TrainingInterrupted`; a failed
   run stops the others (their files kept) and its error is raised.
 
@@ -18,13 +20,10 @@ its result as a dict, rebuilt as a ``RunResult`` here.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +34,24 @@ from chanloss.config import (
     resolved_config_dict,
     validate_config,
 )
-from chanloss.core.errors import ConfigError, TrainingInterrupted
+from chanloss.core.atomic import write_json
+from chanloss.core.errors import ConfigError, TrainingDiverged, TrainingInterrupted
+from chanloss.experiments.pool import run_in_workers
 from chanloss.run.result import RunResult, read_result
 from chanloss.run.run_dir import RunDir
 
-__all__ = ["RunResult", "read_result", "run_many", "run_status", "train_locked"]
+__all__ = [
+    "DIVERGED_FILE",
+    "KeepDiverged",
+    "RunResult",
+    "check_same_config",
+    "read_result",
+    "run_many",
+    "run_status",
+    "train_locked",
+]
+
+DIVERGED_FILE = "diverged.json"  # in a run directory: the run diverged (KeepDiverged)
 
 # Keys that may differ between a stored run and the config without changing what it trains.
 IGNORED_KEYS = (
@@ -58,13 +70,7 @@ def run_status(run_dir: Path, config: TrainConfig) -> str:
     """``new``, ``resume`` (interrupted, or ``epochs`` raised) or ``done``."""
     if not (run_dir / "last.pt").exists():
         return "new"
-    stored_path = run_dir / "config.yaml"
-    stored = resolved_config_dict(read_yaml(stored_path)) if stored_path.exists() else None
-    current = config_to_dict(config)
-    if not isinstance(stored, dict) or _strip(stored, current) != _strip(current, current):
-        raise ConfigError(
-            f"{run_dir} holds a run of a different config; use another --out or delete it"
-        )
+    check_same_config(run_dir, config)
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
@@ -76,6 +82,18 @@ def run_status(run_dir: Path, config: TrainConfig) -> str:
                 f"{config.epochs} asked for; use another --out"
             )
     return "resume"
+
+
+def check_same_config(run_dir: Path, config: TrainConfig) -> None:
+    """Raise :class:`~chanloss.core.errors.ConfigError` unless ``run_dir`` holds a run of
+    ``config`` (the keys that do not change what a run trains aside)."""
+    stored_path = run_dir / "config.yaml"
+    stored = resolved_config_dict(read_yaml(stored_path)) if stored_path.exists() else None
+    current = config_to_dict(config)
+    if not isinstance(stored, dict) or _strip(stored, current) != _strip(current, current):
+        raise ConfigError(
+            f"{run_dir} holds a run of a different config; use another --out or delete it"
+        )
 
 
 def _strip(raw: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +119,28 @@ def train_locked(config: TrainConfig, run_dir: Path) -> RunResult:
         if status == "done":
             return read_result(run_dir)
         return train(config, run, resume=status == "resume", verbose=0)
+
+
+@dataclass(frozen=True)
+class KeepDiverged:
+    """A worker that records a diverged run instead of raising: ``worker(config, run_dir)``,
+    and when training diverges (:class:`~chanloss.core.errors.TrainingDiverged`) the error is
+    written to ``run_dir/diverged.json`` and returned as ``RunResult({"diverged": error})``. A
+    run directory holding that record (and a run of the same config) is not trained again."""
+
+    worker: Worker = train_locked
+
+    def __call__(self, config: TrainConfig, run_dir: Path) -> RunResult:
+        record = Path(run_dir) / DIVERGED_FILE
+        if record.exists():
+            check_same_config(Path(run_dir), config)
+            return RunResult({"diverged": json.loads(record.read_text())["error"]}, run_dir)
+        try:
+            return self.worker(config, Path(run_dir))
+        except TrainingDiverged as err:
+            error = " ".join(str(err).split())
+            write_json(record, {"error": error})
+            return RunResult({"diverged": error}, run_dir)
 
 
 def run_many(
@@ -129,11 +169,8 @@ def run_many(
     return [results[i] for i in range(len(runs))]
 
 
-def _process_worker(worker: Worker, raw: dict[str, Any], run_dir: str, threads: int) -> dict:
+def _process_worker(worker: Worker, raw: dict[str, Any], run_dir: str) -> dict:
     """One run in a worker process (module level, so that it can be pickled)."""
-    import torch
-
-    torch.set_num_threads(threads)
     try:
         result = worker(validate_config(raw), Path(run_dir))
     except KeyboardInterrupt as err:  # Ctrl-C: last.pt is saved; a clean return keeps the pool
@@ -147,63 +184,25 @@ def _run_in_processes(
     on_finished: Callable[[int, RunResult], None] | None,
     worker: Worker,
 ) -> dict[int, RunResult]:
-    import multiprocessing
-
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     done: dict[int, RunResult] = {}
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=context) as pool:
-        futures: dict[Future, int] = {
-            pool.submit(
-                _process_worker, worker, config_to_dict(config), str(run_dir), threads
-            ): index
-            for index, (config, run_dir) in enumerate(runs)
-        }
-        pending = set(futures)
-        try:
-            while pending:
-                finished = {f for f in pending if f.done()}
-                for future in finished:
-                    index = futures[future]
-                    run_dir = Path(runs[index][1])
-                    reply = future.result()  # a failed run raises here
-                    if "interrupted" in reply:
-                        raise TrainingInterrupted(reply["interrupted"], run_dir)
-                    done[index] = RunResult(reply["summary"], run_dir)
-                    if on_finished is not None:
-                        on_finished(index, done[index])
-                pending -= finished
-                if pending:
-                    time.sleep(0.2)
-        except TrainingInterrupted:
-            _stop_workers(pool, pending)
-            raise
-        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGUSR1 through the CLI's handler
-            _stop_workers(pool, pending)
-            raise TrainingInterrupted(
-                "interrupted; the runs in progress saved last.pt",
-                Path(runs[0][1]).parent.parent,
-                getattr(err, "signum", signal.SIGINT),
-            ) from None
-        except BaseException:  # a failed run: stop the others, keep their files
-            _stop_workers(pool, pending)
-            raise
+
+    def on_reply(index: int, reply: dict[str, Any]) -> None:
+        run_dir = Path(runs[index][1])
+        if "interrupted" in reply:
+            raise TrainingInterrupted(reply["interrupted"], run_dir)
+        done[index] = RunResult(reply["summary"], run_dir)
+        if on_finished is not None:
+            on_finished(index, done[index])
+
+    tasks = [(worker, config_to_dict(config), str(run_dir)) for config, run_dir in runs]
+    try:
+        run_in_workers(_process_worker, tasks, jobs=jobs, on_reply=on_reply)
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGUSR1 through the CLI's handler
+        raise TrainingInterrupted(
+            "interrupted; the runs in progress saved last.pt",
+            Path(runs[0][1]).parent.parent,
+            getattr(err, "signum", signal.SIGINT),
+        ) from None
     return done
-
-
-def _stop_workers(pool: ProcessPoolExecutor, pending: set[Any], grace: float = 60.0) -> None:
-    """Cancel the runs not started; ask the running ones to stop like Ctrl-C does (finish the
-    step, save ``last.pt``), wait up to ``grace`` seconds, then end the workers."""
-    running = {f for f in pending if not f.cancel()}
-    workers = list(getattr(pool, "_processes", {}).values())
-    if running:
-        for process in workers:
-            with contextlib.suppress(OSError):
-                os.kill(process.pid, signal.SIGINT)
-    deadline = time.monotonic() + grace
-    while any(not f.done() for f in running) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for process in workers:
-        if process.is_alive():
-            process.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)

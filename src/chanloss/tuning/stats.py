@@ -29,7 +29,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from chanloss.core.text import mean_std
+from chanloss.experiments.verdict import NOISE_SE, gap
 
 __all__ = [
     "ALPHA",
@@ -206,15 +206,13 @@ def _two_sided(mean: float, se: float, dof: int) -> tuple[float, float]:
 
 def gain_over(tuned: list[float], base: list[float]) -> dict[str, Any]:
     """Mean difference ``tuned - base``, its standard error (Welch), whether it lies beyond
-    two standard errors and ``detectable``, the true gain found so with probability
-    :data:`POWER` (``(2 + z_power) * se``); ``beyond`` is None when either side has fewer
-    than two values."""
-    (ma, sa), (mb, sb) = mean_std(tuned), mean_std(base)
-    diff = ma - mb
-    if len(tuned) < 2 or len(base) < 2:
-        return {"diff": diff, "se": math.nan, "beyond": None, "detectable": math.nan,
+    two standard errors (the package's one rule, :func:`chanloss.experiments.verdict.gap`) and
+    ``detectable``, the true gain found so with probability :data:`POWER` (``(2 + z_power) *
+    se``); ``beyond`` is None when either side has fewer than two values."""
+    found = gap(tuned, base)
+    if found.beyond is None:
+        return {"diff": found.diff, "se": math.nan, "beyond": None, "detectable": math.nan,
                 "reason": "one run each"}  # fmt: skip
-    se = math.sqrt(sa**2 / len(tuned) + sb**2 / len(base))
     z_power = statistics.NormalDist().inv_cdf(POWER)
-    return {"diff": diff, "se": se, "beyond": bool(abs(diff) > 2 * se),
-            "detectable": (2 + z_power) * se}  # fmt: skip
+    return {"diff": found.diff, "se": found.se, "beyond": found.beyond,
+            "detectable": (NOISE_SE + z_power) * found.se}  # fmt: skip

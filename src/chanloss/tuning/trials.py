@@ -8,10 +8,8 @@ accuracy read once where asked); a plain dict appears only in a confirmation run
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +18,8 @@ from chanloss.config import ConfigError, TrainConfig, config_to_dict, load_confi
 from chanloss.core.atomic import write_json
 from chanloss.core.errors import TrainingDiverged
 from chanloss.core.text import clock
+from chanloss.experiments.pool import Inline, executor_for
 from chanloss.run.result import RunResult
-from chanloss.tuning.common import cores
 from chanloss.tuning.pruners import make_pruner
 from chanloss.tuning.stats import curve_score
 from chanloss.tuning.storage import open_storage
@@ -31,6 +29,7 @@ __all__ = [
     "RunOutcome",
     "TrialOutcome",
     "confirm_runs",
+    "executor_for",
     "final_test_accuracy",
     "run_confirm",
     "run_trial",
@@ -159,13 +158,6 @@ def run_confirm(raw: dict[str, Any], run_dir: Path, read_test: bool = True) -> R
 
 
 # -- worker processes ----------------------------------------------------------------------------
-def init_worker(threads: int) -> None:
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def trial_task(task: dict[str, Any]) -> TrialOutcome:
     """A trial in a worker process: the study reopened from its storage."""
     import optuna
@@ -178,21 +170,6 @@ def trial_task(task: dict[str, Any]) -> TrialOutcome:
     )
     trial = optuna.trial.Trial(study, task["trial_id"])
     return run_trial(trial, task["raw"], Path(task["run_dir"]))
-
-
-def executor_for(jobs: int) -> Any:
-    """``jobs`` worker processes (spawned, ``cores // jobs`` torch threads each), or
-    :class:`Inline` for one job."""
-    import multiprocessing
-
-    if jobs == 1:
-        return Inline()
-    return ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=init_worker,
-        initargs=(max(1, cores() // jobs),),
-    )
 
 
 def confirm_runs(
@@ -248,18 +225,3 @@ def confirm_runs(
 
     run_many([configs[i] for i in todo], jobs=jobs, on_finished=finished, worker=_validation_only)
     return [results[i] for i in range(len(tasks))]
-
-
-class Inline:
-    """The executor of ``--jobs 1``: runs each task in this process when it is submitted."""
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        fut: Future = Future()
-        try:
-            fut.set_result(fn(*args))
-        except BaseException as err:  # Ctrl-C included: re-raised by result()
-            fut.set_exception(err)
-        return fut
-
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        pass

@@ -1,18 +1,15 @@
-"""The channel-pruning section of the results block (``benchmarks/report.py``)."""
+"""The channel-pruning section of the results block (``tools/results_page.py``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+from results_format import pct
+
 PRUNE_METHODS = ("cpli", "l1", "bn_scale", "taylor", "random")
 #: the table's columns: each criterion without and with the least-squares refit
 LABELS = tuple(m + suffix for m in PRUNE_METHODS for suffix in ("", "+refit"))
-
-
-def pct(mean: float, std: float) -> str:
-    """``mean ± std`` of fractions, in percent."""
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def prune_section(data: dict[str, Any] | None, machine_line: Callable[[Any], str]) -> list[str]:

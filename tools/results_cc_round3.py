@@ -1,10 +1,12 @@
 """The results-page section of CC-Loss's two readings (``benchmarks/bench_cc_round3.py``) and its
 gradient share at initialisation (``benchmarks/bench_cc_grad_share.py``); rendered by
-``benchmarks/report.py``."""
+``tools/results_page.py``."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from results_format import pct
 
 ARM_NAMES = {
     "ce": "CE",
@@ -13,10 +15,6 @@ ARM_NAMES = {
     "cc-branch": "CE + CC (branch)",
 }
 DATASET_NAMES = {"folder": "56 px image folder"}
-
-
-def _pct(mean: float, std: float) -> str:
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def _share(value: float | None) -> str:
@@ -36,7 +34,7 @@ def _arms_table(datasets: dict[str, Any]) -> list[str]:
                 continue
             w = row.get("effective_weight")
             weight = f" (w {w:g})" if w is not None else ""
-            cells.append(f"{_pct(row['test_mean'], row['test_std'])}{weight}")
+            cells.append(f"{pct(row['test_mean'], row['test_std'])}{weight}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
