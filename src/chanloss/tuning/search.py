@@ -58,14 +58,16 @@ class Search:
     pruner: str
     epochs: int
     log: Callable[[str], None]
-    notes: list[str] = field(default_factory=list)
-    _pending: dict[Future, _Running] = field(default_factory=dict)
-    _durations: list[float] = field(default_factory=list)
-    _mine: list[float] = field(default_factory=list)
-    _deadline: float | None = None
-    _start: float = 0.0
-    _failures: int = 0  # failed trials in a row
-    _budget_said: bool = False
+    notes: list[str] = field(default_factory=list, init=False)
+    # the state of a run: the trials running, the complete trials' seconds (the reserve),
+    # this invocation's trials' seconds (the ETA), failed trials in a row, the note said
+    _pending: dict[Future, _Running] = field(default_factory=dict, init=False, repr=False)
+    _durations: list[float] = field(default_factory=list, init=False, repr=False)
+    _mine: list[float] = field(default_factory=list, init=False, repr=False)
+    _deadline: float | None = field(default=None, init=False, repr=False)
+    _start: float = field(default=0.0, init=False, repr=False)
+    _failures: int = field(default=0, init=False, repr=False)
+    _budget_said: bool = field(default=False, init=False, repr=False)
 
     def run(self) -> list[str]:
         """Run trials until --trials are finished or running, or the time left is what the

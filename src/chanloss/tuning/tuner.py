@@ -118,6 +118,8 @@ class Tuner:
                              self.config.data.val_fraction)  # fmt: skip
         self.spec = storage_url(self.storage, self.out_dir)
         self.shown_spec = mask_secrets(self.spec)  # what is printed and stored: no password
+        self.place = StudyPlace(self.spec, self.shown_spec, self.out_dir, self.storage is None,
+                                self.resume)  # fmt: skip
         self.log = MaskedLog(self.log)  # every line (a trial's error too) without a password
         self.threads = max(1, cores() // self.jobs)
         self.notes: list[str] = []  # what the terminal said about the budget and the pruner
@@ -153,9 +155,7 @@ class Tuner:
     # -- the study and the time after the search ------------------------------------------------
     def open_study(self) -> Any:
         """Open (or create) the study in the storage; see :func:`~chanloss.tuning.study.open_study`."""
-        place = StudyPlace(self.spec, self.shown_spec, self.out_dir, self.storage is None,
-                           self.resume)  # fmt: skip
-        return open_study(place, self.config, self.dims, self.fixed, trials=self.trials,
+        return open_study(self.place, self.config, self.dims, self.fixed, trials=self.trials,
                           pruner=self.pruner, noise_seed=self.noise_seed, log=self.log)  # fmt: skip
 
     def update_noise(self, study: Any) -> None:
@@ -183,6 +183,8 @@ class Tuner:
 
     # -- the whole command ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """The whole command: the folds checked, the study opened, the search, then
+        :meth:`finish`; returns what ``OUT/tune.json`` holds."""
         from chanloss.run.run_dir import RunDir
 
         self.train_size = check_folds(self.raw, self.folds)
@@ -207,9 +209,7 @@ class Tuner:
     def search(self, study: Any) -> None:
         """Run trials until --trials are finished or running, or the time left is what the
         runs after the search need (:class:`~chanloss.tuning.search.Search`)."""
-        place = StudyPlace(self.spec, self.shown_spec, self.out_dir, self.storage is None,
-                           self.resume)  # fmt: skip
-        search = Search(study, self.recipe, self.budget, self.noise, place, self.trials,
+        search = Search(study, self.recipe, self.budget, self.noise, self.place, self.trials,
                         self.timeout_s, self.jobs, self.threads, self.pruner,
                         self.config.epochs, self.log)  # fmt: skip
         self.notes += search.run()
