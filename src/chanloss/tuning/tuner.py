@@ -114,8 +114,8 @@ class Tuner:
         raw["data"]["split_seed"] = self.split_seed  # every seed validates on one split
         self.raw = raw
         self.recipe = Recipe(raw, self.dims, self.fixed, self.config.seed)
-        self.budget = Budget(self.top, self.folds, self.confirm_seeds, self.jobs,
-                             self.config.data.val_fraction)  # fmt: skip
+        self.budget = Budget(top=self.top, folds=self.folds, confirm_seeds=self.confirm_seeds,
+                             jobs=self.jobs, val_fraction=self.config.data.val_fraction)  # fmt: skip
         self.spec = storage_url(self.storage, self.out_dir)
         self.shown_spec = mask_secrets(self.spec)  # what is printed and stored: no password
         self.place = StudyPlace(self.spec, self.shown_spec, self.out_dir, self.storage is None,
@@ -177,9 +177,19 @@ class Tuner:
     def confirmation(self, after: dict[str, float] | None = None) -> Confirmation:
         """The :class:`~chanloss.tuning.confirm.Confirmation` of this invocation (``after``:
         the seconds of the runs after each of its stages)."""
-        return Confirmation(self.recipe, self.out_dir, self.folds, self.confirm_seeds, self.top,
-                            self.jobs, self.rerun_seed, self.confirm_seed, self.log,
-                            train_size=self.train_size, after=after or {})  # fmt: skip
+        return Confirmation(
+            recipe=self.recipe,
+            out_dir=self.out_dir,
+            folds=self.folds,
+            confirm_seeds=self.confirm_seeds,
+            top=self.top,
+            jobs=self.jobs,
+            rerun_seed=self.rerun_seed,
+            confirm_seed=self.confirm_seed,
+            log=self.log,
+            train_size=self.train_size,
+            after=after or {},
+        )
 
     # -- the whole command ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -209,9 +219,20 @@ class Tuner:
     def search(self, study: Any) -> None:
         """Run trials until --trials are finished or running, or the time left is what the
         runs after the search need (:class:`~chanloss.tuning.search.Search`)."""
-        search = Search(study, self.recipe, self.budget, self.noise, self.place, self.trials,
-                        self.timeout_s, self.jobs, self.threads, self.pruner,
-                        self.config.epochs, self.log)  # fmt: skip
+        search = Search(
+            study=study,
+            recipe=self.recipe,
+            budget=self.budget,
+            noise=self.noise,
+            place=self.place,
+            trials=self.trials,
+            timeout_s=self.timeout_s,
+            jobs=self.jobs,
+            threads=self.threads,
+            pruner=self.pruner,
+            epochs=self.config.epochs,
+            log=self.log,
+        )
         self.notes += search.run()
 
     def finish(self, study: Any, start: float) -> dict[str, Any]:
