@@ -125,20 +125,22 @@ def test_best_yaml_and_the_last_line_recommend_it_only_after_a_shown_gain(tmp_pa
     tuner = Tuner(load_config(raw=TINY), tmp_path, 4)
     winner = {"trial": 7, "search_score": 0.9, "rerun_score": 0.89,
               "params": {"mc.alpha": 1.0, "mc.beta": 5.0, "optim.lr": 0.05}}  # fmt: skip
+    raw, epochs = tuner.trial_raw(winner["params"]), tuner.config.epochs
     gain = decide({"diff": 0.05, "beyond": True, "detectable": 0.03})
     none = decide({"diff": 0.0, "beyond": False, "detectable": 0.2})
-    text = write_best(tuner, winner, gain).read_text()
+    text = write_best(tmp_path, raw, winner, gain, epochs=epochs).read_text()
     assert "# Confirmed: beats CE alone" in text and "# Train it with: chanloss train" in text
     assert last_line(tmp_path, gain, True).endswith(f"chanloss train -c {tmp_path / 'best.yaml'}")
-    text = write_best(tuner, winner, none).read_text()
+    text = write_best(tmp_path, raw, winner, none, epochs=epochs).read_text()
     assert "# NOT shown to help: the confirmation's verdict is 'cannot tell'" in text
     assert "use ce.yaml (CE alone) instead" in text and "# Train it with" not in text
     assert yaml.safe_load(text)["optim"]["lr"] == 0.05  # still the chosen setting
     line = last_line(tmp_path, none, True)
     assert line.endswith(f"chanloss train -c {tmp_path / 'ce.yaml'}") and "best.yaml is not" in line
-    assert "# Not confirmed" in write_best(tuner, winner, None).read_text()
+    assert "# Not confirmed" in write_best(tmp_path, raw, winner, None, epochs=epochs).read_text()
     assert "not shown to help" in last_line(tmp_path, None, True)
-    assert yaml.safe_load(write_ce(tuner).read_text())["losses"] == [{"name": "ce"}]
+    ce = write_ce(tmp_path, tuner.ce_raw())
+    assert yaml.safe_load(ce.read_text())["losses"] == [{"name": "ce"}]
     # the report leads with the verdict and the config it names
     lead = "".join(_lead({"verdict": gain, "best": {}}))
     assert lead.startswith("<p class='verdict'><b>Verdict: gain:") and "href='best.yaml'" in lead

@@ -286,7 +286,7 @@ def test_the_seed_confirmation_flags_a_stuck_seed(
 
     monkeypatch.setattr(confirm, "confirm_runs", confirm_runs)
     tuner = Tuner(load_config(raw=TINY), tmp_path, 4, folds=0, confirm_seeds=3)
-    conf = confirm.confirm_seeds(tuner, {"trial": 2, "params": {}})
+    conf = tuner.confirmation().on_seeds({"trial": 2, "params": {}})
     assert conf["runs"] == 6
     (record,) = conf["stuck"]
     assert (record["arm"], record["seed"], record["fold"]) == ("tuned", 5, None)

@@ -151,13 +151,11 @@ def test_the_noise_margin_pruner(
 
 
 def test_pruning_before_half_of_the_epochs_is_counted_and_worded() -> None:
-    from types import SimpleNamespace
-
     import optuna
     from optuna.trial import TrialState
 
-    from chanloss.tuning.finish import _pruned_early
     from chanloss.tuning.output import pruned_early_line
+    from chanloss.tuning.study import pruned_early
 
     study = optuna.create_study(direction="maximize")
     for state, epochs in [("PRUNED", 2), ("PRUNED", 3), ("PRUNED", 7), ("COMPLETE", 10)]:
@@ -167,8 +165,7 @@ def test_pruning_before_half_of_the_epochs_is_counted_and_worded() -> None:
             study.tell(trial, state=TrialState.PRUNED)
         else:
             study.tell(trial, 0.9)
-    tuner = SimpleNamespace(config=SimpleNamespace(epochs=10))
-    assert _pruned_early(tuner, study) == (2, 4)  # epochs 2 and 3 are before half of 10
+    assert pruned_early(study, 10) == (2, 4)  # epochs 2 and 3 are before half of 10
     line = pruned_early_line(3, 4, "median")
     assert line.startswith("pruning: 3 of 4 finished trials were pruned before half of the epochs")
     assert "--pruner noise" in line and "--pruner none" in line

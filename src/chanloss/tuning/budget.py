@@ -4,10 +4,59 @@ leaves for the search once the runs after it (re-runs, folds, final runs) are re
 from __future__ import annotations
 
 import math
+import statistics
+from dataclasses import dataclass
 
-__all__ = ["MIN_SEARCH_TRIALS", "eta_seconds", "fold_power_ratio", "short_budget_line"]
+__all__ = ["MIN_SEARCH_TRIALS", "Budget", "eta_seconds", "fold_power_ratio", "short_budget_line"]
 
 MIN_SEARCH_TRIALS = 10  # fewer trials than this in the budget: say what --folds 3 would buy
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The runs after the search, in plain values: ``top`` re-runs, then the k-fold
+    confirmation (``folds``) or ``confirm_seeds`` seeds, ``jobs`` at a time; a fold or final
+    run trains on the whole training split (``val_fraction`` of it held out in a trial)."""
+
+    top: int
+    folds: int
+    confirm_seeds: int
+    jobs: int
+    val_fraction: float
+
+    def runs_after_search(self) -> int:
+        """Full training runs after the search: the re-run top trials, then the k-fold
+        confirmation (2 per fold) and the two final runs, or 2 per --confirm-seeds seed."""
+        confirm = 2 * self.folds + 2 if self.folds else 2 * self.confirm_seeds
+        return self.top + confirm
+
+    def reserve(self, durations: list[float]) -> float:
+        """Seconds to keep for the runs after the search: the median full-trial time for each
+        re-run, and that over ``1 - data.val_fraction`` for each fold and final run (they
+        train on as many images per run as the whole training split holds)."""
+        if not durations:
+            return 0.0
+        median = statistics.median(durations)
+        whole = 1.0 / max(1.0 - self.val_fraction, 0.5)
+        confirm = self.runs_after_search() - self.top
+        return (math.ceil(self.top / self.jobs) + math.ceil(confirm / self.jobs) * whole) * median
+
+    def after_s(self, stage: str, durations: list[float]) -> float:
+        """Seconds the runs after ``stage`` (``choose``, ``folds``, ``final``) will take, at the
+        median trial's time (``durations``: the complete trials'; fold and final runs on the
+        whole training split's images)."""
+        if not durations:
+            return 0.0
+        run = statistics.median(durations) / max(1.0 - self.val_fraction, 0.5)
+        runs = {"choose": 2 * self.folds + 2 if self.folds else 2 * self.confirm_seeds,
+                "folds": 2 if self.folds else 0, "final": 0}[stage]  # fmt: skip
+        return math.ceil(runs / self.jobs) * run
+
+    def short_line(self, timeout_s: float, durations: list[float]) -> str:
+        """:func:`short_budget_line` at the median of ``durations``."""
+        whole = 1.0 / max(1.0 - self.val_fraction, 0.5)
+        return short_budget_line(timeout_s=timeout_s, trial_s=statistics.median(durations),
+                                 top=self.top, folds=self.folds, jobs=self.jobs, whole=whole)  # fmt: skip
 
 
 def eta_seconds(
@@ -20,7 +69,7 @@ def eta_seconds(
     after_s: float,
 ) -> float:
     """Seconds until the whole command ends: the search left, then ``after_s`` (the re-runs,
-    the folds and the final runs: :meth:`~chanloss.tuning.tuner.Tuner.reserve`). The search
+    the folds and the final runs: :meth:`Budget.reserve`). The search
     left is ``trials_left`` trials of ``trial_s`` seconds, ``jobs`` at a time, and ends at the
     latest when the time left before ``deadline`` is ``after_s`` (with a deadline and no trial
     count: then)."""
@@ -50,7 +99,7 @@ def short_budget_line(
     ``--folds 3`` would buy and cost (``whole``: a fold or final run's time over a trial's);
     empty otherwise."""
 
-    def reserve(k: int) -> float:  # as Tuner.reserve: rounds of `jobs` runs
+    def reserve(k: int) -> float:  # as Budget.reserve: rounds of `jobs` runs
         return (math.ceil(top / jobs) + math.ceil((2 * k + 2) / jobs) * whole) * trial_s
 
     def trials(k: int) -> int:

@@ -1,86 +1,176 @@
 """After the search: the winner chosen on fresh seeds, the confirmation against CE alone
-(paired k-fold cross-validation, or seeds only), one look at the test split, the outputs."""
+(paired k-fold cross-validation, or seeds only), one look at the test split, the verdict:
+a :class:`Confirmation` built from plain values."""
 
 from __future__ import annotations
 
 import copy
-import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chanloss.config import ConfigError
+from chanloss.tuning.common import Recipe
 from chanloss.tuning.output import stuck_text
+from chanloss.tuning.recommend import decide
 from chanloss.tuning.stats import gain_over, paired_fold_test, stuck_flags
-from chanloss.tuning.trials import confirm_runs
-
-if TYPE_CHECKING:
-    from chanloss.tuning.tuner import Tuner
+from chanloss.tuning.trials import RunOutcome, confirm_runs
 
 __all__ = [
+    "Confirmation",
     "check_folds",
-    "choose",
-    "confirm_folds",
-    "confirm_seeds",
     "cross_validate",
     "fold_schedule",
 ]
 
 
-def check_folds(tuner: Tuner) -> None:
-    """``--folds K`` needs K images of every class in the training split (one line, exit 2)."""
-    if not tuner.folds:
-        return
+def check_folds(raw: dict[str, Any], folds: int) -> int | None:
+    """``--folds K`` needs K images of every class in the training split of ``raw`` (one line,
+    exit 2); returns the images in that split (``None`` without folds)."""
+    if not folds:
+        return None
     from chanloss.config import load_config
     from chanloss.run.builders import build_data
 
-    raw = copy.deepcopy(tuner.raw)
+    raw = copy.deepcopy(raw)
     raw["data"]["val_fraction"] = 0.0
     labels = build_data(load_config(raw=raw)).train.labels
-    tuner.train_size = len(labels)
     counts = labels.bincount()
     least = int(counts.argmin())
-    if int(counts.min()) < tuner.folds:
+    if int(counts.min()) < folds:
         raise ConfigError(
-            f"--folds {tuner.folds}: every class needs at least {tuner.folds} training images; "
+            f"--folds {folds}: every class needs at least {folds} training images; "
             f"class {least} has {int(counts.min())}; use fewer --folds"
         )
+    return len(labels)
 
 
-def _settings(study: Any) -> list[dict[str, Any]]:
-    """The complete settings (params) with their trials and scores, best mean score first."""
-    from optuna.trial import TrialState
+@dataclass
+class Confirmation:
+    """The runs after the search, built from plain values: the winner chosen among the
+    ``top`` settings re-run on ``rerun_seed``, then confirmed against CE alone, by paired
+    k-fold cross-validation on ``folds`` folds (fold ``k`` on ``confirm_seed + k``, then both
+    once on the whole training split) or on ``confirm_seeds`` fresh seeds (``folds`` 0), and
+    the verdict (:func:`~chanloss.tuning.recommend.decide`). ``recipe``: the configs of the
+    settings and of CE alone; run directories under ``out_dir``, ``jobs`` at a time;
+    ``train_size``: the images of the training split (counted when ``None``); ``after``: the
+    seconds of the runs after each stage (``choose``, ``folds``: the ETA of the log lines)."""
 
-    by: dict[str, dict[str, Any]] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        key = json.dumps(t.params, sort_keys=True)
-        entry = by.setdefault(key, {"params": t.params, "trials": [], "scores": []})
-        entry["trials"].append(t.number)
-        entry["scores"].append(t.value)
-    rows = [{**e, "search_score": sum(e["scores"]) / len(e["scores"])} for e in by.values()]
-    return sorted(rows, key=lambda e: -e["search_score"])
+    recipe: Recipe
+    out_dir: Path
+    folds: int
+    confirm_seeds: int
+    top: int
+    jobs: int
+    rerun_seed: int
+    confirm_seed: int
+    log: Callable[[str], None]
+    train_size: int | None = None
+    after: dict[str, float] = field(default_factory=dict)
 
+    def choose(self, settings: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The winner among ``settings`` (best search score first): the ``--top`` best re-run
+        on one fresh seed (the same for all, so they compare on the same split and seed),
+        chosen by that re-run's score; the search's best alone when ``--top 0``. Returns the
+        winner and the re-run rows."""
+        top = settings[: self.top]
+        if len(top) < 2:  # nothing to choose between
+            winner = settings[0]
+            return {**winner, "rerun_score": None, "trial": winner["trials"][0]}, []
+        seed = self.rerun_seed
+        tasks = [(self.recipe.trial(s["params"], seed),
+                  self.out_dir / "rerun" / f"trial-{s['trials'][0]:04d}" / f"seed{seed}")
+                 for s in top]  # fmt: skip
+        self.log(f"re-running the {len(top)} best settings on a fresh seed ({seed}) to choose")
+        done = confirm_runs(tasks, jobs=self.jobs, log=self.log, read_test=False,
+                            after_s=self.after.get("choose", 0.0),
+                            labels=[f"trial {s['trials'][0]}" for s in top])  # fmt: skip
+        rows = [{**s, "trial": s["trials"][0], "rerun_score": r.score}
+                for s, r in zip(top, done, strict=True)]  # fmt: skip
+        winner = max(rows, key=lambda r: (r["rerun_score"], r["search_score"]))
+        return winner, rows
 
-def choose(tuner: Tuner, study: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The winner: the ``--top`` best settings re-run on one fresh seed (the same for all, so
-    they compare on the same split and seed), chosen by that re-run's score; the search's best
-    alone when ``--top 0``. Returns the winner and the re-run rows."""
-    settings = _settings(study)
-    top = settings[: tuner.top]
-    if len(top) < 2:  # nothing to choose between
-        winner = settings[0]
-        return {**winner, "rerun_score": None, "trial": winner["trials"][0]}, []
-    seed = tuner.rerun_seed
-    tasks = [(tuner.trial_raw(s["params"], seed),
-              tuner.out_dir / "rerun" / f"trial-{s['trials'][0]:04d}" / f"seed{seed}")
-             for s in top]  # fmt: skip
-    tuner.log(f"re-running the {len(top)} best settings on a fresh seed ({seed}) to choose")
-    done = confirm_runs(tasks, jobs=tuner.jobs, log=tuner.log, read_test=False,
-                        after_s=tuner.after.get("choose", 0.0),
-                        labels=[f"trial {s['trials'][0]}" for s in top])  # fmt: skip
-    rows = [{**s, "trial": s["trials"][0], "rerun_score": r.score}
-            for s, r in zip(top, done, strict=True)]  # fmt: skip
-    winner = max(rows, key=lambda r: (r["rerun_score"], r["search_score"]))
-    return winner, rows
+    def run(self, winner: dict[str, Any], noise: float | None) -> dict[str, Any] | None:
+        """The confirmation of ``winner`` with its ``verdict`` (``noise``: the measured seed
+        noise, or ``None``); ``None`` with neither --folds nor --confirm-seeds."""
+        if self.folds:
+            confirmation = self.on_folds(winner, noise)
+        elif self.confirm_seeds:
+            confirmation = self.on_seeds(winner)
+        else:
+            return None
+        confirmation["verdict"] = decide(confirmation["val"]["gain"], noise=noise,
+                                         stuck=len(confirmation["stuck"]),
+                                         runs=confirmation["runs"])  # fmt: skip
+        return confirmation
+
+    def on_folds(self, winner: dict[str, Any], noise: float | None) -> dict[str, Any]:
+        """Paired, stratified k-fold confirmation on the whole training split: the winner and
+        CE alone on the same K folds with the same seeds (``confirm_seed + k`` on fold ``k``),
+        then both trained on the full training split (seed ``confirm_seed``) and the test
+        split read once each."""
+        k, seed = self.folds, self.confirm_seed
+        name = f"trial-{winner['trial']:04d}"
+        tuned, ce = self.recipe.trial(winner["params"], seed), {**self.recipe.ce(), "seed": seed}
+        self.log(f"confirming trial {winner['trial']} against CE alone on {k} folds (fold k on "
+                 f"seed {seed} + k): {2 * k} runs, then both once on the full training split")  # fmt: skip
+        val = cross_validate(tuned, ce, k, self.out_dir / "confirm", jobs=self.jobs,
+                             log=self.log, names=(name, "ce"), noise=noise,
+                             train_size=self.train_size,
+                             after_s=self.after.get("folds", 0.0))  # fmt: skip
+        val.pop("curves")
+        for record in val["stuck"]:
+            record["arm"] = "tuned" if record["arm"] == name else record["arm"]
+        finals = []
+        for label, raw in ((name, tuned), ("ce", ce)):
+            r = copy.deepcopy(raw)
+            r["data"].update(val_fraction=0.0, folds=0)
+            finals.append((r, self.out_dir / "final" / label))
+        final = confirm_runs(finals, jobs=self.jobs, log=self.log,
+                             labels=["tuned full", "ce full"])  # fmt: skip
+        return {
+            "mode": "folds",
+            "folds": k,
+            "seed": seed,
+            "trial": winner["trial"],
+            "val": val,
+            "stuck": val.pop("stuck"),
+            "runs": val.pop("runs"),
+            "test": {
+                "tuned": [final[0].test_acc],
+                "ce": [final[1].test_acc],
+                "gain": gain_over([final[0].test_acc], [final[1].test_acc]),
+            },
+        }
+
+    def on_seeds(self, winner: dict[str, Any]) -> dict[str, Any]:
+        """The seed-only confirmation (``--folds 0``): winner and CE on ``--confirm-seeds``
+        fresh seeds on the search's validation split (Welch), test read once per run."""
+        seeds = [self.confirm_seed + i for i in range(self.confirm_seeds)]
+        tasks, labels = [], []
+        for seed in seeds:
+            for label, raw in (("tuned", self.recipe.trial(winner["params"], seed)),
+                               ("ce", {**self.recipe.ce(), "seed": seed})):  # fmt: skip
+                name = f"trial-{winner['trial']:04d}" if label == "tuned" else "ce"
+                tasks.append((raw, self.out_dir / "confirm" / name / f"seed{seed}"))
+                labels.append(label)
+        self.log(f"confirming trial {winner['trial']} against CE alone over {len(seeds)} "
+                 f"seed(s) ({', '.join(map(str, seeds))}): {len(tasks)} runs")  # fmt: skip
+        done = confirm_runs(tasks, jobs=self.jobs, log=self.log, labels=labels,
+                            after_s=self.after.get("folds", 0.0))  # fmt: skip
+        out: dict[str, Any] = {"mode": "seeds", "seeds": seeds, "trial": winner["trial"],
+                               "runs": len(tasks)}  # fmt: skip
+        for split, get in (("val", lambda r: r.score), ("test", lambda r: r.test_acc)):
+            a = [get(r) for lab, r in zip(labels, done, strict=True) if lab == "tuned"]
+            b = [get(r) for lab, r in zip(labels, done, strict=True) if lab == "ce"]
+            out[split] = {"tuned": a, "ce": b, "gain": gain_over(a, b)}
+        # a run far below the same arm's other seeds (no rerun: every seed is a fresh one)
+        scores = {"tuned": out["val"]["tuned"], "ce": out["val"]["ce"]}
+        out["stuck"] = [
+            {**r, "fold": None} for r in _stuck_records(scores, {"tuned": seeds, "ce": seeds})
+        ]
+        return out
 
 
 def fold_schedule(raw: dict[str, Any], folds: int) -> dict[str, Any]:
@@ -167,23 +257,11 @@ def cross_validate(
     ``gain_first`` without the reruns. ``after_s``: the seconds of the runs after these (the
     ETA in the log lines). Run directories
     ``out_dir/<name>/fold<k>`` (reruns ``fold<k>-rerun``)."""
-    seed = {n: int(raw.get("seed", 0)) for n, raw in zip(names, (tuned, base), strict=True)}
     arms = dict(zip(names, (tuned, base), strict=True))
-
-    def run(fold_ids: list[int], offset: int, suffix: str) -> dict[str, list[Any]]:
-        tasks, labels = [], []
-        for k in fold_ids:
-            for name in names:
-                tasks.append(_fold_task(arms[name], folds, k, seed[name] + offset + k,
-                                        out_dir / name / f"fold{k}{suffix}"))  # fmt: skip
-                labels.append(f"{name} fold {k}{suffix.replace('-', ' ')}")
-        done = confirm_runs(tasks, jobs=jobs, log=log, labels=labels, read_test=False,
-                            after_s=after_s)  # fmt: skip
-        return {name: done[i :: len(names)] for i, name in enumerate(names)}
-
+    folding = _Folding(arms, folds, out_dir, jobs=jobs, log=log, after_s=after_s)
     size = train_size or _train_size(tuned)
     n_val = size // folds
-    first = run(list(range(folds)), 0, "")
+    first = folding.run(list(range(folds)), 0, "")
     scores = {n: [r.score for r in first[n]] for n in names}
     seeds = {n: [r.seed for r in first[n]] for n in names}
     stuck = _stuck_records(scores, seeds, n_val=n_val)
@@ -193,19 +271,7 @@ def cross_validate(
         if log is not None:
             log(f"stuck: {stuck_text(record)}; its fold pair is rerun on a fresh seed")
     if pairs:
-        again = run(pairs, RERUN_SEED_OFFSET, "-rerun")
-        for n in names:
-            for k, r in zip(pairs, again[n], strict=True):
-                used[n][k] = r.score
-        for n in names:
-            for k, r in zip(pairs, again[n], strict=True):
-                seeds[n][k] = r.seed
-        late = _stuck_records(used, seeds, rerun=True, n_val=n_val)
-        late = [r for r in late if r["fold"] in pairs]
-        for record in late:
-            if log is not None:
-                log(f"stuck again: {stuck_text(record)}")
-        stuck += late
+        stuck += folding.rerun(pairs, used, seeds, n_val)
     resolution = folds / size
     gain = paired_fold_test(used[names[0]], used[names[1]], noise=noise, resolution=resolution)
     out = {"tuned": used[names[0]], "ce": used[names[1]], "gain": gain, "stuck": stuck,
@@ -218,6 +284,56 @@ def cross_validate(
     return out
 
 
+@dataclass
+class _Folding:
+    """The fold runs of :func:`cross_validate`: each arm (name: raw config with its seed) on
+    fold ``k`` with seed ``seed + offset + k``, into ``out_dir/<name>/fold<k><suffix>``."""
+
+    arms: dict[str, dict[str, Any]]
+    folds: int
+    out_dir: Path
+    jobs: int
+    log: Any
+    after_s: float
+
+    def run(self, fold_ids: list[int], offset: int, suffix: str) -> dict[str, list[RunOutcome]]:
+        """The runs of both arms on ``fold_ids`` (paired: the same seed on a fold)."""
+        names = list(self.arms)
+        tasks, labels = [], []
+        for k in fold_ids:
+            for name in names:
+                raw = self.arms[name]
+                tasks.append(_fold_task(raw, self.folds, k, int(raw.get("seed", 0)) + offset + k,
+                                        self.out_dir / name / f"fold{k}{suffix}"))  # fmt: skip
+                labels.append(f"{name} fold {k}{suffix.replace('-', ' ')}")
+        done = confirm_runs(tasks, jobs=self.jobs, log=self.log, labels=labels, read_test=False,
+                            after_s=self.after_s)  # fmt: skip
+        return {name: done[i :: len(names)] for i, name in enumerate(names)}
+
+    def rerun(
+        self,
+        pairs: list[int],
+        used: dict[str, list[float]],
+        seeds: dict[str, list[int]],
+        n_val: int,
+    ) -> list[dict[str, Any]]:
+        """The fold ``pairs`` rerun on fresh seeds: their scores and seeds replace the first
+        runs' in ``used`` and ``seeds``; returns the reruns that got stuck again."""
+        again = self.run(pairs, RERUN_SEED_OFFSET, "-rerun")
+        for n in self.arms:
+            for k, r in zip(pairs, again[n], strict=True):
+                used[n][k] = r.score
+        for n in self.arms:
+            for k, r in zip(pairs, again[n], strict=True):
+                seeds[n][k] = r.seed
+        late = _stuck_records(used, seeds, rerun=True, n_val=n_val)
+        late = [r for r in late if r["fold"] in pairs]
+        for record in late:
+            if self.log is not None:
+                self.log(f"stuck again: {stuck_text(record)}")
+        return late
+
+
 def _train_size(raw: dict[str, Any]) -> int:
     """Images in the training split of ``raw`` (validation left in)."""
     from chanloss.config import load_config
@@ -226,71 +342,3 @@ def _train_size(raw: dict[str, Any]) -> int:
     r = copy.deepcopy(raw)
     r["data"].update(val_fraction=0.0, folds=0)
     return max(1, len(build_data(load_config(raw=r)).train.labels))
-
-
-def confirm_folds(tuner: Tuner, winner: dict[str, Any], noise: float | None) -> dict[str, Any]:
-    """Paired, stratified k-fold confirmation on the whole training split: the winner and CE
-    alone on the same K folds with the same seeds (``confirm_seed + k`` on fold ``k``), then
-    both trained on the full training split (seed ``confirm_seed``) and the test split read
-    once each."""
-    k, seed = tuner.folds, tuner.confirm_seed
-    name = f"trial-{winner['trial']:04d}"
-    tuned, ce = tuner.trial_raw(winner["params"], seed), {**tuner.ce_raw(), "seed": seed}
-    tuner.log(f"confirming trial {winner['trial']} against CE alone on {k} folds (fold k on "
-              f"seed {seed} + k): {2 * k} runs, then both once on the full training split")  # fmt: skip
-    val = cross_validate(tuned, ce, k, tuner.out_dir / "confirm", jobs=tuner.jobs,
-                         log=tuner.log, names=(name, "ce"), noise=noise,
-                         train_size=tuner.train_size,
-                         after_s=tuner.after.get("folds", 0.0))  # fmt: skip
-    val.pop("curves")
-    for record in val["stuck"]:
-        record["arm"] = "tuned" if record["arm"] == name else record["arm"]
-    finals = []
-    for label, raw in ((name, tuned), ("ce", ce)):
-        r = copy.deepcopy(raw)
-        r["data"].update(val_fraction=0.0, folds=0)
-        finals.append((r, tuner.out_dir / "final" / label))
-    final = confirm_runs(finals, jobs=tuner.jobs, log=tuner.log, labels=["tuned full", "ce full"])  # fmt: skip
-    return {
-        "mode": "folds",
-        "folds": k,
-        "seed": seed,
-        "trial": winner["trial"],
-        "val": val,
-        "stuck": val.pop("stuck"),
-        "runs": val.pop("runs"),
-        "test": {
-            "tuned": [final[0].test_acc],
-            "ce": [final[1].test_acc],
-            "gain": gain_over([final[0].test_acc], [final[1].test_acc]),
-        },
-    }
-
-
-def confirm_seeds(tuner: Tuner, winner: dict[str, Any]) -> dict[str, Any]:
-    """The seed-only confirmation (``--folds 0``): winner and CE on ``--confirm-seeds`` fresh
-    seeds on the search's validation split (Welch), test read once per run."""
-    seeds = [tuner.confirm_seed + i for i in range(tuner.confirm_seeds)]
-    tasks, labels = [], []
-    for seed in seeds:
-        for label, raw in (("tuned", tuner.trial_raw(winner["params"], seed)),
-                           ("ce", {**tuner.ce_raw(), "seed": seed})):  # fmt: skip
-            name = f"trial-{winner['trial']:04d}" if label == "tuned" else "ce"
-            tasks.append((raw, tuner.out_dir / "confirm" / name / f"seed{seed}"))
-            labels.append(label)
-    tuner.log(f"confirming trial {winner['trial']} against CE alone over {len(seeds)} seed(s) "
-              f"({', '.join(map(str, seeds))}): {len(tasks)} runs")  # fmt: skip
-    done = confirm_runs(tasks, jobs=tuner.jobs, log=tuner.log, labels=labels,
-                        after_s=tuner.after.get("folds", 0.0))  # fmt: skip
-    out: dict[str, Any] = {"mode": "seeds", "seeds": seeds, "trial": winner["trial"],
-                           "runs": len(tasks)}  # fmt: skip
-    for split, get in (("val", lambda r: r.score), ("test", lambda r: r.test_acc)):
-        a = [get(r) for lab, r in zip(labels, done, strict=True) if lab == "tuned"]
-        b = [get(r) for lab, r in zip(labels, done, strict=True) if lab == "ce"]
-        out[split] = {"tuned": a, "ce": b, "gain": gain_over(a, b)}
-    # a run far below the same arm's other seeds (no rerun: every seed is already a fresh one)
-    scores = {"tuned": out["val"]["tuned"], "ce": out["val"]["ce"]}
-    out["stuck"] = [
-        {**r, "fold": None} for r in _stuck_records(scores, {"tuned": seeds, "ce": seeds})
-    ]
-    return out

@@ -22,6 +22,7 @@ __all__ = [
     "power_line",
     "pruned_early_line",
     "rerun_drop_line",
+    "search_stuck_text",
     "stuck_lines",
     "stuck_text",
     "trial_rows",
@@ -139,6 +140,13 @@ def stuck_text(record: dict[str, Any]) -> str:
     return (f"{where}{record['arm']} arm, seed {record['seed']} ({what}): stuck at "
             f"{100 * record['score']:.1f} % while the other {others} reached "
             f"{100 * lo:.1f}-{100 * hi:.1f} %")  # fmt: skip
+
+
+def search_stuck_text(record: dict[str, Any]) -> str:
+    """``trial 1, seed 1: stuck at 57.0 % while the same setting on other seeds reached ...``."""
+    lo, hi = record["others"]
+    return (f"trial {record['trial']}, seed {record['seed']}: stuck at {100 * record['score']:.1f} % "
+            f"while the same setting on other seeds reached {100 * lo:.1f}-{100 * hi:.1f} %")  # fmt: skip
 
 
 def stuck_lines(conf: dict[str, Any]) -> list[str]:

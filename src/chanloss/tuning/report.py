@@ -30,6 +30,7 @@ from chanloss.tuning.output import (  # noqa: E402
     gain_text,
     noise_line,
     power_line,
+    search_stuck_text,
     stuck_lines,
     trial_rows,
 )
@@ -187,10 +188,24 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
         imp, why = {}, "skipped: no trial learned more than chance"
     if imp:
         plot_importances(imp, out_dir / "importances.png")
-    best = summary["best"]
+    parts = [
+        *_head(summary),
+        *_result(summary["best"], dims),
+        *_reruns(summary.get("reruns") or []),
+        *_confirmation(summary.get("confirmation")),
+        *_figures(bool(imp), why),
+        _trials_table(study, dims, summary),
+        "<p class='note'>All trials: <a href='trials.csv'>trials.csv</a>.</p>",
+        "</body></html>\n",
+    ]
+    write_text(out_dir / "report.html", "\n".join(parts))
+
+
+def _head(summary: dict[str, Any]) -> list[str]:
+    """The page's head, the verdict, the search in one paragraph, the noise and the notes."""
     counts = summary["counts"]
     esc = html.escape
-    parts = [
+    return [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<title>chanloss tune</title>",
         f"<style>{REPORT_CSS}</style></head><body>",
@@ -206,72 +221,89 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
         *(f"<p><b>{esc(note)}</b></p>" for note in summary.get("notes", [])),
         "<h2>Result</h2>",
     ]
+
+
+def _result(best: dict[str, Any] | None, dims: list[Dimension]) -> list[str]:
+    """The chosen setting and the range searched for each parameter."""
     if best is None:
-        parts.append("<p>No setting is chosen (see above).</p>")
-    else:
-        rerun = best.get("rerun_val_acc")
-        parts += [
-            f"<p>Chosen: trial {best['trial']}, search score {100 * best['val_acc']:.2f}%"
-            + (f", {100 * rerun:.2f}% re-run on a fresh seed" if rerun is not None else "")
-            + ". <a href='best.yaml'>best.yaml</a> trains it; <a href='ce.yaml'>ce.yaml</a> "
-            "trains CE alone.</p>",
-            "<table><tr><th>parameter</th><th>chosen</th><th>searched over</th></tr>"
-            + "".join(
-                f"<tr><td class='l'>{esc(d.name)}</td><td>{esc(_val(best['params'].get(d.name)))}"
-                f"</td><td class='l'>{esc(d.describe().split(': ', 1)[1])}</td></tr>"
-                for d in dims
-            )
-            + "</table>",
-        ]
-    reruns = summary.get("reruns") or []
-    if reruns:
-        parts += [
-            "<h2>The best settings re-run on a fresh seed</h2>",
-            "<table><tr><th>trial</th><th>search score</th><th>re-run score</th></tr>"
-            + "".join(
-                f"<tr><td>{r['trial']}</td><td>{100 * r['search_score']:.2f}%</td>"
-                f"<td>{100 * r['rerun_score']:.2f}%</td></tr>"
-                for r in reruns
-            )
-            + "</table>",
-            "<p class='note'>The winner is the best re-run score: the search's best score is "
-            "the maximum over many noisy trials and so biased upward; the re-run is not.</p>",
-        ]
-    conf = summary.get("confirmation")
-    if conf:
-        folds = conf.get("mode") == "folds"
-        head = f"validation ({conf['folds']} folds, paired)" if folds else "validation"
-        parts += [
-            "<h2>Confirmation against CE alone</h2>",
-            f"<table><tr><th></th><th>{head}</th><th>test (read once)</th></tr>",
-            f"<tr><td class='l'>CE alone</td><td>{_pct(conf['val']['ce'])}</td>"
-            f"<td>{_pct(conf['test']['ce'])}</td></tr>",
-            f"<tr><td class='l'>tuned (trial {conf['trial']})</td><td>{_pct(conf['val']['tuned'])}"
-            f"</td><td>{_pct(conf['test']['tuned'])}</td></tr>",
-            f"<tr><td class='l'>gain over CE</td><td>{esc(gain_text(conf['val']['gain']))}</td>"
-            f"<td>{esc(gain_text(conf['test']['gain']))}</td></tr></table>",
-            f"<p><b>Verdict: {esc(advice(conf))}</b></p>",
-            *(f"<p>{esc(line)}</p>" for line in stuck_lines(conf)),
-            f"<p>{esc(power_line(conf))}</p><p>{esc(corrected_line(conf))}</p>" if folds else "",
-            "<p class='note'>"
-            + (
-                f"The winner and CE alone were trained on the same {conf['folds']} stratified "
-                "folds of the training split with the same seed, each fold held out once; the "
-                "gain is judged by a paired t-test on the per-fold differences (is it beyond "
-                "what seeds and the choice of validation images give, on this data?); the "
-                "Nadeau-Bengio corrected test beside it asks whether it would hold on another "
-                "training set of this size (the folds' training sets overlap). Then "
-                "both were trained once on the whole training split and the test split read "
-                "once each: information, never a choice."
-                if folds
-                else f"Both trained again over {len(conf['seeds'])} fresh seed(s) "
-                f"({', '.join(map(str, conf['seeds']))}); the gain counts as real only beyond "
-                "two standard errors of the difference (Welch). The test split was read once "
-                "per run, after training; it played no part in any choice."
-            )
-            + "</p>",
-        ]
-    parts += [
+        return ["<p>No setting is chosen (see above).</p>"]
+    esc = html.escape
+    rerun = best.get("rerun_val_acc")
+    return [
+        f"<p>Chosen: trial {best['trial']}, search score {100 * best['val_acc']:.2f}%"
+        + (f", {100 * rerun:.2f}% re-run on a fresh seed" if rerun is not None else "")
+        + ". <a href='best.yaml'>best.yaml</a> trains it; <a href='ce.yaml'>ce.yaml</a> "
+        "trains CE alone.</p>",
+        "<table><tr><th>parameter</th><th>chosen</th><th>searched over</th></tr>"
+        + "".join(
+            f"<tr><td class='l'>{esc(d.name)}</td><td>{esc(_val(best['params'].get(d.name)))}"
+            f"</td><td class='l'>{esc(d.describe().split(': ', 1)[1])}</td></tr>"
+            for d in dims
+        )
+        + "</table>",
+    ]
+
+
+def _reruns(reruns: list[dict[str, Any]]) -> list[str]:
+    """The best settings re-run on a fresh seed (nothing without re-runs)."""
+    if not reruns:
+        return []
+    return [
+        "<h2>The best settings re-run on a fresh seed</h2>",
+        "<table><tr><th>trial</th><th>search score</th><th>re-run score</th></tr>"
+        + "".join(
+            f"<tr><td>{r['trial']}</td><td>{100 * r['search_score']:.2f}%</td>"
+            f"<td>{100 * r['rerun_score']:.2f}%</td></tr>"
+            for r in reruns
+        )
+        + "</table>",
+        "<p class='note'>The winner is the best re-run score: the search's best score is "
+        "the maximum over many noisy trials and so biased upward; the re-run is not.</p>",
+    ]
+
+
+def _confirmation(conf: dict[str, Any] | None) -> list[str]:
+    """The confirmation against CE alone: its table, verdict and how it was made."""
+    if not conf:
+        return []
+    esc = html.escape
+    folds = conf.get("mode") == "folds"
+    head = f"validation ({conf['folds']} folds, paired)" if folds else "validation"
+    how = (
+        f"The winner and CE alone were trained on the same {conf['folds']} stratified "
+        "folds of the training split with the same seed, each fold held out once; the "
+        "gain is judged by a paired t-test on the per-fold differences (is it beyond "
+        "what seeds and the choice of validation images give, on this data?); the "
+        "Nadeau-Bengio corrected test beside it asks whether it would hold on another "
+        "training set of this size (the folds' training sets overlap). Then "
+        "both were trained once on the whole training split and the test split read "
+        "once each: information, never a choice."
+        if folds
+        else f"Both trained again over {len(conf['seeds'])} fresh seed(s) "
+        f"({', '.join(map(str, conf['seeds']))}); the gain counts as real only beyond "
+        "two standard errors of the difference (Welch). The test split was read once "
+        "per run, after training; it played no part in any choice."
+    )
+    return [
+        "<h2>Confirmation against CE alone</h2>",
+        f"<table><tr><th></th><th>{head}</th><th>test (read once)</th></tr>",
+        f"<tr><td class='l'>CE alone</td><td>{_pct(conf['val']['ce'])}</td>"
+        f"<td>{_pct(conf['test']['ce'])}</td></tr>",
+        f"<tr><td class='l'>tuned (trial {conf['trial']})</td><td>{_pct(conf['val']['tuned'])}"
+        f"</td><td>{_pct(conf['test']['tuned'])}</td></tr>",
+        f"<tr><td class='l'>gain over CE</td><td>{esc(gain_text(conf['val']['gain']))}</td>"
+        f"<td>{esc(gain_text(conf['test']['gain']))}</td></tr></table>",
+        f"<p><b>Verdict: {esc(advice(conf))}</b></p>",
+        *(f"<p>{esc(line)}</p>" for line in stuck_lines(conf)),
+        f"<p>{esc(power_line(conf))}</p><p>{esc(corrected_line(conf))}</p>" if folds else "",
+        "<p class='note'>" + how + "</p>",
+    ]
+
+
+def _figures(with_importances: bool, why: str) -> list[str]:
+    """The figures: history, curves, importances (or why none), accuracy per parameter."""
+    esc = html.escape
+    return [
         "<h2>Optimisation history</h2>",
         "<img src='history.png' alt='validation accuracy per trial'>",
         "<p class='note'>Each point is a trial's final validation accuracy; crosses are "
@@ -279,7 +311,7 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
         "<img src='curves.png' alt='per-epoch validation accuracy of the trials'>",
         "<h2>Parameter importances</h2>",
         "<img src='importances.png' alt='parameter importances'>"
-        if imp
+        if with_importances
         else f"<p class='note'>Parameter importances: {esc(why)}.</p>",
         "<h2>Validation accuracy against each parameter</h2>",
         "<img src='params.png' alt='accuracy against each parameter'>",
@@ -287,6 +319,11 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
         "a trend towards an end of the range means the range may be too narrow.</p>",
         "<h2>Trials</h2>",
     ]
+
+
+def _trials_table(study: Any, dims: list[Dimension], summary: dict[str, Any]) -> str:
+    """Every trial, best validation score first."""
+    esc = html.escape
     rows = sorted(
         trial_rows(
             study, dims, {r["trial"] for r in (summary.get("stuck") or {}).get("search", [])}
@@ -294,7 +331,7 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
         key=lambda r: -(r["val_acc"] if isinstance(r["val_acc"], float) else -1.0),
     )
     head = ["number", "state", "val_acc", "stuck", "epochs", "time_s"] + [d.name for d in dims]
-    parts.append(
+    return (
         "<table><tr>"
         + "".join(f"<th>{esc(h)}</th>" for h in head)
         + "</tr>"
@@ -304,15 +341,10 @@ def write_report(study: Any, dims: list[Dimension], summary: dict[str, Any], out
         )
         + "</table>"
     )
-    parts.append("<p class='note'>All trials: <a href='trials.csv'>trials.csv</a>.</p>")
-    parts.append("</body></html>\n")
-    write_text(out_dir / "report.html", "\n".join(parts))
 
 
 def _lead(summary: dict[str, Any]) -> list[str]:
     """The report's first lines: the verdict and the config to use, then the stuck runs."""
-    from chanloss.tuning.study import search_stuck_text
-
     esc = html.escape
     verdict = summary.get("verdict")
     if verdict is not None:

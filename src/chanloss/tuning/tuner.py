@@ -3,53 +3,51 @@ after the search is :mod:`chanloss.tuning.finish`)."""
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
-import math
-import os
-import socket
-import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chanloss.config import ConfigError, TrainConfig, config_to_dict
-from chanloss.config.search import apply_params, resolve_space, start_params
+from chanloss.config.search import resolve_space, start_params
+from chanloss.core.atomic import write_json
 from chanloss.core.errors import TuneInterrupted
 from chanloss.core.masking import mask_secrets
-from chanloss.core.text import clock
-from chanloss.tuning.budget import eta_seconds, short_budget_line
-from chanloss.tuning.common import cores, params_text
-from chanloss.tuning.pruners import PRUNERS, warmup_epochs
-from chanloss.tuning.stats import STUCK_POINTS, noise_text, pooled_seed_std, without_stuck
-from chanloss.tuning.storage import STUDY_NAME, distribution, storage_url
-from chanloss.tuning.study import (
-    THIRD_ORIGIN,
-    open_study,
-    recover,
-    search_stuck,
-    search_stuck_text,
-    seed_groups,
-    set_study_attr,
+from chanloss.tuning.budget import Budget, eta_seconds
+from chanloss.tuning.common import MaskedLog, Recipe, SearchFacts, cores, print_line
+from chanloss.tuning.confirm import Confirmation, check_folds
+from chanloss.tuning.finish import (
+    best_line,
+    best_record,
+    last_line,
+    learned,
+    tune_summary,
+    write_best,
+    write_ce,
 )
-from chanloss.tuning.trials import TrialOutcome, executor_for, run_trial, trial_task
+from chanloss.tuning.output import (
+    chance_line,
+    confirmation_table,
+    epoch_noise_line,
+    pruned_early_line,
+    rerun_drop_line,
+    write_trials_csv,
+)
+from chanloss.tuning.pruners import PRUNERS
+from chanloss.tuning.search import Search
+from chanloss.tuning.storage import storage_url
+from chanloss.tuning.study import (
+    NoiseWatch,
+    StudyPlace,
+    durations,
+    open_study,
+    search_facts,
+)
 
 __all__ = ["DEFAULT_TRIALS", "TuneInterrupted", "Tuner", "eta_seconds", "tune"]
 
 DEFAULT_TRIALS = 20  # without --trials and --timeout
-_FAILURES_IN_A_ROW = 3  # consecutive failed trials (errors, not pruning) end the search
-
-
-@dataclass
-class _Running:
-    trial: Any
-    params: dict[str, Any]
-    seed: int
-    run_dir: Path
 
 
 @dataclass
@@ -68,7 +66,7 @@ class Tuner:
     storage: str | None = None
     pruner: str = "noise"
     config_path: str | None = None
-    log: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
+    log: Callable[[str], None] = field(default=print_line)
 
     def __post_init__(self) -> None:
         if self.trials is None and self.timeout_s is None:
@@ -109,22 +107,25 @@ class Tuner:
                 f"nothing to tune: the config's losses ({names}) declare no search space and "
                 "its search: block adds none; add one, e.g. search: {optim: {lr: [0.01, 0.2]}}"
             )
-        self.raw = config_to_dict(self.config)
-        self.raw.pop("search", None)
+        raw = config_to_dict(self.config)
+        raw.pop("search", None)
         split = self.config.data.split_seed
         self.split_seed = self.config.seed if split is None else split
-        self.raw["data"]["split_seed"] = self.split_seed  # every seed validates on one split
+        raw["data"]["split_seed"] = self.split_seed  # every seed validates on one split
+        self.raw = raw
+        self.recipe = Recipe(raw, self.dims, self.fixed, self.config.seed)
+        self.budget = Budget(top=self.top, folds=self.folds, confirm_seeds=self.confirm_seeds,
+                             jobs=self.jobs, val_fraction=self.config.data.val_fraction)  # fmt: skip
         self.spec = storage_url(self.storage, self.out_dir)
         self.shown_spec = mask_secrets(self.spec)  # what is printed and stored: no password
-        log = self.log  # every line (a trial's error too) without a password
-        self.log = lambda line: log(mask_secrets(line))
+        self.place = StudyPlace(self.spec, self.shown_spec, self.out_dir, self.storage is None,
+                                self.resume)  # fmt: skip
+        self.log = MaskedLog(self.log)  # every line (a trial's error too) without a password
         self.threads = max(1, cores() // self.jobs)
         self.notes: list[str] = []  # what the terminal said about the budget and the pruner
-        self.stuck_said: set[int] = set()  # stuck search trials already said
+        self.noise = NoiseWatch(start_params(self.config, self.dims), self.third_seed, self.log)
         self.train_size: int | None = None  # images in the training split (check_folds)
-        self.after: dict[str, float] = {}  # seconds after each stage past the search (the ETA)
         self.search_s: float | None = None  # how long this invocation's search took
-        self.budget_said = False  # the short-budget note, once
 
     # -- seeds: the search's, the noise trial's, the re-runs', the confirmation's ----------------
     @property
@@ -145,296 +146,58 @@ class Tuner:
 
     def trial_raw(self, params: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
         """The training config of a setting (``params``) on ``seed`` (default the config's)."""
-        raw = apply_params(self.raw, self.dims, self.fixed, params)
-        raw["seed"] = self.config.seed if seed is None else seed
-        return raw
+        return self.recipe.trial(params, seed)
 
     def ce_raw(self) -> dict[str, Any]:
         """The config with cross-entropy alone (the optimiser as written)."""
-        raw = copy.deepcopy(self.raw)
-        raw["losses"] = [{"name": "ce"}]
-        return raw
+        return self.recipe.ce()
 
-    # -- study ---------------------------------------------------------------------------------
+    # -- the study and the time after the search ------------------------------------------------
     def open_study(self) -> Any:
         """Open (or create) the study in the storage; see :func:`~chanloss.tuning.study.open_study`."""
-        return open_study(self)
-
-    def counts(self, study: Any) -> dict[str, int]:
-        counts = {s: 0 for s in ("COMPLETE", "PRUNED", "RUNNING", "FAIL", "WAITING")}
-        for t in study.get_trials(deepcopy=False):
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        return counts
-
-    def runs_after_search(self) -> int:
-        """Full training runs after the search: the re-run top trials, then the k-fold
-        confirmation (2 per fold) and the two final runs, or 2 per --confirm-seeds seed."""
-        confirm = 2 * self.folds + 2 if self.folds else 2 * self.confirm_seeds
-        return self.top + confirm
-
-    def after_s(self, stage: str, study: Any) -> float:
-        """Seconds the runs after ``stage`` (``choose``, ``folds``, ``final``) will take, at the
-        median trial's time (fold and final runs on the whole training split's images)."""
-        durations = self.durations(study)
-        if not durations:
-            return 0.0
-        run = statistics.median(durations) / max(1.0 - self.config.data.val_fraction, 0.5)
-        runs = {"choose": 2 * self.folds + 2 if self.folds else 2 * self.confirm_seeds,
-                "folds": 2 if self.folds else 0, "final": 0}[stage]  # fmt: skip
-        return math.ceil(runs / self.jobs) * run
-
-    def reserve(self, durations: list[float]) -> float:
-        """Seconds to keep for the runs after the search: the median full-trial time for each
-        re-run, and that over ``1 - data.val_fraction`` for each fold and final run (they
-        train on as many images per run as the whole training split holds)."""
-        if not durations:
-            return 0.0
-        median = statistics.median(durations)
-        whole = 1.0 / max(1.0 - self.config.data.val_fraction, 0.5)
-        confirm = self.runs_after_search() - self.top
-        return (math.ceil(self.top / self.jobs) + math.ceil(confirm / self.jobs) * whole) * median
-
-    def durations(self, study: Any) -> list[float]:
-        """The seconds of the complete trials (what the reserve and the ETA are made of)."""
-        from optuna.trial import TrialState
-
-        return [
-            t.user_attrs["time_s"]
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if "time_s" in t.user_attrs
-        ]
+        return open_study(self.place, self.config, self.dims, self.fixed, trials=self.trials,
+                          pruner=self.pruner, noise_seed=self.noise_seed, log=self.log)  # fmt: skip
 
     def update_noise(self, study: Any) -> None:
-        """The seed noise of the score, from the settings trained on several seeds without
-        their stuck runs, kept in the study (``noise_std``: the pruner reads it); stuck trials
-        said once; a third seed of the config queued when its two seeds lie a stuck run's gap
-        apart (with two, neither can be told stuck)."""
-        for record in search_stuck(study):
-            if record["trial"] not in self.stuck_said:
-                self.stuck_said.add(record["trial"])
-                self.log(f"stuck: {search_stuck_text(record)}; left out of the noise")
-        groups = seed_groups(study)
-        std, dof = pooled_seed_std(without_stuck(list(groups.values())))
-        if dof and (study.user_attrs.get("noise_dof"), study.user_attrs.get("noise_std")) != (
-            dof,
-            std,
-        ):
-            set_study_attr(study, "noise_std", std)
-            set_study_attr(study, "noise_dof", dof)
-            self.log(
-                f"noise: on this split, the seed standard deviation of a trial's score is "
-                f"{noise_text(std, dof)}; differences below ±{200 * std:.2f} points are noise"
-            )
-        first = json.dumps(start_params(self.config, self.dims), sort_keys=True)
-        twins = groups.get(first, [])
-        origins = {t.user_attrs.get("origin") for t in study.get_trials(deepcopy=False)}
-        if (
-            len(twins) == 2
-            and abs(twins[0] - twins[1]) >= STUCK_POINTS
-            and THIRD_ORIGIN not in origins
-        ):
-            study.enqueue_trial(json.loads(first), user_attrs={"origin": THIRD_ORIGIN,
-                                                               "seed": self.third_seed})  # fmt: skip
-            self.log(
-                f"noise: the config's two seeds lie {100 * abs(twins[0] - twins[1]):.1f} points "
-                f"apart; a third seed ({self.third_seed}) is queued to tell a stuck run from noise"
-            )
+        """The seed noise kept in the study; see :class:`~chanloss.tuning.study.NoiseWatch`."""
+        self.noise.update(study)
 
-    # -- search --------------------------------------------------------------------------------
-    def search(self, study: Any) -> None:
-        """Run trials until --trials are finished or running, or the time left is what the
-        runs after the search need."""
-        from optuna.trial import TrialState
+    def reserve(self, durations: list[float]) -> float:
+        """Seconds to keep for the runs after the search; see :meth:`Budget.reserve`."""
+        return self.budget.reserve(durations)
 
-        dists = {d.name: distribution(d.param) for d in self.dims}
-        trials_dir = self.out_dir / "trials"
-        trials_dir.mkdir(parents=True, exist_ok=True)
-        start = time.time()
-        deadline = start + self.timeout_s if self.timeout_s else None
-        durations = self.durations(study)
-        mine: list[float] = []
-        executor = executor_for(self.jobs)
-        pending: dict[Future, _Running] = {}
-        failures = 0
-        counts = self.counts(study)
-        finished = counts["COMPLETE"] + counts["PRUNED"]
-        threads = f"{self.threads} torch thread{'s' if self.threads > 1 else ''} each"
-        target = f"{self.trials} trials" if self.trials else "trials until --timeout"
-        self.log(
-            f"tune: {target} of {self.config.epochs} epochs, {self.jobs} at a time"
-            + (f" ({threads})" if self.jobs > 1 else "")
-            + f", scored on validation (mean of the last epochs); pruner {self.pruner}"
-            + (
-                f" after a warm-up of {warmup_epochs(self.config.epochs)} epochs"
-                if self.pruner in ("noise", "median")
-                else ""
-            )  # fmt: skip
-            + f"; storage {self.shown_spec}"
-            + (f"; {finished} finished earlier" if finished else "")
-        )
-        for d in self.dims:
-            self.log(f"  {d.describe()}")
-        stopped_by_trials = False
-        try:
-            while True:
-                recover(study, self.log)  # trials of a worker killed meanwhile: queued again
-                counts = self.counts(study)
-                started = counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"]
-                while len(pending) < self.jobs:
-                    if self.trials is not None and started >= self.trials:
-                        stopped_by_trials = True
-                        break
-                    if self._out_of_time(deadline, durations):
-                        break
-                    trial = study.ask(dists)
-                    seed = trial.user_attrs.get("seed")
-                    seed = self.config.seed if seed is None else int(seed)
-                    trial.set_user_attr("seed", seed)
-                    trial.set_user_attr("host", socket.gethostname())
-                    trial.set_user_attr("pid", os.getpid())
-                    run_dir = trials_dir / f"trial-{trial.number:04d}"
-                    trial.set_user_attr("run_dir", str(run_dir))
-                    raw = self.trial_raw(trial.params, seed)
-                    if self.jobs > 1:
-                        task = {"storage": self.spec, "study": STUDY_NAME,
-                                "trial_id": trial._trial_id, "raw": raw, "run_dir": str(run_dir),
-                                "pruner": self.pruner, "epochs": self.config.epochs}  # fmt: skip
-                        fut = executor.submit(trial_task, task)
-                    else:
-                        fut = executor.submit(run_trial, trial, raw, run_dir)
-                    pending[fut] = _Running(trial, dict(trial.params), seed, run_dir)
-                    started += 1
-                if not pending:
-                    break
-                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                for fut in done:
-                    running = pending[fut]
-                    result: TrialOutcome = fut.result()  # Ctrl-C in a trial: raised here
-                    del pending[fut]
-                    failures = failures + 1 if result.state == "failed" else 0
-                    self._tell(study, running, result)
-                    if result.state == "complete":
-                        durations.append(result.time_s)
-                        if "num_classes" not in study.user_attrs:
-                            set_study_attr(study, "num_classes", result.num_classes)
-                        self.update_noise(study)
-                        self._budget_note(durations)
-                    mine.append(result.time_s)
-                    self._progress(study, start, deadline, mine, len(pending))
-                    if failures >= _FAILURES_IN_A_ROW:
-                        raise ConfigError(
-                            f"{failures} trials in a row failed; the last one: {result.error}"
-                        )
-        except KeyboardInterrupt:
-            for running in pending.values():
-                with contextlib.suppress(Exception):
-                    study.tell(running.trial, state=TrialState.FAIL, skip_if_finished=True)
-                    study.enqueue_trial(running.params, user_attrs={
-                        "origin": f"rerun of trial {running.trial.number}", "seed": running.seed})  # fmt: skip
-            executor.shutdown(wait=True, cancel_futures=True)
-            raise TuneInterrupted(
-                f"interrupted; {len(pending)} running trial(s) will be rerun", self.out_dir
-            ) from None
-        except BaseException:
-            for running in pending.values():
-                with contextlib.suppress(Exception):
-                    study.tell(running.trial, state=TrialState.FAIL, skip_if_finished=True)
-            executor.shutdown(wait=False, cancel_futures=True)
-            raise
-        executor.shutdown(wait=True)
-        if stopped_by_trials and deadline is not None:
-            left = deadline - time.time()
-            if left > self.timeout_s / 2:
-                self.note(
-                    f"budget: the search stopped at --trials {self.trials} with "
-                    f"{clock(left)} of the {clock(self.timeout_s)} --timeout left; leave "
-                    "--trials out to search until the time is spent"
-                )
+    def after_s(self, stage: str, study: Any) -> float:
+        """Seconds the runs after ``stage`` will take; see :meth:`Budget.after_s`."""
+        return self.budget.after_s(stage, durations(study))
 
     def note(self, line: str) -> None:
         self.notes.append(line)
         self.log(line)
 
-    def _budget_note(self, durations: list[float]) -> None:
-        """Once, at the first complete trial: the budget leaves the search few trials."""
-        if self.timeout_s is None or self.budget_said or not durations:
-            return
-        self.budget_said = True
-        whole = 1.0 / max(1.0 - self.config.data.val_fraction, 0.5)
-        line = short_budget_line(timeout_s=self.timeout_s, trial_s=statistics.median(durations),
-                                 top=self.top, folds=self.folds, jobs=self.jobs, whole=whole)  # fmt: skip
-        if line:
-            self.note(line)
-
-    def _out_of_time(self, deadline: float | None, durations: list[float]) -> bool:
-        return deadline is not None and time.time() >= deadline - self.reserve(durations)
-
-    def _tell(self, study: Any, running: _Running, result: TrialOutcome) -> None:
-        from optuna.trial import TrialState
-
-        trial = running.trial
-        trial.set_user_attr("time_s", round(result.time_s, 2))
-        trial.set_user_attr("epochs", result.epochs)
-        trial.set_user_attr("outcome", result.state)
-        if result.error:
-            trial.set_user_attr("error", result.error[:500])
-        state = result.state
-        if state == "complete":
-            study.tell(trial, result.score)
-        elif state in ("pruned", "diverged"):
-            study.tell(trial, state=TrialState.PRUNED)
-        else:
-            study.tell(trial, state=TrialState.FAIL)
-        what = {
-            "complete": f"val {100 * result.score:.2f}%" if result.score is not None else "",
-            "pruned": f"pruned after epoch {result.epochs}",
-            "diverged": f"diverged in epoch {result.epochs + 1}",
-            "failed": f"failed: {result.error}",
-        }[state]
-        if state == "pruned" and result.curve:
-            what += f" (val {100 * result.curve[-1]:.2f}%)"
-        seed = f" seed {running.seed}" if running.seed != self.config.seed else ""
-        self.log(
-            f"trial {trial.number:>3}: {what:<32} {params_text(running.params)}{seed}  "
-            f"({clock(result.time_s)})"
+    def confirmation(self, after: dict[str, float] | None = None) -> Confirmation:
+        """The :class:`~chanloss.tuning.confirm.Confirmation` of this invocation (``after``:
+        the seconds of the runs after each of its stages)."""
+        return Confirmation(
+            recipe=self.recipe,
+            out_dir=self.out_dir,
+            folds=self.folds,
+            confirm_seeds=self.confirm_seeds,
+            top=self.top,
+            jobs=self.jobs,
+            rerun_seed=self.rerun_seed,
+            confirm_seed=self.confirm_seed,
+            log=self.log,
+            train_size=self.train_size,
+            after=after or {},
         )
-
-    def _progress(
-        self, study: Any, start: float, deadline: float | None, mine: list[float], running: int
-    ) -> None:
-        counts = self.counts(study)
-        finished = counts["COMPLETE"] + counts["PRUNED"]
-        best = ""
-        with contextlib.suppress(ValueError):
-            b = study.best_trial
-            best = f", best val {100 * b.value:.2f}% (trial {b.number})"
-        elapsed = time.time() - start
-        left = max(0, self.trials - finished) if self.trials else None
-        eta = ""
-        if mine:
-            seconds = eta_seconds(now=time.time(), deadline=deadline, trials_left=left,
-                                  trial_s=sum(mine) / len(mine), jobs=self.jobs,
-                                  after_s=self.reserve(self.durations(study)))  # fmt: skip
-            eta = f", ETA {clock(seconds)} (search and the runs after it)"
-        tally = (
-            f"({counts['COMPLETE']} complete, {counts['PRUNED']} pruned"
-            f"{f', {running} running' if running else ''}){best}; elapsed {clock(elapsed)}{eta}"
-        )
-        if self.trials:
-            width = 20
-            filled = min(width, round(width * finished / self.trials))
-            bar = "#" * filled + "." * (width - filled)
-            self.log(f"[{bar}] {finished}/{self.trials} trials {tally}")
-        else:
-            self.log(f"{finished} trials {tally}")
 
     # -- the whole command ---------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """The whole command: the folds checked, the study opened, the search, then
+        :meth:`finish`; returns what ``OUT/tune.json`` holds."""
         from chanloss.run.run_dir import RunDir
-        from chanloss.tuning.confirm import check_folds
-        from chanloss.tuning.finish import finish
 
-        check_folds(self)
+        self.train_size = check_folds(self.raw, self.folds)
         # one tune per OUT at a time (each trial's own directory is locked by train())
         run = RunDir(self.out_dir).acquire()
         had_db = (self.out_dir / "study.db").exists()
@@ -449,9 +212,89 @@ class Tuner:
             start = time.time()
             self.search(study)
             self.search_s = time.time() - start
-            return finish(self, study, start)
+            return self.finish(study, start)
         finally:
             run.release()
+
+    def search(self, study: Any) -> None:
+        """Run trials until --trials are finished or running, or the time left is what the
+        runs after the search need (:class:`~chanloss.tuning.search.Search`)."""
+        search = Search(
+            study=study,
+            recipe=self.recipe,
+            budget=self.budget,
+            noise=self.noise,
+            place=self.place,
+            trials=self.trials,
+            timeout_s=self.timeout_s,
+            jobs=self.jobs,
+            threads=self.threads,
+            pruner=self.pruner,
+            epochs=self.config.epochs,
+            log=self.log,
+        )
+        self.notes += search.run()
+
+    def finish(self, study: Any, start: float) -> dict[str, Any]:
+        """Everything after the search (``start``: when it began); returns what
+        ``tune.json`` holds."""
+        from chanloss.tuning.report import write_report  # matplotlib: only when it is written
+
+        facts = search_facts(study, self.config.epochs)
+        write_trials_csv(study, self.out_dir / "trials.csv", self.dims,
+                         stuck={r["trial"] for r in facts.stuck})  # fmt: skip
+        tally = facts.counts
+        if not tally["COMPLETE"]:
+            raise ConfigError(
+                f"no trial finished ({tally['PRUNED']} pruned, {tally['FAIL']} failed); "
+                "give more --trials or --timeout, or check the ranges in search:"
+            )
+        if 2 * facts.early > facts.finished:
+            self.note(pruned_early_line(facts.early, facts.finished, self.pruner))
+        outcome: dict[str, Any] = {"best": None, "reruns": [], "confirmation": None,
+                                   "verdict": None}  # fmt: skip
+        if not learned(facts):
+            self.note(chance_line(facts.settings[0]["search_score"], 1.0 / facts.num_classes))
+        else:
+            outcome = self.confirm(facts)
+        summary = tune_summary(facts, outcome, shown_spec=self.shown_spec,
+                               config_path=self.config_path, trials=self.trials,
+                               timeout_s=self.timeout_s, space=[d.describe() for d in self.dims],
+                               notes=self.notes, wall_s=time.time() - start,
+                               search_s=self.search_s)  # fmt: skip
+        if line := epoch_noise_line(summary["noise"]):
+            self.log(line)
+        write_json(self.out_dir / "tune.json", summary, default=str)
+        write_report(study, self.dims, summary, self.out_dir)
+        confirmation = outcome["confirmation"]
+        if confirmation is not None:
+            self.log("\n" + confirmation_table(confirmation, summary["noise"]))
+        self.log("\n" + last_line(self.out_dir, outcome["verdict"], outcome["best"] is not None))
+        return summary
+
+    def confirm(self, facts: SearchFacts) -> dict[str, Any]:
+        """Choose, write best.yaml and ce.yaml, confirm, decide; what tune.json holds of it."""
+        after = {stage: self.budget.after_s(stage, facts.durations)
+                 for stage in ("choose", "folds", "final")}  # fmt: skip
+        confirmation = self.confirmation(after)
+        winner, reruns = confirmation.choose(facts.settings)
+        # the re-runs are not pooled into the noise: their search scores are the maxima of many
+        # noisy trials, so (search, re-run) pairs differ by more than seeds alone make them
+        raw, ce = self.recipe.trial(winner["params"]), self.recipe.ce()
+        where = {"epochs": self.config.epochs, "config_path": self.config_path}
+        best_path = write_best(self.out_dir, raw, winner, None, **where)
+        write_ce(self.out_dir, ce)
+        self.log(best_line(winner, self.rerun_seed, best_path))
+        if line := rerun_drop_line(winner, facts.noise):
+            self.note(line)
+        confirmed = confirmation.run(winner, facts.noise)
+        verdict = confirmed["verdict"] if confirmed is not None else None
+        if confirmed is not None:
+            write_best(self.out_dir, raw, winner, verdict, **where)
+        reruns = [{k: r[k] for k in ("trial", "params", "search_score", "rerun_score")}
+                  for r in reruns]  # fmt: skip
+        return {"best": best_record(winner), "reruns": reruns, "confirmation": confirmed,
+                "verdict": verdict}  # fmt: skip
 
 
 def tune(
