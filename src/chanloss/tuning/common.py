@@ -5,7 +5,6 @@ passwords, durations, parameter text, cores."""
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -117,10 +116,3 @@ def fmt(value: Any) -> str:
 
 def params_text(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={fmt(v)}" for k, v in params.items())
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1

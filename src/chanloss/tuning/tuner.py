@@ -14,8 +14,9 @@ from chanloss.config.search import resolve_space, start_params
 from chanloss.core.atomic import write_json
 from chanloss.core.errors import TuneInterrupted
 from chanloss.core.masking import mask_secrets
+from chanloss.experiments.pool import cores
 from chanloss.tuning.budget import Budget, eta_seconds
-from chanloss.tuning.common import MaskedLog, Recipe, SearchFacts, cores, print_line
+from chanloss.tuning.common import MaskedLog, Recipe, SearchFacts, print_line
 from chanloss.tuning.confirm import Confirmation, check_folds
 from chanloss.tuning.finish import (
     best_line,
