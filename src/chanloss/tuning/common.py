@@ -16,7 +16,6 @@ __all__ = [
     "MaskedLog",
     "Recipe",
     "SearchFacts",
-    "cores",
     "fmt",
     "params_text",
     "parse_duration",
