@@ -209,7 +209,3 @@ def entry() -> NoReturn:
         sys.stderr.flush()
         os._exit(status)
     sys.exit(status)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    entry()
