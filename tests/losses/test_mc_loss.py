@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import chanloss.losses.mc_loss as mc_module
+import chanloss.losses._mc_core as mc_module
 from chanloss.losses import LOSSES, MCLoss, create_loss
-from chanloss.losses.mc_loss import _group_max, _MCCore, _Segment
+from chanloss.losses._mc_core import _group_max, _MCCore, _Segment
 
 
 def group_sizes(c, k):

@@ -25,7 +25,7 @@ from chanloss.cli import main
 from chanloss.config import ConfigError, load_config
 from chanloss.experiments.launcher import worker_command
 from chanloss.run.checkpoint import CheckpointError
-from chanloss.run.distributed import choose_backend, objective_scale
+from chanloss.run.distributed import choose_backend
 from chanloss.run.session import train
 from chanloss.run.trainer import Trainer
 
@@ -104,7 +104,7 @@ def run_parity(losses: list[dict], batch_size: int) -> dict:
         "model": {k: v.clone() for k, v in trainer.model.state_dict().items()},
         "losses": {k: v.clone() for k, v in trainer.losses.state_dict().items()},
         "generator": states,
-        "scales": [objective_scale(slot.loss) for slot in trainer.slots],
+        "scales": list(trainer.losses.scales),
         "steps": trainer.global_step,
     }
 

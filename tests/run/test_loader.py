@@ -118,8 +118,9 @@ def test_a_torch_file_of_other_contents_says_what_it_holds(tmp_path):
         load_checkpoint(path)
 
 
-def test_load_run_rebuilds_through_model_from_checkpoint(run, monkeypatch):
-    calls = []
+def spy_on_rebuilds(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """The shapes every model rebuilt from a checkpoint is built with, from now on."""
+    calls: list[dict] = []
 
     def spy(config, state, **shape):
         calls.append(shape)
@@ -127,9 +128,51 @@ def test_load_run_rebuilds_through_model_from_checkpoint(run, monkeypatch):
 
     monkeypatch.setattr("chanloss.run.loader.model_from_checkpoint", spy)
     monkeypatch.setattr("chanloss.run.build.model_from_checkpoint", spy)
+    return calls
+
+
+def test_load_run_rebuilds_through_model_from_checkpoint(run, monkeypatch):
+    calls = spy_on_rebuilds(monkeypatch)
     loaded = load_run(run / "last.pt", device="cpu", quiet=True)
     state = torch.load(run / "last.pt", weights_only=True)
     assert all(torch.equal(v, state["model"][k]) for k, v in loaded.model.state_dict().items())
     with_data = load_run(run, device="cpu", with_data=True, quiet=True)
     assert with_data.trainer is not None and with_data.path == run / "best.pt"
     assert calls == [{"num_classes": 10, "in_channels": 1}] * 2
+
+
+def plain_accuracy(model: torch.nn.Module, evaluator, split: str) -> float:
+    """Top-1 of the model's own classifier on a split's images, in one batch."""
+    from chanloss.data import to_float_images
+
+    data = getattr(evaluator.data, split)
+    with torch.no_grad():
+        logits = model(evaluator.eval_aug(to_float_images(data.images))).logits
+    return float((logits.argmax(1) == data.labels).double().mean())
+
+
+def test_load_for_eval_builds_no_optimiser_and_scores_like_the_trainer(run, monkeypatch):
+    from chanloss.run.evaluator import Evaluator
+    from chanloss.run.loader import load_for_eval
+    from chanloss.run.trainer import Trainer
+
+    calls = spy_on_rebuilds(monkeypatch)
+    loaded = load_for_eval(run / "last.pt", device="cpu", quiet=True)
+    evaluator = loaded.evaluator
+    assert isinstance(evaluator, Evaluator) and not isinstance(evaluator, Trainer)
+    assert loaded.trainer is None and calls == [{"num_classes": 10, "in_channels": 1}]
+    for missing in ("optimizer", "scheduler", "train_batches", "step_module"):
+        assert not hasattr(evaluator, missing)
+    assert loaded.model is evaluator.model and not loaded.model.training
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert all(torch.equal(v, state["model"][k]) for k, v in loaded.model.state_dict().items())
+    trainer = load_run(run / "last.pt", device="cpu", with_data=True, quiet=True)
+    assert trainer.evaluator is trainer.trainer
+    accuracy = evaluator.accuracy("test")
+    assert accuracy == trainer.trainer.accuracy("test")
+    assert accuracy == pytest.approx(state["history"][-1]["test_acc"], abs=1e-12)
+    assert accuracy == pytest.approx(plain_accuracy(loaded.model, evaluator, "test"), abs=1e-6)
+    without_test = load_for_eval(run, device="cpu", evaluate_test=False, quiet=True).evaluator
+    assert without_test is not None and "test" not in without_test.eval_batches
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_for_eval(run / "nope.pt", quiet=True)

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from chanloss.core.atomic import atomic_open, write_json, write_png
 from chanloss.core.errors import ConfigError
-from chanloss.run.loader import load_run, resolve_checkpoint
+from chanloss.run.loader import load_for_eval, resolve_checkpoint
+
+if TYPE_CHECKING:
+    from chanloss.run.evaluator import Evaluator
 
 
 def evaluate_checkpoint(
@@ -34,47 +37,85 @@ def evaluate_checkpoint(
     prints the accuracy line and :func:`class_report` (the worst classes, the most confused
     pairs). Returns the contents of ``eval.json``.
     """
-    from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
-
     checkpoint = resolve_checkpoint(checkpoint)
     base = Path(out_dir) if out_dir is not None else checkpoint.parent / f"eval-{checkpoint.stem}"
     out = base / split
-    loaded = load_run(checkpoint, device=device, with_data=True, out_dir=out, quiet=True)
-    trainer, state = loaded.trainer, loaded.state
-    assert trainer is not None
-    if split not in trainer.eval_batches:
+    loaded = load_for_eval(checkpoint, device=device, quiet=True)
+    evaluator = loaded.evaluator
+    assert evaluator is not None
+    if split not in evaluator.eval_batches:
         raise ConfigError(
-            f"split {split!r} is not available; the run has {sorted(trainer.eval_batches)}"
+            f"split {split!r} is not available; the run has {sorted(evaluator.eval_batches)}"
         )
+    scores = split_scores(evaluator, split)
+    k = int(evaluator.data.num_classes)
+    names = [str(c) for c in (evaluator.data.class_names or range(k))]
+    result = {
+        "checkpoint": str(checkpoint),
+        "epoch": int(loaded.state.get("epoch", 0)),
+        "split": split,
+        **eval_summary(scores, names),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    _write_tables(out, names, scores["per_class"], scores["confusion"])
+    _plot_confusion(
+        scores["confusion"],
+        names,
+        out / "confusion_matrix.png",
+        title=f"{checkpoint.name} ({split})",
+    )
+    write_json(out / "eval.json", result)
+    if verbose:
+        top = f"top{scores['top_k']}"
+        print(
+            f"{checkpoint} ({split}, {result['samples']} images): top-1 "
+            f"{100 * result['top1']:.2f}%  top-{scores['top_k']} {100 * result[top]:.2f}%  "
+            f"-> {out}",
+            flush=True,
+        )
+        print(class_report(names, scores["confusion"]), flush=True)
+    return result
 
-    k = trainer.data.num_classes
-    top5_k = min(5, k)
+
+def split_scores(evaluator: Evaluator, split: str) -> dict[str, Any]:
+    """Top-1, top-5 (top-``k`` with fewer classes), per-class accuracy and the confusion
+    matrix of ``evaluator``'s model on ``split`` (torchmetrics), and the number of samples."""
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+    k = int(evaluator.data.num_classes)
+    top_k = min(5, k)
     metrics = {
         "top1": MulticlassAccuracy(num_classes=k, top_k=1, average="micro"),
-        "top5": MulticlassAccuracy(num_classes=k, top_k=top5_k, average="micro"),
+        "top5": MulticlassAccuracy(num_classes=k, top_k=top_k, average="micro"),
         "per_class": MulticlassAccuracy(num_classes=k, top_k=1, average="none"),
         "confusion": MulticlassConfusionMatrix(num_classes=k),
     }
     for metric in metrics.values():
-        metric.to(trainer.device)
+        metric.to(evaluator.device)
     count = 0
-    for scores, labels in trainer.predict(split):
+    for scores, labels in evaluator.predict(split):
         for metric in metrics.values():
             metric.update(scores, labels)
         count += labels.shape[0]
-    per_class = metrics["per_class"].compute().cpu()
-    confusion = metrics["confusion"].compute().cpu().long()
-    names = [str(c) for c in (trainer.data.class_names or range(k))]
-    support = confusion.sum(1)
-
-    out.mkdir(parents=True, exist_ok=True)
-    result = {
-        "checkpoint": str(checkpoint),
-        "epoch": int(state.get("epoch", 0)),
-        "split": split,
+    return {
         "samples": count,
+        "top_k": top_k,
         "top1": float(metrics["top1"].compute()),
-        f"top{top5_k}": float(metrics["top5"].compute()),
+        "topk": float(metrics["top5"].compute()),
+        "per_class": metrics["per_class"].compute().cpu(),
+        "confusion": metrics["confusion"].compute().cpu().long(),
+    }
+
+
+def eval_summary(scores: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """``eval.json``'s accuracies, worst classes and most confused pairs from
+    :func:`split_scores`."""
+    per_class, confusion = scores["per_class"], scores["confusion"]
+    support = confusion.sum(1)
+    return {
+        "samples": scores["samples"],
+        "top1": scores["top1"],
+        f"top{scores['top_k']}": scores["topk"],
         "mean_class_accuracy": float(per_class[support > 0].mean())
         if (support > 0).any()
         else None,
@@ -82,14 +123,22 @@ def evaluate_checkpoint(
             name: (float(acc) if n > 0 else None)
             for name, acc, n in zip(names, per_class.tolist(), support.tolist(), strict=True)
         },
+        "worst_classes": [
+            {"class": names[i], "accuracy": acc, "images": n}
+            for i, acc, n in worst_classes(confusion)
+        ],
+        "most_confused": [
+            {"true": names[t], "predicted": names[p], "images": n}
+            for t, p, n in most_confused(confusion)
+        ],
     }
-    result["worst_classes"] = [
-        {"class": names[i], "accuracy": acc, "images": n} for i, acc, n in worst_classes(confusion)
-    ]
-    result["most_confused"] = [
-        {"true": names[t], "predicted": names[p], "images": n}
-        for t, p, n in most_confused(confusion)
-    ]
+
+
+def _write_tables(
+    out: Path, names: list[str], per_class: torch.Tensor, confusion: torch.Tensor
+) -> None:
+    """``per_class_accuracy.csv`` and ``confusion_matrix.csv`` in ``out``."""
+    support = confusion.sum(1)
     with atomic_open(out / "per_class_accuracy.csv") as f:
         w = csv.writer(f)
         w.writerow(["class", "accuracy", "support"])
@@ -100,18 +149,6 @@ def evaluate_checkpoint(
         w.writerow(["true \\ predicted", *names])
         for name, row in zip(names, confusion.tolist(), strict=True):
             w.writerow([name, *row])
-    _plot_confusion(
-        confusion, names, out / "confusion_matrix.png", title=f"{checkpoint.name} ({split})"
-    )
-    write_json(out / "eval.json", result)
-    if verbose:
-        print(
-            f"{checkpoint} ({split}, {count} images): top-1 {100 * result['top1']:.2f}%  "
-            f"top-{top5_k} {100 * result[f'top{top5_k}']:.2f}%  -> {out}",
-            flush=True,
-        )
-        print(class_report(names, confusion), flush=True)
-    return result
 
 
 def worst_classes(confusion: torch.Tensor, count: int = 5) -> list[tuple[int, float, int]]:

@@ -5,9 +5,10 @@ The package has three parts, used in this order by :func:`load_config`:
 - :mod:`~chanloss.config.yaml_loader`: reading the file and parsing YAML with limits;
 - :mod:`~chanloss.config.overrides`: ``--set KEY=VALUE`` overrides, applied to the raw
   YAML before validation, so they are checked exactly like the file;
-- :mod:`~chanloss.config.schema`: the schema (the single reference for every key and
-  its default); unknown keys and values of the wrong type are errors that name the dotted key
-  (``optim.lr``, ``losses.1.weight``); a string is never silently converted to a number.
+- :mod:`~chanloss.config.schema` and :mod:`~chanloss.config.sections`: the schema (the
+  single reference for every key and its default); unknown keys and values of the wrong type
+  are errors that name the dotted key (``optim.lr``, ``losses.1.weight``); a string is never
+  silently converted to a number.
 
 Every name is importable from ``chanloss.config`` itself.
 """

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import inspect
-import pkgutil
 import re
 import sys
 import types
@@ -220,13 +218,21 @@ def _allowed(build: Callable[..., Any], name: str, default: Any) -> str:
 def render() -> str:
     """The whole Markdown reference."""
     from chanloss.data import DATASETS
-    from chanloss.losses import LOSSES, loss_spec
-    from chanloss.models import MODELS, create_model
+    from chanloss.losses import LOSSES
+    from chanloss.models import MODELS
 
-    _import_all_losses()
-    losses, models, datasets = _builtin(LOSSES), _builtin(MODELS), _builtin(DATASETS)
+    out = _introduction()
+    for prefix, heading, cls in SECTIONS:
+        out += _schema_section(prefix, heading, cls)
+    out += _loss_parameters(_builtin(LOSSES))
+    out += _model_options(_builtin(MODELS))
+    out += _dataset_options(_builtin(DATASETS))
+    return "\n".join(out).rstrip("\n") + "\n"
 
-    out: list[str] = [
+
+def _introduction() -> list[str]:
+    """The title and the rules that hold for every key."""
+    return [
         "# Configuration reference",
         "",
         f"<!-- Generated from the pydantic schema by `{COMMAND}`; do not edit by hand. "
@@ -255,31 +261,40 @@ def render() -> str:
         "[dataset options](#dataset-options).",
         "",
     ]
-    for prefix, heading, cls in SECTIONS:
-        out += [f"## {heading}", "", _first_line(cls), ""]
-        rows = []
-        for name, field in cls.model_fields.items():
-            rows.append(
-                [
-                    f"`{prefix}{name}`",
-                    format_type(field.annotation),
-                    _default(field),
-                    _constraints(field),
-                    _describe(field),
-                ]
-            )
-        out += _table(["Key", "Type", "Default", "Allowed", "Description"], rows)
-        if cls.model_config.get("extra") == "allow":
-            extra = {
-                ModelConfig: "Any other key is an option of the chosen model; see "
-                "[model options](#model-options).",
-                LossConfig: "Any other key is a parameter of the chosen loss; see "
-                "[loss parameters](#loss-parameters).",
-            }[cls]
-            out += ["", extra]
-        out.append("")
 
-    out += [
+
+def _schema_section(prefix: str, heading: str, cls: type[BaseModel]) -> list[str]:
+    """One section of the schema: a table of its keys."""
+    out = [f"## {heading}", "", _first_line(cls), ""]
+    rows = []
+    for name, field in cls.model_fields.items():
+        rows.append(
+            [
+                f"`{prefix}{name}`",
+                format_type(field.annotation),
+                _default(field),
+                _constraints(field),
+                _describe(field),
+            ]
+        )
+    out += _table(["Key", "Type", "Default", "Allowed", "Description"], rows)
+    if cls.model_config.get("extra") == "allow":
+        extra = {
+            ModelConfig: "Any other key is an option of the chosen model; see "
+            "[model options](#model-options).",
+            LossConfig: "Any other key is a parameter of the chosen loss; see "
+            "[loss parameters](#loss-parameters).",
+        }[cls]
+        out += ["", extra]
+    out.append("")
+    return out
+
+
+def _loss_parameters(losses: dict[str, Any]) -> list[str]:
+    """Each loss: what it reads, its terms, its parameters and its default search space."""
+    from chanloss.losses import loss_spec
+
+    out = [
         "## Loss parameters",
         "",
         "The keys of a `losses` entry besides `name`, `weight` and `lr`. Parameters marked "
@@ -310,8 +325,14 @@ def render() -> str:
         )
         out += ["", _search_line(spec.search_space)]
         out.append("")
+    return out
 
-    out += [
+
+def _model_options(models: dict[str, Any]) -> list[str]:
+    """Each built-in model's options."""
+    from chanloss.models import create_model
+
+    out = [
         "## Model options",
         "",
         "The keys of `model` besides `name`. `num_classes` and `in_channels` come from the "
@@ -327,8 +348,12 @@ def render() -> str:
         rows = _signature_rows(factory, ("num_classes", "in_channels"), (), build)
         out += _table(["Option", "Default", "Allowed"], rows) if rows else ["No options."]
         out.append("")
+    return out
 
-    out += [
+
+def _dataset_options(datasets: dict[str, Any]) -> list[str]:
+    """Each built-in data set's options."""
+    out = [
         "## Dataset options",
         "",
         "The keys of `data.options`. `data.root` is the directory holding the files of the "
@@ -341,7 +366,7 @@ def render() -> str:
         rows = _signature_rows(loader, ("root",))
         out += _table(["Option", "Default", "Allowed"], rows) if rows else ["No options."]
         out.append("")
-    return "\n".join(out).rstrip("\n") + "\n"
+    return out
 
 
 def _search_line(space: dict[str, Any]) -> str:
@@ -383,19 +408,9 @@ def _builtin(registry: dict[str, Any]) -> dict[str, Any]:
 
 def builtin_losses() -> dict[str, type]:
     """Every loss registered by the ``chanloss`` package itself, by config name."""
-    from chanloss.losses import LOSSES
+    from chanloss.losses import LOSSES  # importing the package registers every loss
 
-    _import_all_losses()
     return _builtin(LOSSES)
-
-
-def _import_all_losses() -> None:
-    """Import every module of :mod:`chanloss.losses`, so that every loss is registered."""
-    import chanloss.losses
-
-    for info in pkgutil.iter_modules(chanloss.losses.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"chanloss.losses.{info.name}")
 
 
 def _anchor(heading: str) -> str:

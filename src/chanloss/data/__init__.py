@@ -10,10 +10,13 @@ int64 tensors can be batched directly. ``.images`` is uint8 ``0..255`` for the s
 augmentation and normalisation, which expects float batches. Image-file sets can instead be
 streamed (``mode="stream"``: :class:`~chanloss.data.files.ImageFileDataset`, decoded per item
 in ``DataLoader`` workers) or cached on disk; see :mod:`chanloss.data.files`.
+
+Each data set is one module here that registers its loader (``@register_dataset("name")``; an
+image-file set also its lister, ``@register_files``); importing the package imports every
+module of it, so a new data set is one new file.
 """
 
-from chanloss.data import datasets as _datasets  # noqa: F401  (registers the loaders)
-from chanloss.data import synthetic as _synthetic  # noqa: F401
+from chanloss.core.discovery import import_submodules
 from chanloss.data.augment import Augmentation, build_augmentation
 from chanloss.data.base import (
     DATASETS,
@@ -23,19 +26,20 @@ from chanloss.data.base import (
     DatasetFileNotFoundError,
     Splits,
     TensorImageDataset,
-    build_datasets,
     channel_stats,
     dataset_options,
     register_dataset,
     to_float_images,
 )
-from chanloss.data.datasets import has_own_val
+from chanloss.data.build import build_datasets
 from chanloss.data.files import ImageFileDataset, ImageSpec
+from chanloss.data.image_folder import IMAGE_EXTENSIONS, has_own_val
 from chanloss.data.synthetic import make_finegrained
 
 __all__ = [
     "DATASETS",
     "FILE_SETS",
+    "IMAGE_EXTENSIONS",
     "ImageFileDataset",
     "ImageSpec",
     "Augmentation",
@@ -53,3 +57,7 @@ __all__ = [
     "register_dataset",
     "to_float_images",
 ]
+
+# Import every module of this package, so that a data set added as one new file here is
+# registered with no other edit.
+import_submodules(__name__, __path__)

@@ -1,4 +1,5 @@
-"""Containers, errors, splits and the data-set registry behind ``build_datasets``."""
+"""Containers, errors, splits and the data-set registry behind ``build_datasets``
+(:mod:`chanloss.data.build`)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,7 @@ from torch.utils.data import Dataset
 
 from chanloss.core.errors import DatasetError as DatasetError
 from chanloss.core.errors import DatasetFileNotFoundError as DatasetFileNotFoundError
-from chanloss.core.validation import (
-    check_choice,
-    check_float,
-    check_int,
-    check_options,
-    keyword_options,
-)
+from chanloss.core.validation import check_int, keyword_options
 
 
 def to_float_images(images: Tensor) -> Tensor:
@@ -142,11 +137,8 @@ DATASETS: dict[str, DatasetLoader] = {}
 #: (same options as the loader of the same name in :data:`DATASETS`).
 FILE_SETS: dict[str, Callable[..., Any]] = {}
 
-MODES = ("memory", "stream", "auto")
-NORMALIZE = ("dataset", "imagenet", "symmetric")
-#: torchvision's ImageNet statistics (for pretrained backbones).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Seed of the fixed train/test splits of digits, mnist5k and image folders without ``test/``.
+SPLIT_SEED = 0
 
 
 def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
@@ -237,149 +229,18 @@ def stratified_split(
     return np.sort(keep), np.sort(held)
 
 
-def build_datasets(
-    name: str,
-    *,
-    root: str | None = None,
-    seed: int = 0,
-    val_fraction: float = 0.0,
-    mode: str = "memory",
-    memory_budget_gb: float = 4.0,
-    cache_dir: str | None = None,
-    normalize: str = "dataset",
-    split_seed: int | None = None,
-    folds: int = 0,
-    fold: int = 0,
-    **opts: object,
-) -> DataBundle:
-    """Load the data set ``name`` (a key of :data:`DATASETS`).
+def _to_tensors(images: np.ndarray, labels: np.ndarray, scale: float) -> tuple[Tensor, Tensor]:
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)) / scale
+    return x, torch.from_numpy(np.asarray(labels, dtype=np.int64))
 
-    ``val_fraction`` of the training split (stratified, drawn with ``split_seed``, by default
-    ``seed``) becomes ``val``; with ``folds`` K >= 2 instead, fold ``fold`` of K stratified folds
-    (:func:`stratified_folds`) does, so K runs validate on every training image once;
-    the train/test split itself is the data set's own and does not depend on ``seed``.
-    ``mode``: ``"memory"`` decodes everything into tensors; ``"stream"`` (image-file sets,
-    :data:`FILE_SETS`) decodes per item, in the ``DataLoader`` workers; ``"auto"`` streams when
-    the decoded set would take more than ``memory_budget_gb`` GB. ``cache_dir``: memory mode
-    keeps the decoded pixels of image-file sets there, memory-mapped
-    (:func:`~chanloss.data.files.cached_decode`). ``normalize``: statistics of the training
-    split (``"dataset"``), ImageNet's (``"imagenet"``, for pretrained backbones) or 0.5 and
-    0.5 (``"symmetric"``: ``[0, 1]`` to ``[-1, 1]``, the MC-Loss authors' ResNet-50 script).
-    Unknown names or options raise ``ValueError`` listing the allowed ones; missing or
-    malformed files raise :class:`DatasetError` (a ``ValueError``) naming the file.
-    """
-    if not isinstance(name, str) or name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(sorted(DATASETS))}")
-    check_options("dataset", name, opts, dataset_options(name))
-    seed = check_int("seed", seed, low=0)
-    val_fraction = check_float("val_fraction", val_fraction, low=0.0, high=0.99)
-    mode = str(check_choice("mode", mode, MODES))
-    budget = check_float("memory_budget_gb", memory_budget_gb, low=0.0)
-    normalize = str(check_choice("normalize", normalize, NORMALIZE))
-    if name not in FILE_SETS:
-        if mode == "stream":
-            raise ValueError(
-                f"mode 'stream' decodes image files per batch; dataset {name!r} is not an "
-                f"image-file set ({', '.join(sorted(FILE_SETS))}); use mode memory or auto"
-            )
-        if cache_dir is not None:
-            raise ValueError(
-                f"cache_dir keeps decoded image files; dataset {name!r} is not an image-file "
-                f"set ({', '.join(sorted(FILE_SETS))}); remove cache_dir"
-            )
-        mode = "memory"
-        splits = DATASETS[name](root=root, **opts)
-        train = TensorImageDataset(splits.train_images, splits.train_labels)
-        test = TensorImageDataset(splits.test_images, splits.test_labels)
-        class_names, crop, own_val, origin = list(splits.class_names), None, None, {}
-        chosen: dict[str, Any] = {}
-    else:
-        from chanloss.data.files import ImageFileDataset, cached_decode, decode_files, decoded_bytes
 
-        files = FILE_SETS[name](root=root, **opts)
-        if files.val is not None and val_fraction > 0:
-            raise ValueError(
-                f"{name}: the data has its own validation split (val/, {len(files.val.paths)} "
-                f"images), so val_fraction={val_fraction:g} would make a second one: set "
-                "data.val_fraction to 0, or remove val/"
-            )
-        if mode == "auto":
-            mode = "memory" if decoded_bytes(files) <= budget * 1e9 else "stream"
-        spec, class_names, origin = files.spec, list(files.class_names), dict(files.origin)
-        chosen = dict(files.chosen)
-        parts = {"train": files.train, "test": files.test}
-        if files.val is not None:
-            parts["val"] = files.val
-            origin["val"] = "val/"
-        if mode == "stream":
-            loaded = {
-                what: ImageFileDataset(split, spec, train=what == "train", seed=seed, name=name)
-                for what, split in parts.items()
-            }
-        else:
-            loaded = {
-                what: TensorImageDataset(
-                    cached_decode(split, spec, name, what, cache_dir, files.num_workers)
-                    if cache_dir is not None
-                    else decode_files(split.paths, spec, name, files.num_workers),
-                    split.labels,
-                )
-                for what, split in parts.items()
-            }
-        train, test, own_val = loaded["train"], loaded["test"], loaded.get("val")
-        crop = spec.size if mode == "memory" and spec.stored != spec.size else None
-    val = own_val
-    split_seed = seed if split_seed is None else check_int("split_seed", split_seed, low=0)
-    folds = check_int("folds", folds, low=0)
-    if folds == 1 or (folds and val_fraction > 0):
-        raise ValueError(f"folds: expected 0 or >= 2 with val_fraction 0, got {folds}")
-    if folds:
-        fold = check_int("fold", fold, low=0, high=folds - 1)
-        labels = train.labels.numpy()
-        held = stratified_folds(labels, folds, split_seed, f"{name} validation folds")[fold]
-        keep = np.setdiff1d(np.arange(len(labels)), held)
-        train, val = train.subset(keep), train.subset(held)
-        if mode == "stream":
-            val = val.with_train(False)
-    elif val_fraction > 0:
-        keep, held = stratified_split(
-            train.labels.numpy(), val_fraction, split_seed, f"{name} validation split"
-        )
-        train, val = train.subset(keep), train.subset(held)
-        if mode == "stream":
-            val = val.with_train(False)
-        origin["val"] = f"{100 * val_fraction:g}% of the training split, stratified, seed {seed}"
-    if mode == "stream":
-        sample = train.sample_pixels() if normalize == "dataset" else None
-        channels, size = spec.channels, spec.size
-    else:
-        sample = train.images if normalize == "dataset" else None
-        channels = train.images.shape[1]
-        size = crop or (train.images.shape[2], train.images.shape[3])
-    if sample is not None:
-        mean, std = channel_stats(sample)
-    elif normalize == "symmetric":
-        mean, std = (0.5,) * channels, (0.5,) * channels
-    elif channels == 3:
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    else:
-        mean, std = (sum(IMAGENET_MEAN) / 3,) * channels, (sum(IMAGENET_STD) / 3,) * channels
-    return DataBundle(
-        train=train,
-        val=val,
-        test=test,
-        num_classes=len(class_names),
-        in_channels=channels,
-        image_size=size,
-        mean=mean,
-        std=std,
-        class_names=class_names,
-        mode=mode,
-        crop=crop,
-        chosen=chosen,
-        splits={
-            split: {"images": len(ds), "from": origin.get(split, "the data set's own")}
-            for split, ds in (("train", train), ("val", val), ("test", test))
-            if ds is not None
-        },
-    )
+def fixed_split(
+    images: np.ndarray, labels: np.ndarray, test_size: float | int, scale: float, name: str
+) -> Splits:
+    """Fixed stratified train/test splits (seed :data:`SPLIT_SEED`) of ``images`` divided by
+    ``scale``, as float32 tensors; classes named ``"0"``, ``"1"``, ..."""
+    train_idx, test_idx = stratified_split(labels, test_size, SPLIT_SEED, name)
+    xtr, ytr = _to_tensors(images[train_idx], labels[train_idx], scale)
+    xte, yte = _to_tensors(images[test_idx], labels[test_idx], scale)
+    names = [str(c) for c in range(int(labels.max()) + 1)]
+    return Splits(xtr, ytr, xte, yte, names)

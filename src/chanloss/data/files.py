@@ -23,13 +23,14 @@ a run repeats whatever the number of workers and whichever worker decodes an ima
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from chanloss.core.errors import DatasetError, DatasetFileNotFoundError
+from chanloss.core.validation import check_choice, check_int, check_size
+from chanloss.data.base import Splits
 
 RESIZE_MODES = ("crop", "stretch")
 #: Bumped whenever the decoded pixels of a cache file would change for the same spec
@@ -399,3 +402,34 @@ def decoded_bytes(files: FileSplits) -> int:
     count = len(files.train.paths) + len(files.test.paths)
     count += len(files.val.paths) if files.val is not None else 0
     return count * files.spec.channels * height * width
+
+
+def image_spec(
+    image_size: int | Sequence[int], resize: int | None, resize_mode: str, colour: str
+) -> ImageSpec:
+    """The :class:`ImageSpec` of a loader's options (each checked, naming the option)."""
+    size = check_size("image_size", image_size)
+    mode = str(check_choice("resize_mode", resize_mode, RESIZE_MODES))
+    if resize is not None:
+        resize = check_int("resize", resize, low=1)
+    return ImageSpec(size, resize, mode, colour)
+
+
+def decode_splits(files: FileSplits) -> Splits:
+    """Memory mode: decode the train and test splits of an image-file set into uint8 tensors
+    (a ``val/`` folder is :func:`~chanloss.data.build_datasets`'s)."""
+    decode = [
+        decode_files(split.paths, files.spec, files.name, files.num_workers)
+        for split in (files.train, files.test)
+    ]
+    return Splits(decode[0], files.train.labels, decode[1], files.test.labels, files.class_names)
+
+
+def in_memory(lister: Callable[..., FileSplits]) -> Callable[..., Splits]:
+    """The in-memory loader of an image-file set (same options as its lister)."""
+
+    @functools.wraps(lister)
+    def load(**opts: object) -> Splits:
+        return decode_splits(lister(**opts))
+
+    return load

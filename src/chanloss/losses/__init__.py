@@ -6,6 +6,7 @@ new file here, imported below. :mod:`chanloss.losses.objective` combines the con
 into the objective.
 """
 
+from chanloss.core.discovery import import_submodules
 from chanloss.losses.arcface import ArcFaceLoss
 from chanloss.losses.base import Loss
 from chanloss.losses.cc_loss import CCLoss
@@ -46,15 +47,6 @@ __all__ = [
 ]
 
 
-def _register_every_loss() -> None:
-    """Import every module of this package, so that a loss added as one new file here is
-    registered (and so usable in configs, searches and the reference) with no other edit."""
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
-
-
-_register_every_loss()
+# Import every module of this package, so that a loss added as one new file here is registered
+# (and so usable in configs, searches and the reference) with no other edit.
+import_submodules(__name__, __path__)

@@ -2,13 +2,11 @@
 
 ``create_model(name, num_classes=..., in_channels=..., **opts)`` builds a registered backbone
 (:data:`MODELS`: CIFAR ResNet-20/56/110, ResNet-18/50, VGG-16-BN, a small ConvNet) or wraps a
-``"timm:NAME"`` / ``"torchvision:NAME"`` model in a :class:`FeatureTap`.
+``"timm:NAME"`` / ``"torchvision:NAME"`` model in a :class:`FeatureTap`. Adding a backbone is one
+new file here with ``@register_model("name")``: importing the package imports every module of it.
 """
 
-from chanloss.models import adapters as _adapters  # noqa: F401  (registers the adapters)
-from chanloss.models import convnet as _convnet  # noqa: F401
-from chanloss.models import resnet as _resnet  # noqa: F401
-from chanloss.models import vgg as _vgg  # noqa: F401
+from chanloss.core.discovery import import_submodules
 from chanloss.models.base import ModelOutput
 from chanloss.models.common import Backbone
 from chanloss.models.convnet import SmallConvNet
@@ -33,3 +31,7 @@ __all__ = [
     "model_options",
     "register_model",
 ]
+
+# Import every module of this package, so that a model added as one new file here is registered
+# with no other edit.
+import_submodules(__name__, __path__)

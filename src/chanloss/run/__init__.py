@@ -2,7 +2,8 @@
 
 ``train(config, out)`` trains a config into a run directory and returns a ``RunResult``
 (``read_result`` reads one back); ``load_run`` rebuilds a run's model and losses from its
-checkpoint; ``Trainer`` is the loop itself; ``load_checkpoint``/``save_checkpoint`` read and write
+checkpoint (``load_for_eval`` with its evaluation batches, as an ``Evaluator``, without an
+optimiser); ``Trainer`` is the loop itself; ``load_checkpoint``/``save_checkpoint`` read and write
 the checkpoint format. The names are imported on first use, so that importing a submodule does
 not import the whole floor.
 """
@@ -14,9 +15,11 @@ from typing import Any
 
 _WHERE = {
     "CheckpointError": "chanloss.core.errors",
+    "Evaluator": "chanloss.run.evaluator",
     "load_checkpoint": "chanloss.run.checkpoint",
     "save_checkpoint": "chanloss.run.checkpoint",
     "is_main_process": "chanloss.run.distributed",
+    "load_for_eval": "chanloss.run.loader",
     "load_run": "chanloss.run.loader",
     "RunResult": "chanloss.run.result",
     "read_result": "chanloss.run.result",

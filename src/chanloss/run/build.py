@@ -1,26 +1,28 @@
-"""Build once: everything a run needs, from its config, in one call (:func:`build_run`).
+"""Build once: everything a run needs, from its config, handed to the loop.
 
-The order is fixed (it decides what the seeded generators produce): the device, the seeds, the
-data, the model (rebuilt by :func:`~chanloss.run.builders.model_from_checkpoint` when the
-run continues from a checkpoint), the losses and the objective, the DDP wrapping, the per-rank
-seeds, the augmentation, the batch feeders, the optimiser and its schedule, the AMP scaler and
-the losses' generator. The process group is opened before (``train`` holds it for the run);
-the training loop (:class:`~chanloss.run.trainer.Trainer`) receives the :class:`RunParts`.
+One path, in a fixed order (it decides what the seeded generators produce):
+:func:`build_eval_parts` makes the device, seeds, data, model (rebuilt by
+:func:`~chanloss.run.builders.model_from_checkpoint` when the run continues from or is
+evaluated from a checkpoint), the losses (one
+:class:`~chanloss.losses.objective.MultipleLosses`), the per-rank seeds, the augmentation and
+the evaluation batches: what evaluating a model needs (:class:`EvalParts`, no optimiser).
+:func:`build_run` adds what training needs (:class:`TrainParts`): the DDP wrapping, the
+training batches, the optimiser and its schedule, the AMP scaler and the losses' generator.
+The process group is opened before (``train`` holds it for the run).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from chanloss.config import TrainConfig
 from chanloss.core.errors import ConfigError
-from chanloss.losses.objective import ModelWithLosses, Objective
+from chanloss.losses.objective import MultipleLosses
 from chanloss.run.batches import Batches
 from chanloss.run.builders import (
     LossSlot,
@@ -28,71 +30,75 @@ from chanloss.run.builders import (
     build_data,
     build_losses,
     build_model,
+    combine_losses,
     model_from_checkpoint,
     resolve_device,
 )
-from chanloss.run.distributed import (
-    get_rank,
-    get_world_size,
-    local_device,
-    log,
-    objective_scale,
-)
+from chanloss.run.distributed import get_rank, get_world_size, local_device, log
 from chanloss.run.optim import build_optimizer, build_scheduler
 from chanloss.run.preflight import check_image_size, preflight
 from chanloss.run.seeding import seed_everything, seed_rank
 
-__all__ = ["RunParts", "build_run", "describe_data", "wrap_for_training"]
+__all__ = [
+    "EvalParts",
+    "ModelWithLosses",
+    "TrainParts",
+    "build_eval_parts",
+    "build_run",
+    "describe_data",
+    "wrap_for_training",
+]
 
 
 @dataclass
-class RunParts:
-    """What the training loop needs, built from a config by :func:`build_run`."""
+class EvalParts:
+    """A run's model, losses and evaluation batches (:func:`build_eval_parts`)."""
 
+    config: TrainConfig  # with the image size chosen by ``image_size: auto``, if any
     device: torch.device
     data: Any  # the DataBundle: train / val / test splits, classes, channels, statistics
     model: nn.Module
     slots: list[LossSlot]
-    losses: nn.ModuleList
-    logit_slot: LossSlot | None  # the loss that scores the classes (a margin head), if any
-    step_module: nn.Module  # model + losses in one module (DDP-wrapped with several ranks)
-    objective: Objective
-    world_size: int
+    losses: MultipleLosses
     train_aug: nn.Module
     eval_aug: nn.Module
-    train_batches: Batches
     eval_batches: dict[str, Batches]
+    amp_dtype: torch.dtype
+
+
+@dataclass
+class TrainParts:
+    """What training adds to the :class:`EvalParts` (:func:`build_run`)."""
+
+    model: nn.Module  # the EvalParts' model, with SyncBatchNorm when distributed.sync_bn
+    step_module: nn.Module  # model + losses in one module (DDP-wrapped with several ranks)
+    world_size: int
+    train_batches: Batches
     steps_per_epoch: int
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    amp_dtype: torch.dtype
     scaler: torch.amp.GradScaler
     generator: torch.Generator  # the losses' generator (MC-Loss's channel masks)
 
 
-def build_run(
+def build_eval_parts(
     config: TrainConfig,
     *,
     evaluate_test: bool = True,
     checkpoint_state: dict[str, Any] | None = None,
     announce: bool = False,
-) -> RunParts:
-    """Build every part of a run of ``config`` (see the module docstring for the order).
+) -> EvalParts:
+    """The model, losses and evaluation batches of a run of ``config`` (no optimiser).
 
     ``evaluate_test=False`` builds no test batches; ``checkpoint_state`` (the checkpoint the
-    run continues from, or is evaluated from) rebuilds the model as that checkpoint's model;
-    ``announce`` prints a line before and after loading the data.
+    run continues from, or is evaluated from) rebuilds the model as that checkpoint's model
+    (its weights are not loaded here); ``announce`` prints a line before and after loading the
+    data.
     """
     device = local_device(resolve_device(config.device))
     seed_everything(config.seed)
-
     preflight(config)  # what the config alone decides fails before the data is loaded
-    loading = time.perf_counter()
-    if announce:
-        log(f"loading data: {config.data.name} ...")
-    data = build_data(config)
-    if announce:
-        log(f"loaded {describe_data(data)} in {time.perf_counter() - loading:.1f} s")
+    data = _load_data(config, announce)
     shape = {"num_classes": data.num_classes, "in_channels": data.in_channels}
     check_image_size(config, image_size=tuple(data.image_size), **shape)
     if checkpoint_state is None:
@@ -102,29 +108,65 @@ def build_run(
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     slots = build_losses(config, model, data.num_classes)
-    losses = nn.ModuleList(slot.loss for slot in slots).to(device)
-    logit_slot = next((s for s in slots if s.loss.provides_logits), None)
-    # Model and losses in one (DDP-wrapped with several processes) module.
-    model, step_module = wrap_for_training(
-        model,
-        list(losses),
-        [slot.takes_generator for slot in slots],
-        device,
-        sync_bn=config.distributed.sync_bn,
-    )
-    objective = Objective(
-        list(losses),
-        [slot.weight for slot in slots],
-        [list(slot.columns) for slot in slots],
-        [objective_scale(slot.loss) for slot in slots],
-    )
-    world_size = get_world_size()
+    losses = combine_losses(slots, get_world_size()).to(device)
     seed_rank(config.seed)
     train_aug, eval_aug = build_augmentations(config, data, device)
-
     eval_bs = config.eval_batch_size or 2 * config.batch_size
+    eval_batches = {
+        split: Batches(
+            ds,
+            batch_size=eval_bs,
+            device=device,
+            train=False,
+            workers=config.workers,
+            rank=get_rank(),
+            world_size=get_world_size(),
+        )
+        for split, ds in (("val", data.val), ("test", data.test))
+        if ds is not None and (split != "test" or evaluate_test)
+    }
+    if data.chosen:  # image_size: auto -> the size chosen, in config.yaml and checkpoints
+        options = {**config.data.options, **data.chosen}
+        config = config.model_copy(
+            update={"data": config.data.model_copy(update={"options": options})}
+        )
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return EvalParts(
+        config, device, data, model, slots, losses, train_aug, eval_aug, eval_batches, amp_dtype
+    )
+
+
+def _load_data(config: TrainConfig, announce: bool) -> Any:
+    """The run's data bundle; ``announce`` prints a line before and after loading it."""
+    loading = time.perf_counter()
+    if announce:
+        log(f"loading data: {config.data.name} ...")
+    data = build_data(config)
+    if announce:
+        log(f"loaded {describe_data(data)} in {time.perf_counter() - loading:.1f} s")
+    return data
+
+
+def build_run(
+    config: TrainConfig,
+    *,
+    evaluate_test: bool = True,
+    checkpoint_state: dict[str, Any] | None = None,
+    announce: bool = False,
+) -> tuple[EvalParts, TrainParts]:
+    """Every part of a run of ``config`` (see the module docstring for the order, and
+    :func:`build_eval_parts` for the arguments)."""
+    parts = build_eval_parts(
+        config, evaluate_test=evaluate_test, checkpoint_state=checkpoint_state, announce=announce
+    )
+    device = parts.device
+    # Model and losses in one (DDP-wrapped with several processes) module.
+    model, step_module = wrap_for_training(
+        parts.model, parts.losses, device, sync_bn=config.distributed.sync_bn
+    )
+    world_size = get_world_size()
     train_batches = Batches(
-        data.train,
+        parts.data.train,
         batch_size=config.batch_size,
         device=device,
         train=True,
@@ -135,62 +177,55 @@ def build_run(
         sampler=config.data.sampler,
         samples_per_class=config.data.samples_per_class,
     )
-    eval_batches = {
-        split: Batches(
-            ds,
-            batch_size=eval_bs,
-            device=device,
-            train=False,
-            workers=config.workers,
-            rank=get_rank(),
-            world_size=world_size,
-        )
-        for split, ds in (("val", data.val), ("test", data.test))
-        if ds is not None and (split != "test" or evaluate_test)
-    }
-    steps_per_epoch = len(train_batches)
-    optimizer = build_optimizer(config.optim, model, list(losses), [s.lr for s in slots])
-    scheduler = build_scheduler(
-        config.schedule, optimizer, steps_per_epoch=steps_per_epoch, epochs=config.epochs
+    steps = len(train_batches)
+    optimizer = build_optimizer(
+        config.optim, model, list(parts.losses), [s.lr for s in parts.slots]
     )
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scheduler = build_scheduler(
+        config.schedule, optimizer, steps_per_epoch=steps, epochs=config.epochs
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    return RunParts(
-        device=device,
-        data=data,
-        model=model,
-        slots=slots,
-        losses=losses,
-        logit_slot=logit_slot,
-        step_module=step_module,
-        objective=objective,
-        world_size=world_size,
-        train_aug=train_aug,
-        eval_aug=eval_aug,
-        train_batches=train_batches,
-        eval_batches=eval_batches,
-        steps_per_epoch=steps_per_epoch,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        amp_dtype=amp_dtype,
-        scaler=scaler,
-        generator=generator,
+    training = TrainParts(
+        model,
+        step_module,
+        world_size,
+        train_batches,
+        steps,
+        optimizer,
+        scheduler,
+        scaler,
+        generator,
     )
+    return parts, training
+
+
+class ModelWithLosses(nn.Module):
+    """The model and the losses as one module, so that DDP synchronises both.
+
+    ``forward(x, labels, generator)`` returns the model's output and every loss's terms
+    (:meth:`MultipleLosses.terms`). Computing the losses inside the wrapped forward lets DDP see
+    which parameters (the losses' included) take part in the step.
+    """
+
+    def __init__(self, model: nn.Module, losses: MultipleLosses) -> None:
+        super().__init__()
+        self.model = model
+        self.losses = losses
+
+    def forward(
+        self, x: Tensor, labels: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Any, list[dict[str, Tensor]]]:
+        out = self.model(x)
+        return out, self.losses.terms(out, labels, generator)
 
 
 def wrap_for_training(
-    model: nn.Module,
-    losses: Sequence[nn.Module],
-    takes_generator: Sequence[bool],
-    device: torch.device,
-    *,
-    sync_bn: bool = False,
+    model: nn.Module, losses: MultipleLosses, device: torch.device, *, sync_bn: bool = False
 ) -> tuple[nn.Module, nn.Module]:
     """``(model, step_module)``: the step module computes the output and the loss terms.
 
-    In one process ``step_module`` is a plain
-    :class:`~chanloss.losses.objective.ModelWithLosses`. With several ranks it
+    In one process ``step_module`` is a plain :class:`ModelWithLosses`. With several ranks it
     is wrapped in DDP (after converting batch norms to ``SyncBatchNorm`` when ``sync_bn``;
     that conversion replaces modules, hence the returned ``model``). DDP looks for parameters
     without a gradient only when no loss consumes the logits (then the classifier is unused).
@@ -203,7 +238,7 @@ def wrap_for_training(
                 "the CPU); set distributed.sync_bn to false for CPU processes"
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    step = ModelWithLosses(model, losses, takes_generator)
+    step = ModelWithLosses(model, losses)
     if world <= 1:
         return model, step
     from torch.nn.parallel import DistributedDataParallel

@@ -1,4 +1,5 @@
-"""Build the parts of a run from its config: device, data, augmentation, model and losses.
+"""Build the parts of a run from its config: device, data, augmentation, model and losses
+(each configured loss a :class:`LossSlot`; :func:`combine_losses` makes them one objective).
 
 (:class:`~chanloss.run.batches.Batches` and
 :func:`~chanloss.run.seeding.seed_everything` are importable from here too.)
@@ -7,7 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -15,6 +16,9 @@ from torch import nn
 from chanloss.config import ConfigError, TrainConfig
 from chanloss.run.batches import Batches as Batches
 from chanloss.run.seeding import seed_everything as seed_everything
+
+if TYPE_CHECKING:
+    from chanloss.losses.objective import MultipleLosses
 
 
 def resolve_device(name: str) -> torch.device:
@@ -221,6 +225,22 @@ def build_losses(config: TrainConfig, model: nn.Module, num_classes: int) -> lis
             LossSlot(i, entry.name, entry.weight, entry.lr, loss, spec.takes_generator, columns)
         )
     return slots
+
+
+def combine_losses(slots: list[LossSlot], world_size: int = 1) -> MultipleLosses:
+    """The configured losses as one objective (:class:`~chanloss.losses.objective.MultipleLosses`),
+    with their weights, names and logged terms; ``world_size`` scales the losses that gather
+    across ranks in what is back-propagated."""
+    from chanloss.losses.objective import MultipleLosses
+
+    return MultipleLosses(
+        [slot.loss for slot in slots],
+        [slot.weight for slot in slots],
+        names=[slot.name for slot in slots],
+        logged=[list(slot.columns) for slot in slots],
+        takes_generator=[slot.takes_generator for slot in slots],
+        world_size=world_size,
+    )
 
 
 def _channels_hint(config: TrainConfig, text: str, context: dict[str, int]) -> str:

@@ -21,13 +21,14 @@ What the trainer does with several ranks (see docs/distributed.md):
 
 - the model and the losses (CC-Loss's attention, centres, margin heads) are wrapped together in
   one :class:`~torch.nn.parallel.DistributedDataParallel`
-  (:class:`~chanloss.losses.objective.ModelWithLosses`, wrapped by
+  (:class:`chanloss.run.build.ModelWithLosses`, wrapped by
   :func:`chanloss.run.build.wrap_for_training`), so their
   gradients are averaged and their parameters stay identical on every rank;
 - a loss whose ``gathers_across_ranks`` is true (CC-Loss with ``gather=True``) computes the
   global batch's value on every rank and gives each rank its share of the gradient; DDP's
   averaging would divide that by the world size, so its term in the back-propagated objective
-  is multiplied by :func:`objective_scale` (the logged value is unscaled);
+  is multiplied by the world size (:func:`chanloss.losses.objective.backward_scale`, applied by
+  :class:`~chanloss.losses.objective.MultipleLosses`; the logged value is unscaled);
 - the random generator handed to losses (MC-Loss's channel mask) is seeded identically on every
   rank and drawn from the same number of times, so the batch-shared mask agrees on all ranks;
   the global generators (augmentation) are seeded per rank
@@ -214,14 +215,6 @@ def broadcast_buffers(*modules: nn.Module, src: int = 0) -> None:
             dist.broadcast(buffer, src=src)
 
 
-def objective_scale(loss: nn.Module) -> int:
-    """The factor of ``loss`` in the back-propagated objective under DDP with this process
-    group (:func:`chanloss.losses.objective.backward_scale`)."""
-    from chanloss.losses.objective import backward_scale
-
-    return backward_scale(loss, get_world_size())
-
-
 def log(message: str) -> None:
     """Print a line on the main process only."""
     if is_main_process():
@@ -244,7 +237,6 @@ __all__ = [
     "local_device",
     "local_rank",
     "log",
-    "objective_scale",
     "process_group",
     "reduce_sum",
 ]

@@ -11,6 +11,8 @@ Every command that reads a trained model goes through :func:`load_run`: ``eval``
 - :func:`load_run` rebuilds the model (:func:`~chanloss.run.builders.model_from_checkpoint`)
   and the losses and loads their weights; with ``with_data=True`` it builds the run's whole
   :class:`~chanloss.run.trainer.Trainer` (data, augmentation, batches) around them instead.
+- :func:`load_for_eval` builds the model, the losses and the evaluation batches only (an
+  :class:`~chanloss.run.evaluator.Evaluator`: no optimiser, schedule or DDP wrapper).
 """
 
 from __future__ import annotations
@@ -29,9 +31,17 @@ from chanloss.run.builders import LossSlot, build_losses, model_from_checkpoint
 from chanloss.run.checkpoint import EXPECTED, describe, load_checkpoint
 
 if TYPE_CHECKING:
+    from chanloss.run.evaluator import Evaluator
     from chanloss.run.trainer import Trainer
 
-__all__ = ["LoadedRun", "StoredCheckpoint", "load_run", "read_checkpoint", "resolve_checkpoint"]
+__all__ = [
+    "LoadedRun",
+    "StoredCheckpoint",
+    "load_for_eval",
+    "load_run",
+    "read_checkpoint",
+    "resolve_checkpoint",
+]
 
 CHECKPOINT_NAMES = ("best.pt", "last.pt")  # what a run directory stands for, first found
 
@@ -117,13 +127,16 @@ class LoadedRun:
     """A run rebuilt from its checkpoint, weights loaded, in eval mode.
 
     ``model`` is the network, ``slots`` the losses (a margin head's or L-GM's ``logits`` score
-    the classes); ``trainer`` is the run's whole trainer when it was loaded ``with_data``.
+    the classes); ``evaluator`` is the run's :class:`~chanloss.run.evaluator.Evaluator` (data,
+    evaluation batches, class scores, accuracy) when it was loaded with its data, and
+    ``trainer`` the run's whole trainer when it was loaded ``with_data``.
     """
 
     checkpoint: StoredCheckpoint
     model: nn.Module
     slots: list[LossSlot]
     trainer: Trainer | None = None
+    evaluator: Evaluator | None = None
 
     @property
     def path(self) -> Path:
@@ -146,6 +159,14 @@ class LoadedRun:
         return next((s for s in self.slots if s.loss.provides_logits), None)
 
 
+def _stored(
+    path: str | Path | StoredCheckpoint, device: str | None, quiet: bool
+) -> StoredCheckpoint:
+    if isinstance(path, StoredCheckpoint):
+        return path
+    return read_checkpoint(path, device=device, quiet=quiet)
+
+
 def load_run(
     path: str | Path | StoredCheckpoint,
     *,
@@ -161,33 +182,65 @@ def load_run(
     ``device`` replaces the stored config's device (``None`` keeps it). ``with_data=True``
     builds the run's :class:`~chanloss.run.trainer.Trainer` (its data set must be available),
     writing into ``out_dir`` (default: the checkpoint's directory); otherwise only the model and
-    the losses are built, from the checkpoint's ``meta``, and on the CPU.
+    the losses are built, from the checkpoint's ``meta``, and on the CPU. To score a model on
+    its data without an optimiser, use :func:`load_for_eval`.
     """
-    stored = (
-        path
-        if isinstance(path, StoredCheckpoint)
-        else read_checkpoint(path, device=device, quiet=quiet)
-    )
-    trainer = None
+    stored = _stored(path, device, quiet)
     if with_data:
         from chanloss.run.trainer import Trainer
 
         target = Path(out_dir) if out_dir is not None else stored.path.parent
         trainer = Trainer(stored.config, target, verbose=0, checkpoint_state=stored.state)
-        model, slots = trainer.model, trainer.slots
-    else:
-        model = model_from_checkpoint(
-            stored.config,
-            stored.state,
-            num_classes=stored.num_classes,
-            in_channels=stored.in_channels,
-        )
-        slots = build_losses(stored.config, model, stored.num_classes)
+        return _loaded(stored, trainer.model, trainer.slots, trainer, trainer)
+    model = model_from_checkpoint(
+        stored.config,
+        stored.state,
+        num_classes=stored.num_classes,
+        in_channels=stored.in_channels,
+    )
+    slots = build_losses(stored.config, model, stored.num_classes)
+    return _loaded(stored, model, slots, None, None)
+
+
+def load_for_eval(
+    path: str | Path | StoredCheckpoint,
+    *,
+    device: str | None = "auto",
+    evaluate_test: bool = True,
+    quiet: bool = False,
+) -> LoadedRun:
+    """The run of the checkpoint at ``path`` (as for :func:`load_run`) with its data: model,
+    losses and evaluation batches, weights loaded, in eval mode, and no optimiser, scheduler,
+    training batches or DDP wrapper (``eval``, ``analyze``, ``prune``'s scoring).
+
+    The result's ``evaluator`` (:class:`~chanloss.run.evaluator.Evaluator`) gives the class
+    scores, predictions and accuracy of the ``val``/``test`` splits (no ``test`` when
+    ``evaluate_test=False``); ``device`` replaces the stored config's device (``None`` keeps it).
+    """
+    from chanloss.run.build import build_eval_parts
+    from chanloss.run.evaluator import Evaluator
+
+    stored = _stored(path, device, quiet)
+    parts = build_eval_parts(
+        stored.config, evaluate_test=evaluate_test, checkpoint_state=stored.state
+    )
+    evaluator = Evaluator(parts)
+    return _loaded(stored, evaluator.model, evaluator.slots, None, evaluator)
+
+
+def _loaded(
+    stored: StoredCheckpoint,
+    model: nn.Module,
+    slots: list[LossSlot],
+    trainer: Trainer | None,
+    evaluator: Evaluator | None,
+) -> LoadedRun:
+    """The :class:`LoadedRun`, with the checkpoint's weights loaded and in eval mode."""
     _load_weights(stored, model, slots)
     model.eval()
     for slot in slots:
         slot.loss.eval()
-    return LoadedRun(stored, model, slots, trainer)
+    return LoadedRun(stored, model, slots, trainer, evaluator)
 
 
 def _load_weights(stored: StoredCheckpoint, model: nn.Module, slots: list[LossSlot]) -> None:

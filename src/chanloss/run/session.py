@@ -3,8 +3,9 @@
 The one-way path of a run: the process group is opened (under torchrun), the run directory is
 taken (:func:`~chanloss.run.run_dir.owned`), everything is built once
 (:func:`~chanloss.run.build.build_run`, inside :class:`~chanloss.run.trainer.Trainer`),
-a resumed run's state is restored, and the loop (:meth:`Trainer.fit`) trains and writes the
-run directory. It returns the run's :class:`~chanloss.run.result.RunResult`.
+a resumed run's state is restored (:meth:`Trainer.load_state`), and the loop
+(:meth:`Trainer.fit`, calling :func:`~chanloss.run.epoch.train_one_epoch`) trains and writes
+the run directory. It returns the run's :class:`~chanloss.run.result.RunResult`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from chanloss.run.checkpoint import load_checkpoint
 from chanloss.run.distributed import is_main_process, log, process_group
 from chanloss.run.result import RunResult
 from chanloss.run.run_dir import RunDir, check_start, owned
-from chanloss.run.run_state import resume_line
 from chanloss.run.trainer import Trainer
 
 __all__ = ["train"]
@@ -85,5 +85,5 @@ def train(
                 run.abandon()  # the lock file and an empty new directory go: nothing else
             raise
         if state is not None and verbose >= 2:
-            log(resume_line(trainer, run.path))
+            log(trainer.resume_line(run.path))
         return trainer.fit(stop_after=stop_after)
