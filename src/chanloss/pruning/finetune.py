@@ -96,7 +96,6 @@ def resumed_trainer(config: Any, out: Path, verbose: bool) -> Any:
     from chanloss.run.checkpoint import load_checkpoint
     from chanloss.run.distributed import log
     from chanloss.run.run_dir import RunDir, check_start
-    from chanloss.run.run_state import resume_line
     from chanloss.run.trainer import Trainer
 
     run = RunDir(out / "finetune")
@@ -105,7 +104,7 @@ def resumed_trainer(config: Any, out: Path, verbose: bool) -> Any:
     trainer = Trainer(config, run, verbose=2 if verbose else 0, checkpoint_state=state)
     trainer.load_state(state, str(run.last))
     if verbose:
-        log(resume_line(trainer, run.path))
+        log(trainer.resume_line(run.path))
     return trainer
 
 

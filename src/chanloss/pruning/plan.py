@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from chanloss.pruning import inputs
 from chanloss.pruning.criteria import BASELINES, Calibration
 from chanloss.pruning.finetune import finetune_config
 from chanloss.pruning.graph import PruneError, PruneGroup, find_groups, plan_counts
-from chanloss.pruning.scoring import Scoring, calibration_images, load_scoring
+from chanloss.pruning.scoring import Scoring, calibration_images
 
 __all__ = ["METHODS", "Counts", "PrunePlan", "Request", "check_request", "plan_prune"]
 
@@ -152,7 +151,7 @@ class PrunePlan:
 def plan_prune(request: Request) -> PrunePlan:
     """Read the run, load its data once, find its groups and count the channels to keep."""
     from chanloss.core.errors import CheckpointError
-    from chanloss.run.loader import load_run, read_checkpoint
+    from chanloss.run.loader import load_for_eval, read_checkpoint
 
     stored = read_checkpoint(request.checkpoint, device=request.device)
     checkpoint, state, config = stored.path, stored.state, stored.config
@@ -166,13 +165,10 @@ def plan_prune(request: Request) -> PrunePlan:
     tune_config = finetune_config(
         config, request.finetune_epochs, options, request.config_overrides
     )
-    run = load_run(stored)  # the model and losses, weights loaded, in eval mode
-    scoring = load_scoring(config, run.head)
-    model = run.model.to(scoring.device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    for slot in run.slots:
-        slot.loss.to(scoring.device)
+    # the data (loaded once), the model and losses (weights loaded, eval mode): no optimiser
+    run = load_for_eval(stored)
+    scoring = Scoring(run.evaluator)
+    model = run.model
     calibration, holdout, holdout_name = calibration_images(scoring, options)
     example = calibration.batches[0][0][:1].detach().clone()
     groups = find_groups(model, example)

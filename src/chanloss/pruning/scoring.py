@@ -1,10 +1,6 @@
-"""What pruning scores a model with: the run's data, its evaluation preprocessing and its class
-scores, built once without an optimiser (:func:`load_scoring`); the calibration images, the
-validation images and accuracies.
-
-The fine-tune (:mod:`chanloss.pruning.finetune`) builds the run's trainer; everything before it
-needs only the data and the model, so nothing here has an optimiser, a schedule or a DDP
-wrapper.
+"""What pruning scores a model with: the run's evaluation part (its data, evaluation
+preprocessing and class scores; :func:`~chanloss.run.loader.load_for_eval`, no optimiser,
+schedule or DDP wrapper), the calibration images, the validation images and accuracies.
 """
 
 from __future__ import annotations
@@ -18,66 +14,43 @@ from torch import Tensor, nn
 
 from chanloss.pruning.criteria import Calibration
 
-__all__ = ["Scoring", "accuracies", "accuracy", "calibration_images", "load_scoring"]
+__all__ = ["Scoring", "accuracies", "accuracy", "calibration_images"]
 
 
 @dataclass
 class Scoring:
-    """The run's data on ``device`` and how the run evaluates: ``eval_aug`` (its evaluation
-    preprocessing), ``eval_batches`` (val and test) and ``head`` (the loss that scores the
-    classes instead of the model's classifier, if any)."""
+    """How the run evaluates, from its :class:`~chanloss.run.evaluator.Evaluator`: the data
+    (``data``, on ``device``), the evaluation preprocessing and the class scores (a margin
+    head's / L-GM's ``logits(embedding)``, else the model's logits)."""
 
-    config: Any
-    device: torch.device
-    data: Any
-    eval_aug: nn.Module
-    eval_batches: dict[str, Any]
-    head: Any
+    evaluator: Any
+
+    @property
+    def data(self) -> Any:
+        """The run's DataBundle (loaded once, by the plan)."""
+        return self.evaluator.data
+
+    @property
+    def device(self) -> torch.device:
+        return self.evaluator.device
 
     def prepare(self, x: Tensor) -> Tensor:
         """A batch as the model sees it at evaluation (the run's preprocessing, memory format)."""
-        with torch.no_grad():
-            x = self.eval_aug(x)
-        if self.config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        from chanloss.run.epoch import prepare
+
+        return prepare(x, self.evaluator.eval_aug, self.evaluator.config.channels_last)
 
     def scores(self, model: nn.Module, x: Tensor) -> Tensor:
-        """The run's class scores (what its evaluation ranks): a margin head's / L-GM's
-        ``logits(embedding)``, else the model's logits."""
-        out = model(x)
-        if self.head is None:
-            return out.logits
-        return self.head.loss.logits(out.embedding)
+        """The run's class scores of ``model`` on ``x`` (what its evaluation ranks)."""
+        return self.evaluator.class_scores(model(x))
+
+    def has(self, split: str) -> bool:
+        """Whether the run has the ``val``/``test`` split."""
+        return split in self.evaluator.eval_batches
 
     def split(self, name: str) -> list[tuple[Tensor, Tensor]]:
         """The prepared batches of the ``val`` or ``test`` split."""
-        return [(self.prepare(x), y) for x, y in self.eval_batches[name].epoch()]
-
-
-def load_scoring(config: Any, head: Any) -> Scoring:
-    """Load the data of ``config`` once (seeded as a run seeds it) with its evaluation batches;
-    ``head`` must already be on the config's device."""
-    from chanloss.run.builders import (
-        Batches,
-        build_augmentations,
-        build_data,
-        resolve_device,
-        seed_everything,
-    )
-    from chanloss.run.distributed import local_device
-
-    device = local_device(resolve_device(config.device))
-    seed_everything(config.seed)  # as a run does before it loads its data
-    data = build_data(config)
-    _, eval_aug = build_augmentations(config, data, device)
-    eval_bs = config.eval_batch_size or 2 * config.batch_size
-    eval_batches = {
-        split: Batches(ds, batch_size=eval_bs, device=device, train=False, workers=config.workers)
-        for split, ds in (("val", data.val), ("test", data.test))
-        if ds is not None
-    }
-    return Scoring(config, device, data, eval_aug, eval_batches, head)
+        return [(self.prepare(x), y) for x, y in self.evaluator.eval_batches[name].epoch()]
 
 
 def calibration_images(
@@ -140,9 +113,7 @@ def accuracy(
 def accuracies(model: nn.Module, scoring: Scoring, holdout: Any) -> dict[str, Any]:
     """Accuracy on the val and test splits (and on ``holdout`` when there is no val split)."""
     out = {
-        split: accuracy(model, scoring.scores, scoring.split(split))
-        if split in scoring.eval_batches
-        else None
+        split: accuracy(model, scoring.scores, scoring.split(split)) if scoring.has(split) else None
         for split in ("val", "test")
     }
     if out["val"] is None and holdout:
