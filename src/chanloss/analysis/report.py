@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chanloss.analysis.collect import RunData, collect, load_trainer
+from chanloss.analysis.collect import RunData, collect, load_evaluator
 from chanloss.analysis.figures import write_figures
 from chanloss.analysis.metrics import separability
 from chanloss.analysis.page import render_page
@@ -237,12 +237,12 @@ def analyze(
     for i, (path, label) in enumerate(zip(paths, labels, strict=True), start=1):
         where = f"{label} ({i}/{len(paths)})"
         stage(f"{where}: loading {path}")
-        trainer, state = load_trainer(path, device=device)
-        stage(f"{where}: test pass over {len(trainer.data.test)} images")
+        evaluator, state = load_evaluator(path, device=device)
+        stage(f"{where}: test pass over {len(evaluator.data.test)} images")
         run = collect(
-            trainer, label=label, checkpoint=path, epoch=int(state["epoch"]), images=images
+            evaluator, label=label, checkpoint=path, epoch=int(state["epoch"]), images=images
         )
-        del trainer, state
+        del evaluator, state
         idx = subsample(run.labels.shape[0], max_samples)
         stage(f"{where}: separability metrics on {idx.shape[0]} samples")
         rows.append(_metrics_row(run, idx))
