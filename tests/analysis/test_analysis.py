@@ -439,3 +439,23 @@ def test_analyze_without_mc_view_and_errors(tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_text("not a checkpoint")
     assert "not a readable chanloss checkpoint" in err(["analyze", str(bad), "--out", out])
+
+
+def test_analyze_scores_with_the_evaluator_and_builds_no_trainer(runs, tmp_path, monkeypatch):
+    from chanloss.analysis import load_evaluator
+    from chanloss.run.trainer import Trainer
+
+    evaluator, state = load_evaluator(runs["cc"], device="cpu")
+    assert not isinstance(evaluator, Trainer) and not hasattr(evaluator, "optimizer")
+    by_evaluator = collect(evaluator, label="cc", checkpoint=runs["cc"], epoch=1, images=2)
+    trainer, _ = load_trainer(runs["cc"], device="cpu")
+    by_trainer = collect(trainer, label="cc", checkpoint=runs["cc"], epoch=1, images=2)
+    for name in ("labels", "predictions", "embeddings", "attention", "group_scores"):
+        assert torch.equal(getattr(by_evaluator, name), getattr(by_trainer, name)), name
+
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("analyze built a Trainer (optimiser, schedule) to score a model")
+
+    monkeypatch.setattr(Trainer, "__init__", no_trainer)
+    rows = analyze([runs["cc"]], tmp_path / "out", max_samples=40, images=1, progress=False)
+    assert rows[0]["top1"] == pytest.approx(by_evaluator.accuracy)

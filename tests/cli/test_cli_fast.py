@@ -112,3 +112,15 @@ def test_config_errors_are_one_line_with_status_2(tmp_path, capsys):
         lines = captured.err.splitlines()
         assert len(lines) == 1 and lines[0].startswith("chanloss: error: "), captured.err
         assert message in lines[0]
+
+
+def test_every_command_is_one_module_of_the_cli_package():
+    import importlib
+
+    helpers = {"__init__", "support", "arguments"}
+    modules = {p.stem for p in (SRC / "chanloss" / "cli").glob("*.py")} - helpers
+    assert modules == set(COMMANDS)
+    for name, command in COMMANDS.items():
+        module = importlib.import_module(f"chanloss.cli.{name}")
+        assert (name, command.help) == (module.NAME, module.HELP)
+        assert command.configure is module.configure and command.run is module.run

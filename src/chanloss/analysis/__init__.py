@@ -6,7 +6,7 @@ The metrics (:func:`distance_ratio`, :func:`silhouette`, :func:`fisher_ratio`) a
 (:mod:`chanloss.analysis.views`) can be used on their own.
 """
 
-from chanloss.analysis.collect import RunData, collect, load_trainer
+from chanloss.analysis.collect import RunData, collect, load_evaluator, load_trainer
 from chanloss.analysis.metrics import distance_ratio, fisher_ratio, separability, silhouette
 from chanloss.analysis.report import METRIC_COLUMNS, analyze
 from chanloss.analysis.views import (
@@ -30,6 +30,7 @@ __all__ = [
     "fisher_ratio",
     "gap_attention",
     "group_diversity",
+    "load_evaluator",
     "load_trainer",
     "normalised_group_maps",
     "separability",

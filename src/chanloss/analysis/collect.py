@@ -20,9 +20,10 @@ from chanloss.losses.cc_loss import CCLoss
 from chanloss.losses.mc_loss import MCLoss
 
 if TYPE_CHECKING:
+    from chanloss.run.evaluator import Evaluator
     from chanloss.run.trainer import Trainer
 
-__all__ = ["RunData", "collect", "example_indices", "load_trainer"]
+__all__ = ["RunData", "collect", "example_indices", "load_evaluator", "load_trainer"]
 
 ATTENTION_SE = "CC-Loss SE attention"
 ATTENTION_GATE = "CC-Loss SE gate (the model's)"
@@ -87,6 +88,19 @@ def load_trainer(checkpoint: str | Path, *, device: str = "auto") -> tuple[Train
     return loaded.trainer, loaded.state
 
 
+def load_evaluator(
+    checkpoint: str | Path, *, device: str = "auto"
+) -> tuple[Evaluator, dict[str, Any]]:
+    """The run's :class:`~chanloss.run.evaluator.Evaluator` (model, losses, data and evaluation
+    batches; no optimiser) with the checkpoint's weights, and the state: what :func:`collect`
+    reads, loaded by :func:`chanloss.run.loader.load_for_eval`."""
+    from chanloss.run.loader import load_for_eval
+
+    loaded = load_for_eval(checkpoint, device=device)
+    assert loaded.evaluator is not None
+    return loaded.evaluator, loaded.state
+
+
 def example_indices(labels: Tensor, count: int) -> Tensor:
     """The first sample of each of the first ``count`` classes that occur, in dataset order."""
     n = labels.shape[0]
@@ -100,7 +114,8 @@ def example_indices(labels: Tensor, count: int) -> Tensor:
 def collect(
     trainer: object, *, label: str, checkpoint: Path, epoch: int, images: int = 4
 ) -> RunData:
-    """Run the model over the test split (eval mode, float32) and keep per-sample reductions.
+    """Run the model over the test split (eval mode, float32) and keep per-sample reductions;
+    ``trainer`` is the run's Evaluator (:func:`load_evaluator`) or Trainer.
 
     The full feature maps are kept only for the ``images`` example samples; per sample the
     embedding, the attention vector, the group scores and group diversities are stored.

@@ -11,7 +11,6 @@ folder, every link stays valid).
 from __future__ import annotations
 
 import csv
-import html
 import math
 import re
 import time
@@ -21,14 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from chanloss.analysis.collect import ATTENTION_GAP, RunData, collect, load_trainer
-from chanloss.analysis.grad_share import plot_grad_share
+from chanloss.analysis.collect import RunData, collect, load_evaluator
+from chanloss.analysis.figures import write_figures
 from chanloss.analysis.metrics import separability
-from chanloss.analysis.plots import finite_range, plot_channel_maps, plot_heatmaps, plot_tsne
-from chanloss.analysis.views import class_correlation, class_means
-from chanloss.core.html_style import REPORT_CSS
+from chanloss.analysis.page import render_page
 from chanloss.run.run_dir import atomic_open
 
 __all__ = ["METRIC_COLUMNS", "analyze", "remove_earlier_outputs", "run_labels", "subsample"]
@@ -129,10 +125,6 @@ def remove_earlier_outputs(out: Path) -> list[str]:
             path.unlink()
             removed.append(path.name)
     return removed
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "run"
 
 
 def _tsne(points: np.ndarray) -> np.ndarray:
@@ -245,12 +237,12 @@ def analyze(
     for i, (path, label) in enumerate(zip(paths, labels, strict=True), start=1):
         where = f"{label} ({i}/{len(paths)})"
         stage(f"{where}: loading {path}")
-        trainer, state = load_trainer(path, device=device)
-        stage(f"{where}: test pass over {len(trainer.data.test)} images")
+        evaluator, state = load_evaluator(path, device=device)
+        stage(f"{where}: test pass over {len(evaluator.data.test)} images")
         run = collect(
-            trainer, label=label, checkpoint=path, epoch=int(state["epoch"]), images=images
+            evaluator, label=label, checkpoint=path, epoch=int(state["epoch"]), images=images
         )
-        del trainer, state
+        del evaluator, state
         idx = subsample(run.labels.shape[0], max_samples)
         stage(f"{where}: separability metrics on {idx.shape[0]} samples")
         rows.append(_metrics_row(run, idx))
@@ -263,233 +255,10 @@ def analyze(
     if removed:
         stage(f"removed {len(removed)} files of an earlier analysis from {out}")
     stage("figures")
-    figures = _figures(out, runs, tsne, samples)
+    figures = write_figures(out, runs, tsne, samples)
     stage("report")
     _write_csv(out / "metrics.csv", rows)
     with atomic_open(out / "report.html") as f:
-        f.write(_html(runs, rows, figures, max_samples))
+        f.write(render_page(runs, rows, figures, max_samples))
     stage(f"done: {out / 'report.html'}")
     return rows
-
-
-def _figures(
-    out: Path, runs: list[RunData], tsne: list[np.ndarray], samples: list[torch.Tensor]
-) -> dict[str, Any]:
-    titles = [f"{r.label} ({'+'.join(r.losses)})" for r in runs]
-    names = [r.class_names for r in runs]
-    figures: dict[str, Any] = {"maps": {}}
-
-    plot_tsne(
-        out / "tsne.png",
-        tsne,
-        [r.labels[i].numpy() for r, i in zip(runs, samples, strict=True)],
-        titles,
-        class_names=max(names, key=len),
-    )
-    figures["tsne"] = "tsne.png"
-
-    att = [class_means(r.attention, r.labels, r.num_classes).numpy() for r in runs]
-    low, high = finite_range(att)
-    plot_heatmaps(
-        out / "cc_class_channel.png",
-        att,
-        titles,
-        class_names=names,
-        vmin=low,
-        vmax=high,
-        cmap="viridis",
-        xlabel="channel",
-        colorbar="mean attention",
-        title="Mean channel attention per class (shared scale)",
-    )
-    corr = [class_correlation(torch.from_numpy(a)).numpy() for a in att]
-    plot_heatmaps(
-        out / "cc_class_correlation.png",
-        corr,
-        titles,
-        class_names=names,
-        vmin=-1.0,
-        vmax=1.0,
-        cmap="RdBu_r",
-        xlabel="class",
-        colorbar="Pearson correlation over channels",
-        title="Class-class correlation of the mean attention vectors",
-        square=True,
-        x_classes=True,
-    )
-    figures["cc"] = ["cc_class_channel.png", "cc_class_correlation.png"]
-    runs_csv = [(r.label, r.checkpoint.parent / "metrics.csv") for r in runs]
-    if plot_grad_share(out / "grad_share.png", runs_csv):
-        figures["grad_share"] = "grad_share.png"
-
-    mc_runs = [r for r in runs if r.group_scores is not None]
-    if mc_runs:
-        groups = []
-        for r in mc_runs:
-            m = class_means(r.group_scores, r.labels, r.num_classes)
-            top = m.abs().amax(1, keepdim=True)
-            groups.append((m / torch.where(top > 0, top, torch.ones_like(top))).numpy())
-        low, _ = finite_range(groups, floor=0.0)
-        plot_heatmaps(
-            out / "mc_class_group.png",
-            groups,
-            [f"{r.label} ({'+'.join(r.losses)})" for r in mc_runs],
-            class_names=[r.class_names for r in mc_runs],
-            vmin=low,
-            vmax=1.0,
-            cmap="magma",
-            xlabel="channel group",
-            colorbar="mean group score / row max",
-            title="Class x group mean activation (CCMP + GAP), each row divided by its maximum",
-            square=True,
-            x_classes=True,
-        )
-        figures["mc"] = "mc_class_group.png"
-        for i, r in enumerate(runs, start=1):
-            if r.group_scores is None or r.example_images is None or not r.example_maps:
-                continue
-            size = r.example_images.shape[-2:]
-            maps = [
-                F.interpolate(m[None], size=size, mode="bilinear", align_corners=False)[0]
-                .clamp(0.0, 1.0)
-                .numpy()
-                for m in r.example_maps
-            ]
-            ex_labels = r.labels[r.examples]
-            div = r.diversity[r.examples, ex_labels]
-            name = f"mc_channel_maps_{i}_{_slug(r.label)}.png"
-            plot_channel_maps(
-                out / name,
-                r.example_images.numpy(),
-                maps,
-                ex_labels.tolist(),
-                div.tolist(),
-                class_names=r.class_names,
-                title=f"{r.label} ({'+'.join(r.losses)}): true class's channel group",
-            )
-            figures["maps"][r.label] = name
-    return figures
-
-
-# -- HTML ----------------------------------------------------------------------------------------
-
-_METRIC_HEAD = [
-    ("label", "run"),
-    ("losses", "losses"),
-    ("epoch", "epoch"),
-    ("top1", "top-1"),
-    ("embedding_ratio", "emb. intra/inter"),
-    ("embedding_silhouette", "emb. silhouette"),
-    ("embedding_fisher", "emb. Fisher"),
-    ("attention_ratio", "att. intra/inter"),
-    ("attention_silhouette", "att. silhouette"),
-    ("attention_fisher", "att. Fisher"),
-    ("group_top1", "group top-1"),
-    ("group_diversity", "group div."),
-    ("attention_source", "attention"),
-]
-
-
-def _cell(key: str, value: Any) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            text = "&ndash;"
-        elif key in ("top1", "group_top1"):
-            text = f"{100 * value:.2f}%"
-        else:
-            text = f"{value:.4g}"
-        return f"<td>{text}</td>"
-    return f'<td class="l">{html.escape(str(value))}</td>'
-
-
-def _img(src: str, alt: str) -> str:
-    return f'<img src="{html.escape(src)}" alt="{html.escape(alt)}">'
-
-
-def _html(
-    runs: list[RunData], rows: list[dict[str, Any]], figures: dict[str, Any], max_samples: int
-) -> str:
-    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in _METRIC_HEAD)
-    body = "".join(
-        "<tr>" + "".join(_cell(k, row[k]) for k, _ in _METRIC_HEAD) + "</tr>" for row in rows
-    )
-    runs_list = "".join(
-        f"<li><b>{html.escape(r.label)}</b>: <code>{html.escape(str(r.checkpoint))}</code>, "
-        f"epoch {r.epoch}, losses {html.escape(' + '.join(r.losses))}, "
-        f"{r.labels.shape[0]} test images, {r.num_channels} feature channels</li>"
-        for r in runs
-    )
-    gap_note = ""
-    if any(r.attention_source == ATTENTION_GAP for r in runs):
-        gap_note = (
-            "<p class='note'>Runs without CC-Loss have no attention module; their attention "
-            "vector is the global average of the feature map divided per sample by its largest "
-            "absolute value (in [0, 1] for post-ReLU features, like a sigmoid attention), so "
-            "only the pattern over the channels is compared.</p>"
-        )
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<title>chanloss analysis</title>",
-        f"<style>{REPORT_CSS}</style></head><body>",
-        "<h1>chanloss analysis</h1>",
-        f"<ul>{runs_list}</ul>",
-        "<h2>Metrics</h2>",
-        f"<table><tr>{head}</tr>{body}</table>",
-        "<p class='note'>Top-1, group top-1 and group diversity use the whole test split; the "
-        f"separability metrics and t-SNE use up to {max_samples} test samples (the same ones "
-        "for runs on the same split). <b>intra/inter</b>: mean Euclidean distance between "
-        "same-class pairs over that between different-class pairs (lower is better, 1 = no "
-        "class structure). <b>silhouette</b>: scikit-learn's mean silhouette in [-1, 1] "
-        "(higher is better). <b>Fisher</b>: tr(S<sub>B</sub>) / tr(S<sub>W</sub>) of the "
-        "between- and within-class scatter matrices (higher is better). <b>group top-1</b>: "
-        "share of test images whose largest MC group score (cross-channel max pooling + GAP) "
-        "is their own class's group; <b>group div.</b>: mean MC diversity 1 - S/size of the true "
-        "class's group (lower = its channels peak at different places). "
-        "Raw numbers: <a href='metrics.csv'>metrics.csv</a>.</p>",
-        "<h2>Embeddings: t-SNE</h2>",
-        _img(figures["tsne"], "t-SNE of the embeddings"),
-        "<h2>CC view: channel attention</h2>",
-        gap_note,
-        _img(figures["cc"][0], "class x channel mean attention"),
-        "<p class='note'>Rows: classes; columns: channels; colour: mean attention of the class's "
-        "test images, on one scale for all runs.</p>",
-        _img(figures["cc"][1], "class-class correlation of mean attention"),
-        "<p class='note'>Pearson correlation over the channels between the classes' mean "
-        "attention vectors: class-specific attention shows as a light off-diagonal.</p>",
-    ]
-    if "grad_share" in figures:
-        parts += [
-            "<h2>Gradient share</h2>",
-            _img(figures["grad_share"], "gradient share of each loss term"),
-            "<p class='note'>Each term's gradient norm on the feature map (embedding, "
-            "attention) over cross-entropy's, epoch means of the training run's "
-            "metrics.csv (grad_share_every); 1 = as strong as cross-entropy.</p>",
-        ]
-    parts.append("<h2>MC view: channel groups</h2>")
-    if "mc" in figures:
-        parts += [
-            "<p class='note'>Channels are split into one group of consecutive channels per class "
-            "as MC-Loss defines it, for every run with at least as many channels as classes. "
-            "After MC-Loss training the matrix should be diagonal-dominant.</p>",
-            _img(figures["mc"], "class x group mean activation"),
-        ]
-        cells = "".join(
-            f"<figure>{_img(src, f'channel maps of {label}')}<figcaption>{html.escape(label)}"
-            "</figcaption></figure>"
-            for label, src in figures["maps"].items()
-        )
-        parts += [
-            "<p class='note'>Example test images with the maps of their true class's channels "
-            "(upsampled, each image's maps divided by their common maximum, scale [0, 1] for all "
-            "runs); <i>div</i> is the image's diversity value for that group.</p>",
-            f"<div class='row'>{cells}</div>",
-        ]
-    missing = [r.label for r in runs if r.group_scores is None]
-    if missing:
-        parts.append(
-            "<p class='note'>No MC view for "
-            + ", ".join(html.escape(m) for m in missing)
-            + ": fewer feature channels than classes.</p>"
-        )
-    parts.append("</body></html>\n")
-    return "\n".join(parts)

@@ -1,7 +1,10 @@
 """Channel pruning of trained runs: CPLI and the standard criteria (``chanloss prune``).
 
-Uses training (to load a run, fine-tune it); training never imports this package. The
-loaders re-apply a pruned checkpoint's structure with :mod:`chanloss.models.pruned`.
+One prune is plan (:mod:`chanloss.pruning.plan`: every check, the calibration images and the
+keep counts; nothing written) -> prune (:mod:`chanloss.pruning.choose`) -> one trainer to
+fine-tune (:mod:`chanloss.pruning.finetune`), run by :func:`prune_checkpoint`. Uses the run
+floor (to load a run, fine-tune it); the run floor never imports this package. The loaders
+re-apply a pruned checkpoint's structure with :mod:`chanloss.models.pruned`.
 """
 
 from chanloss.pruning.graph import PruneError

@@ -76,25 +76,58 @@ def finetune_config(config: Any, epochs: int, options: dict[str, Any], overrides
     return validate_config(apply_overrides(raw, overrides), source="--set")
 
 
-def start_finetune(tuner: Any, out: Path) -> float | None:
-    """Save the model right after pruning as ``after_pruning.pt`` and as the fine-tune's
-    epoch-0 ``last.pt`` (best so far: its validation accuracy); that accuracy."""
+def start_finetune(trainer: Any, out: Path) -> float | None:
+    """Save the model right after pruning (held by the fine-tune's ``trainer``) as
+    ``after_pruning.pt`` and as the fine-tune's epoch-0 ``last.pt`` (best so far: its
+    validation accuracy); that accuracy."""
     from chanloss.run.checkpoint import save_checkpoint
 
-    val = tuner.accuracy("val") if "val" in tuner.eval_batches else None
-    tuner.best_val, tuner.best_epoch = val, 0 if val is not None else None
-    state = tuner.state()
+    val = trainer.accuracy("val") if "val" in trainer.eval_batches else None
+    trainer.best_val, trainer.best_epoch = val, 0 if val is not None else None
+    state = trainer.state()
     save_checkpoint(state, out / AFTER_PRUNING)
     (out / "finetune").mkdir(parents=True, exist_ok=True)
     save_checkpoint(state, out / "finetune" / "last.pt")
     return val
 
 
-def run_finetune(config: Any, out: Path, verbose: bool) -> Any:
-    """Fine-tune (or continue fine-tuning) from ``finetune/last.pt``; the trainer's result."""
-    from chanloss.run.session import train
+def resumed_trainer(config: Any, out: Path, verbose: bool) -> Any:
+    """The fine-tune's trainer continuing from ``finetune/last.pt`` (an unfinished prune)."""
+    from chanloss.run.checkpoint import load_checkpoint
+    from chanloss.run.distributed import log
+    from chanloss.run.run_dir import RunDir, check_start
+    from chanloss.run.trainer import Trainer
 
-    return train(config, out / "finetune", resume=True, verbose=2 if verbose else 0)
+    run = RunDir(out / "finetune")
+    check_start(run, resume=True)
+    state = load_checkpoint(run.last, map_location="cpu")
+    trainer = Trainer(config, run, verbose=2 if verbose else 0, checkpoint_state=state)
+    trainer.load_state(state, str(run.last))
+    if verbose:
+        log(trainer.resume_line(run.path))
+    return trainer
+
+
+def run_finetune(trainer: Any) -> Any:
+    """Fine-tune with ``trainer`` to its config's epochs, its run directory locked; the run's
+    result. Ctrl-C saves ``finetune/last.pt`` (:class:`TrainingInterrupted`)."""
+    with trainer.run:
+        trainer.run.check_free_space(
+            [*trainer.model.state_dict().values(), *trainer.losses.state_dict().values()]
+        )
+        return trainer.fit()
+
+
+def kept_accuracy(trainer: Any, path: Path) -> dict[str, float | None]:
+    """Accuracy of the checkpoint at ``path`` on the val and test splits, evaluated with the
+    fine-tune's ``trainer`` (same model structure, data and preprocessing)."""
+    from chanloss.run.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    trainer.model.load_state_dict(state["model"])
+    for slot, part in zip(trainer.slots, state["losses"], strict=True):
+        slot.loss.load_state_dict(part)
+    return {s: trainer.accuracy(s) if s in trainer.eval_batches else None for s in ("val", "test")}
 
 
 def _copy(source: Path, target: Path) -> None:

@@ -1,5 +1,5 @@
-"""The inputs of ``chanloss prune``: its ``prune.*`` options, the calibration and validation
-images, accuracies, the feature-map policy and the losses' state for the pruned model."""
+"""The inputs of ``chanloss prune``: its ``prune.*`` options, the feature-map policy and the
+losses' state for the pruned model."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from chanloss.pruning.criteria import Calibration
 from chanloss.pruning.graph import PruneError, PruneGroup
 
 #: ``--set prune.KEY=VALUE`` options and their defaults.
@@ -72,92 +71,9 @@ def split_overrides(items: list[tuple[str, Any]]) -> tuple[dict[str, Any], list[
     return options, rest
 
 
-def scorer(trainer: Any):
-    """``scores(model, x)``: the run's class scores (what its evaluation ranks)."""
-
-    def scores(model: nn.Module, x: Tensor) -> Tensor:
-        return trainer.class_scores(model(x))
-
-    return scores
-
-
-def calibration_images(
-    trainer: Any, options: dict[str, Any], scores: Any
-) -> tuple[Calibration, list[tuple[Tensor, Tensor]], str]:
-    """Calibration batches from the training split (seeded shuffle, evaluation preprocessing);
-    the validation batches (the val split, or held-out training images when there is none)."""
-    from chanloss.run.builders import Batches
-
-    want = int(options["calibration_images"])
-    holdout_want = 0 if trainer.data.val is not None else int(options["holdout_images"])
-    source = Batches(
-        trainer.data.train,
-        batch_size=64,
-        device=trainer.device,
-        train=True,
-        seed=int(options["seed"]),
-    )
-    calibration, holdout, taken = [], [], 0
-    with torch.no_grad():
-        for x, y in source.epoch(0):
-            x = trainer._prepare(x, trainer.eval_aug)
-            if taken < want:
-                n = min(want - taken, y.shape[0])
-                calibration.append((x[:n], y[:n]))
-                x, y = x[n:], y[n:]
-                taken += n
-            if y.shape[0] and sum(b[1].shape[0] for b in holdout) < holdout_want:
-                holdout.append((x, y))
-            if taken >= want and sum(b[1].shape[0] for b in holdout) >= holdout_want:
-                break
-    source.close()
-    if trainer.data.val is not None:
-        holdout = [
-            (trainer._prepare(x, trainer.eval_aug), y)
-            for x, y in trainer.eval_batches["val"].epoch()
-        ]
-        name = "validation split"
-    else:
-        name = (
-            f"{sum(b[1].shape[0] for b in holdout)} held-out training images (no validation split)"
-        )
-    return Calibration(calibration, scores), holdout, name
-
-
-@torch.no_grad()
-def accuracy(
-    model: nn.Module, scores: Any, batches: Sequence[tuple[Tensor, Tensor]]
-) -> float | None:
-    """Top-1 accuracy of ``model`` on ``batches`` (``None`` without batches)."""
-    if not batches:
-        return None
-    model.eval()
-    correct = total = 0
-    for x, y in batches:
-        correct += int((scores(model, x).argmax(1) == y).sum())
-        total += int(y.shape[0])
-    return correct / max(total, 1)
-
-
-def accuracies(model: nn.Module, scores: Any, trainer: Any, holdout: Any) -> dict[str, Any]:
-    """Accuracy on the val and test splits (and on ``holdout`` when there is no val split)."""
-    out = {}
-    for split in ("val", "test"):
-        if split in trainer.eval_batches:
-            batches = [
-                (trainer._prepare(x, trainer.eval_aug), y)
-                for x, y in trainer.eval_batches[split].epoch()
-            ]
-            out[split] = accuracy(model, scores, batches)
-        else:
-            out[split] = None
-    if out["val"] is None and holdout:
-        out["holdout"] = accuracy(model, scores, holdout)
-    return out
-
-
 def feature_policy(
-    trainer: Any,
+    slots: Sequence[Any],
+    num_classes: int,
     feature: PruneGroup | None,
     prune_features: bool,
     checkpoint: Path,
@@ -171,7 +87,7 @@ def feature_policy(
             f"--prune-features: the feature map of {checkpoint} has no prunable group (its "
             "channels are fixed by a layer that cannot lose channels); drop --prune-features"
         )
-    for slot in trainer.slots:
+    for slot in slots:
         stateful = bool(slot.loss.state_dict()) and slot.name != "cc"
         if slot.name not in _PARAMETER_FREE_OK and stateful:
             raise PruneError(
@@ -179,10 +95,10 @@ def feature_policy(
                 "that pruning does not re-slice; expected losses ce, mc, cc (or no "
                 "--prune-features)"
             )
-    mc = [slot for slot in trainer.slots if slot.name == "mc"]
+    mc = [slot for slot in slots if slot.name == "mc"]
     if not mc:
         return None
-    classes = int(trainer.data.num_classes)
+    classes = int(num_classes)
     if feature.channels // classes < 2:
         raise PruneError(
             f"--prune-features: the feature layer {feature.root} has {feature.channels} channels "
@@ -193,7 +109,9 @@ def feature_policy(
 
 
 def loss_states(
-    trainer: Any,
+    slots: Sequence[Any],
+    num_classes: int,
+    config: Any,
     saved: Sequence[dict[str, Tensor]],
     feature: PruneGroup | None,
     kept: dict[str, list[int]],
@@ -204,7 +122,7 @@ def loss_states(
         return [dict(sd) for sd in saved]
     channels = torch.tensor(kept[feature.root])
     out = []
-    for slot, sd in zip(trainer.slots, saved, strict=True):
+    for slot, sd in zip(slots, saved, strict=True):
         if slot.name != "cc" or not sd:  # the gate placement's loss has no state
             out.append(dict(sd))
             continue
@@ -214,10 +132,10 @@ def loss_states(
             "cc",
             context={
                 "num_channels": len(channels),
-                "num_classes": trainer.data.num_classes,
+                "num_classes": num_classes,
                 "embedding_dim": len(channels),
             },
-            **trainer.config.losses[slot.index].params(),
+            **config.losses[slot.index].params(),
         )
         hidden = fresh.fc1.weight.shape[0]
         fc1, fc2 = sd["fc1.weight"][:, channels], sd["fc2.weight"][channels]
