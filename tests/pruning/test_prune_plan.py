@@ -85,7 +85,13 @@ def test_one_trainer_fine_tunes_and_scores_the_kept_model(run, tmp_path, monkeyp
     out = tmp_path / "p"
     result = prune_checkpoint(run, out, method="l1", speedup=1.3, finetune_epochs=2, verbose=False)
     assert len(built) == 1 and Path(built[0].path) == out / "finetune"
-    # the plan's scoring data and the trainer's (the trainer builds its own data set)
+    # the data set is loaded once: the plan scores on it and the fine-tune trains on it
+    assert loads == ["digits"]
+    # a fine-tune on other data (here another validation split) loads its own
+    loads.clear()
+    other = ["data.val_fraction=0.3"]
+    prune_checkpoint(run, tmp_path / "q", method="l1", speedup=1.3, finetune_epochs=1,
+                     overrides=other, verbose=False)  # fmt: skip
     assert loads == ["digits", "digits"]
     assert len(result["accuracy"]["finetuned"]["val_curve"]) == 2
     kept = result["accuracy"]["kept"]

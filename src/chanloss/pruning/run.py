@@ -190,11 +190,15 @@ def _finetune_trainer(plan: PrunePlan, pruned: Pruned, out: Path, verbose: bool)
 
     epochs = plan.request.finetune_epochs
     record = make_record(plan.groups, pruned.kept, plan.example, plan.request.method)
+    config = plan.tune_config if epochs > 0 else plan.config
+    scored = plan.scoring.evaluator.config  # the plan's data is reused when it is the same
+    same_data = config.data == scored.data and config.seed == scored.seed
     trainer = Trainer(
-        plan.tune_config if epochs > 0 else plan.config,
+        config,
         RunDir(out / "finetune"),
         verbose=2 if verbose and epochs > 0 else 0,
         checkpoint_state={"pruning": record},
+        data=plan.scoring.data if same_data else None,
     )
     trainer.model.load_state_dict(pruned.model.state_dict())
     num_classes = plan.scoring.data.num_classes

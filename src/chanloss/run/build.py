@@ -87,18 +87,21 @@ def build_eval_parts(
     evaluate_test: bool = True,
     checkpoint_state: dict[str, Any] | None = None,
     announce: bool = False,
+    data: Any = None,
 ) -> EvalParts:
     """The model, losses and evaluation batches of a run of ``config`` (no optimiser).
 
     ``evaluate_test=False`` builds no test batches; ``checkpoint_state`` (the checkpoint the
     run continues from, or is evaluated from) rebuilds the model as that checkpoint's model
     (its weights are not loaded here); ``announce`` prints a line before and after loading the
-    data.
+    data; ``data`` is a data bundle already loaded for this config (by ``build_data``), used
+    instead of loading it again.
     """
     device = local_device(resolve_device(config.device))
     seed_everything(config.seed)
     preflight(config)  # what the config alone decides fails before the data is loaded
-    data = _load_data(config, announce)
+    if data is None:
+        data = _load_data(config, announce)
     shape = {"num_classes": data.num_classes, "in_channels": data.in_channels}
     check_image_size(config, image_size=tuple(data.image_size), **shape)
     if checkpoint_state is None:
@@ -153,11 +156,16 @@ def build_run(
     evaluate_test: bool = True,
     checkpoint_state: dict[str, Any] | None = None,
     announce: bool = False,
+    data: Any = None,
 ) -> tuple[EvalParts, TrainParts]:
     """Every part of a run of ``config`` (see the module docstring for the order, and
     :func:`build_eval_parts` for the arguments)."""
     parts = build_eval_parts(
-        config, evaluate_test=evaluate_test, checkpoint_state=checkpoint_state, announce=announce
+        config,
+        evaluate_test=evaluate_test,
+        checkpoint_state=checkpoint_state,
+        announce=announce,
+        data=data,
     )
     device = parts.device
     # Model and losses in one (DDP-wrapped with several processes) module.

@@ -68,6 +68,7 @@ class Trainer(Evaluator):
         evaluate_test: bool = True,
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
         checkpoint_state: dict[str, Any] | None = None,
+        data: Any = None,
     ) -> None:
         epoch_lines = verbose >= 2  # plain lines (also in a log file, unlike the bar)
         parts, training = build_run(
@@ -75,6 +76,7 @@ class Trainer(Evaluator):
             evaluate_test=evaluate_test,
             checkpoint_state=checkpoint_state,
             announce=epoch_lines,
+            data=data,
         )
         super().__init__(parts)  # config (with a chosen image size), device, data, model, ...
         config = self.config
