@@ -1,5 +1,6 @@
 """The package is a house with one-way floors (docs/design.md, "How the code is laid out"): a
-module imports only from its own floor or the floors below it, type-hint-only imports included.
+module imports only from its own floor or the floors below it, and no modules import each other
+in a circle; type-hint-only imports and imports inside functions included.
 """
 
 from __future__ import annotations
@@ -94,3 +95,58 @@ def test_the_check_sees_an_upward_import(tmp_path: Path, text: str, expected: st
     (tmp_path / "losses" / "bad.py").write_text(text)
     (tmp_path / "losses" / "fine.py").write_text("from chanloss.core.errors import ConfigError\n")
     assert upward_imports(tmp_path) == [expected]
+
+
+def module_graph(package: Path) -> dict[str, set[str]]:
+    """Module -> the chanloss modules it imports (any depth of the file; a package's own
+    ``__init__`` imported from inside it is not counted)."""
+    root = package.parent
+    names = {}
+    for path in package.rglob("*.py"):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {name: set() for name in names}
+    for name, path in names.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in names:
+                    target = target.rpartition(".")[0]
+                if target and target != name and not name.startswith(target + "."):
+                    graph[name].add(target)
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of more than one module that reach each other (strongly connected)."""
+    reach = {name: set() for name in graph}
+    for start in graph:
+        todo = list(graph[start])
+        while todo:
+            node = todo.pop()
+            if node not in reach[start]:
+                reach[start].add(node)
+                todo.extend(graph[node])
+    groups = {frozenset([a, *(b for b in reach[a] if a in reach[b])]) for a in graph}
+    return sorted(sorted(g) for g in groups if len(g) > 1)
+
+
+def test_no_import_circle() -> None:
+    assert circles(module_graph(PACKAGE)) == []
+
+
+def test_the_circle_check_sees_a_type_hint_circle(tmp_path: Path) -> None:
+    package = tmp_path / "chanloss"
+    (package / "run").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "run" / "__init__.py").write_text("")
+    (package / "run" / "a.py").write_text("from chanloss.run.b import B\n")
+    hint = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from chanloss.run.a import A\n"
+    (package / "run" / "b.py").write_text(hint)
+    (package / "run" / "c.py").write_text("import chanloss.run.a\n")
+    assert circles(module_graph(package)) == [["chanloss.run.a", "chanloss.run.b"]]
