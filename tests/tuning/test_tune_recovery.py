@@ -17,7 +17,7 @@ from chanloss.cli import main
 from chanloss.config import load_config
 from chanloss.tuning import Tuner
 
-TINY = {**TINY, "epochs": 2}  # the tiny search of test_tune, 2 epochs
+TINY = {**TINY, "epochs": 2}  # the tiny search of test_tune_search, 2 epochs
 
 
 def test_resume_after_a_failure_in_the_first_trials_measures_the_seed_noise(
