@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import statistics
@@ -79,19 +80,6 @@ def int_list(text: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
     return values
-
-
-def import_all_losses() -> dict[str, Any]:
-    """Import every module of ``chanloss.losses`` (so that every loss is registered) and
-    return the registry ``LOSSES``."""
-    import importlib
-    import pkgutil
-
-    import chanloss.losses as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
-    return package.LOSSES
 
 
 def setup(args: argparse.Namespace) -> torch.device:
@@ -188,6 +176,45 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_clocks(
+    fns: dict[str, Callable[[], object]],
+    *,
+    rounds: int,
+    warmup: int,
+    device: torch.device | str = "cpu",
+    reps: int = 1,
+    prime: bool = False,
+) -> dict[str, dict[str, list[float]]]:
+    """Seconds per call of every variant on two clocks, ``{"wall": {name: [...]}, "cpu": ...}``:
+    ``warmup`` untimed calls each, then ``rounds`` rounds that time ``reps`` calls in a row of
+    every variant (their mean), the order rotating from round to round. ``prime``: one untimed
+    call before each timed block, so that a variant meets the allocator in its own steady state
+    rather than in the one the previous variant left. ``cpu`` is this thread's CPU time: with
+    one torch thread it leaves out the time other processes hold the core."""
+    device = torch.device(device)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    names = list(fns)
+    samples: dict[str, dict[str, list[float]]] = {
+        clock: {name: [] for name in names} for clock in ("wall", "cpu")
+    }
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            if prime:
+                fns[name]()
+            _sync(device)
+            wall, cpu = time.perf_counter(), time.thread_time()
+            for _ in range(reps):
+                fns[name]()
+            _sync(device)
+            samples["wall"][name].append((time.perf_counter() - wall) / reps)
+            samples["cpu"][name].append((time.thread_time() - cpu) / reps)
+    return samples
+
+
 def time_interleaved(
     fns: dict[str, Callable[[], object]],
     *,
@@ -195,24 +222,8 @@ def time_interleaved(
     warmup: int,
     device: torch.device | str = "cpu",
 ) -> dict[str, list[float]]:
-    """Seconds per call of every variant: ``warmup`` untimed calls each, then ``rounds`` rounds
-    that call every variant once, the order rotating from round to round."""
-    device = torch.device(device)
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    _sync(device)
-    names = list(fns)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            _sync(device)
-            start = time.perf_counter()
-            fns[name]()
-            _sync(device)
-            samples[name].append(time.perf_counter() - start)
-    return samples
+    """Wall seconds per call of every variant (:func:`time_clocks`, one call per round)."""
+    return time_clocks(fns, rounds=rounds, warmup=warmup, device=device)["wall"]
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -294,16 +305,32 @@ def peak_bytes(
 
 
 # -- output --------------------------------------------------------------------------------------
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as indented JSON, atomically (the parent folder made if missing)."""
+def write_json(path: Path, payload: dict[str, Any], *, say: bool = False) -> None:
+    """Write ``payload`` as indented JSON, atomically (the parent folder made if missing);
+    ``say``: print ``wrote PATH``."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic.write_json(path, payload)
+    if say:
+        log(f"wrote {path}")
 
 
-def save_figure(fig: Any, path: Path) -> None:
-    """Save a matplotlib figure as a PNG, atomically (the parent folder made if missing)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_png(fig, path, dpi=110)
+def read_json(path: Path, default: Any = None) -> Any:
+    """The JSON in ``path`` (an earlier results file), or ``default`` when there is none."""
+    return json.loads(Path(path).read_text()) if Path(path).exists() else default
+
+
+def print_table(header: list[str], rows: list[list[Any]]) -> None:
+    """Print rows under a header, each column right-aligned to its widest cell."""
+    cells = [[str(c) for c in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        log("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+
+
+#: The options the speed benchmarks build a loss with: CC-Loss as its results were recorded, on
+#: the feature map with its own side-branch attention (the gate placement reads the model's
+#: attention instead, the pair stage of the same computation).
+LOSS_OPTIONS: dict[str, dict[str, Any]] = {"cc": {"placement": "branch"}}
 
 
 # -- runs ----------------------------------------------------------------------------------------

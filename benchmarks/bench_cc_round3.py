@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/make_image_folder.py          # the 56 px folder (runs/bench-folder/...)
+    python tools/make_image_folder.py          # the 56 px folder (runs/bench-folder/...)
     python benchmarks/bench_cc_round3.py [--datasets digits,mnist5k,finegrained,folder]
         [--seeds 3] [--runs runs/cc_round3] [--out benchmarks/results/cc_round3.json]
 
@@ -184,7 +184,7 @@ def main() -> None:
     results = payload.get("datasets", {})
     for dataset in args.datasets.split(","):
         if dataset == "folder" and not (FOLDER / "train").is_dir():
-            raise SystemExit(f"{FOLDER} is missing: run python benchmarks/make_image_folder.py")
+            raise SystemExit(f"{FOLDER} is missing: run python tools/make_image_folder.py")
         results[dataset] = evaluate(dataset, args.seeds, args.runs)
         common.write_json(
             args.out,

@@ -3,7 +3,7 @@
     python benchmarks/bench_tune.py                          # digits and mnist5k (BUDGETS below)
     python benchmarks/bench_tune.py --datasets digits --trials 8 --jobs 2
     python benchmarks/bench_tune.py --quick                  # smoke: results/quick, runs/bench-tune-quick
-    python benchmarks/make_image_folder.py                   # a held-out folder, then:
+    python tools/make_image_folder.py                   # a held-out folder, then:
     python benchmarks/bench_tune.py --folder runs/bench-folder/mnist-shift56 --timeout 60m
 
 For each data set (the study's recipe from ``benchmarks/study/study.yaml`` with a ConvNet of
@@ -350,7 +350,6 @@ def main(argv: list[str] | None = None) -> int:
                              *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
     import torch
 
-    common.import_all_losses()
     torch.set_num_threads(1)
     runs = args.runs or common.REPO_ROOT / (
         "runs/bench-tune-quick" if args.quick else "runs/bench-tune"

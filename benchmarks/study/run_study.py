@@ -410,7 +410,6 @@ def main(argv: list[str] | None = None) -> int:
         if not args.list:
             common.log("choose one with --part NAME")
         return 0 if args.list else 2
-    common.import_all_losses()
     if args.threads is not None:
         import torch
 
