@@ -22,9 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out", type=Path, default=REPO_ROOT / "runs/bench-folder/mnist-shift56"
-    )
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs/bench-folder/mnist-shift56")
     parser.add_argument("--size", type=int, default=56, help="canvas side in pixels")
     parser.add_argument("--noise", type=float, default=0.1, help="pixel noise std (0-1 scale)")
     parser.add_argument("--seed", type=int, default=0)
