@@ -94,6 +94,24 @@ def setup(args: argparse.Namespace) -> torch.device:
     return device
 
 
+def output_dirs(args: argparse.Namespace, name: str) -> tuple[Path, Path]:
+    """``(runs, results)`` of a training benchmark: ``--runs`` or ``runs/<name>`` (with
+    ``--quick``: ``runs/<name>-quick``) and ``--results`` or ``benchmarks/results`` (``quick/``)."""
+    runs = args.runs or REPO_ROOT / "runs" / (f"{name}-quick" if args.quick else name)
+    return runs, args.results or (QUICK_DIR if args.quick else RESULTS_DIR)
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """``python benchmarks/<script> ARGS``: how a results file was made, as it records it."""
+    where = Path(script).resolve().relative_to(REPO_ROOT)
+    return " ".join(["python", str(where), *(sys.argv[1:] if argv is None else argv)])
+
+
+def provenance(command: str, **extra: Any) -> dict[str, Any]:
+    """``{"command", "git", ...}``: what rewrote a part of a results file, and at which commit."""
+    return {"command": command, "git": git_commit(), **extra}
+
+
 def default_out(name: str, device: torch.device, quick: bool) -> Path:
     """``results/<name>_<device type>.json``, or under ``results/quick/`` for ``--quick``."""
     return (QUICK_DIR if quick else RESULTS_DIR) / f"{name}_{device.type}.json"
