@@ -8,12 +8,10 @@ Every loss in ``chanloss.losses.LOSSES`` is measured on the input it consumes:
 - ``embedding`` (centre, margin heads, L-GM, EM-Softmax) on ``(B, D)`` with ``B=128, D=512``, and
   ``logits`` (CE, label smoothing, focal, competing ratio) on ``(B, K)``, for K in 10, 100, 1000.
 
-The losses of one shape are timed interleaved, round by round (median of ``--rounds`` after
-``--warmup`` calls); the embedding/logit losses are also given as a ratio to cross-entropy
-at the same ``K``. A timed call is ``loss(inputs, labels).backward()`` in training mode,
-gradients cleared before it (parameters of the loss included). Peak memory comes from a separate
-untimed call (see ``benchmarks/_common.py``). A loss whose constructor rejects a shape (e.g.
-MC-Loss with fewer channels than classes) is listed as skipped with the reason.
+The losses of one shape are timed interleaved (``_common.time_interleaved``; peak memory:
+``_common.peak_bytes``); a timed call is ``loss(inputs, labels).backward()`` in training mode,
+gradients cleared first; the embedding/logit losses are also given as a ratio to CE at the
+same ``K``. A loss whose constructor rejects a shape is listed as skipped with the reason.
 
     python benchmarks/bench_losses.py             # full: 30 rounds, 1 thread
     python benchmarks/bench_losses.py --quick     # 3 rounds, a few seconds

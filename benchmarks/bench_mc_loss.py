@@ -1,7 +1,6 @@
 """CPU timing of MC-Loss forward + backward against the authors' program structure and a floor.
 
-For each shape, one run times (interleaved, round by round, so that load from other processes
-hits every variant alike):
+For each shape, one run times interleaved:
 
 - ``mc_loss``: ``chanloss.losses.MCLoss`` in training mode (a mask drawn every step);
 - ``reference``: ``benchmarks/reference_mc_loss.py``, the structure of the authors' code
@@ -11,10 +10,9 @@ hits every variant alike):
 - ``floor``: a softmax over ``H * W`` forward + backward on the same tensor, the least any
   implementation of the diversity term has to do.
 
-Reported, for this thread's CPU time (the primary clock with ``--threads 1``: it leaves out the
-time other processes hold the core on a shared machine) and for wall time: medians (ms) and
-the ratios ``reference / mc_loss`` (target >= 3) and ``mc_loss / floor`` (target <= 3). Results
-go to ``benchmarks/results/mc_loss_cpu.json`` (written to a temporary file, then renamed).
+Reported per clock of ``_common.time_clocks`` (this thread's CPU time, the primary one with
+``--threads 1``, and wall time): medians (ms) and the ratios ``reference / mc_loss`` (target
+>= 3) and ``mc_loss / floor`` (target <= 3), in ``benchmarks/results/mc_loss_cpu.json``.
 
     python benchmarks/bench_mc_loss.py            # full run
     python benchmarks/bench_mc_loss.py --quick    # a few rounds

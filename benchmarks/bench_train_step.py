@@ -12,11 +12,10 @@ optimised too). Setups (variants ``ce``, ``ce+cc``, ``ce+mc`` with default loss 
   channels for K = 200, 14x14 map) at 224 px, batch 4 (a CPU), GAP head. ``--quick`` uses
   64 px (a 4x4 map) to stay fast; its numbers are a smoke test, not the measurement.
 
-The variants of one setup are separate models built from the same seed and fed the same batch;
-they are timed interleaved in ONE process, round by round in rotating order, so drift and load
-from other processes hit them alike. Reported per variant: median step time and quartiles;
-per added loss: the ratio of medians to ``ce`` and the quartiles of the per-round ratios
-(a round's steps are adjacent in time). The issue's target is an overhead of at most 10 %.
+The variants of one setup (separate models from the same seed, fed the same batch) are timed
+interleaved in one process (``_common.time_interleaved``). Reported per variant: median step
+time and quartiles; per added loss: the ratio of medians to ``ce`` and the quartiles of the
+per-round ratios. The target is an overhead of at most 10 %.
 
     python benchmarks/bench_train_step.py            # full
     python benchmarks/bench_train_step.py --quick    # 3 rounds

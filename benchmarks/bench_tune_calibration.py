@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -145,7 +144,7 @@ def rescore(path: Path, command: str) -> dict[str, Any]:
     """The results file with every verdict recomputed from its per-fold scores."""
     from chanloss.tuning.stats import paired_fold_test
 
-    data = json.loads(path.read_text())
+    data = common.read_json(path)
     data["rows"] = [
         _row(row["kind"], row["repeat"],
              {**{k: row[k] for k in ("stuck", "runs", "reruns", "first") if k in row},
@@ -156,21 +155,17 @@ def rescore(path: Path, command: str) -> dict[str, Any]:
         for row in data["rows"]
     ]  # fmt: skip
     data.update(_rates(data["rows"]))
-    data["rescored"] = {"command": command, "git": common.git_commit()}
+    data["rescored"] = common.provenance(command)
     return data
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = " ".join(["python", "benchmarks/bench_tune_calibration.py",
-                        *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
+    command = common.command_line(__file__, argv)
     import torch
 
     torch.set_num_threads(1)
-    runs = args.runs or common.REPO_ROOT / (
-        "runs/bench-tune-calibration-quick" if args.quick else "runs/bench-tune-calibration"
-    )
-    results_dir = args.results or (common.QUICK_DIR if args.quick else common.RESULTS_DIR)
+    runs, results_dir = common.output_dirs(args, "bench-tune-calibration")
     path = results_dir / "tune_calibration.json"
     if args.rescore:
         data = rescore(path, command)
@@ -209,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
     }
     if kept:
-        old = json.loads(path.read_text())
+        old = common.read_json(path)
         data["earlier"] = {k: old.get(k) for k in ("command", "wall_s", "machine")}
         data["earlier"]["kinds"] = sorted({r["kind"] for r in kept})
     common.write_json(path, data)
