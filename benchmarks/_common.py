@@ -63,7 +63,10 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_threads: int | N
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
     return value
@@ -71,14 +74,9 @@ def positive_int(text: str) -> int:
 
 def int_list(text: str) -> list[int]:
     """argparse type: comma-separated integers >= 1 (``"16,32,64"``)."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    values = [positive_int(v) for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
     return values
 
 
@@ -337,14 +335,6 @@ def read_json(path: Path, default: Any = None) -> Any:
     return json.loads(Path(path).read_text()) if Path(path).exists() else default
 
 
-def print_table(header: list[str], rows: list[list[Any]]) -> None:
-    """Print rows under a header, each column right-aligned to its widest cell."""
-    cells = [[str(c) for c in row] for row in [header, *rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    for row in cells:
-        log("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
-
-
 #: The options the speed benchmarks build a loss with: CC-Loss as its results were recorded, on
 #: the feature map with its own side-branch attention (the gate placement reads the model's
 #: attention instead, the pair stage of the same computation).
@@ -371,16 +361,6 @@ def train_run(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         return {"status": "diverged", "val_acc": None, "test_acc": None, "time_s": None}
     return {"status": "finished", "val_acc": got.final_val_acc,
             "test_acc": got.final_test_acc, "time_s": got.train_time_s}  # fmt: skip
-
-
-def pyplot() -> Any:
-    """``matplotlib.pyplot`` on the non-interactive Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def log(message: str) -> None:

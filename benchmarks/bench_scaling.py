@@ -84,7 +84,11 @@ def measure(shape: dict[str, int], rounds: int, warmup: int, device: torch.devic
 
 
 def plot(payload: dict[str, Any], path: Path) -> None:
-    plt = common.pyplot()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     sweeps = payload["sweeps"]
     fig, axes = plt.subplots(1, len(sweeps), figsize=(4.2 * len(sweeps), 3.8), squeeze=False)
     for ax, (key, sweep) in zip(axes[0], sweeps.items(), strict=True):

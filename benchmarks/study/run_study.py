@@ -43,6 +43,7 @@ sys.path.insert(0, str(HERE.parent))
 import _common as common  # noqa: E402
 
 from chanloss.core.atomic import write_json, write_text  # noqa: E402
+from chanloss.run.builders import resolve_device  # noqa: E402
 
 SETTINGS: dict[str, Any] = yaml.safe_load((HERE / "study.yaml").read_text())
 VAL_FRACTION: float = SETTINGS["val_fraction"]
@@ -275,7 +276,7 @@ class Study:
             "part": part.name, "kind": part.kind, "dataset": part.dataset, "column": part.column,
             "recipe": recipe(part), "seeds": self.seeds(part), "quick": self.args.quick,
             "epochs": self.args.epochs or (2 if self.args.quick else recipe(part)["epochs"]),
-            "machine": common.machine_info(_device(self.args.device)),
+            "machine": common.machine_info(resolve_device(self.args.device)),
             "device_setting": self.args.device, "wall_time_s": round(time.time() - start, 1),
             "command": common.command_line(__file__, None),
             "complete": not self.args.only and all(
@@ -378,13 +379,6 @@ class Study:
                      f"optim.lr in {SETTINGS['tune']['lr']}; test never read")  # fmt: skip
         tuned = {"trials": trials, "selection": selection, "searches": searches}
         self.run_study(part, start, items=items, extra={"tuned": tuned})
-
-
-def _device(setting: str) -> str:
-    """The device the runs use (``auto`` resolved as the trainer does)."""
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if setting == "auto" else setting
 
 
 def _counts(result: Any, split: str) -> dict[str, Any]:
