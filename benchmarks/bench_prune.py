@@ -49,39 +49,30 @@ FINEGRAINED = {
     "options": {"num_classes": 10, "train_per_class": 100, "test_per_class": 30, "difficulty": 0.0},
     "augment": {"crop_padding": 2, "hflip": True},
 }
+LOSSES = {
+    "ce": [{"name": "ce"}],
+    "mc": [{"name": "ce"}, {"name": "mc"}],
+    "cc": [{"name": "ce"}, {"name": "cc", "reduction": 4}],
+}
+
+
+def _setup(model: dict[str, Any], data: dict[str, Any], losses: str, epochs: int) -> dict:
+    """A setup: its model, data, losses (names in ``LOSSES``), epochs, batch size 32."""
+    chosen = {name: LOSSES[name] for name in losses.split(",")}
+    return {"model": model, "data": data, "losses": chosen, "epochs": epochs, "batch_size": 32}
+
+
 SETUPS: dict[str, dict[str, Any]] = {
-    "convnet-mnist5k": {
-        "model": {"name": "convnet_small", "width": 16, "feature_channels": 30, "pools": 2},
-        "data": {"name": "mnist5k", "val_fraction": 0.1, "augment": {"crop_padding": 2}},
-        "losses": {
-            "ce": [{"name": "ce"}],
-            "mc": [{"name": "ce"}, {"name": "mc"}],
-            "cc": [{"name": "ce"}, {"name": "cc", "reduction": 4}],
-        },
-        "epochs": 6,
-        "batch_size": 32,
-    },
-    "resnet20-finegrained": {  # option-A shortcuts (the paper's CIFAR choice)
-        "model": {"name": "resnet20"},
-        "data": FINEGRAINED,
-        "losses": {"ce": [{"name": "ce"}], "mc": [{"name": "ce"}, {"name": "mc"}]},
-        "epochs": 5,
-        "batch_size": 32,
-    },
-    "resnet20B-finegrained": {
-        "model": {"name": "resnet20", "shortcut": "B"},
-        "data": FINEGRAINED,
-        "losses": {"ce": [{"name": "ce"}]},
-        "epochs": 5,
-        "batch_size": 32,
-    },
-    "vgg16narrow-finegrained": {
-        "model": {"name": "vgg16_bn", "width": 0.25},
-        "data": FINEGRAINED,
-        "losses": {"ce": [{"name": "ce"}]},
-        "epochs": 5,
-        "batch_size": 32,
-    },
+    "convnet-mnist5k": _setup(
+        {"name": "convnet_small", "width": 16, "feature_channels": 30, "pools": 2},
+        {"name": "mnist5k", "val_fraction": 0.1, "augment": {"crop_padding": 2}},
+        "ce,mc,cc",
+        6,
+    ),
+    # option-A shortcuts (the paper's CIFAR choice)
+    "resnet20-finegrained": _setup({"name": "resnet20"}, FINEGRAINED, "ce,mc", 5),
+    "resnet20B-finegrained": _setup({"name": "resnet20", "shortcut": "B"}, FINEGRAINED, "ce", 5),
+    "vgg16narrow-finegrained": _setup({"name": "vgg16_bn", "width": 0.25}, FINEGRAINED, "ce", 5),
 }
 
 
