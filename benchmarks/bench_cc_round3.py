@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -180,7 +179,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    payload = json.loads(args.out.read_text()) if args.out.exists() else {}
+    payload = common.read_json(args.out, {})
     results = payload.get("datasets", {})
     for dataset in args.datasets.split(","):
         if dataset == "folder" and not (FOLDER / "train").is_dir():
