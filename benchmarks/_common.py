@@ -1,19 +1,6 @@
-"""Shared helpers of the benchmark scripts: timing, peak memory, machine description, JSON output.
-
-Every benchmark records the machine it ran on (:func:`machine_info`: CPU model, cores, torch
-version and threads, git commit, load average) and writes its results with
-:func:`write_json` (temporary file + rename, so a reader never sees half a file).
-
-Timing: :func:`time_interleaved` runs several variants round by round in rotating order after
-a warm-up, so that load from other processes and thermal drift hit every variant alike;
-:func:`stats` summarises the samples (median, quartiles, minimum). On CUDA the device is
-synchronised around every timed call.
-
-Peak memory (:func:`peak_bytes`): on CUDA ``torch.cuda.max_memory_allocated`` above what was
-allocated before the call; on the CPU ``torch.profiler`` allocation records, the maximum of the
-running sum of allocated minus freed bytes during the call (tensor storage only, the inputs
-that existed before the call excluded), in a separate untimed run.
-"""
+"""Shared helpers of the benchmark scripts: command line, machine record (:func:`machine_info`),
+interleaved timing (:func:`time_clocks`, :func:`stats`), peak memory (:func:`peak_bytes`),
+atomic JSON output (:func:`write_json`) and the study's recipes for shrunk training runs."""
 
 from __future__ import annotations
 
@@ -203,7 +190,9 @@ def time_clocks(
 ) -> dict[str, dict[str, list[float]]]:
     """Seconds per call of every variant on two clocks, ``{"wall": {name: [...]}, "cpu": ...}``:
     ``warmup`` untimed calls each, then ``rounds`` rounds that time ``reps`` calls in a row of
-    every variant (their mean), the order rotating from round to round. ``prime``: one untimed
+    every variant (their mean), the order rotating from round to round so that load from other
+    processes and drift hit every variant alike (CUDA is synchronised around every timed
+    block). ``prime``: one untimed
     call before each timed block, so that a variant meets the allocator in its own steady state
     rather than in the one the previous variant left. ``cpu`` is this thread's CPU time: with
     one torch thread it leaves out the time other processes hold the core."""
@@ -286,7 +275,10 @@ def peak_bytes(
     reset: Callable[[], object] | None = None,
     device: torch.device | str = "cpu",
 ) -> int:
-    """Peak bytes allocated during ``fn`` on top of what existed before (see module doc).
+    """Peak bytes allocated during ``fn`` on top of what existed before: on CUDA
+    ``torch.cuda.max_memory_allocated`` above what was allocated before the call; on the CPU
+    the maximum of the running sum of ``torch.profiler`` allocation records (allocated minus
+    freed bytes, tensor storage only), in a separate untimed run.
 
     ``reset`` (e.g. dropping old gradients) runs first, outside the measurement: on the CPU
     a free of memory allocated before the call would otherwise lower the running sum.
