@@ -1,24 +1,12 @@
-"""Shared helpers of the benchmark scripts: timing, peak memory, machine description, JSON output.
-
-Every benchmark records the machine it ran on (:func:`machine_info`: CPU model, cores, torch
-version and threads, git commit, load average) and writes its results with
-:func:`write_json` (temporary file + rename, so a reader never sees half a file).
-
-Timing: :func:`time_interleaved` runs several variants round by round in rotating order after
-a warm-up, so that load from other processes and thermal drift hit every variant alike;
-:func:`stats` summarises the samples (median, quartiles, minimum). On CUDA the device is
-synchronised around every timed call.
-
-Peak memory (:func:`peak_bytes`): on CUDA ``torch.cuda.max_memory_allocated`` above what was
-allocated before the call; on the CPU ``torch.profiler`` allocation records, the maximum of the
-running sum of allocated minus freed bytes during the call (tensor storage only, the inputs
-that existed before the call excluded), in a separate untimed run.
-"""
+"""Shared helpers of the benchmark scripts: command line, machine record (:func:`machine_info`),
+interleaved timing (:func:`time_clocks`, :func:`stats`), peak memory (:func:`peak_bytes`),
+atomic JSON output (:func:`write_json`) and the study's recipes for shrunk training runs."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import statistics
@@ -62,7 +50,10 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_threads: int | N
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
     return value
@@ -70,28 +61,10 @@ def positive_int(text: str) -> int:
 
 def int_list(text: str) -> list[int]:
     """argparse type: comma-separated integers >= 1 (``"16,32,64"``)."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    values = [positive_int(v) for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
     return values
-
-
-def import_all_losses() -> dict[str, Any]:
-    """Import every module of ``chanloss.losses`` (so that every loss is registered) and
-    return the registry ``LOSSES``."""
-    import importlib
-    import pkgutil
-
-    import chanloss.losses as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
-    return package.LOSSES
 
 
 def setup(args: argparse.Namespace) -> torch.device:
@@ -104,6 +77,24 @@ def setup(args: argparse.Namespace) -> torch.device:
             raise SystemExit(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     return device
+
+
+def output_dirs(args: argparse.Namespace, name: str) -> tuple[Path, Path]:
+    """``(runs, results)`` of a training benchmark: ``--runs`` or ``runs/<name>`` (with
+    ``--quick``: ``runs/<name>-quick``) and ``--results`` or ``benchmarks/results`` (``quick/``)."""
+    runs = args.runs or REPO_ROOT / "runs" / (f"{name}-quick" if args.quick else name)
+    return runs, args.results or (QUICK_DIR if args.quick else RESULTS_DIR)
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """``python benchmarks/<script> ARGS``: how a results file was made, as it records it."""
+    where = Path(script).resolve().relative_to(REPO_ROOT)
+    return " ".join(["python", str(where), *(sys.argv[1:] if argv is None else argv)])
+
+
+def provenance(command: str, **extra: Any) -> dict[str, Any]:
+    """``{"command", "git", ...}``: what rewrote a part of a results file, and at which commit."""
+    return {"command": command, "git": git_commit(), **extra}
 
 
 def default_out(name: str, device: torch.device, quick: bool) -> Path:
@@ -188,6 +179,47 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_clocks(
+    fns: dict[str, Callable[[], object]],
+    *,
+    rounds: int,
+    warmup: int,
+    device: torch.device | str = "cpu",
+    reps: int = 1,
+    prime: bool = False,
+) -> dict[str, dict[str, list[float]]]:
+    """Seconds per call of every variant on two clocks, ``{"wall": {name: [...]}, "cpu": ...}``:
+    ``warmup`` untimed calls each, then ``rounds`` rounds that time ``reps`` calls in a row of
+    every variant (their mean), the order rotating from round to round so that load from other
+    processes and drift hit every variant alike (CUDA is synchronised around every timed
+    block). ``prime``: one untimed
+    call before each timed block, so that a variant meets the allocator in its own steady state
+    rather than in the one the previous variant left. ``cpu`` is this thread's CPU time: with
+    one torch thread it leaves out the time other processes hold the core."""
+    device = torch.device(device)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    names = list(fns)
+    samples: dict[str, dict[str, list[float]]] = {
+        clock: {name: [] for name in names} for clock in ("wall", "cpu")
+    }
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            if prime:
+                fns[name]()
+            _sync(device)
+            wall, cpu = time.perf_counter(), time.thread_time()
+            for _ in range(reps):
+                fns[name]()
+            _sync(device)
+            samples["wall"][name].append((time.perf_counter() - wall) / reps)
+            samples["cpu"][name].append((time.thread_time() - cpu) / reps)
+    return samples
+
+
 def time_interleaved(
     fns: dict[str, Callable[[], object]],
     *,
@@ -195,24 +227,8 @@ def time_interleaved(
     warmup: int,
     device: torch.device | str = "cpu",
 ) -> dict[str, list[float]]:
-    """Seconds per call of every variant: ``warmup`` untimed calls each, then ``rounds`` rounds
-    that call every variant once, the order rotating from round to round."""
-    device = torch.device(device)
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    _sync(device)
-    names = list(fns)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            _sync(device)
-            start = time.perf_counter()
-            fns[name]()
-            _sync(device)
-            samples[name].append(time.perf_counter() - start)
-    return samples
+    """Wall seconds per call of every variant (:func:`time_clocks`, one call per round)."""
+    return time_clocks(fns, rounds=rounds, warmup=warmup, device=device)["wall"]
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -259,7 +275,10 @@ def peak_bytes(
     reset: Callable[[], object] | None = None,
     device: torch.device | str = "cpu",
 ) -> int:
-    """Peak bytes allocated during ``fn`` on top of what existed before (see module doc).
+    """Peak bytes allocated during ``fn`` on top of what existed before: on CUDA
+    ``torch.cuda.max_memory_allocated`` above what was allocated before the call; on the CPU
+    the maximum of the running sum of ``torch.profiler`` allocation records (allocated minus
+    freed bytes, tensor storage only), in a separate untimed run.
 
     ``reset`` (e.g. dropping old gradients) runs first, outside the measurement: on the CPU
     a free of memory allocated before the call would otherwise lower the running sum.
@@ -294,16 +313,24 @@ def peak_bytes(
 
 
 # -- output --------------------------------------------------------------------------------------
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as indented JSON, atomically (the parent folder made if missing)."""
+def write_json(path: Path, payload: dict[str, Any], *, say: bool = False) -> None:
+    """Write ``payload`` as indented JSON, atomically (the parent folder made if missing);
+    ``say``: print ``wrote PATH``."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic.write_json(path, payload)
+    if say:
+        log(f"wrote {path}")
 
 
-def save_figure(fig: Any, path: Path) -> None:
-    """Save a matplotlib figure as a PNG, atomically (the parent folder made if missing)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_png(fig, path, dpi=110)
+def read_json(path: Path, default: Any = None) -> Any:
+    """The JSON in ``path`` (an earlier results file), or ``default`` when there is none."""
+    return json.loads(Path(path).read_text()) if Path(path).exists() else default
+
+
+#: The options the speed benchmarks build a loss with: CC-Loss as its results were recorded, on
+#: the feature map with its own side-branch attention (the gate placement reads the model's
+#: attention instead, the pair stage of the same computation).
+LOSS_OPTIONS: dict[str, dict[str, Any]] = {"cc": {"placement": "branch"}}
 
 
 # -- runs ----------------------------------------------------------------------------------------
@@ -326,16 +353,6 @@ def train_run(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         return {"status": "diverged", "val_acc": None, "test_acc": None, "time_s": None}
     return {"status": "finished", "val_acc": got.final_val_acc,
             "test_acc": got.final_test_acc, "time_s": got.train_time_s}  # fmt: skip
-
-
-def pyplot() -> Any:
-    """``matplotlib.pyplot`` on the non-interactive Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def log(message: str) -> None:

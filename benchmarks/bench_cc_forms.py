@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import re
 import sys
 import time
@@ -146,37 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    results = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
-    rows = {(r["dataset"], r["model"], r["label"], r["epochs"]): r for r in results["rows"]}
+    rows = {
+        (r["dataset"], r["model"], r["label"], r["epochs"]): r
+        for r in common.read_json(args.out, {"rows": []})["rows"]
+    }
     for label in args.configs:
-        accs, times = [], []
-        epochs = None
-        for seed in range(args.seeds):
-            raw = raw_config(args.dataset, args.model, label, seed, args.epochs)
-            epochs = raw["epochs"]
-            run_dir = args.runs / f"{args.dataset}-{args.model}-e{epochs}" / label / f"seed{seed}"
-            start = time.perf_counter()
-            got = common.train_run(raw, run_dir)
-            accs.append(got["val_acc"])
-            times.append(time.perf_counter() - start)
-            common.log(f"{args.dataset} {args.model} {label} seed {seed}: val {got['val_acc']}")
-        finite = [a for a in accs if a is not None]
-        mean, std = mean_std(finite)
-        std = 0.0 if len(finite) == 1 else std  # as recorded: no spread from one seed
-        rows[(args.dataset, args.model, label, epochs)] = {
-            "dataset": args.dataset,
-            "model": args.model,
-            "label": label,
-            "losses": setting(label)["losses"],
-            "data": setting(label)["data"],
-            "epochs": epochs,
-            "seeds": args.seeds,
-            "val_accs": accs,
-            "val_acc_mean": mean,
-            "val_acc_std": std,
-            "diverged_seeds": len(accs) - len(finite),
-            "wall_s": round(sum(times), 1),
-        }
+        row = measure(args, label)
+        rows[(args.dataset, args.model, label, row["epochs"])] = row
         results = {
             "benchmark": "cc_forms",
             "selection": "final-epoch validation accuracy (val_fraction 0.2); test never read",
@@ -187,6 +162,33 @@ def main(argv: list[str] | None = None) -> int:
         }
         common.write_json(args.out, results)
     return 0
+
+
+def measure(args: argparse.Namespace, label: str) -> dict[str, Any]:
+    """One grid label trained over the seeds: its row of the results file."""
+    accs, start = [], time.perf_counter()
+    for seed in range(args.seeds):
+        raw = raw_config(args.dataset, args.model, label, seed, args.epochs)
+        run_dir = (
+            args.runs / f"{args.dataset}-{args.model}-e{raw['epochs']}" / label / f"seed{seed}"
+        )
+        accs.append(common.train_run(raw, run_dir)["val_acc"])
+        common.log(f"{args.dataset} {args.model} {label} seed {seed}: val {accs[-1]}")
+    finite = [a for a in accs if a is not None]
+    mean, std = mean_std(finite)
+    return {
+        "dataset": args.dataset,
+        "model": args.model,
+        "label": label,
+        **setting(label),
+        "epochs": raw["epochs"],
+        "seeds": args.seeds,
+        "val_accs": accs,
+        "val_acc_mean": mean,
+        "val_acc_std": 0.0 if len(finite) == 1 else std,  # as recorded: no spread from one seed
+        "diverged_seeds": len(accs) - len(finite),
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
 
 
 if __name__ == "__main__":

@@ -12,12 +12,8 @@ What is measured, for B in 64 ... 1024 at C = 512 channels and 7x7 feature maps:
   backward), where the ``O(B^2)`` distance matrix lives, for our Gram-matrix form and for a
   naive broadcasting form that builds ``(B, B, C)`` differences (up to ``--naive-max-batch``).
 
-Peak memory method: ``torch.profiler.profile(profile_memory=True)`` records every allocation
-and free of the CPU allocator with its size and time stamp; the peak is the maximum of the
-running sum of those records during the measured call, i.e. the largest number of bytes
-allocated *during* the call on top of what existed before it (inputs and parameters are not
-counted). It counts tensor storage only (no allocator caching or fragmentation), and is taken
-in a separate, untimed run because the profiler slows execution down.
+Peak memory: :func:`_common.peak_bytes` (the bytes allocated *during* the call on top of what
+existed before it, tensor storage only, in a separate untimed run).
 
 ``bytes/pair`` = pairwise-stage peak / B^2. Ours needs ``O(B^2 + B C)``: a few ``(B, B)``
 matrices plus ``(B, C)`` copies of ``a`` and its gradient, so bytes/pair falls towards a
@@ -30,7 +26,6 @@ shared machine (OpenMP threads that spin while other processes hold the cores in
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -40,13 +35,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from chanloss.losses import CCLoss
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_model, peak_bytes, write_json  # noqa: E402
+import _common as common  # noqa: E402
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "cc_loss_cpu.json"
+from chanloss.losses import CCLoss  # noqa: E402
+
+DEFAULT_OUT = common.RESULTS_DIR / "cc_loss_cpu.json"
 
 
 def seconds(
@@ -93,7 +88,7 @@ def pair_stage(
 
 def measure_batch(batch: int, channels: int, hw: int, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
-    loss = CCLoss(num_channels=channels, placement="branch", form="margin")
+    loss = CCLoss(num_channels=channels, placement="branch", form="ratio")  # as recorded
     labels = torch.arange(batch) % args.classes
     x = torch.randn(batch, channels, hw, hw).relu_().requires_grad_()
 
@@ -109,9 +104,9 @@ def measure_batch(batch: int, channels: int, hw: int, args: argparse.Namespace) 
         "batch": batch,
         "channels": channels,
         "step_seconds": seconds(step, reset, args.repeats),
-        "step_peak_bytes": peak_bytes(step, reset=reset),
+        "step_peak_bytes": common.peak_bytes(step, reset=reset),
         "pairs_seconds": seconds(*ours, args.repeats),
-        "pairs_peak_bytes": peak_bytes(ours[0], reset=ours[1]),
+        "pairs_peak_bytes": common.peak_bytes(ours[0], reset=ours[1]),
     }
     row["pairs_bytes_per_pair"] = row["pairs_peak_bytes"] / batch**2
     if batch <= args.naive_max_batch:
@@ -120,7 +115,7 @@ def measure_batch(batch: int, channels: int, hw: int, args: argparse.Namespace) 
         check = (loss._cc(a, labels).item(), naive_cc(a, labels, loss.eps).item())
         assert abs(check[0] - check[1]) <= 1e-4 * abs(check[1]), check
         row["naive_pairs_seconds"] = seconds(*naive, args.repeats)
-        row["naive_pairs_peak_bytes"] = peak_bytes(naive[0], reset=naive[1])
+        row["naive_pairs_peak_bytes"] = common.peak_bytes(naive[0], reset=naive[1])
         row["naive_pairs_bytes_per_pair"] = row["naive_pairs_peak_bytes"] / batch**2
         row["naive_over_ours_peak"] = row["naive_pairs_peak_bytes"] / row["pairs_peak_bytes"]
     else:
@@ -128,8 +123,23 @@ def measure_batch(batch: int, channels: int, hw: int, args: argparse.Namespace) 
     return row
 
 
-def mib(n: float | None) -> str:
-    return "-" if n is None else f"{n / 2**20:9.2f}"
+def mib(n: float) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def summary(r: dict) -> str:
+    """One console line of a row: minimum times, peaks, bytes per pair, naive against ours."""
+    naive = ""
+    if "naive_pairs_seconds" in r:
+        naive = (
+            f"; naive {1e3 * r['naive_pairs_seconds']['min']:.1f} ms, "
+            f"{mib(r['naive_pairs_peak_bytes'])}, x{r['naive_over_ours_peak']:.1f} of ours"
+        )
+    return (
+        f"B={r['batch']:<5} C={r['channels']:<5} step {1e3 * r['step_seconds']['min']:.1f} ms, "
+        f"{mib(r['step_peak_bytes'])}; pairs {1e3 * r['pairs_seconds']['min']:.2f} ms, "
+        f"{mib(r['pairs_peak_bytes'])}, {r['pairs_bytes_per_pair']:.1f} B/pair{naive}"
+    )
 
 
 def main() -> None:
@@ -153,35 +163,14 @@ def main() -> None:
 
     rows = [measure_batch(b, args.channels, args.hw, args) for b in sizes]
     sweep = [measure_batch(sweep_batch, c, args.hw, args) for c in sweep_channels]
-
-    print(
-        f"torch {torch.__version__}, {cpu_model()}, {torch.get_num_threads()} threads, "
-        f"C={args.channels}, {args.hw}x{args.hw}"
-    )
-    header = (
-        f"{'B':>5} {'C':>5} {'step ms':>9} {'step MiB':>9} {'pairs ms':>9} {'pairs MiB':>9} "
-        f"{'B/pair':>7} {'naive ms':>9} {'naive MiB':>9} {'naive B/pair':>12} {'ratio':>7}"
-    )
-    print(header)
-    for r in [*rows, *sweep]:
-        naive_ms = r.get("naive_pairs_seconds", {}).get("min")
-        print(
-            f"{r['batch']:>5} {r['channels']:>5} {1e3 * r['step_seconds']['min']:9.1f} "
-            f"{mib(r['step_peak_bytes'])} {1e3 * r['pairs_seconds']['min']:9.2f} "
-            f"{mib(r['pairs_peak_bytes'])} {r['pairs_bytes_per_pair']:7.1f} "
-            f"{'-' if naive_ms is None else f'{1e3 * naive_ms:9.1f}':>9} "
-            f"{mib(r.get('naive_pairs_peak_bytes')):>9} "
-            f"{r.get('naive_pairs_bytes_per_pair', float('nan')):12.1f} "
-            f"{r.get('naive_over_ours_peak', float('nan')):7.1f}"
-        )
-
+    info = common.machine_info("cpu")
+    common.log(f"{common.describe(info)}; C={args.channels}, {args.hw}x{args.hw}")
+    for row in [*rows, *sweep]:
+        common.log(summary(row))
     result = {
         "benchmark": "CCLoss forward+backward, CPU",
-        "torch": torch.__version__,
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1m_5m_15m": list(os.getloadavg()),
+        **{key: info[key] for key in ("torch", "cpu_model", "cpu_count", "torch_threads")},
+        "load_average_1m_5m_15m": info["load_average"],
         "quick": args.quick,
         "channels": args.channels,
         "height_width": [args.hw, args.hw],
@@ -200,8 +189,7 @@ def main() -> None:
         "batch_sweep": rows,
         "channel_sweep": sweep,
     }
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
+    common.write_json(args.out, result, say=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/make_image_folder.py          # the 56 px folder (runs/bench-folder/...)
+    python tools/make_image_folder.py          # the 56 px folder (runs/bench-folder/...)
     python benchmarks/bench_cc_round3.py [--datasets digits,mnist5k,finegrained,folder]
         [--seeds 3] [--runs runs/cc_round3] [--out benchmarks/results/cc_round3.json]
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -180,11 +179,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    payload = json.loads(args.out.read_text()) if args.out.exists() else {}
+    payload = common.read_json(args.out, {})
     results = payload.get("datasets", {})
     for dataset in args.datasets.split(","):
         if dataset == "folder" and not (FOLDER / "train").is_dir():
-            raise SystemExit(f"{FOLDER} is missing: run python benchmarks/make_image_folder.py")
+            raise SystemExit(f"{FOLDER} is missing: run python tools/make_image_folder.py")
         results[dataset] = evaluate(dataset, args.seeds, args.runs)
         common.write_json(
             args.out,

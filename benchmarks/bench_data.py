@@ -93,7 +93,7 @@ _RSS_CHILD = """
 import json, resource, sys
 import torch
 from chanloss.data import build_datasets
-from chanloss.run.builders import Batches
+from chanloss.run.batches import Batches
 torch.set_num_threads(1)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 bundle = build_datasets("image_folder", root=sys.argv[1], mode=sys.argv[2], normalize="imagenet",
@@ -168,9 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory_mode_pixels_mb": stored + max(4, args.images // 4) * 3 * 512 * 512 / 2**20,
         "peak_rss_of_this_process_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    out = args.out or common.default_out(NAME, device, args.quick)
-    common.write_json(out, payload)
-    common.log(f"\nwrote {out}")
+    common.write_json(args.out or common.default_out(NAME, device, args.quick), payload, say=True)
     return 0
 
 

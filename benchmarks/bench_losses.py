@@ -8,12 +8,10 @@ Every loss in ``chanloss.losses.LOSSES`` is measured on the input it consumes:
 - ``embedding`` (centre, margin heads, L-GM, EM-Softmax) on ``(B, D)`` with ``B=128, D=512``, and
   ``logits`` (CE, label smoothing, focal, competing ratio) on ``(B, K)``, for K in 10, 100, 1000.
 
-The losses of one shape are timed interleaved, round by round (median of ``--rounds`` after
-``--warmup`` calls); the embedding/logit losses are also given as a ratio to cross-entropy
-at the same ``K``. A timed call is ``loss(inputs, labels).backward()`` in training mode,
-gradients cleared before it (parameters of the loss included). Peak memory comes from a separate
-untimed call (see ``benchmarks/_common.py``). A loss whose constructor rejects a shape (e.g.
-MC-Loss with fewer channels than classes) is listed as skipped with the reason.
+The losses of one shape are timed interleaved (``_common.time_interleaved``; peak memory:
+``_common.peak_bytes``); a timed call is ``loss(inputs, labels).backward()`` in training mode,
+gradients cleared first; the embedding/logit losses are also given as a ratio to CE at the
+same ``K``. A loss whose constructor rejects a shape is listed as skipped with the reason.
 
     python benchmarks/bench_losses.py             # full: 30 rounds, 1 thread
     python benchmarks/bench_losses.py --quick     # 3 rounds, a few seconds
@@ -23,6 +21,7 @@ MC-Loss with fewer channels than classes) is listed as skipped with the reason.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,9 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common  # noqa: E402
 
-from chanloss.losses import create_loss  # noqa: E402
-
-LOSSES = common.import_all_losses()
+from chanloss.losses import LOSSES, create_loss  # noqa: E402
 
 NAME = "losses"
 FEATURE_SHAPES = ((64, 512, 7, 7, 100), (32, 600, 14, 14, 200))  # B, C, H, W, K
@@ -83,7 +80,8 @@ def _case(
         "embedding_dim": shape.get("D", EMBEDDING_DIM),
     }
     try:
-        loss = create_loss(name, context=context).to(device).train()
+        loss = create_loss(name, context=context, **common.LOSS_OPTIONS.get(name, {}))
+        loss = loss.to(device).train()
     except ValueError as err:
         return f"{type(err).__name__}: {err}"
     gen = torch.Generator().manual_seed(0)
@@ -101,23 +99,34 @@ def _case(
     return step, reset, {"input_shape": list(x.shape), "loss_parameters": params}
 
 
+@functools.cache
+def consumes(name: str) -> str:
+    """What the loss reads (``features``, ``embedding``, ``logits``) as this benchmark builds it."""
+    context = {"num_classes": 4, "num_channels": 8, "embedding_dim": 8}
+    return create_loss(name, context=context, **common.LOSS_OPTIONS.get(name, {})).consumes
+
+
 def groups(names: list[str]) -> list[tuple[str, dict[str, int], list[str]]]:
     """``(group label, shape, losses)``: the features shapes, then every K for the rest."""
-    consumes = {n: LOSSES[n].consumes for n in names}
-    out = []
-    feature_losses = [n for n in names if consumes[n] == "features"]
-    if feature_losses:
-        for b, c, h, w, k in FEATURE_SHAPES:
-            shape = {"B": b, "C": c, "H": h, "W": w, "K": k}
-            out.append((f"features B={b} C={c} {h}x{w} K={k}", shape, feature_losses))
-    vector_losses = [n for n in names if consumes[n] != "features"]
-    if vector_losses:
-        for k in CLASS_COUNTS:
-            shape = {"B": VECTOR_BATCH, "D": EMBEDDING_DIM, "K": k}
-            out.append(
-                (f"logits/embedding B={VECTOR_BATCH} D={EMBEDDING_DIM} K={k}", shape, vector_losses)
-            )
-    return out
+    maps = [n for n in names if consumes(n) == "features"]
+    vectors = [n for n in names if consumes(n) != "features"]
+    out = [
+        (f"features B={b} C={c} {h}x{w} K={k}", {"B": b, "C": c, "H": h, "W": w, "K": k}, maps)
+        for b, c, h, w, k in FEATURE_SHAPES
+        if maps
+    ]
+    label = f"logits/embedding B={VECTOR_BATCH} D={EMBEDDING_DIM}"
+    shape = {"B": VECTOR_BATCH, "D": EMBEDDING_DIM}
+    return out + [(f"{label} K={k}", {**shape, "K": k}, vectors) for k in CLASS_COUNTS if vectors]
+
+
+def _summary(row: dict[str, Any]) -> str:
+    if "skipped" in row:
+        return f"skipped ({row['skipped']})"
+    t = row["time"]
+    mem = f", {row['peak_bytes'] / 2**20:.2f} MiB" if "peak_bytes" in row else ""
+    ratio = f", x{row['ratio_to_ce']:.2f} of CE" if "ratio_to_ce" in row else ""
+    return f"{t['median_ms']:.3f} ({t['p25_ms']:.3f}-{t['p75_ms']:.3f}){mem}{ratio}"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,50 +142,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     common.log(f"{common.describe(info)}; {rounds} rounds after {warmup} warm-up calls")
     rows: list[dict[str, Any]] = []
     for label, shape, members in groups(names):
-        cases, skipped = {}, {}
-        for name in members:
-            case = _case(name, shape, device)
+        cases = {name: _case(name, shape, device) for name in members}
+        timed = {name: case[0] for name, case in cases.items() if not isinstance(case, str)}
+        samples = common.time_interleaved(timed, rounds=rounds, warmup=warmup, device=device)
+        ce_median = common.stats(samples["ce"])["median_ms"] if "ce" in samples else None
+        common.log(f"\n{label}\n  {'loss':<16} median ms (p25-p75), peak MiB, x CE")
+        for name, case in cases.items():
+            row = {"group": label, "loss": name, "consumes": consumes(name), "shape": shape}
             if isinstance(case, str):
-                skipped[name] = case
+                row["skipped"] = case
             else:
-                cases[name] = case
-        samples = common.time_interleaved(
-            {n: c[0] for n, c in cases.items()}, rounds=rounds, warmup=warmup, device=device
-        )
-        ce_median = None
-        if "ce" in samples:
-            ce_median = common.stats(samples["ce"])["median_ms"]
-        common.log(f"\n{label}")
-        common.log(
-            f"  {'loss':<16} {'median ms':>10} {'p25-p75 ms':>17} {'peak MiB':>9} {'x CE':>6}"
-        )
-        for name in members:
-            row: dict[str, Any] = {
-                "group": label,
-                "loss": name,
-                "consumes": LOSSES[name].consumes,
-                "shape": shape,
-            }
-            if name in skipped:
-                row["skipped"] = skipped[name]
-                rows.append(row)
-                common.log(f"  {name:<16} skipped ({skipped[name]})")
-                continue
-            step, reset, extra = cases[name]
-            row.update(extra)
-            row["time"] = common.stats(samples[name])
-            if not args.no_memory:
-                row["peak_bytes"] = common.peak_bytes(step, reset=reset, device=device)
-            if ce_median is not None and row["consumes"] != "features":
-                row["ratio_to_ce"] = round(row["time"]["median_ms"] / ce_median, 3)
+                step, reset, extra = case
+                row.update(extra, time=common.stats(samples[name]))
+                if not args.no_memory:
+                    row["peak_bytes"] = common.peak_bytes(step, reset=reset, device=device)
+                if ce_median is not None and row["consumes"] != "features":
+                    row["ratio_to_ce"] = round(row["time"]["median_ms"] / ce_median, 3)
             rows.append(row)
-            t = row["time"]
-            mem = f"{row['peak_bytes'] / 2**20:9.2f}" if "peak_bytes" in row else f"{'-':>9}"
-            ratio = f"{row['ratio_to_ce']:6.2f}" if "ratio_to_ce" in row else f"{'':>6}"
-            common.log(
-                f"  {name:<16} {t['median_ms']:10.3f} {t['p25_ms']:8.3f}-{t['p75_ms']:<8.3f} "
-                f"{mem} {ratio}"
-            )
+            common.log(f"  {name:<16} {_summary(row)}")
     return {
         "benchmark": "forward+backward of every registered loss",
         "machine": info,
@@ -194,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     payload = run(args)
     out = args.out or common.default_out(NAME, torch.device(args.device), args.quick)
-    common.write_json(out, payload)
-    common.log(f"\nwrote {out}")
+    common.write_json(out, payload, say=True)
     return 0
 
 

@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "from_paper": readings(),
         "commit": common.git_commit(),
     }
-    common.write_json(args.out, payload)
-    common.log(f"wrote {args.out}")
+    common.write_json(args.out, payload, say=True)
     return 0
 
 

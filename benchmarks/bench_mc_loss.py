@@ -1,7 +1,6 @@
 """CPU timing of MC-Loss forward + backward against the authors' program structure and a floor.
 
-For each shape, one run times (interleaved, round by round, so that load from other processes
-hits every variant alike):
+For each shape, one run times interleaved:
 
 - ``mc_loss``: ``chanloss.losses.MCLoss`` in training mode (a mask drawn every step);
 - ``reference``: ``benchmarks/reference_mc_loss.py``, the structure of the authors' code
@@ -11,10 +10,9 @@ hits every variant alike):
 - ``floor``: a softmax over ``H * W`` forward + backward on the same tensor, the least any
   implementation of the diversity term has to do.
 
-Reported, for this thread's CPU time (the primary clock with ``--threads 1``: it leaves out the
-time other processes hold the core on a shared machine) and for wall time: medians (ms) and
-the ratios ``reference / mc_loss`` (target >= 3) and ``mc_loss / floor`` (target <= 3). Results
-go to ``benchmarks/results/mc_loss_cpu.json`` (written to a temporary file, then renamed).
+Reported per clock of ``_common.time_clocks`` (this thread's CPU time, the primary one with
+``--threads 1``, and wall time): medians (ms) and the ratios ``reference / mc_loss`` (target
+>= 3) and ``mc_loss / floor`` (target <= 3), in ``benchmarks/results/mc_loss_cpu.json``.
 
     python benchmarks/bench_mc_loss.py            # full run
     python benchmarks/bench_mc_loss.py --quick    # a few rounds
@@ -24,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,12 +31,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_model, write_json  # noqa: E402
+import _common as common  # noqa: E402
 from reference_mc_loss import reference_mc_loss  # noqa: E402
 
 from chanloss.losses.mc_loss import MCLoss  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "mc_loss_cpu.json"
+RESULTS = common.RESULTS_DIR / "mc_loss_cpu.json"
 SHAPES = ((32, 600, 14, 14, 200), (8, 1000, 14, 14, 100))  # B, C, H, W, K
 TARGET_SPEEDUP = 3.0
 TARGET_FLOOR_RATIO = 3.0
@@ -76,39 +72,6 @@ def check_agreement(loss: MCLoss, x: torch.Tensor, y: torch.Tensor) -> float:
     return diff
 
 
-def time_interleaved(
-    fns: dict[str, Callable[[], None]], rounds: int, warmup: int, reps: int = 3
-) -> dict[str, dict[str, list[float]]]:
-    """Round-robin timing: per variant, wall-clock and this thread's CPU time (ms) per call.
-
-    Each round gives every variant one untimed call (so that it meets the allocator in its
-    own steady state rather than in the state the previous variant left) and then times
-    ``reps`` calls in a row, recording their mean. With one thread every op runs on the calling
-    thread, so its CPU time leaves out the time other processes on a shared machine hold the
-    core; wall time is kept alongside.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples = {name: {"wall": [], "cpu": []} for name in fns}
-    names = list(fns)
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            fns[name]()
-            wall, cpu = time.perf_counter(), time.thread_time()
-            for _ in range(reps):
-                fns[name]()
-            samples[name]["cpu"].append((time.thread_time() - cpu) * 1e3 / reps)
-            samples[name]["wall"].append((time.perf_counter() - wall) * 1e3 / reps)
-    return samples
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def bench_shape(b: int, c: int, h: int, w: int, k: int, rounds: int, warmup: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(b, c, h, w, generator=gen).requires_grad_(True)
@@ -119,35 +82,31 @@ def bench_shape(b: int, c: int, h: int, w: int, k: int, rounds: int, warmup: int
     mask_gen = torch.Generator().manual_seed(1)
     max_grad_diff = check_agreement(loss, x, y)
 
-    def ours() -> None:
-        x.grad = None
-        loss(x, y, generator=mask_gen).backward()
+    def timed(forward: Callable[[], torch.Tensor], grad: torch.Tensor | None = None) -> Callable:
+        def run() -> None:
+            x.grad = None
+            forward().backward(grad)
 
-    def reference() -> None:
-        x.grad = None
-        reference_mc_loss(x, y, num_classes=k, keep=keep).backward()
+        return run
 
-    def plain() -> None:
-        x.grad = None
-        plain_mc_loss(x, y, loss.draw_mask(1, generator=mask_gen), k).backward()
-
-    def floor() -> None:
-        x.grad = None
-        torch.softmax(x.view(b, c, h * w), -1).backward(upstream)
-
-    samples = time_interleaved(
-        {"mc_loss": ours, "reference": reference, "plain": plain, "floor": floor}, rounds, warmup
-    )
+    fns = {
+        "mc_loss": timed(lambda: loss(x, y, generator=mask_gen)),
+        "reference": timed(lambda: reference_mc_loss(x, y, num_classes=k, keep=keep)),
+        "plain": timed(lambda: plain_mc_loss(x, y, loss.draw_mask(1, generator=mask_gen), k)),
+        "floor": timed(lambda: torch.softmax(x.view(b, c, h * w), -1), upstream),
+    }
+    samples = common.time_clocks(fns, rounds=rounds, warmup=warmup, reps=3, prime=True)
     out: dict = {
         "shape": {"B": b, "C": c, "H": h, "W": w, "K": k, "keep_per_group": keep},
         "max_grad_diff_vs_reference": max_grad_diff,
     }
     for clock in ("cpu", "wall"):
-        med = {name: quantile(v[clock], 0.5) for name, v in samples.items()}
+        st = {name: common.stats(v) for name, v in samples[clock].items()}
+        med = {name: s["median_ms"] for name, s in st.items()}
         out[clock] = {
-            "median_ms": {n: round(v, 4) for n, v in med.items()},
-            "p25_ms": {n: round(quantile(v[clock], 0.25), 4) for n, v in samples.items()},
-            "p75_ms": {n: round(quantile(v[clock], 0.75), 4) for n, v in samples.items()},
+            **{
+                key: {n: s[key] for n, s in st.items()} for key in ("median_ms", "p25_ms", "p75_ms")
+            },
             "speedup_vs_reference": round(med["reference"] / med["mc_loss"], 3),
             "ratio_to_floor": round(med["mc_loss"] / med["floor"], 3),
             "plain_speedup_vs_reference": round(med["reference"] / med["plain"], 3),
@@ -163,41 +122,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per variant")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
     args = parser.parse_args(argv)
-
     torch.set_num_threads(args.threads)
     rounds = args.rounds or (5 if args.quick else 25)
     warmup = 2 if args.quick else 5
-    print(
-        f"torch {torch.__version__}, CPU {cpu_model()}, threads {torch.get_num_threads()}, "
-        f"{rounds} rounds, load average {os.getloadavg()[0]:.2f}"
-    )
-    load_before = os.getloadavg()
-    results = []
-    for b, c, h, w, k in SHAPES:
-        res = bench_shape(b, c, h, w, k, rounds, warmup)
-        results.append(res)
+    info = common.machine_info("cpu")
+    common.log(f"{common.describe(info)}; {rounds} rounds")
+    results = [bench_shape(*shape, rounds, warmup) for shape in SHAPES]
+    for r in results:
         for clock in ("cpu", "wall"):
-            r = res[clock]
-            med = r["median_ms"]
-            print(
-                f"B={b} C={c} {h}x{w} K={k} [{clock:4s}] mc_loss {med['mc_loss']:.2f} ms, "
-                f"reference {med['reference']:.2f}, plain {med['plain']:.2f}, floor "
-                f"{med['floor']:.2f} | reference/mc_loss {r['speedup_vs_reference']:.2f}x "
-                f"(target >= {TARGET_SPEEDUP:g}), mc_loss/floor {r['ratio_to_floor']:.2f}x "
-                f"(target <= {TARGET_FLOOR_RATIO:g}) | plain {r['plain_speedup_vs_reference']:.2f}x,"
-                f" {r['plain_ratio_to_floor']:.2f}x"
+            m, x = r[clock]["median_ms"], r[clock]
+            common.log(
+                f"B={r['shape']['B']} C={r['shape']['C']} K={r['shape']['K']} [{clock}] "
+                + ", ".join(f"{name} {ms:.2f} ms" for name, ms in m.items())
+                + f" | reference/mc_loss {x['speedup_vs_reference']:.2f}x (target >= "
+                f"{TARGET_SPEEDUP:g}), mc_loss/floor {x['ratio_to_floor']:.2f}x (target <= "
+                f"{TARGET_FLOOR_RATIO:g})"
             )
     payload = {
         "benchmark": "MC-Loss forward+backward, CPU",
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
+        "torch": info["torch"],
+        "python": info["python"],
+        "cpu": info["cpu_model"],
+        "cpu_count": info["cpu_count"],
+        "threads": info["torch_threads"],
         "quick": args.quick,
         "rounds": rounds,
         "warmup": warmup,
-        "load_average_before": [round(v, 2) for v in load_before],
+        "load_average_before": info["load_average"],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "targets": {
             "speedup_vs_reference_at_least": TARGET_SPEEDUP,
@@ -208,10 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             "wall": "time.perf_counter",
         },
         "results": results,
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "timestamp": info["timestamp"],
     }
-    write_json(args.out, payload)
-    print(f"wrote {args.out}")
+    common.write_json(args.out, payload, say=True)
     return 0
 
 

@@ -19,6 +19,8 @@ synthetic fine-grained set: 100 training images per class, ``difficulty`` 0): th
 from __future__ import annotations
 
 import argparse
+import collections
+import itertools
 import json
 import math
 import statistics
@@ -31,8 +33,9 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import QUICK_DIR, RESULTS_DIR, machine_info, write_json  # noqa: E402
+import _common as common  # noqa: E402
 
+from chanloss.core.text import mean_std  # noqa: E402
 from chanloss.experiments.verdict import gap_of  # noqa: E402
 
 METHODS = ("cpli", "l1", "bn_scale", "taylor", "random")
@@ -46,39 +49,30 @@ FINEGRAINED = {
     "options": {"num_classes": 10, "train_per_class": 100, "test_per_class": 30, "difficulty": 0.0},
     "augment": {"crop_padding": 2, "hflip": True},
 }
+LOSSES = {
+    "ce": [{"name": "ce"}],
+    "mc": [{"name": "ce"}, {"name": "mc"}],
+    "cc": [{"name": "ce"}, {"name": "cc", "reduction": 4}],
+}
+
+
+def _setup(model: dict[str, Any], data: dict[str, Any], losses: str, epochs: int) -> dict:
+    """A setup: its model, data, losses (names in ``LOSSES``), epochs, batch size 32."""
+    chosen = {name: LOSSES[name] for name in losses.split(",")}
+    return {"model": model, "data": data, "losses": chosen, "epochs": epochs, "batch_size": 32}
+
+
 SETUPS: dict[str, dict[str, Any]] = {
-    "convnet-mnist5k": {
-        "model": {"name": "convnet_small", "width": 16, "feature_channels": 30, "pools": 2},
-        "data": {"name": "mnist5k", "val_fraction": 0.1, "augment": {"crop_padding": 2}},
-        "losses": {
-            "ce": [{"name": "ce"}],
-            "mc": [{"name": "ce"}, {"name": "mc"}],
-            "cc": [{"name": "ce"}, {"name": "cc", "reduction": 4}],
-        },
-        "epochs": 6,
-        "batch_size": 32,
-    },
-    "resnet20-finegrained": {  # option-A shortcuts (the paper's CIFAR choice)
-        "model": {"name": "resnet20"},
-        "data": FINEGRAINED,
-        "losses": {"ce": [{"name": "ce"}], "mc": [{"name": "ce"}, {"name": "mc"}]},
-        "epochs": 5,
-        "batch_size": 32,
-    },
-    "resnet20B-finegrained": {
-        "model": {"name": "resnet20", "shortcut": "B"},
-        "data": FINEGRAINED,
-        "losses": {"ce": [{"name": "ce"}]},
-        "epochs": 5,
-        "batch_size": 32,
-    },
-    "vgg16narrow-finegrained": {
-        "model": {"name": "vgg16_bn", "width": 0.25},
-        "data": FINEGRAINED,
-        "losses": {"ce": [{"name": "ce"}]},
-        "epochs": 5,
-        "batch_size": 32,
-    },
+    "convnet-mnist5k": _setup(
+        {"name": "convnet_small", "width": 16, "feature_channels": 30, "pools": 2},
+        {"name": "mnist5k", "val_fraction": 0.1, "augment": {"crop_padding": 2}},
+        "ce,mc,cc",
+        6,
+    ),
+    # option-A shortcuts (the paper's CIFAR choice)
+    "resnet20-finegrained": _setup({"name": "resnet20"}, FINEGRAINED, "ce,mc", 5),
+    "resnet20B-finegrained": _setup({"name": "resnet20", "shortcut": "B"}, FINEGRAINED, "ce", 5),
+    "vgg16narrow-finegrained": _setup({"name": "vgg16_bn", "width": 0.25}, FINEGRAINED, "ce", 5),
 }
 
 
@@ -125,65 +119,47 @@ def _config(setup: dict[str, Any], losses: list, seed: int, quick: bool) -> dict
         raw["epochs"] = 1
         if raw["data"]["name"] == "finegrained":
             raw["data"]["options"] = {"num_classes": 10, "train_per_class": 12, "test_per_class": 4}
-        else:
+        else:  # the setup's model (narrower ones cannot reach 2x with round_to 8)
             raw["data"] = {"name": "digits", "val_fraction": 0.1}
-            raw["model"] = {"name": "convnet_small", "width": 4, "feature_channels": 20}
     return raw
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Train every (seed, setup, loss), prune it by every variant; the results, rewritten to
+    ``out`` after every trained model (``finished`` false until the last)."""
     from chanloss.config import validate_config
     from chanloss.run.session import train
 
     torch.set_num_threads(args.threads)
     speedups = [float(s) for s in args.speedups.split(",")]
-    seeds = 1 if args.quick else (len(args.seed_list.split(",")) if args.seed_list else args.seeds)
+    seed_list = [int(v) for v in args.seed_list.split(",")] if args.seed_list else []
+    seeds = 1 if args.quick else (len(seed_list) or args.seeds)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
+
+    def log(text: str) -> None:
+        common.log(f"[{time.perf_counter() - started:6.0f}s] {text}")
+
     with tempfile.TemporaryDirectory(prefix="bench_prune_") as tmp:
-        seed_list = [int(v) for v in args.seed_list.split(",")] if args.seed_list else range(seeds)
-        for seed in seed_list:
-            for setup_name in args.setups.split(","):
-                setup = SETUPS[setup_name]
-                for loss_name, losses in setup["losses"].items():
-                    if args.losses and loss_name not in args.losses.split(","):
-                        continue
-                    run_dir = Path(tmp) / f"{setup_name}-{loss_name}-{seed}"
-                    config = validate_config(_config(setup, losses, seed, args.quick))
-                    t0 = time.perf_counter()
-                    summary = train(config, run_dir, verbose=0)
-                    print(
-                        f"[{time.perf_counter() - started:6.0f}s] {setup_name} {loss_name} seed "
-                        f"{seed}: trained in {time.perf_counter() - t0:.0f} s, test "
-                        f"{100 * summary['final_test_acc']:.2f}%",
-                        flush=True,
-                    )
-                    for speedup in speedups:
-                        for method, refit in _variants(args):
-                            rows.append(
-                                _prune_row(
-                                    args,
-                                    run_dir,
-                                    setup_name,
-                                    loss_name,
-                                    seed,
-                                    speedup,
-                                    method,
-                                    refit,
-                                )
-                            )
-                            r = rows[-1]
-                            print(
-                                f"[{time.perf_counter() - started:6.0f}s]   {r['method']} "
-                                f"{speedup:g}x: {r['speedup']:.2f}x, test "
-                                f"{100 * r['test_original']:.1f} -> {100 * r['test_pruned']:.1f}"
-                                f" -> {100 * r['test_finetuned']:.1f}% (kept {r['kept']}; "
-                                f"prune {r['prune_s']:.1f} s, batch-64 latency "
-                                f"{r['latency64_before_ms'] / r['latency64_after_ms']:.2f}x)",
-                                flush=True,
-                            )
-                    save(payload(args, rows, seeds, speedups, started, finished=False))
-    return payload(args, rows, seeds, speedups, started, finished=True)
+        for seed, name in itertools.product(seed_list or range(seeds), args.setups.split(",")):
+            for loss, losses in SETUPS[name]["losses"].items():
+                if args.losses and loss not in args.losses.split(","):
+                    continue
+                run_dir = Path(tmp) / f"{name}-{loss}-{seed}"
+                config = validate_config(_config(SETUPS[name], losses, seed, args.quick))
+                t0 = time.perf_counter()
+                test = train(config, run_dir, verbose=0)["final_test_acc"]
+                log(
+                    f"{name} {loss} seed {seed}: trained in {time.perf_counter() - t0:.0f} s, "
+                    f"test {100 * test:.2f}%"
+                )
+                where = {"setup": name, "loss": loss, "seed": seed}
+                for speedup, (method, refit) in itertools.product(speedups, _variants(args)):
+                    where["speedup_target"] = speedup
+                    rows.append(_prune_row(args, run_dir, where, method, refit))
+                    log(f"  {_row_line(rows[-1])}")
+                common.write_json(out, payload(args, rows, seeds, speedups, started, False))
+    return payload(args, rows, seeds, speedups, started, True)
 
 
 def _variants(args: argparse.Namespace) -> list[tuple[str, bool]]:
@@ -192,19 +168,16 @@ def _variants(args: argparse.Namespace) -> list[tuple[str, bool]]:
 
 
 def _prune_row(
-    args: argparse.Namespace,
-    run_dir: Path,
-    setup: str,
-    loss: str,
-    seed: int,
-    speedup: float,
-    method: str,
-    refit: bool,
+    args: argparse.Namespace, run_dir: Path, where: dict[str, Any], method: str, refit: bool
 ) -> dict[str, Any]:
     """One ``chanloss prune`` (fine-tuned with the defaults) and what the tables need."""
     from chanloss.pruning import prune_checkpoint
 
     label = method + (REFIT if refit else "")
+    overrides = ["prune.latency_repeats=5", f"prune.calibration_images={args.calibration_images}"]
+    if args.cpli_mix is not None:
+        overrides.append(f"prune.mix={args.cpli_mix}")
+    speedup = where["speedup_target"]
     result = prune_checkpoint(
         run_dir / "last.pt",
         run_dir / f"prune-{label}-{speedup:g}",
@@ -212,18 +185,12 @@ def _prune_row(
         speedup=speedup,
         refit=refit,
         finetune_epochs=args.finetune_epochs,
-        overrides=[
-            "prune.latency_repeats=5",
-            f"prune.calibration_images={args.calibration_images}",
-        ],
+        overrides=overrides,
         verbose=False,
     )
     acc, latency = result["accuracy"], result["latency_ms"]
     return {
-        "setup": setup,
-        "loss": loss,
-        "seed": seed,
-        "speedup_target": speedup,
+        **where,
         "method": label,
         "speedup": result["speedup"],
         "macs_before": result["macs"]["before"],
@@ -245,21 +212,36 @@ def _prune_row(
     }
 
 
+def _row_line(r: dict[str, Any]) -> str:
+    accs = " -> ".join(
+        f"{100 * r[k]:.1f}" for k in ("test_original", "test_pruned", "test_finetuned")
+    )
+    latency = r["latency64_before_ms"] / r["latency64_after_ms"]
+    return (
+        f"{r['method']} {r['speedup_target']:g}x: {r['speedup']:.2f}x, test {accs}% (kept "
+        f"{r['kept']}; prune {r['prune_s']:.1f} s, batch-64 latency {latency:.2f}x)"
+    )
+
+
 def payload(
     args: argparse.Namespace,
     rows: list[dict[str, Any]],
     seeds: int,
     speedups: list[float],
     started: float,
-    *,
     finished: bool,
 ) -> dict[str, Any]:
-    names = args.setups.split(",")
+    losses = args.losses.split(",") if args.losses else None
+    setups = {
+        name: _config(SETUPS[name], [], 0, args.quick)
+        | {"losses": [x for x in SETUPS[name]["losses"] if not losses or x in losses]}
+        for name in args.setups.split(",")
+    }
     return {
         "benchmark": "prune",
         "quick": args.quick,
         "finished": finished,
-        "machine": machine_info("cpu"),
+        "machine": common.machine_info("cpu"),
         "settings": {
             "seeds": seeds,
             "speedups": speedups,
@@ -268,17 +250,7 @@ def payload(
             "cpli_mix": args.cpli_mix,
             "methods": args.methods.split(","),
             "refit": args.refit,
-            "setups": {
-                name: _config(SETUPS[name], [], 0, args.quick)
-                | {
-                    "losses": [
-                        x
-                        for x in SETUPS[name]["losses"]
-                        if not args.losses or x in args.losses.split(",")
-                    ]
-                }
-                for name in names
-            },
+            "setups": setups,
         },
         "rows": rows,
         "summary": summarise(rows),
@@ -286,9 +258,14 @@ def payload(
     }
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+def _cell(row: dict[str, Any]) -> tuple:
+    return (row["setup"], row["loss"], row["speedup_target"], row["method"])
+
+
+def _mean_std(values: list[float]) -> list[float]:
+    """Mean and sample std (0 for one value: the file keeps a number)."""
+    mean, std = mean_std(values)
+    return [mean, 0.0 if len(values) == 1 else std]
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -296,51 +273,51 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     CPLI-vs-best-baseline and MC-vs-CE verdicts."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["setup"], r["loss"], r["speedup_target"], r["method"]), []).append(r)
-    cells = []
+        groups.setdefault(_cell(r), []).append(r)
+    keyed = {}
     for (setup, loss, speedup, method), rs in groups.items():
-        ft = _mean_std([r["test_finetuned"] for r in rs])
-        pr = _mean_std([r["test_pruned"] for r in rs])
-        orig = _mean_std([r["test_original"] for r in rs])
-        cells.append(
-            {
-                "setup": setup,
-                "loss": loss,
-                "speedup_target": speedup,
-                "method": method,
-                "n": len(rs),
-                "test_original": orig,
-                "test_pruned": pr,
-                "test_finetuned": ft,
-                "drop": orig[0] - ft[0],
-                "speedup": statistics.fmean(r["speedup"] for r in rs),
-                "macs_after": statistics.fmean(r["macs_after"] for r in rs),
-                "macs_before": rs[0]["macs_before"],
-                "latency64_ratio": statistics.fmean(
-                    r["latency64_before_ms"] / r["latency64_after_ms"] for r in rs
-                ),
-                "latency64_after_ms": statistics.fmean(r["latency64_after_ms"] for r in rs),
-                "prune_s": statistics.fmean(r["prune_s"] for r in rs),
-            }
-        )
-    keyed = {(c["setup"], c["loss"], c["speedup_target"], c["method"]): c for c in cells}
-    verdicts = _verdicts(keyed)
-    mc_vs_ce = []
-    for (setup, loss, speedup, method), cell in keyed.items():
-        if loss != "mc" or (setup, "ce", speedup, method) not in keyed:
-            continue
-        ce = keyed[(setup, "ce", speedup, method)]
-        mc_vs_ce.append(
-            {
-                "setup": setup,
-                "speedup_target": speedup,
-                "method": method,
-                "drop_ce": ce["drop"],
-                "drop_mc": cell["drop"],
-                "mc_loses_less": cell["drop"] < ce["drop"],
-            }
-        )
-    return {"cells": cells, "cpli_vs_best_baseline": verdicts, "mc_vs_ce": mc_vs_ce}
+
+        def mean(key: str, rs: list[dict[str, Any]] = rs) -> float:
+            return statistics.fmean(r[key] for r in rs)
+
+        accs = {
+            k: _mean_std([r[k] for r in rs])
+            for k in ("test_original", "test_pruned", "test_finetuned")
+        }
+        keyed[(setup, loss, speedup, method)] = {
+            "setup": setup,
+            "loss": loss,
+            "speedup_target": speedup,
+            "method": method,
+            "n": len(rs),
+            **accs,
+            "drop": accs["test_original"][0] - accs["test_finetuned"][0],
+            "speedup": mean("speedup"),
+            "macs_after": mean("macs_after"),
+            "macs_before": rs[0]["macs_before"],
+            "latency64_ratio": statistics.fmean(
+                r["latency64_before_ms"] / r["latency64_after_ms"] for r in rs
+            ),
+            "latency64_after_ms": mean("latency64_after_ms"),
+            "prune_s": mean("prune_s"),
+        }
+    mc_vs_ce = [
+        {
+            "setup": setup,
+            "speedup_target": speedup,
+            "method": method,
+            "drop_ce": keyed[(setup, "ce", speedup, method)]["drop"],
+            "drop_mc": cell["drop"],
+            "mc_loses_less": cell["drop"] < keyed[(setup, "ce", speedup, method)]["drop"],
+        }
+        for (setup, loss, speedup, method), cell in keyed.items()
+        if loss == "mc" and (setup, "ce", speedup, method) in keyed
+    ]
+    return {
+        "cells": list(keyed.values()),
+        "cpli_vs_best_baseline": _verdicts(keyed),
+        "mc_vs_ce": mc_vs_ce,
+    }
 
 
 def _verdicts(keyed: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -381,44 +358,26 @@ def _verdicts(keyed: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
     return verdicts
 
 
-_OUT: list[Path] = []
-
-
-def save(result: dict[str, Any]) -> None:
-    """Write the results JSON (after every trained model, so that a run stopped early keeps
-    what it measured; ``finished`` says whether it completed). ``make report`` renders it."""
-    write_json(_OUT[0], result)
-
-
-def _cell(row: dict[str, Any]) -> tuple:
-    return (row["setup"], row["loss"], row["speedup_target"], row["method"])
-
-
 def merge(paths: list[Path]) -> dict[str, Any]:
     """One result from several (the setups run as separate processes)."""
     parts = [json.loads(p.read_text()) for p in paths]
     rows, seen = [], set()
     for row in (r for part in parts for r in part["rows"]):
-        key = (row["setup"], row["loss"], row["seed"], row["speedup_target"], row["method"])
+        key = (*_cell(row), row["seed"])
         if key not in seen:  # a model measured by two processes counts once
             seen.add(key)
             rows.append(row)
+    per_cell = collections.Counter(_cell(r) for r in rows)
+    seeds = {r["setup"]: len({x["seed"] for x in rows if x["setup"] == r["setup"]}) for r in rows}
     first = parts[0]
     return {
         **first,
         # complete when every (setup, loss, speedup, method) cell has all the seeds, even if a
         # process was stopped after the model the others did not cover
-        "finished": len(
-            {len([r for r in rows if _cell(r) == _cell(x)]) for x in rows}
-            | {max(len({r["seed"] for r in rows if r["setup"] == x["setup"]}) for x in rows)}
-        )
-        == 1,
+        "finished": len(set(per_cell.values()) | {max(seeds.values())}) == 1,
         "settings": {
             **first["settings"],
-            "seeds": min(
-                len({r["seed"] for r in rows if r["setup"] == name})
-                for name in {r["setup"] for r in rows}
-            ),
+            "seeds": min(seeds.values()),
             "setups": {k: v for p in parts for k, v in p["settings"]["setups"].items()},
         },
         "sources": [str(p.name) for p in paths],
@@ -430,14 +389,15 @@ def merge(paths: list[Path]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out = args.out or ((QUICK_DIR if args.quick else RESULTS_DIR) / "prune_cpu.json")
-    _OUT.append(out)
-    result = merge(args.merge) if args.merge else run(args)
-    save(result)
+    out = args.out or ((common.QUICK_DIR if args.quick else common.RESULTS_DIR) / "prune_cpu.json")
+    result = merge(args.merge) if args.merge else run(args, out)
+    common.write_json(out, result)
     for v in result["summary"]["cpli_vs_best_baseline"]:
-        print(f"{v['setup']} {v['loss']} {v['speedup_target']:g}x: {v['cpli']} - "
-              f"{v['best_baseline']} = {100 * v['cpli_minus_best']:+.1f} points: {v['verdict']}")  # fmt: skip
-    print(f"wrote {out} in {result['time_s']:.0f} s (make report shows it on docs/results.md)")
+        common.log(
+            f"{v['setup']} {v['loss']} {v['speedup_target']:g}x: {v['cpli']} - "
+            f"{v['best_baseline']} = {100 * v['cpli_minus_best']:+.1f} points: {v['verdict']}"
+        )
+    common.log(f"wrote {out} in {result['time_s']:.0f} s (make report shows it on docs/results.md)")
     return 0
 
 

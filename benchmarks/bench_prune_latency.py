@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import itertools
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, machine_info, stats, time_interleaved, write_json  # noqa: E402
+import _common as common  # noqa: E402
 
 
-def pruned_variants(shortcut: str) -> tuple[dict[str, torch.nn.Module], dict[str, object]]:
+def pruned_variants(shortcut: str) -> tuple[dict[str, torch.nn.Module], dict[str, Any]]:
     """The original ResNet-20 and its 2x/4x group-pruned copies (round_to 8 and 1)."""
     from chanloss.models import create_model
     from chanloss.pruning.graph import count_macs, find_groups, plan_counts, prune_groups
@@ -37,71 +40,64 @@ def pruned_variants(shortcut: str) -> tuple[dict[str, torch.nn.Module], dict[str
     example = torch.zeros(1, 3, 32, 32)
     groups = [g for g in find_groups(base, example) if not g.is_feature]
     models = {"original": base}
-    info: dict[str, object] = {"macs": {"original": count_macs(base, example)[0]}, "plan_s": {}}
-    for speedup in (2.0, 4.0):
-        for round_to in (8, 1):
-            started = time.perf_counter()
-            counts = plan_counts(
-                base, groups, speedup, example, round_to=round_to, mc_classes=None
-            )[0]
-            pruned = copy.deepcopy(base)
-            prune_groups(pruned, {n: range(c) for n, c in counts.items()}, example, None)
-            name = f"{speedup:g}x/round{round_to}"
-            info["plan_s"][name] = time.perf_counter() - started  # type: ignore[index]
-            models[name] = pruned.eval()
-            info["macs"][name] = count_macs(pruned, example)[0]  # type: ignore[index]
-            info.setdefault("widths", {})[name] = counts  # type: ignore[union-attr]
-    return models, info
+    macs, plan_s, widths = {"original": count_macs(base, example)[0]}, {}, {}
+    for speedup, round_to in itertools.product((2.0, 4.0), (8, 1)):
+        started = time.perf_counter()
+        counts = plan_counts(base, groups, speedup, example, round_to=round_to, mc_classes=None)[0]
+        pruned = copy.deepcopy(base)
+        prune_groups(pruned, {n: range(c) for n, c in counts.items()}, example, None)
+        name = f"{speedup:g}x/round{round_to}"
+        plan_s[name] = time.perf_counter() - started
+        models[name] = pruned.eval()
+        macs[name], widths[name] = count_macs(pruned, example)[0], counts
+    return models, {"macs": macs, "plan_s": plan_s, "widths": widths}
+
+
+def measure(models: dict[str, torch.nn.Module], threads: int, batch: int, rounds: int) -> dict:
+    """Interleaved forward times at ``threads`` and ``batch``, and each pruned model's speed-up
+    over the original (ratio of medians and of minima)."""
+    torch.set_num_threads(threads)
+    x = torch.randn(batch, 3, 32, 32)
+    with torch.no_grad():
+        fns = {name: functools.partial(model, x) for name, model in models.items()}
+        samples = common.time_interleaved(fns, rounds=rounds, warmup=3)
+    timing = {name: common.stats(s) for name, s in samples.items()}
+    base = timing["original"]
+    ratio = {
+        n: {"median": base["median_ms"] / t["median_ms"], "min": base["min_ms"] / t["min_ms"]}
+        for n, t in timing.items()
+        if n != "original"
+    }
+    return {"timing": timing, "ratio": ratio}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "prune_latency_cpu.json")
+    parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "prune_latency_cpu.json")
     args = parser.parse_args(argv)
-    result: dict[str, object] = {
+    shortcuts: dict[str, Any] = {}
+    result = {
         "benchmark": "prune_latency",
-        "machine": machine_info("cpu"),
+        "machine": common.machine_info("cpu"),
         "load_before": os.getloadavg()[0],
         "rounds": args.rounds,
-        "shortcuts": {},
+        "shortcuts": shortcuts,
     }
     for shortcut in ("A", "B"):
-        models, info = pruned_variants(shortcut)
-        entry: dict[str, object] = {**info}
-        for threads in (int(t) for t in args.threads.split(",")):
-            torch.set_num_threads(threads)
-            with torch.no_grad():
-                for batch in (1, 64):
-                    x = torch.randn(batch, 3, 32, 32)
-                    fns = {name: (lambda m=m, x=x: m(x)) for name, m in models.items()}
-                    samples = time_interleaved(fns, rounds=args.rounds, warmup=3)
-                    timing = {name: stats(s) for name, s in samples.items()}
-                    base = timing["original"]
-                    ratios = {
-                        n: {
-                            "median": base["median_ms"] / t["median_ms"],
-                            "min": base["min_ms"] / t["min_ms"],
-                        }
-                        for n, t in timing.items()
-                        if n != "original"
-                    }
-                    entry[f"threads{threads}/batch{batch}"] = {"timing": timing, "ratio": ratios}
-                    print(
-                        f"ResNet-20 ({shortcut}) {threads} thread(s) batch {batch}: "
-                        + ", ".join(
-                            f"{n} {r['median']:.2f}x (min {r['min']:.2f}x)"
-                            for n, r in ratios.items()
-                        ),
-                        flush=True,
-                    )
-        result["shortcuts"][shortcut] = entry  # type: ignore[index]
+        models, shortcuts[shortcut] = pruned_variants(shortcut)
+        threads = [int(t) for t in args.threads.split(",")]
+        for t, batch in itertools.product(threads, (1, 64)):
+            got = shortcuts[shortcut][f"threads{t}/batch{batch}"] = measure(
+                models, t, batch, args.rounds
+            )
+            ratios = ", ".join(
+                f"{n} {r['median']:.2f}x (min {r['min']:.2f}x)" for n, r in got["ratio"].items()
+            )
+            common.log(f"ResNet-20 ({shortcut}) {t} thread(s) batch {batch}: {ratios}")
     result["load_after"] = os.getloadavg()[0]
-    write_json(args.out, result)
-    print(
-        f"wrote {args.out} (1-min load {result['load_before']:.2f} -> {result['load_after']:.2f})"
-    )
+    common.write_json(args.out, result, say=True)
     return 0
 
 

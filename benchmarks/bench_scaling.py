@@ -29,9 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common  # noqa: E402
 
+from chanloss.core.atomic import write_png  # noqa: E402
 from chanloss.losses import create_loss  # noqa: E402
-
-common.import_all_losses()
 
 NAME = "scaling"
 LOSS_NAMES = ("cc", "mc")
@@ -70,7 +69,8 @@ def measure(shape: dict[str, int], rounds: int, warmup: int, device: torch.devic
     for name in LOSS_NAMES:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MC-Loss warns about one-channel groups (C < 2K)
-            loss = create_loss(name, context={"num_classes": k, "num_channels": c})
+            context = {"num_classes": k, "num_channels": c}
+            loss = create_loss(name, context=context, **common.LOSS_OPTIONS.get(name, {}))
         loss = loss.to(device).train()
 
         def step(loss: torch.nn.Module = loss) -> None:
@@ -84,7 +84,11 @@ def measure(shape: dict[str, int], rounds: int, warmup: int, device: torch.devic
 
 
 def plot(payload: dict[str, Any], path: Path) -> None:
-    plt = common.pyplot()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     sweeps = payload["sweeps"]
     fig, axes = plt.subplots(1, len(sweeps), figsize=(4.2 * len(sweeps), 3.8), squeeze=False)
     for ax, (key, sweep) in zip(axes[0], sweeps.items(), strict=True):
@@ -112,7 +116,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    common.save_figure(fig, path)
+    write_png(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -151,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "sweeps": sweeps,
     }
     out = args.out or common.default_out(NAME, device, args.quick)
-    common.write_json(out, payload)
-    common.log(f"wrote {out}")
+    common.write_json(out, payload, say=True)
     if not args.no_plot:
         png = out.with_suffix(".png")
         plot(payload, png)

@@ -12,11 +12,10 @@ optimised too). Setups (variants ``ce``, ``ce+cc``, ``ce+mc`` with default loss 
   channels for K = 200, 14x14 map) at 224 px, batch 4 (a CPU), GAP head. ``--quick`` uses
   64 px (a 4x4 map) to stay fast; its numbers are a smoke test, not the measurement.
 
-The variants of one setup are separate models built from the same seed and fed the same batch;
-they are timed interleaved in ONE process, round by round in rotating order, so drift and load
-from other processes hit them alike. Reported per variant: median step time and quartiles;
-per added loss: the ratio of medians to ``ce`` and the quartiles of the per-round ratios
-(a round's steps are adjacent in time). The issue's target is an overhead of at most 10 %.
+The variants of one setup (separate models from the same seed, fed the same batch) are timed
+interleaved in one process (``_common.time_interleaved``). Reported per variant: median step
+time and quartiles; per added loss: the ratio of medians to ``ce`` and the quartiles of the
+per-round ratios. The target is an overhead of at most 10 %.
 
     python benchmarks/bench_train_step.py            # full
     python benchmarks/bench_train_step.py --quick    # 3 rounds
@@ -25,7 +24,6 @@ per added loss: the ratio of medians to ``ce`` and the quartiles of the per-roun
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import statistics
 import sys
@@ -41,17 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 from chanloss.config import OptimConfig  # noqa: E402
-from chanloss.losses import create_loss  # noqa: E402
+from chanloss.losses import create_loss, loss_spec  # noqa: E402
+from chanloss.losses.objective import MultipleLosses  # noqa: E402
 from chanloss.models import create_model  # noqa: E402
 from chanloss.run.optim import build_optimizer  # noqa: E402
-
-common.import_all_losses()
 
 NAME = "train_step"
 TARGET_OVERHEAD = 0.10
 VARIANTS: dict[str, list[dict[str, Any]]] = {
     "ce": [{"name": "ce"}],
-    "ce+cc": [{"name": "ce"}, {"name": "cc"}],
+    "ce+cc": [{"name": "ce"}, {"name": "cc", **common.LOSS_OPTIONS["cc"]}],
     "ce+mc": [{"name": "ce"}, {"name": "mc"}],
 }
 SETUPS: dict[str, dict[str, Any]] = {
@@ -110,24 +107,21 @@ def make_step(
         "num_channels": int(model.num_features),
         "embedding_dim": int(model.embedding_dim),
     }
-    built, takes_generator = [], []
-    for entry in losses:
-        params = {k: v for k, v in entry.items() if k != "name"}
-        loss = create_loss(entry["name"], context=context, **params).to(device).train()
-        built.append(loss)
-        takes_generator.append("generator" in inspect.signature(loss.terms).parameters)
+    built = [
+        create_loss(e["name"], context=context, **{k: v for k, v in e.items() if k != "name"})
+        for e in losses
+    ]
+    objective = MultipleLosses(
+        built, takes_generator=[loss_spec(e["name"]).takes_generator for e in losses]
+    ).to(device)
+    objective.train()
     optimizer = build_optimizer(OptimConfig(lr=0.01), model, built, [None] * len(built))
     generator = torch.Generator(device=device).manual_seed(0)
 
     def step() -> None:
-        out = model(x)
-        objective = None
-        for loss, gen in zip(built, takes_generator, strict=True):
-            kwargs = {"generator": generator} if gen else {}
-            value = loss.combine(loss.terms(getattr(out, loss.consumes), y, **kwargs))
-            objective = value if objective is None else objective + value
+        value = objective(model(x), y, generator)
         optimizer.zero_grad(set_to_none=True)
-        objective.backward()
+        value.backward()
         optimizer.step()
 
     return step, sum(p.numel() for p in model.parameters())
@@ -169,18 +163,15 @@ def run_setup(name: str, args: argparse.Namespace, device: torch.device) -> dict
         f"K={setup['num_classes']}, {params:,} parameters, {rounds} rounds"
     )
     for variant, st in variants.items():
-        extra = ""
-        if variant in overhead:
-            o = overhead[variant]
+        o, extra = overhead.get(variant), ""
+        if o is not None:
             extra = (
-                f"  x{o['ratio_of_medians']:.3f} of ce (per round {o['per_round_ratio_p25']:.3f}"
-                f"-{o['per_round_ratio_p75']:.3f}); target <= {1 + TARGET_OVERHEAD:.2f}: "
-                f"{'met' if o['within_target'] else 'NOT met'}"
+                f"; x{o['ratio_of_medians']:.3f} of ce (rounds {o['per_round_ratio_p25']:.3f}-"
+                f"{o['per_round_ratio_p75']:.3f}), {'meets' if o['within_target'] else 'MISSES'}"
+                f" the target <= {1 + TARGET_OVERHEAD:.2f}"
             )
-        common.log(
-            f"  {variant:<6} {st['median_ms']:10.1f} ms (p25 {st['p25_ms']:.1f}, "
-            f"p75 {st['p75_ms']:.1f}){extra}"
-        )
+        spread = f"(p25-p75 {st['p25_ms']:.1f}-{st['p75_ms']:.1f})"
+        common.log(f"  {variant:<6} {st['median_ms']:.1f} ms {spread}{extra}")
     return {
         "setup": name,
         "model": setup["model"],
@@ -216,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     out = args.out or common.default_out(NAME, device, args.quick)
-    common.write_json(out, payload)
-    common.log(f"\nwrote {out}")
+    common.write_json(out, payload, say=True)
     return 0
 
 

@@ -3,7 +3,7 @@
     python benchmarks/bench_tune.py                          # digits and mnist5k (BUDGETS below)
     python benchmarks/bench_tune.py --datasets digits --trials 8 --jobs 2
     python benchmarks/bench_tune.py --quick                  # smoke: results/quick, runs/bench-tune-quick
-    python benchmarks/make_image_folder.py                   # a held-out folder, then:
+    python tools/make_image_folder.py                   # a held-out folder, then:
     python benchmarks/bench_tune.py --folder runs/bench-folder/mnist-shift56 --timeout 60m
 
 For each data set (the study's recipe from ``benchmarks/study/study.yaml`` with a ConvNet of
@@ -108,11 +108,9 @@ def base_raw(dataset: str, epochs: int) -> dict[str, Any]:
 def ce_convergence(out: Path) -> float | None:
     """CE's mean gain in validation accuracy over the last quarter of the epochs, over the
     confirmation's folds (near 0: converged)."""
-    import json
-
     gains = []
     for path in sorted((out / "confirm" / "ce").glob("fold*/confirm.json")):
-        curve = json.loads(path.read_text())["curve"]
+        curve = common.read_json(path)["curve"]
         if len(curve) >= 4:
             gains.append(curve[-1] - curve[-(len(curve) // 4) - 1])
     return statistics.mean(gains) if gains else None
@@ -121,13 +119,11 @@ def ce_convergence(out: Path) -> float | None:
 def run_loss(dataset: str, loss: str, base: dict[str, Any], args: argparse.Namespace,
              runs: Path, trials: int, folds: int) -> dict[str, Any]:  # fmt: skip
     from chanloss.config import load_config
-    from chanloss.tuning import confirm_runs, gain_over, tune
+    from chanloss.tuning import parse_duration, tune
 
     raw = {**copy.deepcopy(base), "losses": [{"name": "ce"}, {"name": loss}]}
     out = runs / dataset / f"tune-{loss}"
     t0 = time.perf_counter()
-    from chanloss.tuning import parse_duration
-
     timeout = parse_duration(args.timeout) if args.timeout else None
     if args.reconfirm:  # the stored study is the search: as many trials as it has finished
         trials, timeout = finished_trials(out), None
@@ -170,24 +166,29 @@ def run_loss(dataset: str, loss: str, base: dict[str, Any], args: argparse.Names
     from chanloss.config import yaml_load
 
     tuned = yaml_load((out / "best.yaml").read_text())
-    tasks, labels = [], []
-    for label, cfg in (
-        ("tuned", tuned),
-        ("ce", {**copy.deepcopy(base), "losses": [{"name": "ce"}]}),
-    ):
-        for seed in TEST_SEEDS[: 1 if args.quick else len(TEST_SEEDS)]:
-            r = copy.deepcopy(cfg)
-            r.update(seed=seed, device="cpu")
-            r["data"]["val_fraction"] = 0.0
-            name = f"test-{loss}" if label == "tuned" else "test-ce"
-            tasks.append((r, runs / dataset / name / f"seed{seed}"))
-            labels.append(f"{label} (test check)")
-    done = confirm_runs(tasks, jobs=args.jobs, log=common.log, labels=labels)
-    a = [r.test_acc for lab, r in zip(labels, done, strict=True) if lab.startswith("tuned")]
-    b = [r.test_acc for lab, r in zip(labels, done, strict=True) if lab.startswith("ce")]
-    entry["test"] = {"tuned": a, "ce": b, **gain_over(a, b)}
+    entry["test"] = test_check(tuned, base, loss, args, runs / dataset)
     entry["agrees"] = agrees(entry)
     return entry
+
+
+def test_check(tuned: dict[str, Any], base: dict[str, Any], loss: str,
+               args: argparse.Namespace, where: Path) -> dict[str, Any]:  # fmt: skip
+    """The tuned setting and CE alone trained on the whole training split over fresh seeds,
+    each scored once on test, and the gain between them (two-standard-error rule)."""
+    from chanloss.tuning import confirm_runs, gain_over
+
+    seeds = TEST_SEEDS[:1] if args.quick else TEST_SEEDS
+    ce = {**copy.deepcopy(base), "losses": [{"name": "ce"}]}
+    tasks, labels = [], []
+    for label, cfg, name in (("tuned", tuned, f"test-{loss}"), ("ce", ce, "test-ce")):
+        for seed in seeds:
+            raw = {**copy.deepcopy(cfg), "seed": seed, "device": "cpu"}
+            raw["data"]["val_fraction"] = 0.0
+            tasks.append((raw, where / name / f"seed{seed}"))
+            labels.append(f"{label} (test check)")
+    done = confirm_runs(tasks, jobs=args.jobs, log=common.log, labels=labels)
+    a, b = [r.test_acc for r in done[: len(seeds)]], [r.test_acc for r in done[len(seeds) :]]
+    return {"tuned": a, "ce": b, **gain_over(a, b)}
 
 
 def finished_trials(out: Path) -> int:
@@ -206,17 +207,15 @@ def reconfirmed(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     """``data`` (a ``--reconfirm`` run) with the search's record of the earlier results file
     (budget, command, wall-clock, machine) kept, and the reconfirmation's beside it, with what
     the earlier confirmations said (``reconfirmed.earlier``, oldest first)."""
-    import json
-
-    old = json.loads(path.read_text()) if path.exists() else {}
+    old = common.read_json(path, {})
     out = {**data}
     for key in ("trials_per_search", "timeout", "wall_s", "machine", "command"):
         if key in old:
             out[key] = old[key]
     for loss, entry in out["losses"].items():
         before = old.get("losses", {}).get(loss, {})
-        entry["reconfirmed"] = {"command": data["command"], "git": common.git_commit(),
-                                "wall_s": entry.pop("search_and_confirm_wall_s")}  # fmt: skip
+        wall_s = entry.pop("search_and_confirm_wall_s")
+        entry["reconfirmed"] = common.provenance(data["command"], wall_s=wall_s)
         if "cv" in before:  # what the earlier confirmations said, kept beside the new one
             earlier = before.get("reconfirmed", {}).get("earlier", [])
             entry["reconfirmed"]["earlier"] = [*earlier, {
@@ -274,11 +273,7 @@ def merged(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with the losses of an earlier results file of the same recipe that this run did
     not tune (``--losses mc`` and ``--losses cc`` may run side by side and write one file); the
     earlier run's command, wall-clock and machine stay with its losses."""
-    import json
-
-    if not path.exists():
-        return data
-    old = json.loads(path.read_text())
+    old = common.read_json(path, {})
     if old.get("recipe") != data["recipe"] or old.get("quick") != data["quick"]:
         return data
     for loss, entry in old.get("losses", {}).items():
@@ -290,9 +285,7 @@ def merged(path: Path, data: dict[str, Any]) -> dict[str, Any]:
 
 def rescore(path: Path, command: str) -> dict[str, Any]:
     """A results file with each verdict recomputed from its per-fold scores."""
-    import json
-
-    data = json.loads(path.read_text())
+    data = common.read_json(path)
     for entry in data["losses"].values():
         if "cv" in entry:
             cv = entry["cv"]
@@ -302,7 +295,7 @@ def rescore(path: Path, command: str) -> dict[str, Any]:
                                   stuck=cv.get("stuck", 0), runs=cv.get("runs", 0)))  # fmt: skip
             if "test" in entry:
                 entry["agrees"] = agrees(entry)
-    data["rescored"] = {"command": command, "git": common.git_commit()}
+    data["rescored"] = common.provenance(command)
     return data
 
 
@@ -346,17 +339,13 @@ def run_dataset(dataset: str, args: argparse.Namespace, runs: Path) -> dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.command = " ".join(["python", "benchmarks/bench_tune.py",
-                             *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
+    args.command = common.command_line(__file__, argv)
     import torch
 
-    common.import_all_losses()
-    torch.set_num_threads(1)
-    runs = args.runs or common.REPO_ROOT / (
-        "runs/bench-tune-quick" if args.quick else "runs/bench-tune"
-    )
-    results = args.results or (common.QUICK_DIR if args.quick else common.RESULTS_DIR)
     from chanloss.core.messages import command_scope
+
+    torch.set_num_threads(1)
+    runs, results = common.output_dirs(args, "bench-tune")
 
     with command_scope():  # each repeated note or warning once, as the command line does
         return _run(args, runs, results)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -51,6 +50,7 @@ KINDS = ("null", "positive", "unstable")
 #: images in the training split of each kind's data (digits: 1,437; finegrained demo: 3,000):
 #: one validation image of a fold is FOLDS / TRAIN_SIZE in accuracy (the test's floor)
 TRAIN_SIZE = {"null": 1437, "unstable": 1437, "positive": 3000}
+UNSTABLE_LR = 6.0
 NULL_RAW: dict[str, Any] = {
     "model": {"name": "convnet_small", "width": 8, "feature_channels": 20, "pools": 1},
     "data": {"name": "digits", "val_fraction": 0.0},
@@ -60,9 +60,6 @@ NULL_RAW: dict[str, Any] = {
     "batch_size": 64,
     "device": "cpu",
 }
-
-
-UNSTABLE_LR = 6.0
 
 
 def unstable_raw() -> dict[str, Any]:
@@ -114,30 +111,23 @@ def _row(kind: str, repeat: int, result: dict[str, Any], seconds: float) -> dict
         "repeat": repeat,
         "tuned": result["tuned"],
         "ce": result["ce"],
-        "diff": g["diff"],
-        "threshold": g["threshold"],
-        "detectable": g["detectable"],
-        "p": g["p"],
-        "p_corrected": g["p_corrected"],
+        **{key: g[key] for key in ("diff", "threshold", "detectable", "p", "p_corrected")},
         "verdict": verdict,
         "wall_s": round(seconds, 1),
     }
 
 
 def _rates(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    null = [row for row in rows if row["kind"] == "null"]
-    pos = [row for row in rows if row["kind"] == "positive"]
-    bad = [row for row in rows if row["kind"] == "unstable"]
+    def rate(kind: str, test: Any) -> float | None:
+        of = [row for row in rows if row["kind"] == kind]
+        return sum(bool(test(row)) for row in of) / len(of) if of else None
+
     return {
-        "null_no_difference_rate": sum(r["verdict"] == "no difference" for r in null) / len(null),
-        "positive_better_rate": (sum(r["verdict"] == "better" for r in pos) / len(pos))
-        if pos
-        else None,
-        "unstable_flagged_rate": sum(bool(r["stuck"]) for r in bad) / len(bad) if bad else None,
-        "unstable_answer_rate": sum(r["answer"] == "unstable" for r in bad) / len(bad)
-        if bad
-        else None,
-        "unstable_gain_rate": sum(r["answer"] == "gain" for r in bad) / len(bad) if bad else None,
+        "null_no_difference_rate": rate("null", lambda r: r["verdict"] == "no difference"),
+        "positive_better_rate": rate("positive", lambda r: r["verdict"] == "better"),
+        "unstable_flagged_rate": rate("unstable", lambda r: r["stuck"]),
+        "unstable_answer_rate": rate("unstable", lambda r: r["answer"] == "unstable"),
+        "unstable_gain_rate": rate("unstable", lambda r: r["answer"] == "gain"),
     }
 
 
@@ -145,7 +135,7 @@ def rescore(path: Path, command: str) -> dict[str, Any]:
     """The results file with every verdict recomputed from its per-fold scores."""
     from chanloss.tuning.stats import paired_fold_test
 
-    data = json.loads(path.read_text())
+    data = common.read_json(path)
     data["rows"] = [
         _row(row["kind"], row["repeat"],
              {**{k: row[k] for k in ("stuck", "runs", "reruns", "first") if k in row},
@@ -156,21 +146,17 @@ def rescore(path: Path, command: str) -> dict[str, Any]:
         for row in data["rows"]
     ]  # fmt: skip
     data.update(_rates(data["rows"]))
-    data["rescored"] = {"command": command, "git": common.git_commit()}
+    data["rescored"] = common.provenance(command)
     return data
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = " ".join(["python", "benchmarks/bench_tune_calibration.py",
-                        *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
+    command = common.command_line(__file__, argv)
     import torch
 
     torch.set_num_threads(1)
-    runs = args.runs or common.REPO_ROOT / (
-        "runs/bench-tune-calibration-quick" if args.quick else "runs/bench-tune-calibration"
-    )
-    results_dir = args.results or (common.QUICK_DIR if args.quick else common.RESULTS_DIR)
+    runs, results_dir = common.output_dirs(args, "bench-tune-calibration")
     path = results_dir / "tune_calibration.json"
     if args.rescore:
         data = rescore(path, command)
@@ -209,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
     }
     if kept:
-        old = json.loads(path.read_text())
+        old = common.read_json(path)
         data["earlier"] = {k: old.get(k) for k in ("command", "wall_s", "machine")}
         data["earlier"]["kinds"] = sorted({r["kind"] for r in kept})
     common.write_json(path, data)

@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -29,22 +28,14 @@ RESULTS_DIR = BENCH_DIR / "results"
 QUICK_DIR = RESULTS_DIR / "quick"
 
 
-@dataclass(frozen=True)
-class Benchmark:
-    """A script, whether it takes ``--device``, and its output file name when it has no
-    ``<name>_<device>.json`` default of its own (those get ``--out`` for ``--quick``)."""
-
-    script: str
-    takes_device: bool
-    cpu_out: str | None = None
-
-
-BENCHMARKS: dict[str, Benchmark] = {
-    "losses": Benchmark("bench_losses.py", True),
-    "train_step": Benchmark("bench_train_step.py", True),
-    "scaling": Benchmark("bench_scaling.py", True),
-    "cc_loss": Benchmark("bench_cc_loss.py", False, "cc_loss_cpu.json"),
-    "mc_loss": Benchmark("bench_mc_loss.py", False, "mc_loss_cpu.json"),
+#: name -> (script, whether it takes ``--device``, its output file name when it has no
+#: ``<name>_<device>.json`` default of its own: those get ``--out`` for ``--quick``)
+BENCHMARKS: dict[str, tuple[str, bool, str | None]] = {
+    "losses": ("bench_losses.py", True, None),
+    "train_step": ("bench_train_step.py", True, None),
+    "scaling": ("bench_scaling.py", True, None),
+    "cc_loss": ("bench_cc_loss.py", False, "cc_loss_cpu.json"),
+    "mc_loss": ("bench_mc_loss.py", False, "mc_loss_cpu.json"),
 }
 
 
@@ -79,16 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def command(name: str, args: argparse.Namespace) -> list[str] | None:
     """The command line of one benchmark, or None when it does not apply to ``--device``."""
-    bench = BENCHMARKS[name]
-    cmd = [sys.executable, str(BENCH_DIR / bench.script)]
-    if args.quick:
-        cmd.append("--quick")
-    if bench.takes_device:
+    script, takes_device, cpu_out = BENCHMARKS[name]
+    cmd = [sys.executable, str(BENCH_DIR / script), *(["--quick"] if args.quick else [])]
+    if takes_device:
         cmd += ["--device", args.device]
     elif not args.device.startswith("cpu"):
         return None
-    if args.quick and bench.cpu_out is not None:
-        cmd += ["--out", str(QUICK_DIR / bench.cpu_out)]
+    if args.quick and cpu_out is not None:
+        cmd += ["--out", str(QUICK_DIR / cpu_out)]
     return cmd
 
 

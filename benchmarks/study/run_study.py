@@ -43,6 +43,7 @@ sys.path.insert(0, str(HERE.parent))
 import _common as common  # noqa: E402
 
 from chanloss.core.atomic import write_json, write_text  # noqa: E402
+from chanloss.run.builders import resolve_device  # noqa: E402
 
 SETTINGS: dict[str, Any] = yaml.safe_load((HERE / "study.yaml").read_text())
 VAL_FRACTION: float = SETTINGS["val_fraction"]
@@ -228,8 +229,7 @@ class Study:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.runs = args.runs or common.REPO_ROOT / f"runs/study{'-quick' if args.quick else ''}"
-        self.results = args.results or (common.QUICK_DIR if args.quick else common.RESULTS_DIR)
+        self.runs, self.results = common.output_dirs(args, "study")
         self.wall_before: dict[str, float] = {}  # run_wall_time_sum_s of earlier invocations
         self.results.mkdir(parents=True, exist_ok=True)
 
@@ -269,16 +269,16 @@ class Study:
 
     def meta(self, part: Part, start: float, done: dict, extra: dict) -> dict[str, Any]:
         path = self.results / f"study_{part.name}.json"
-        before = json.loads(path.read_text()) if path.exists() else {}
+        before = common.read_json(path, {})
         before = self.wall_before.setdefault(part.name, before.get("run_wall_time_sum_s", 0.0))
         times = [t for r in done.values() for t in r.train_time_s]
         return {
             "part": part.name, "kind": part.kind, "dataset": part.dataset, "column": part.column,
             "recipe": recipe(part), "seeds": self.seeds(part), "quick": self.args.quick,
             "epochs": self.args.epochs or (2 if self.args.quick else recipe(part)["epochs"]),
-            "machine": common.machine_info(_device(self.args.device)),
+            "machine": common.machine_info(resolve_device(self.args.device)),
             "device_setting": self.args.device, "wall_time_s": round(time.time() - start, 1),
-            "command": " ".join(["python", "benchmarks/study/run_study.py", *sys.argv[1:]]),
+            "command": common.command_line(__file__, None),
             "complete": not self.args.only and all(
                 len(r.test_acc) + len(r.diverged) == self.seeds(part) for r in done.values()),
             "run_time_sum_s": round(sum(times), 1),
@@ -288,7 +288,7 @@ class Study:
 
     def chosen(self, part: Part) -> dict[str, dict[str, Any]]:
         path = self.results / f"study_{part.sweep_part}.json"
-        data = json.loads(path.read_text()) if path.exists() else None
+        data = common.read_json(path)
         if not data or not data.get("complete"):
             quick = " --quick" if self.args.quick else ""
             raise SystemExit(f"part {part.name!r} uses the values chosen by the complete sweep "
@@ -381,13 +381,6 @@ class Study:
         self.run_study(part, start, items=items, extra={"tuned": tuned})
 
 
-def _device(setting: str) -> str:
-    """The device the runs use (``auto`` resolved as the trainer does)."""
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if setting == "auto" else setting
-
-
 def _counts(result: Any, split: str) -> dict[str, Any]:
     """A row's seed counts and accuracies (``split``: val or test) from a ConfigResult."""
     accs = result.val_acc if split == "val" else result.test_acc
@@ -410,7 +403,6 @@ def main(argv: list[str] | None = None) -> int:
         if not args.list:
             common.log("choose one with --part NAME")
         return 0 if args.list else 2
-    common.import_all_losses()
     if args.threads is not None:
         import torch
 

