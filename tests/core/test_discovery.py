@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from chanloss.core.discovery import import_submodules
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -83,3 +85,13 @@ def test_a_new_file_in_losses_models_or_data_registers_itself(tmp_path):
     assert "zz_extra_loss" in losses and "ce" in losses
     assert "zz_extra_model" in models and "convnet_small" in models
     assert "zz_extra_data" in datasets and "digits" in datasets
+
+
+def test_lazy_names_import_on_first_use_and_refuse_an_unknown_name() -> None:
+    import chanloss.run
+    from chanloss.run import result
+
+    assert "RunResult" in dir(chanloss.run) and "train" in dir(chanloss.run)
+    assert chanloss.run.RunResult is result.RunResult
+    with pytest.raises(AttributeError, match="'chanloss.run' has no attribute 'nope'"):
+        chanloss.run.nope  # noqa: B018

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 
 def import_submodules(package: str, path: Iterable[str]) -> list[str]:
@@ -19,3 +20,22 @@ def import_submodules(package: str, path: Iterable[str]) -> list[str]:
     for module in imported:
         importlib.import_module(module)
     return imported
+
+
+def lazy_names(
+    package: str, where: dict[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's ``__getattr__`` and ``__dir__`` (PEP 562) that import each public name from
+    its module (``where``: name -> module) on first use, so that importing the package (or one
+    of its modules) does not import the whole floor."""
+
+    def __getattr__(name: str) -> Any:
+        module = where.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(module), name)
+
+    def __dir__() -> list[str]:
+        return sorted({*vars(importlib.import_module(package)), *where})
+
+    return __getattr__, __dir__

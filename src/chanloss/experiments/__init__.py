@@ -4,8 +4,7 @@ and the demo. The names are imported on first use."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from chanloss.core.discovery import lazy_names
 
 _WHERE = {
     "ConfigResult": "chanloss.experiments.results",
@@ -19,13 +18,4 @@ _WHERE = {
 }
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_WHERE})
+__getattr__, __dir__ = lazy_names(__name__, _WHERE)

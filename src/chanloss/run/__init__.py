@@ -10,8 +10,7 @@ not import the whole floor.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from chanloss.core.discovery import lazy_names
 
 _WHERE = {
     "CheckpointError": "chanloss.core.errors",
@@ -28,13 +27,4 @@ _WHERE = {
 }
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_WHERE})
+__getattr__, __dir__ = lazy_names(__name__, _WHERE)
