@@ -12,7 +12,7 @@ from PIL import Image
 
 from chanloss.cli import main
 from chanloss.config import ConfigError, load_config
-from chanloss.run.preflight import data_shape, preflight
+from chanloss.run.builders import data_shape, preflight
 
 MC_FEW = {
     "model": {"name": "convnet_small", "width": 4, "feature_channels": 5},

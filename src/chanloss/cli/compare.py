@@ -24,7 +24,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from chanloss.experiments.comparison import compare, load_labelled, results_table
     from chanloss.experiments.verdict import compare_verdict
-    from chanloss.run.preflight import preflight
+    from chanloss.run.builders import preflight
 
     labelled = load_labelled(args.configs, args.overrides)
     for _, config in labelled:  # every config is checked before the first run starts

@@ -17,7 +17,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from chanloss.config import dump_config, load_config
-    from chanloss.run.preflight import preflight
+    from chanloss.run.builders import preflight
 
     config = load_config(args.config, args.overrides)
     preflight(config)  # the checks that need no data, as train makes them before loading it

@@ -96,7 +96,7 @@ def _configure_confirmation(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from chanloss.config import ConfigError, load_config
-    from chanloss.run.preflight import preflight
+    from chanloss.run.builders import preflight
     from chanloss.tuning import TuneInterrupted, tune
 
     if args.folds is not None and args.confirm_seeds is not None:

@@ -30,13 +30,14 @@ from chanloss.run.builders import (
     build_data,
     build_losses,
     build_model,
+    check_image_size,
     combine_losses,
     model_from_checkpoint,
+    preflight,
     resolve_device,
 )
 from chanloss.run.distributed import get_rank, get_world_size, local_device, log
 from chanloss.run.optim import build_optimizer, build_scheduler
-from chanloss.run.preflight import check_image_size, preflight
 from chanloss.run.seeding import seed_everything, seed_rank
 
 __all__ = [
