@@ -3,7 +3,7 @@
 For each shape, one run times interleaved:
 
 - ``mc_loss``: ``chanloss.losses.MCLoss`` in training mode (a mask drawn every step);
-- ``reference``: ``benchmarks/reference_mc_loss.py``, the structure of the authors' code
+- ``reference``: ``tools/reference_mc_loss.py``, the structure of the authors' code
   (Python shuffle per class, numpy mask copied to the device, channels pooled by transposing
   them to the last axis for a ``(1, cnum)`` pooling, pooling modules built in the forward);
 - ``plain``: a straightforward ``view(...).amax()`` version with autograd (for context);
@@ -29,7 +29,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tools"))  # reference_mc_loss
 
 import _common as common  # noqa: E402
 from reference_mc_loss import reference_mc_loss  # noqa: E402
