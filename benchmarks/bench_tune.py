@@ -26,8 +26,8 @@ the measured noise, the cross-validated gain, its threshold and smallest detecta
 verdict, the test accuracies per seed and their verdict, whether the two agree; wall-clock of
 each search and of the whole data set, machine and commit). Runs live in
 ``runs/bench-tune/<dataset>/``; a second invocation reuses finished trials and runs.
-``--rescore`` recomputes each verdict from the per-fold scores already in the results files with
-the current test (no training) and records that command and commit under ``rescored``.
+``tools/tune_results.py`` recomputes the verdicts of these files (``--rescore``) or reruns the
+confirmations of the stored searches (``--reconfirm``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import copy
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--timeout", type=str, default=None,
                         help="budget of each tune, e.g. 60m (instead of --trials)")  # fmt: skip
-    parser.add_argument("--reconfirm", action="store_true",
-                        help="rerun the choice and the confirmation of the stored searches with "
-                             "this code, no new trial; the search's record is kept")  # fmt: skip
-    parser.add_argument("--rescore", action="store_true",
-                        help="recompute the verdicts of the results files from their fold scores")  # fmt: skip
     return parser
 
 
@@ -125,8 +121,9 @@ def run_loss(dataset: str, loss: str, base: dict[str, Any], args: argparse.Names
     out = runs / dataset / f"tune-{loss}"
     t0 = time.perf_counter()
     timeout = parse_duration(args.timeout) if args.timeout else None
-    if args.reconfirm:  # the stored study is the search: as many trials as it has finished
-        trials, timeout = finished_trials(out), None
+    stored = getattr(args, "finished_trials", None)  # tools/tune_results.py --reconfirm
+    if stored:  # the stored study is the search: as many trials as it has finished
+        trials, timeout = stored(out), None
     summary = tune(load_config(raw=raw), out, trials=None if timeout else trials,
                    timeout_s=timeout, jobs=args.jobs, folds=folds,
                    resume=(out / "study.db").exists(), log=common.log)  # fmt: skip
@@ -191,43 +188,6 @@ def test_check(tuned: dict[str, Any], base: dict[str, Any], loss: str,
     return {"tuned": a, "ce": b, **gain_over(a, b)}
 
 
-def finished_trials(out: Path) -> int:
-    """The complete and pruned trials of the study stored in ``out``."""
-    import optuna
-
-    from chanloss.tuning.storage import STUDY_NAME
-
-    if not (out / "study.db").exists():
-        raise SystemExit(f"--reconfirm: no study in {out}; run the search first")
-    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{out / 'study.db'}")
-    return sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
-
-
-def reconfirmed(path: Path, data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` (a ``--reconfirm`` run) with the search's record of the earlier results file
-    (budget, command, wall-clock, machine) kept, and the reconfirmation's beside it, with what
-    the earlier confirmations said (``reconfirmed.earlier``, oldest first)."""
-    old = common.read_json(path, {})
-    out = {**data}
-    for key in ("trials_per_search", "timeout", "wall_s", "machine", "command"):
-        if key in old:
-            out[key] = old[key]
-    for loss, entry in out["losses"].items():
-        before = old.get("losses", {}).get(loss, {})
-        wall_s = entry.pop("search_and_confirm_wall_s")
-        entry["reconfirmed"] = common.provenance(data["command"], wall_s=wall_s)
-        if "cv" in before:  # what the earlier confirmations said, kept beside the new one
-            earlier = before.get("reconfirmed", {}).get("earlier", [])
-            entry["reconfirmed"]["earlier"] = [*earlier, {
-                "git": before.get("reconfirmed", {}).get("git", old.get("machine", {}).get("git")),
-                **{k: before[k] for k in ("cv", "verdict", "agrees", "best_trial") if k in before},
-            }]  # fmt: skip
-        for key in ("search_and_confirm_wall_s", "run"):
-            if key in before:
-                entry[key] = before[key]
-    return out
-
-
 def cv_entry(tuned: list[float], ce: list[float], *, noise: float | None = None,
              resolution: float = 0.0, stuck: int = 0, runs: int = 0) -> dict[str, Any]:  # fmt: skip
     """The cross-validated gain of per-fold scores (those the verdict used: reruns in place of
@@ -283,22 +243,6 @@ def merged(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def rescore(path: Path, command: str) -> dict[str, Any]:
-    """A results file with each verdict recomputed from its per-fold scores."""
-    data = common.read_json(path)
-    for entry in data["losses"].values():
-        if "cv" in entry:
-            cv = entry["cv"]
-            noise = cv.get("noise", (entry.get("noise") or {}).get("std"))
-            entry.update(cv_entry(cv["tuned"], cv["ce"], noise=noise,
-                                  resolution=cv.get("resolution", 0.0),
-                                  stuck=cv.get("stuck", 0), runs=cv.get("runs", 0)))  # fmt: skip
-            if "test" in entry:
-                entry["agrees"] = agrees(entry)
-    data["rescored"] = common.provenance(command)
-    return data
-
-
 def folder_raw(root: Path, epochs: int | None) -> dict[str, Any]:
     raw = copy.deepcopy(FOLDER_RECIPE)
     raw["data"]["root"] = str(root.resolve())
@@ -348,17 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     runs, results = common.output_dirs(args, "bench-tune")
 
     with command_scope():  # each repeated note or warning once, as the command line does
-        return _run(args, runs, results)
+        return write_results(
+            args, results, lambda path, dataset: merged(path, run_dataset(dataset, args, runs))
+        )
 
 
-def _run(args: argparse.Namespace, runs: Path, results: Path) -> int:
+def write_results(args: argparse.Namespace, results: Path,
+                  make: Callable[[Path, str], dict[str, Any]]) -> int:  # fmt: skip
+    """Write ``make(path, dataset)`` to each data set's ``tune_<dataset>.json`` and log it."""
     for dataset in [args.folder.name] if args.folder else args.datasets:
         path = results / f"tune_{dataset}.json"
-        data = rescore(path, args.command) if args.rescore else run_dataset(dataset, args, runs)
-        if args.reconfirm:
-            data = reconfirmed(path, data)
-        if not args.rescore:
-            data = merged(path, data)
+        data = make(path, dataset)
         common.write_json(path, data)
         for loss, e in data["losses"].items():
             if "test" in e:

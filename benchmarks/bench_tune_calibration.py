@@ -26,9 +26,8 @@ per-fold differences; the Nadeau-Bengio corrected p beside it) is run here on tw
 Results: ``benchmarks/results/tune_calibration.json`` (per repeat: the per-fold scores, the mean
 difference, the threshold, p, the smallest detectable gain, the verdict; the rates; wall-clock,
 machine, commit). Runs live in ``runs/bench-tune-calibration/``; a second invocation reuses them.
-``--rescore`` recomputes every verdict from the per-fold scores already in the results file with
-the current test (no training), and records that command and commit under ``rescored``;
-``--kinds`` trains only the kinds named and keeps (rescored) the others' rows of the file.
+``--kinds`` trains only the kinds named and keeps (rescored) the others' rows of the file;
+``tools/tune_results.py --rescore --calibration`` recomputes every verdict of the file.
 """
 
 from __future__ import annotations
@@ -89,8 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="2 null repeats of 2 epochs")
     parser.add_argument("--runs", type=Path, default=None)
     parser.add_argument("--results", type=Path, default=None)
-    parser.add_argument("--rescore", action="store_true",
-                        help="recompute the verdicts of the results file from its per-fold scores")  # fmt: skip
     return parser
 
 
@@ -158,12 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     runs, results_dir = common.output_dirs(args, "bench-tune-calibration")
     path = results_dir / "tune_calibration.json"
-    if args.rescore:
-        data = rescore(path, command)
-        common.write_json(path, data)
-        common.log(f"rescored: null 'no difference' {100 * data['null_no_difference_rate']:.0f} %, "
-                   f"positive 'better' {100 * (data['positive_better_rate'] or 0):.0f} %; wrote {path}")  # fmt: skip
-        return 0
     start = time.perf_counter()
     counts = {"null": 2 if args.quick else args.null, "positive": 0 if args.quick else args.positive,
               "unstable": 0 if args.quick else args.unstable}  # fmt: skip
