@@ -6,26 +6,17 @@
     python tools/make_image_folder.py                   # a held-out folder, then:
     python benchmarks/bench_tune.py --folder runs/bench-folder/mnist-shift56 --timeout 60m
 
-For each data set (the study's recipe from ``benchmarks/study/study.yaml`` with a ConvNet of
-width 8, ``data.val_fraction = 0.2`` and the epochs of ``BUDGETS``, long enough that CE's
-validation accuracy has stopped rising: each JSON records CE's gain over the last quarter of
-the epochs) and each loss of ``BUDGETS``, ``chanloss tune`` runs as a user would: the search on
-the validation split (noise pruner), the 3 best settings re-run on a fresh seed, the paired
-5-fold confirmation against CE alone, and its verdict. Then, to check that verdict, CE alone
-and the chosen setting are trained on the whole training split over 3 fresh seeds (11, 12, 13)
-and each final model is scored once on the test split (Welch's two-standard-error rule).
+Per data set (the study's recipe, ConvNet width 8, ``data.val_fraction = 0.2``, the epochs of
+``BUDGETS``: each JSON records CE's validation gain over the last quarter of the epochs) and
+loss, ``chanloss tune`` runs as a user would (search on validation with the noise pruner, the
+3 best re-run, the paired 5-fold confirmation against CE and its verdict). To check the verdict,
+CE and the chosen setting are trained on the whole training split over seeds 11, 12, 13 and
+scored once on test (two-standard-error rule). ``--folder ROOT`` does the same on an image
+folder (``train/``, ``test/``; ``FOLDER_RECIPE``) with ``--timeout`` as each tune's budget.
 
-``--folder ROOT`` does the same on an image folder as a new user would (``train/`` and
-``test/``; the recipe of ``FOLDER_RECIPE``: the ConvNet of width 8, 15 epochs, a 10 %
-validation split, SGD 0.1 with a cosine schedule), with ``--timeout`` as the budget of each
-``chanloss tune`` (no ``--trials``: it searches until the time left is what the runs after the
-search need). The results file is named after the folder.
-
-Results: ``benchmarks/results/tune_<dataset>.json`` (per loss: the chosen settings, the trials,
-the measured noise, the cross-validated gain, its threshold and smallest detectable gain, the
-verdict, the test accuracies per seed and their verdict, whether the two agree; wall-clock of
-each search and of the whole data set, machine and commit). Runs live in
-``runs/bench-tune/<dataset>/``; a second invocation reuses finished trials and runs.
+Results: ``benchmarks/results/tune_<dataset>.json`` (per loss: choice, trials, noise,
+cross-validated gain and verdict, test accuracies and their verdict, whether they agree;
+wall-clock, machine, commit). Runs in ``runs/bench-tune/<dataset>/`` are reused.
 ``tools/tune_results.py`` recomputes the verdicts of these files (``--rescore``) or reruns the
 confirmations of the stored searches (``--reconfirm``).
 """
