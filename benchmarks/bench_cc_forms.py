@@ -10,10 +10,8 @@ test split is never read). ``--epochs`` shortens the recipe (recorded). Runs in
 ``runs/cc_forms/`` are resumable; ``benchmarks/results/cc_forms.json`` accumulates every
 (data set, model, setting) measured so far.
 
-``--gradients`` instead measures, without training, the norm of each form's gradient w.r.t.
-the features (B = 32, C = 64, 7 x 7, 8 classes, standard normal times 1, 0.1, 0.01, 0.001;
-reduction 4, weight 1) into ``results/cc_gradients.json``: the ratio's grows like ``1 / scale``,
-the bounded forms' shrink.
+``--gradients`` instead writes each form's gradient norm w.r.t. the features (B = 32, C = 64,
+7 x 7, 8 classes, normal times 1 ... 0.001) to ``results/cc_gradients.json`` (no training).
 
 Grid (labels): ``ce``; ``ratio-w<w>``, ``margin-w<w>``, ``softplus-w<w>``, ``cosine-w<w>``
 (form, weight ``w``, reduction 4); ``<form>-w<w>-h1`` / ``-h8`` (reduction 16, ``min_hidden``

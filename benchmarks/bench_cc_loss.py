@@ -11,9 +11,9 @@ For B in 64 ... 1024 at C = 512 channels and 7x7 maps:
   distances live, for our Gram-matrix form and a naive ``(B, B, C)`` broadcasting form (up to
   ``--naive-max-batch``).
 
-Peak memory is :func:`_common.peak_bytes` (tensor bytes allocated during the call, in an untimed
-run). ``bytes/pair`` = pairwise peak / B^2: ours is ``O(B^2 + B C)`` and falls towards about 22;
-the naive form keeps ``8 C`` bytes per pair. ``--threads 1`` steadies times on a shared machine.
+Peak memory: :func:`_common.peak_bytes`. ``bytes/pair`` = pairwise peak / B^2: ours is
+``O(B^2 + B C)``, falling towards about 22; the naive form's is ``8 C``. ``--threads 1`` steadies
+times on a shared machine.
 """
 
 from __future__ import annotations

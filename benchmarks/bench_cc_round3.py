@@ -8,11 +8,9 @@ Arms (``data.val_fraction = 0.2``, ``grad_share_every = 10``): ``ce``; ``ce+se``
 in the model, the fair control of the gate reading); ``cc-gate`` (CE + CC-Loss, ratio form, on
 the gate's attention); ``cc-branch`` (CE + CC-Loss on its own side-branch SE attention).
 
-CC-Loss's weight is chosen per data set and placement on VALIDATION: seed 0 runs with each of
-``WEIGHTS``, the best final validation accuracy is kept (ties: the smaller weight) and run with
-the other seeds. Test accuracy is only reported; the verdict is the project's rule
-(chanloss.experiments.verdict: means more than 2 standard errors apart). The recipes are
-SHRUNK to about an hour of one CPU core (``RECIPES``). Runs are resumable.
+CC-Loss's weight per data set and placement is chosen on VALIDATION (seed 0 with each of
+``WEIGHTS``; ties: the smaller) and run with the other seeds; test accuracy is only reported,
+with the project's verdict. Recipes SHRUNK to an hour of one core (``RECIPES``); resumable.
 """
 
 from __future__ import annotations

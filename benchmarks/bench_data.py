@@ -6,10 +6,9 @@
 On a temporary tree of JPEGs of CUB-200-2011's typical sizes (longer side 500 px, shorter
 280-500 px, smooth content that compresses like photographs):
 
-- **per-worker rate**: one process decodes ``ImageFileDataset`` training items (decode ->
-  resize -> random crop) for recipes ``224`` (shorter side 256, crop 224), ``448`` (512, 448)
-  and ``448-stretch600`` (the MC-Loss authors' 600 x 600, crop 448); images per wall second
-  and per CPU second of that process (flip and normalisation run on the device).
+- **per-worker rate**: images per wall and per CPU second of one process decoding
+  ``ImageFileDataset`` training items (decode, resize, random crop) for recipes ``224``
+  (shorter side 256, crop 224), ``448`` (512, 448) and ``448-stretch600`` (600 x 600, 448).
 - **peak RSS**: a fresh process builds the data set in ``memory`` and ``stream`` mode (``448``)
   and iterates one training epoch; peak ``ru_maxrss`` beside the RSS after the imports.
 

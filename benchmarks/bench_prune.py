@@ -4,13 +4,12 @@ CE + MC-Loss and (ConvNet) CE + CC-Loss.
     nice -n 10 python benchmarks/bench_prune.py            # -> results/prune_cpu.json
     python benchmarks/bench_prune.py --quick               # smoke test (one seed, tiny)
 
-Per setup, loss and seed a model is trained, then pruned (:func:`chanloss.pruning.prune_checkpoint`)
+Per setup, loss and seed a model is trained, then pruned (``chanloss.pruning.prune_checkpoint``)
 to 2x and 4x fewer MACs by every method with the same fine-tune budget. Reported: test accuracy
 after fine-tuning (mean +- std over seeds), right after pruning, MACs, CPU latency at batch 64;
-whether CPLI beats the best baseline by more than twice the standard error of the difference,
-and whether MC-trained models lose less than CE-trained ones. Sized for a shared 2-core CPU
-(short training, one fine-tune epoch, an easier synthetic fine-grained set of 100 training
-images per class): the accuracies are those of small, briefly trained models.
+whether CPLI beats the best baseline (2 standard errors) and MC-trained models lose less than
+CE-trained ones. Sized for a shared 2-core CPU (short training, one fine-tune epoch, an easy
+fine-grained set): the accuracies are those of small, briefly trained models.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ Variants ``ce``, ``ce+cc``, ``ce+mc`` (default loss parameters) on two setups:
 - ``vgg16_bn_600``: VGG16-BN widened as in the MC-Loss paper (600 channels for K = 200, 14x14
   map) at 224 px, batch 4, GAP head; ``--quick`` uses 64 px (a smoke test, not the measurement).
 
-The variants of a setup (same seed, same batch) are timed interleaved
-(``_common.time_interleaved``): median and quartiles per variant, and per added loss the ratio
-of medians to ``ce`` with the quartiles of the per-round ratios. Target: at most 10 % overhead.
+The variants of a setup (same seed and batch) are timed interleaved: median and quartiles per
+variant, per added loss the ratio of medians to ``ce`` and quartiles of the per-round ratios
+(target: at most 10 % overhead).
 """
 
 from __future__ import annotations

@@ -14,11 +14,9 @@ CE and the chosen setting are trained on the whole training split over seeds 11,
 scored once on test (two-standard-error rule). ``--folder ROOT`` does the same on an image
 folder (``train/``, ``test/``; ``FOLDER_RECIPE``) with ``--timeout`` as each tune's budget.
 
-Results: ``benchmarks/results/tune_<dataset>.json`` (per loss: choice, trials, noise,
-cross-validated gain and verdict, test accuracies and their verdict, whether they agree;
-wall-clock, machine, commit). Runs in ``runs/bench-tune/<dataset>/`` are reused.
-``tools/tune_results.py`` recomputes the verdicts of these files (``--rescore``) or reruns the
-confirmations of the stored searches (``--reconfirm``).
+Results: ``benchmarks/results/tune_<dataset>.json`` (per loss: choice, trials, noise, both
+verdicts and whether they agree; machine). Runs in ``runs/bench-tune/<dataset>/`` are reused.
+``tools/tune_results.py`` has ``--rescore`` (verdicts recomputed) and ``--reconfirm``.
 """
 
 from __future__ import annotations
@@ -206,9 +204,8 @@ def cv_entry(tuned: list[float], ce: list[float], *, noise: float | None = None,
 
 
 def agrees(entry: dict[str, Any]) -> bool:
-    """Whether the verdict holds against the test check, by the tune issue's rule: a gain on
-    test is answered "gain", "cannot tell" or "unstable" (never "no difference" or "worse");
-    no gain on test is answered anything but "gain"."""
+    """Whether the verdict holds against the test check: a gain on test is answered "gain",
+    "cannot tell" or "unstable"; no gain on test is answered anything but "gain"."""
     test = entry["test"]
     test_gain = bool(test["beyond"]) and test["diff"] > 0
     answer = entry.get("answer")
@@ -221,9 +218,8 @@ def agrees(entry: dict[str, Any]) -> bool:
 
 
 def merged(path: Path, data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with the losses of an earlier results file of the same recipe that this run did
-    not tune (``--losses mc`` and ``--losses cc`` may run side by side and write one file); the
-    earlier run's command, wall-clock and machine stay with its losses."""
+    """``data`` with the losses this run did not tune from an earlier file of the same recipe
+    (``--losses mc`` and ``--losses cc`` side by side), each with its own run's record."""
     old = common.read_json(path, {})
     if old.get("recipe") != data["recipe"] or old.get("quick") != data["quick"]:
         return data

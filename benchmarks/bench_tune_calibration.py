@@ -5,9 +5,8 @@
     python benchmarks/bench_tune_calibration.py --quick           # smoke: results/quick
     python benchmarks/bench_tune_calibration.py --kinds unstable  # the unstable case alone
 
-The tuner's confirmation (:func:`chanloss.tuning.confirm.cross_validate`: paired, stratified
-5-fold cross-validation, a paired t-test, the Nadeau-Bengio corrected p beside it) on pairs
-whose answer is known:
+The tuner's confirmation (:func:`chanloss.tuning.confirm.cross_validate`: paired stratified
+5-fold CV, a paired t-test, the corrected p beside it) on pairs whose answer is known:
 
 * **null**: CE (seed ``100 + r``) against CE plus a zero-weight MC-Loss (seed ``200 + r``: the
   same model, other randomness) on digits, a small ConvNet, 12 epochs, folds drawn with
@@ -17,11 +16,10 @@ whose answer is known:
 * **unstable**: the null pair at SGD lr 6.0 without warm-up (some runs get stuck). Should flag
   them, rerun their fold pairs, and say "unstable" when they recur (never "gain").
 
-Results: ``benchmarks/results/tune_calibration.json`` (per repeat: fold scores, difference,
-threshold, p, smallest detectable gain, verdict; the rates; wall-clock, machine, commit). Runs
-in ``runs/bench-tune-calibration/`` are reused. ``--kinds`` trains only the kinds named and
-keeps (rescored) the others' rows; ``tools/tune_results.py --rescore --calibration`` recomputes
-every verdict of the file.
+Results: ``benchmarks/results/tune_calibration.json`` (per repeat: fold scores, verdict and
+what it rests on; the rates; machine). Runs in ``runs/bench-tune-calibration/`` are reused.
+``--kinds`` trains only those kinds, keeping the others' rows (rescored);
+``tools/tune_results.py --rescore --calibration`` recomputes every verdict of the file.
 """
 
 from __future__ import annotations
