@@ -336,3 +336,32 @@ def test_agreement_follows_the_tune_issues_rule() -> None:
             assert bench.agrees(entry(answer, test_diff, beyond)) is True
     # a file of the former schema: the verdict from the cross-validated gain
     assert bench.agrees(entry(None, 0.02, True)) is False
+
+
+def test_a_reconfirmation_searches_no_further_than_the_stored_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import chanloss.tuning
+
+    tool = _load("chanloss_tune_results_hook", TOOLS / "tune_results.py")
+    asked: dict = {}
+
+    def fake_tune(config, out, **kwargs):  # records the budget, trains nothing
+        asked.update(kwargs, out=out)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(chanloss.tuning, "tune", fake_tune)
+    monkeypatch.setattr(tool, "finished_trials", lambda out: 27)
+    args = tool.build_parser().parse_args(
+        ["--reconfirm", "--datasets", "digits", "--timeout", "60m", "--runs", str(tmp_path)]
+    )
+    args.finished_trials = tool.finished_trials
+    with pytest.raises(KeyboardInterrupt):
+        tool.bench.run_dataset("digits", args, tmp_path)
+    assert (asked["trials"], asked["timeout_s"]) == (27, None)
+    assert asked["out"] == tmp_path / "digits" / "tune-mc"
+    asked.clear()
+    args.finished_trials = None  # the benchmark itself: the budget it was given
+    with pytest.raises(KeyboardInterrupt):
+        tool.bench.run_dataset("digits", args, tmp_path)
+    assert (asked["trials"], asked["timeout_s"]) == (None, 3600.0)
