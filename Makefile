@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(PY) -m chanloss demo
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) tools/run_benchmarks.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

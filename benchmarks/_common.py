@@ -130,11 +130,8 @@ def _git(*args: str) -> str | None:
 
 
 def git_commit() -> dict[str, Any]:
-    """The commit of the working tree and whether tracked files differ from it (read-only).
-
-    ``benchmarks/results/`` does not count: the benchmarks and the study rewrite those files
-    themselves, so a run of several benchmarks would otherwise call every result after the
-    first one dirty."""
+    """The commit of the working tree and whether tracked files differ from it (read-only), not
+    counting ``benchmarks/results/`` (which the benchmarks themselves rewrite)."""
     commit = _git("rev-parse", "HEAD")
     status = _git(
         "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"
@@ -189,13 +186,10 @@ def time_clocks(
     prime: bool = False,
 ) -> dict[str, dict[str, list[float]]]:
     """Seconds per call of every variant on two clocks, ``{"wall": {name: [...]}, "cpu": ...}``:
-    ``warmup`` untimed calls each, then ``rounds`` rounds that time ``reps`` calls in a row of
-    every variant (their mean), the order rotating from round to round so that load from other
-    processes and drift hit every variant alike (CUDA is synchronised around every timed
-    block). ``prime``: one untimed
-    call before each timed block, so that a variant meets the allocator in its own steady state
-    rather than in the one the previous variant left. ``cpu`` is this thread's CPU time: with
-    one torch thread it leaves out the time other processes hold the core."""
+    ``warmup`` untimed calls each, then ``rounds`` rounds timing the mean of ``reps`` calls of
+    every variant in an order rotating per round (load and drift hit all alike; CUDA synchronised).
+    ``prime``: an untimed call before each timed block (the allocator in the variant's own steady
+    state). ``cpu`` is this thread's CPU time: with one torch thread, others' load left out."""
     device = torch.device(device)
     for fn in fns.values():
         for _ in range(warmup):
@@ -276,13 +270,9 @@ def peak_bytes(
     device: torch.device | str = "cpu",
 ) -> int:
     """Peak bytes allocated during ``fn`` on top of what existed before: on CUDA
-    ``torch.cuda.max_memory_allocated`` above what was allocated before the call; on the CPU
-    the maximum of the running sum of ``torch.profiler`` allocation records (allocated minus
-    freed bytes, tensor storage only), in a separate untimed run.
-
-    ``reset`` (e.g. dropping old gradients) runs first, outside the measurement: on the CPU
-    a free of memory allocated before the call would otherwise lower the running sum.
-    """
+    ``max_memory_allocated`` above the allocation before; on the CPU the maximum running sum of
+    ``torch.profiler`` allocation records (tensor storage only), in an untimed run. ``reset``
+    (e.g. dropping old gradients) runs first, unmeasured: such frees would lower the CPU sum."""
     device = torch.device(device)
     if reset is not None:
         reset()
@@ -327,9 +317,8 @@ def read_json(path: Path, default: Any = None) -> Any:
     return json.loads(Path(path).read_text()) if Path(path).exists() else default
 
 
-#: The options the speed benchmarks build a loss with: CC-Loss as its results were recorded, on
-#: the feature map with its own side-branch attention (the gate placement reads the model's
-#: attention instead, the pair stage of the same computation).
+#: The options the speed benchmarks build a loss with: CC-Loss as its results were recorded, with
+#: its own side-branch attention (the gate placement reads the model's: the same pair stage).
 LOSS_OPTIONS: dict[str, dict[str, Any]] = {"cc": {"placement": "branch"}}
 
 

@@ -1,31 +1,21 @@
 """CC-Loss forms on VALIDATION: which form, weight, hidden width and sampler to make the default.
 
-Usage::
-
     python benchmarks/bench_cc_forms.py --dataset digits [--model convnet_small|resnet20]
         [--configs LABEL,...] [--seeds N] [--epochs N] [--runs DIR] [--out PATH]
 
-Every run trains cross-entropy alone (``ce``) or cross-entropy plus CC-Loss with one setting of
-the grid below, on the data set's study recipe (``benchmarks/study/study.yaml``: model, optimiser,
-schedule, batch size) with a validation split carved from the training data
-(``data.val_fraction = 0.2``, stratified). The number recorded is the final epoch's
-**validation** accuracy; the test split is never read by this script (selection is on
-validation only). ``--epochs`` shortens the recipe to fit the CPU budget (the results file
-records the epochs and seeds used). Runs are resumable (``runs/cc_forms/...``; a finished run is
-skipped). The results file (default ``benchmarks/results/cc_forms.json``) accumulates every
-(data set, model, setting) measured so far; ``tools/results_page.py`` renders it in the README.
+Each run trains CE alone (``ce``) or CE + CC-Loss with one setting of the grid, on the data
+set's study recipe (``benchmarks/study/study.yaml``) with a stratified validation split
+(``data.val_fraction = 0.2``); the number recorded is the final **validation** accuracy (the
+test split is never read). ``--epochs`` shortens the recipe (recorded). Runs in
+``runs/cc_forms/`` are resumable; ``benchmarks/results/cc_forms.json`` accumulates every
+(data set, model, setting) measured so far.
 
-``--gradients`` instead measures, without training, the norm of the gradient of each form
-w.r.t. the features ``F`` (B = 32, C = 64, 7 x 7, 8 classes, 4 samples each, standard normal
-times a scale of 1, 0.1, 0.01, 0.001; SE layers at their seeded initialisation, reduction 4,
-weight 1) and writes ``benchmarks/results/cc_gradients.json``: the ratio's gradient grows like
-``1 / scale``, the bounded forms' shrink.
+``--gradients`` instead writes each form's gradient norm w.r.t. the features (B = 32, C = 64,
+7 x 7, 8 classes, normal times 1 ... 0.001) to ``results/cc_gradients.json`` (no training).
 
-Grid (labels): ``ce``; ``ratio-w<w>`` (the ratio form, weight ``w``, reduction 4);
-``margin-w<w>``, ``softplus-w<w>``, ``cosine-w<w>`` (the bounded forms, reduction 4);
-``<form>-w<w>-h1`` / ``-h8`` (reduction 16 with ``min_hidden`` 1 or 8: the hidden width
-1 or 8 for 30 channels); ``<form>-w<w>-bal`` (``data.sampler: class_balanced``, 8 samples per
-class).
+Grid (labels): ``ce``; ``ratio-w<w>``, ``margin-w<w>``, ``softplus-w<w>``, ``cosine-w<w>``
+(form, weight ``w``, reduction 4); ``<form>-w<w>-h1`` / ``-h8`` (reduction 16, ``min_hidden``
+1 or 8); ``<form>-w<w>-bal`` (``data.sampler: class_balanced``, 8 samples per class).
 """
 
 from __future__ import annotations

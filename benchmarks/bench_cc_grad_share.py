@@ -1,24 +1,18 @@
 """CC-Loss's gradient share at initialisation: how hard each placement and form pulls on the
 feature map against cross-entropy, at the default weight (what the default is chosen from).
 
-Usage::
-
     python benchmarks/bench_cc_grad_share.py [--datasets digits,mnist5k,finegrained]
         [--seeds 3] [--batches 5] [--out benchmarks/results/cc_grad_share.json]
 
-For each data set's recipe of ``benchmarks/bench_cc_round3.py`` (model, batch size), each
-seed, placement (``gate``: the SE block in the model's forward path, CC-Loss on its attention;
-``branch``: the side branch owned by the loss) and form (ratio, margin, softplus, cosine), the
-freshly initialised model (seeded) sees ``--batches`` training batches (evaluation
-preprocessing, training mode); the number is the median over batches and seeds of
+For each recipe of ``bench_cc_round3.py``, seed, placement (``gate``: the SE block in the
+model; ``branch``: the loss's side branch) and form, the seeded fresh model sees ``--batches``
+training batches; the number is the median over batches and seeds of
 
     ||d (w * cc) / dF|| / ||d ce / dF||,   w = 0.01 (the gate's default weight) for every row,
 
-a ratio linear in ``w`` (the margin form's old default was ``w = 1``: multiply its rows by 100);
-the gradient norms on the feature map ``F`` taken with the trainer's own gradient-share code
-(:class:`chanloss.run.grad_share.GradShare`). The same ratio on the attention vector is
-recorded for the gate. Shares through training come from the runs of
-``benchmarks/bench_cc_round3.py`` (``grad_share_every``).
+linear in ``w`` (the margin form's old default was ``w = 1``: multiply its rows by 100), taken
+with :class:`chanloss.run.grad_share.GradShare`; for the gate also on the attention vector.
+Shares through training come from ``bench_cc_round3.py`` (``grad_share_every``).
 """
 
 from __future__ import annotations

@@ -2,25 +2,18 @@
 
 Usage: ``python benchmarks/bench_cc_loss.py [--quick] [--out PATH]``
 
-What is measured, for B in 64 ... 1024 at C = 512 channels and 7x7 feature maps:
+For B in 64 ... 1024 at C = 512 channels and 7x7 maps:
 
-* ``step``: ``CCLoss(features, labels)`` forward + backward (SE attention included), median
-  and minimum wall time over ``--repeats`` runs after one warm-up, and its peak memory. The input
-  features ``(B, C, 7, 7)`` exist before the measurement; their gradient (same size) and the
-  GAP backward are part of the peak, so this peak is dominated by ``O(B C H W)`` terms.
-* ``pairs``: the pairwise stage alone (attention ``a`` of shape ``(B, C)`` -> cc, forward +
-  backward), where the ``O(B^2)`` distance matrix lives, for our Gram-matrix form and for a
-  naive broadcasting form that builds ``(B, B, C)`` differences (up to ``--naive-max-batch``).
+* ``step``: ``CCLoss(features, labels)`` forward + backward (SE attention included): median and
+  minimum wall time over ``--repeats`` after a warm-up, and peak memory (dominated by the
+  ``O(B C H W)`` features' gradient and GAP backward);
+* ``pairs``: the pairwise stage alone (attention ``(B, C)`` -> cc), where the ``O(B^2)``
+  distances live, for our Gram-matrix form and a naive ``(B, B, C)`` broadcasting form (up to
+  ``--naive-max-batch``).
 
-Peak memory: :func:`_common.peak_bytes` (the bytes allocated *during* the call on top of what
-existed before it, tensor storage only, in a separate untimed run).
-
-``bytes/pair`` = pairwise-stage peak / B^2. Ours needs ``O(B^2 + B C)``: a few ``(B, B)``
-matrices plus ``(B, C)`` copies of ``a`` and its gradient, so bytes/pair falls towards a
-constant (about 22) as B grows and the C-dependent part vanishes for B >> C. The naive form
-keeps two ``(B, B, C)`` tensors alive, ``8 C`` bytes per pair at every B. The channel sweep
-at fixed B shows the same from the other side. ``--threads 1`` gives steadier times on a
-shared machine (OpenMP threads that spin while other processes hold the cores inflate times).
+Peak memory: :func:`_common.peak_bytes`. ``bytes/pair`` = pairwise peak / B^2: ours is
+``O(B^2 + B C)``, falling towards about 22; the naive form's is ``8 C``. ``--threads 1`` steadies
+times on a shared machine.
 """
 
 from __future__ import annotations

@@ -1,27 +1,16 @@
 """CC-Loss's two readings against cross-entropy and the SE-gate control, with gradient shares.
 
-Usage::
-
     python tools/make_image_folder.py          # the 56 px folder (runs/bench-folder/...)
     python benchmarks/bench_cc_round3.py [--datasets digits,mnist5k,finegrained,folder]
         [--seeds 3] [--runs runs/cc_round3] [--out benchmarks/results/cc_round3.json]
 
-Arms (every run: ``data.val_fraction = 0.2``, a stratified validation split carved from the
-training data; ``grad_share_every = 10``):
+Arms (``data.val_fraction = 0.2``, ``grad_share_every = 10``): ``ce``; ``ce+se`` (the SE gate
+in the model, the fair control of the gate reading); ``cc-gate`` (CE + CC-Loss, ratio form, on
+the gate's attention); ``cc-branch`` (CE + CC-Loss on its own side-branch SE attention).
 
-- ``ce``: cross-entropy;
-- ``ce+se``: cross-entropy with the SE channel gate in the model (``model.channel_gate: se``),
-  the fair control of the gate reading;
-- ``cc-gate``: cross-entropy + CC-Loss (ratio form) on the gate's attention;
-- ``cc-branch``: cross-entropy + CC-Loss (ratio form) on its own side-branch SE attention.
-
-CC-Loss's weight is chosen per data set and placement on VALIDATION: seed 0 is trained with
-each weight of ``WEIGHTS`` (0.01 and 0.1 in effect for both readings), the one with the higher final validation accuracy is kept (a tie
-goes to the smaller weight) and trained with the other seeds. Test accuracy is read only for
-reporting; the verdict uses the project's rule (chanloss.experiments.verdict: a gap of means beyond
-2 standard errors of the difference). The recipes are SHRUNK to fit about an hour of one CPU
-core (narrow ConvNets, few epochs; see ``RECIPES``), so the accuracies are below the study's.
-Runs are resumable (a finished run is skipped).
+CC-Loss's weight per data set and placement is chosen on VALIDATION (seed 0 with each of
+``WEIGHTS``; ties: the smaller) and run with the other seeds; test accuracy is only reported,
+with the project's verdict. Recipes SHRUNK to an hour of one core (``RECIPES``); resumable.
 """
 
 from __future__ import annotations

@@ -1,22 +1,16 @@
 """Image decoding throughput per worker and peak memory of the memory and stream modes.
 
-Generates a tree of JPEG files with CUB-200-2011's typical sizes (the longer side 500 px, the
-shorter 280-500 px, both orientations; smooth random content so that they compress like
-photographs) in a temporary directory, then:
-
-- **per-worker rate**: one process decodes training items of ``ImageFileDataset`` (decode ->
-  resize -> random crop, what a ``DataLoader`` worker does per image) for each recipe:
-  ``224``: shorter side 256, random 224 crop; ``448``: shorter side 512, random 448 crop;
-  ``448-stretch600``: the MC-Loss authors' ResNet-50 recipe, 600 x 600, random 448 crop.
-  Reported as images per wall second and per CPU second of that process (the machine may be
-  shared; the CPU-second rate is what one worker on a free core does). The flip and the
-  normalisation run on the device and are not included.
-- **peak RSS**: a fresh Python process builds the data set in ``memory`` and in ``stream`` mode
-  (recipe ``448``) and iterates one epoch of training batches; its peak resident set size
-  (``ru_maxrss``) is reported with the RSS after the imports, so the difference is the data's.
-
     nice -n 10 python benchmarks/bench_data.py            # 240 images
     python benchmarks/bench_data.py --quick               # 40 images
+
+On a temporary tree of JPEGs of CUB-200-2011's typical sizes (longer side 500 px, shorter
+280-500 px, smooth content that compresses like photographs):
+
+- **per-worker rate**: images per wall and per CPU second of one process decoding
+  ``ImageFileDataset`` training items (decode, resize, random crop) for recipes ``224``
+  (shorter side 256, crop 224), ``448`` (512, 448) and ``448-stretch600`` (600 x 600, 448).
+- **peak RSS**: a fresh process builds the data set in ``memory`` and ``stream`` mode (``448``)
+  and iterates one training epoch; peak ``ru_maxrss`` beside the RSS after the imports.
 
 Results: ``benchmarks/results/data_cpu.json``.
 """

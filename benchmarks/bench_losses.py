@@ -1,21 +1,15 @@
 """Forward + backward time and peak memory of every registered loss at realistic sizes.
 
-Every loss in ``chanloss.losses.LOSSES`` is measured on the input it consumes:
-
-- ``features`` (CC-Loss, MC-Loss): ``(B, C, H, W)`` maps after a ReLU, at ``B=64, C=512, 7x7,
-  K=100`` (a ResNet/VGG last map at 224 px, pooled) and the MC-Loss paper-like
-  ``B=32, C=600, 14x14, K=200`` (VGG16-BN widened to 3 channels per class on CUB at 224 px);
-- ``embedding`` (centre, margin heads, L-GM, EM-Softmax) on ``(B, D)`` with ``B=128, D=512``, and
-  ``logits`` (CE, label smoothing, focal, competing ratio) on ``(B, K)``, for K in 10, 100, 1000.
-
-The losses of one shape are timed interleaved (``_common.time_interleaved``; peak memory:
-``_common.peak_bytes``); a timed call is ``loss(inputs, labels).backward()`` in training mode,
-gradients cleared first; the embedding/logit losses are also given as a ratio to CE at the
-same ``K``. A loss whose constructor rejects a shape is listed as skipped with the reason.
-
     python benchmarks/bench_losses.py             # full: 30 rounds, 1 thread
     python benchmarks/bench_losses.py --quick     # 3 rounds, a few seconds
     python benchmarks/bench_losses.py --device cuda
+
+Each loss of ``chanloss.losses.LOSSES`` on the input it consumes: ``features`` (CC, MC) after a
+ReLU at ``B=64, C=512, 7x7, K=100`` and the MC-Loss paper's ``B=32, C=600, 14x14, K=200``;
+``embedding`` losses on ``(128, 512)`` and ``logits`` losses on ``(B, K)``, K in 10, 100, 1000.
+The losses of a shape are timed interleaved (``loss(inputs, labels).backward()``, training
+mode; peak memory by ``_common.peak_bytes``), embedding/logit losses also as a ratio to CE at
+the same ``K``. A loss whose constructor rejects a shape is listed as skipped, with the reason.
 """
 
 from __future__ import annotations

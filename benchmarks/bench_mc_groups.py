@@ -3,18 +3,12 @@ ResNet-50 averaging (``per_size``), and the two readings of the paper's lambda.
 
 Usage: ``python benchmarks/bench_mc_groups.py [--out PATH]``
 
-For 2048 channels and 200 classes (152 groups of 10 channels, then 48 of 11: ResNet-50 on
-CUB-200-2011), random features ``(B, 2048, 14, 14)`` (seeded, standard normal) give:
-
-* ``div`` under ``group_average="pooled"`` and ``"per_size"``;
-* the norm of the ``div`` gradient on the 10-channel and on the 11-channel groups' features,
-  and the ratio ``per_size / pooled`` per group size (how much more the authors' averaging
-  pushes each kind of group);
-* the masks of ``drop=4`` and of the default ``keep_ratio=2/3`` (channels kept per group size);
-* ``MCLoss.from_paper`` weights under the ``"equation"`` and ``"code"`` readings for the
-  authors' VGG16 (600 channels) and ResNet-50 (2048 channels) settings.
-
-The values are deterministic (no timing); docs/mc-loss.md quotes them.
+For 2048 channels and 200 classes (152 groups of 10 channels, 48 of 11: ResNet-50 on CUB),
+seeded normal features ``(B, 2048, 14, 14)`` give: ``div`` under both ``group_average``
+values; the ``div`` gradient norm on the 10- and the 11-channel groups and the ratio
+``per_size / pooled``; the channels kept per group size by ``drop=4`` and ``keep_ratio=2/3``;
+``MCLoss.from_paper`` weights under the ``"equation"`` and ``"code"`` readings for the
+authors' VGG16 (600 channels) and ResNet-50 settings. Deterministic; docs/mc-loss.md quotes it.
 """
 
 from __future__ import annotations

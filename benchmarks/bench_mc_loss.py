@@ -1,21 +1,15 @@
 """CPU timing of MC-Loss forward + backward against the authors' program structure and a floor.
 
-For each shape, one run times interleaved:
-
-- ``mc_loss``: ``chanloss.losses.MCLoss`` in training mode (a mask drawn every step);
-- ``reference``: ``benchmarks/reference_mc_loss.py``, the structure of the authors' code
-  (Python shuffle per class, numpy mask copied to the device, channels pooled by transposing
-  them to the last axis for a ``(1, cnum)`` pooling, pooling modules built in the forward);
-- ``plain``: a straightforward ``view(...).amax()`` version with autograd (for context);
-- ``floor``: a softmax over ``H * W`` forward + backward on the same tensor, the least any
-  implementation of the diversity term has to do.
-
-Reported per clock of ``_common.time_clocks`` (this thread's CPU time, the primary one with
-``--threads 1``, and wall time): medians (ms) and the ratios ``reference / mc_loss`` (target
->= 3) and ``mc_loss / floor`` (target <= 3), in ``benchmarks/results/mc_loss_cpu.json``.
-
     python benchmarks/bench_mc_loss.py            # full run
     python benchmarks/bench_mc_loss.py --quick    # a few rounds
+
+Timed interleaved per shape: ``mc_loss`` (``chanloss.losses.MCLoss``, training mode, a mask
+drawn every step); ``reference`` (``tools/reference_mc_loss.py``, the structure of the authors'
+code); ``plain`` (a ``view(...).amax()`` version, for context); ``floor`` (a softmax over
+``H * W`` forward + backward, the least the diversity term needs). Per clock of
+``_common.time_clocks`` (thread CPU time, primary with ``--threads 1``; wall time): medians and
+the ratios ``reference / mc_loss`` (target >= 3) and ``mc_loss / floor`` (target <= 3), in
+``benchmarks/results/mc_loss_cpu.json``.
 """
 
 from __future__ import annotations
@@ -29,7 +23,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tools"))  # reference_mc_loss
 
 import _common as common  # noqa: E402
 from reference_mc_loss import reference_mc_loss  # noqa: E402

@@ -1,19 +1,15 @@
 """Channel pruning: CPLI against L1, BN-scale, Taylor and random, on models trained with CE,
 CE + MC-Loss and (ConvNet) CE + CC-Loss.
 
-For each setup, loss and seed a model is trained, then ``chanloss prune`` (the library call
-:func:`chanloss.pruning.prune_checkpoint`) prunes it at 2x and 4x fewer MACs by every method
-with the same fine-tune budget. Reported per (setup, loss, speedup, method): test accuracy
-after fine-tuning, mean +- sample std over seeds, the accuracy right after pruning, MACs and
-the measured CPU latency at batch 64; and two verdicts: where CPLI beats the best baseline by
-more than twice the standard error of the difference of means, and whether MC-trained models
-lose less accuracy than CE-trained ones.
-
-Sized for a shared 2-core CPU (short training, one fine-tune epoch, a reduced and easier
-synthetic fine-grained set: 100 training images per class, ``difficulty`` 0): the accuracies are those of small, briefly trained models.
-
     nice -n 10 python benchmarks/bench_prune.py            # -> results/prune_cpu.json
     python benchmarks/bench_prune.py --quick               # smoke test (one seed, tiny)
+
+Per setup, loss and seed a model is trained, then pruned (``chanloss.pruning.prune_checkpoint``)
+to 2x and 4x fewer MACs by every method with the same fine-tune budget. Reported: test accuracy
+after fine-tuning (mean +- std over seeds), right after pruning, MACs, CPU latency at batch 64;
+whether CPLI beats the best baseline (2 standard errors) and MC-trained models lose less than
+CE-trained ones. Sized for a shared 2-core CPU (short training, one fine-tune epoch, an easy
+fine-grained set): the accuracies are those of small, briefly trained models.
 """
 
 from __future__ import annotations

@@ -1,15 +1,12 @@
 """CPU latency of ResNet-20 (option A and B shortcuts) before and after group pruning to 2x
 and 4x fewer MACs, at 1 and 2 threads.
 
-The pruned structures are the ones ``chanloss prune`` builds (whole Torch-Pruning groups,
-residual streams included, one keep ratio for all groups, widths in multiples of
-``round_to``: 8, the default, and 1 for comparison); which channels are kept does not change
-the time, so the model is freshly initialised. The variants are timed interleaved (round by
-round, rotating order) so that load from other processes hits them alike; reported: the
-ratio of the medians at batch 1 and 64, the ratio of the minima (the least disturbed call),
-and the 1-minute load average before and after.
-
     nice -n 5 python benchmarks/bench_prune_latency.py     # -> results/prune_latency_cpu.json
+
+The pruned structures are those ``chanloss prune`` builds (whole Torch-Pruning groups, one keep
+ratio, widths in multiples of ``round_to`` 8, and 1 for comparison) on a fresh model (which
+channels are kept does not change the time). Timed interleaved in rotating order; reported:
+the ratio of the medians at batch 1 and 64, of the minima, and the load average around it.
 """
 
 from __future__ import annotations

@@ -1,18 +1,13 @@
 """How the forward + backward time of CC-Loss and MC-Loss grows with batch, channels and classes.
 
-Three sweeps around ``B=64, C=512, 7x7, K=100`` (features after a ReLU, default loss
-parameters, training mode):
-
-- batch ``B`` (C=512, K=100);
-- channels ``C`` (B=64, K=100);
-- classes ``K`` (B=64, C=2048, so that MC-Loss has at least one channel per class up to K=1000).
-
-At every point CC and MC are timed interleaved (median and quartiles of ``--rounds`` after
-``--warmup``). Results go to ``benchmarks/results/scaling_<device>.json`` and the plot
-(log-log, one panel per sweep, quartile bands) to ``scaling_<device>.png`` next to it.
-
     python benchmarks/bench_scaling.py            # full
     python benchmarks/bench_scaling.py --quick    # two points per sweep
+
+Three sweeps around ``B=64, C=512, 7x7, K=100`` (features after a ReLU, default parameters,
+training mode): batch ``B``; channels ``C``; classes ``K`` (at C=2048, so MC-Loss has a channel
+per class up to K=1000). CC and MC are timed interleaved at every point (median and quartiles
+of ``--rounds`` after ``--warmup``) into ``benchmarks/results/scaling_<device>.json``, with a
+log-log plot (a panel per sweep, quartile bands) in ``scaling_<device>.png`` beside it.
 """
 
 from __future__ import annotations

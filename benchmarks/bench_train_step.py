@@ -1,24 +1,19 @@
 """Training-step time with cross-entropy alone and with CC-Loss or MC-Loss added.
 
-A step is what the trainer does per batch: ``model(x)``, every configured loss on the model
-output it consumes, the weighted sum, ``zero_grad``, ``backward`` and an SGD step (momentum 0.9,
-weight decay 5e-4, the project's ``build_optimizer``; the parameters of CC-Loss's attention are
-optimised too). Setups (variants ``ce``, ``ce+cc``, ``ce+mc`` with default loss parameters):
-
-- ``resnet20``: CIFAR ResNet-20 on 32x32 inputs, batch 128, K = 10 classes. Its last map has
-  64 channels, so MC-Loss uses K = 10 with the channels as they are (groups of 6 and 7;
-  the network is not widened).
-- ``vgg16_bn_600``: VGG16-BN widened as in the MC-Loss paper (``channels_per_class=3``: 600
-  channels for K = 200, 14x14 map) at 224 px, batch 4 (a CPU), GAP head. ``--quick`` uses
-  64 px (a 4x4 map) to stay fast; its numbers are a smoke test, not the measurement.
-
-The variants of one setup (separate models from the same seed, fed the same batch) are timed
-interleaved in one process (``_common.time_interleaved``). Reported per variant: median step
-time and quartiles; per added loss: the ratio of medians to ``ce`` and the quartiles of the
-per-round ratios. The target is an overhead of at most 10 %.
-
     python benchmarks/bench_train_step.py            # full
     python benchmarks/bench_train_step.py --quick    # 3 rounds
+
+A step is what the trainer does per batch: ``model(x)``, every loss, the weighted sum,
+``zero_grad``, ``backward`` and an SGD step (``build_optimizer``; CC-Loss's attention included).
+Variants ``ce``, ``ce+cc``, ``ce+mc`` (default loss parameters) on two setups:
+
+- ``resnet20``: 32x32 inputs, batch 128, K = 10 (64 channels: MC-Loss groups of 6 and 7);
+- ``vgg16_bn_600``: VGG16-BN widened as in the MC-Loss paper (600 channels for K = 200, 14x14
+  map) at 224 px, batch 4, GAP head; ``--quick`` uses 64 px (a smoke test, not the measurement).
+
+The variants of a setup (same seed and batch) are timed interleaved: median and quartiles per
+variant, per added loss the ratio of medians to ``ce`` and quartiles of the per-round ratios
+(target: at most 10 % overhead).
 """
 
 from __future__ import annotations

@@ -6,28 +6,17 @@
     python tools/make_image_folder.py                   # a held-out folder, then:
     python benchmarks/bench_tune.py --folder runs/bench-folder/mnist-shift56 --timeout 60m
 
-For each data set (the study's recipe from ``benchmarks/study/study.yaml`` with a ConvNet of
-width 8, ``data.val_fraction = 0.2`` and the epochs of ``BUDGETS``, long enough that CE's
-validation accuracy has stopped rising: each JSON records CE's gain over the last quarter of
-the epochs) and each loss of ``BUDGETS``, ``chanloss tune`` runs as a user would: the search on
-the validation split (noise pruner), the 3 best settings re-run on a fresh seed, the paired
-5-fold confirmation against CE alone, and its verdict. Then, to check that verdict, CE alone
-and the chosen setting are trained on the whole training split over 3 fresh seeds (11, 12, 13)
-and each final model is scored once on the test split (Welch's two-standard-error rule).
+Per data set (the study's recipe, ConvNet width 8, ``data.val_fraction = 0.2``, the epochs of
+``BUDGETS``: each JSON records CE's validation gain over the last quarter of the epochs) and
+loss, ``chanloss tune`` runs as a user would (search on validation with the noise pruner, the
+3 best re-run, the paired 5-fold confirmation against CE and its verdict). To check the verdict,
+CE and the chosen setting are trained on the whole training split over seeds 11, 12, 13 and
+scored once on test (two-standard-error rule). ``--folder ROOT`` does the same on an image
+folder (``train/``, ``test/``; ``FOLDER_RECIPE``) with ``--timeout`` as each tune's budget.
 
-``--folder ROOT`` does the same on an image folder as a new user would (``train/`` and
-``test/``; the recipe of ``FOLDER_RECIPE``: the ConvNet of width 8, 15 epochs, a 10 %
-validation split, SGD 0.1 with a cosine schedule), with ``--timeout`` as the budget of each
-``chanloss tune`` (no ``--trials``: it searches until the time left is what the runs after the
-search need). The results file is named after the folder.
-
-Results: ``benchmarks/results/tune_<dataset>.json`` (per loss: the chosen settings, the trials,
-the measured noise, the cross-validated gain, its threshold and smallest detectable gain, the
-verdict, the test accuracies per seed and their verdict, whether the two agree; wall-clock of
-each search and of the whole data set, machine and commit). Runs live in
-``runs/bench-tune/<dataset>/``; a second invocation reuses finished trials and runs.
-``--rescore`` recomputes each verdict from the per-fold scores already in the results files with
-the current test (no training) and records that command and commit under ``rescored``.
+Results: ``benchmarks/results/tune_<dataset>.json`` (per loss: choice, trials, noise, both
+verdicts and whether they agree; machine). Runs in ``runs/bench-tune/<dataset>/`` are reused.
+``tools/tune_results.py`` has ``--rescore`` (verdicts recomputed) and ``--reconfirm``.
 """
 
 from __future__ import annotations
@@ -37,6 +26,7 @@ import copy
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--timeout", type=str, default=None,
                         help="budget of each tune, e.g. 60m (instead of --trials)")  # fmt: skip
-    parser.add_argument("--reconfirm", action="store_true",
-                        help="rerun the choice and the confirmation of the stored searches with "
-                             "this code, no new trial; the search's record is kept")  # fmt: skip
-    parser.add_argument("--rescore", action="store_true",
-                        help="recompute the verdicts of the results files from their fold scores")  # fmt: skip
     return parser
 
 
@@ -125,8 +110,9 @@ def run_loss(dataset: str, loss: str, base: dict[str, Any], args: argparse.Names
     out = runs / dataset / f"tune-{loss}"
     t0 = time.perf_counter()
     timeout = parse_duration(args.timeout) if args.timeout else None
-    if args.reconfirm:  # the stored study is the search: as many trials as it has finished
-        trials, timeout = finished_trials(out), None
+    stored = getattr(args, "finished_trials", None)  # tools/tune_results.py --reconfirm
+    if stored:  # the stored study is the search: as many trials as it has finished
+        trials, timeout = stored(out), None
     summary = tune(load_config(raw=raw), out, trials=None if timeout else trials,
                    timeout_s=timeout, jobs=args.jobs, folds=folds,
                    resume=(out / "study.db").exists(), log=common.log)  # fmt: skip
@@ -191,43 +177,6 @@ def test_check(tuned: dict[str, Any], base: dict[str, Any], loss: str,
     return {"tuned": a, "ce": b, **gain_over(a, b)}
 
 
-def finished_trials(out: Path) -> int:
-    """The complete and pruned trials of the study stored in ``out``."""
-    import optuna
-
-    from chanloss.tuning.storage import STUDY_NAME
-
-    if not (out / "study.db").exists():
-        raise SystemExit(f"--reconfirm: no study in {out}; run the search first")
-    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{out / 'study.db'}")
-    return sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
-
-
-def reconfirmed(path: Path, data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` (a ``--reconfirm`` run) with the search's record of the earlier results file
-    (budget, command, wall-clock, machine) kept, and the reconfirmation's beside it, with what
-    the earlier confirmations said (``reconfirmed.earlier``, oldest first)."""
-    old = common.read_json(path, {})
-    out = {**data}
-    for key in ("trials_per_search", "timeout", "wall_s", "machine", "command"):
-        if key in old:
-            out[key] = old[key]
-    for loss, entry in out["losses"].items():
-        before = old.get("losses", {}).get(loss, {})
-        wall_s = entry.pop("search_and_confirm_wall_s")
-        entry["reconfirmed"] = common.provenance(data["command"], wall_s=wall_s)
-        if "cv" in before:  # what the earlier confirmations said, kept beside the new one
-            earlier = before.get("reconfirmed", {}).get("earlier", [])
-            entry["reconfirmed"]["earlier"] = [*earlier, {
-                "git": before.get("reconfirmed", {}).get("git", old.get("machine", {}).get("git")),
-                **{k: before[k] for k in ("cv", "verdict", "agrees", "best_trial") if k in before},
-            }]  # fmt: skip
-        for key in ("search_and_confirm_wall_s", "run"):
-            if key in before:
-                entry[key] = before[key]
-    return out
-
-
 def cv_entry(tuned: list[float], ce: list[float], *, noise: float | None = None,
              resolution: float = 0.0, stuck: int = 0, runs: int = 0) -> dict[str, Any]:  # fmt: skip
     """The cross-validated gain of per-fold scores (those the verdict used: reruns in place of
@@ -255,9 +204,8 @@ def cv_entry(tuned: list[float], ce: list[float], *, noise: float | None = None,
 
 
 def agrees(entry: dict[str, Any]) -> bool:
-    """Whether the verdict holds against the test check, by the tune issue's rule: a gain on
-    test is answered "gain", "cannot tell" or "unstable" (never "no difference" or "worse");
-    no gain on test is answered anything but "gain"."""
+    """Whether the verdict holds against the test check: a gain on test is answered "gain",
+    "cannot tell" or "unstable"; no gain on test is answered anything but "gain"."""
     test = entry["test"]
     test_gain = bool(test["beyond"]) and test["diff"] > 0
     answer = entry.get("answer")
@@ -270,9 +218,8 @@ def agrees(entry: dict[str, Any]) -> bool:
 
 
 def merged(path: Path, data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with the losses of an earlier results file of the same recipe that this run did
-    not tune (``--losses mc`` and ``--losses cc`` may run side by side and write one file); the
-    earlier run's command, wall-clock and machine stay with its losses."""
+    """``data`` with the losses this run did not tune from an earlier file of the same recipe
+    (``--losses mc`` and ``--losses cc`` side by side), each with its own run's record."""
     old = common.read_json(path, {})
     if old.get("recipe") != data["recipe"] or old.get("quick") != data["quick"]:
         return data
@@ -280,22 +227,6 @@ def merged(path: Path, data: dict[str, Any]) -> dict[str, Any]:
         if loss not in data["losses"]:
             entry.setdefault("run", {k: old.get(k) for k in ("command", "wall_s", "machine")})
             data["losses"][loss] = entry
-    return data
-
-
-def rescore(path: Path, command: str) -> dict[str, Any]:
-    """A results file with each verdict recomputed from its per-fold scores."""
-    data = common.read_json(path)
-    for entry in data["losses"].values():
-        if "cv" in entry:
-            cv = entry["cv"]
-            noise = cv.get("noise", (entry.get("noise") or {}).get("std"))
-            entry.update(cv_entry(cv["tuned"], cv["ce"], noise=noise,
-                                  resolution=cv.get("resolution", 0.0),
-                                  stuck=cv.get("stuck", 0), runs=cv.get("runs", 0)))  # fmt: skip
-            if "test" in entry:
-                entry["agrees"] = agrees(entry)
-    data["rescored"] = common.provenance(command)
     return data
 
 
@@ -348,17 +279,17 @@ def main(argv: list[str] | None = None) -> int:
     runs, results = common.output_dirs(args, "bench-tune")
 
     with command_scope():  # each repeated note or warning once, as the command line does
-        return _run(args, runs, results)
+        return write_results(
+            args, results, lambda path, dataset: merged(path, run_dataset(dataset, args, runs))
+        )
 
 
-def _run(args: argparse.Namespace, runs: Path, results: Path) -> int:
+def write_results(args: argparse.Namespace, results: Path,
+                  make: Callable[[Path, str], dict[str, Any]]) -> int:  # fmt: skip
+    """Write ``make(path, dataset)`` to each data set's ``tune_<dataset>.json`` and log it."""
     for dataset in [args.folder.name] if args.folder else args.datasets:
         path = results / f"tune_{dataset}.json"
-        data = rescore(path, args.command) if args.rescore else run_dataset(dataset, args, runs)
-        if args.reconfirm:
-            data = reconfirmed(path, data)
-        if not args.rescore:
-            data = merged(path, data)
+        data = make(path, dataset)
         common.write_json(path, data)
         for loss, e in data["losses"].items():
             if "test" in e:

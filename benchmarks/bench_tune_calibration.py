@@ -5,30 +5,21 @@
     python benchmarks/bench_tune_calibration.py --quick           # smoke: results/quick
     python benchmarks/bench_tune_calibration.py --kinds unstable  # the unstable case alone
 
-The confirmation the tuner runs after its search (:func:`chanloss.tuning.confirm.cross_validate`:
-paired, stratified 5-fold cross-validation of the training split, a paired t-test on the
-per-fold differences; the Nadeau-Bengio corrected p beside it) is run here on two kinds of pairs:
+The tuner's confirmation (:func:`chanloss.tuning.confirm.cross_validate`: paired stratified
+5-fold CV, a paired t-test, the corrected p beside it) on pairs whose answer is known:
 
-* **null**: two settings that are the same model. CE (seed ``100 + r``) against CE plus an
-  MC-Loss of weight 0 (seed ``200 + r``), on digits, a small ConvNet, 12 epochs. A zero-weight
-  MC-Loss alone leaves the run bit-identical to CE here (it draws nothing from the training
-  generators; measured), so the second arm also trains on another seed: the same model with
-  different randomness. Every repeat ``r`` draws its folds with ``data.split_seed = r``. The
-  verdict should say "no difference" in at least 95 % of the repeats.
-* **positive**: CE against CE + MC-Loss on the synthetic fine-grained set with the settings
-  ``chanloss demo`` uses, where the study found MC-Loss's test gain beyond seed noise; both arms
-  on the same seed (as the tuner does). The verdict should say that MC-Loss helps.
-* **unstable**: the null pair trained at a learning rate too high for the recipe (SGD 6.0, no
-  warm-up; measured: at 15 epochs, 1 of 8 seeds of CE ended at 43 % while the others reached
-  71-96 %): some runs get stuck. The confirmation should flag them, rerun their fold pairs,
-  and say "unstable" when they keep appearing (never "gain").
+* **null**: CE (seed ``100 + r``) against CE plus a zero-weight MC-Loss (seed ``200 + r``: the
+  same model, other randomness) on digits, a small ConvNet, 12 epochs, folds drawn with
+  ``data.split_seed = r``. Should say "no difference" in at least 95 % of the repeats.
+* **positive**: CE against CE + MC-Loss with ``chanloss demo``'s settings, same seed, where the
+  study found a test gain beyond seed noise. Should say that MC-Loss helps.
+* **unstable**: the null pair at SGD lr 6.0 without warm-up (some runs get stuck). Should flag
+  them, rerun their fold pairs, and say "unstable" when they recur (never "gain").
 
-Results: ``benchmarks/results/tune_calibration.json`` (per repeat: the per-fold scores, the mean
-difference, the threshold, p, the smallest detectable gain, the verdict; the rates; wall-clock,
-machine, commit). Runs live in ``runs/bench-tune-calibration/``; a second invocation reuses them.
-``--rescore`` recomputes every verdict from the per-fold scores already in the results file with
-the current test (no training), and records that command and commit under ``rescored``;
-``--kinds`` trains only the kinds named and keeps (rescored) the others' rows of the file.
+Results: ``benchmarks/results/tune_calibration.json`` (per repeat: fold scores, verdict and
+what it rests on; the rates; machine). Runs in ``runs/bench-tune-calibration/`` are reused.
+``--kinds`` trains only those kinds, keeping the others' rows (rescored);
+``tools/tune_results.py --rescore --calibration`` recomputes every verdict of the file.
 """
 
 from __future__ import annotations
@@ -89,8 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="2 null repeats of 2 epochs")
     parser.add_argument("--runs", type=Path, default=None)
     parser.add_argument("--results", type=Path, default=None)
-    parser.add_argument("--rescore", action="store_true",
-                        help="recompute the verdicts of the results file from its per-fold scores")  # fmt: skip
     return parser
 
 
@@ -158,12 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     runs, results_dir = common.output_dirs(args, "bench-tune-calibration")
     path = results_dir / "tune_calibration.json"
-    if args.rescore:
-        data = rescore(path, command)
-        common.write_json(path, data)
-        common.log(f"rescored: null 'no difference' {100 * data['null_no_difference_rate']:.0f} %, "
-                   f"positive 'better' {100 * (data['positive_better_rate'] or 0):.0f} %; wrote {path}")  # fmt: skip
-        return 0
     start = time.perf_counter()
     counts = {"null": 2 if args.quick else args.null, "positive": 0 if args.quick else args.positive,
               "unstable": 0 if args.quick else args.unstable}  # fmt: skip

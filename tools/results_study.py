@@ -379,7 +379,7 @@ def _reconfirmed_lines(dataset: str, data: dict[str, Any]) -> list[str]:
         if not again:
             continue
         text = (f"- {dataset}, {CHANNEL_LOSSES.get(loss, loss)}: the confirmation was rerun on "
-                f"the stored search by `{again['command']}` (git "
+                f"the stored search by `{_rerunnable(again['command'])}` (git "
                 f"{str(again['git'].get('commit'))[:7]}, {fmt_seconds(again['wall_s'])})")  # fmt: skip
         for before in again.get("earlier", []):
             cv = before["cv"]
@@ -406,4 +406,12 @@ def _rescored_text(data: dict[str, Any]) -> str:
     if not again:
         return ""
     commit = (again.get("git") or {}).get("commit") or "?"
-    return f"; verdicts recomputed from the stored fold scores by `{again['command']}` at commit `{commit[:10]}`"
+    return f"; verdicts recomputed from the stored fold scores by `{_rerunnable(again['command'])}` at commit `{commit[:10]}`"
+
+
+def _rerunnable(command: str) -> str:
+    """A recorded ``--rescore`` or ``--reconfirm`` command as it is run now: those options moved
+    from the benchmarks to ``tools/tune_results.py`` with the same meaning."""
+    old = "benchmarks/bench_tune_calibration.py --rescore"
+    command = command.replace(old, "tools/tune_results.py --rescore --calibration")
+    return command.replace("benchmarks/bench_tune.py", "tools/tune_results.py")

@@ -5,19 +5,13 @@
     python benchmarks/study/run_study.py --part digits [--seeds 3]   # every loss, chosen CC/MC
     python benchmarks/study/run_study.py --part tuned-digits         # every loss tuned (chanloss tune)
 
-The protocol (data sets, recipes, grids, parts) is the settings file ``study.yaml``; this script
-is a loop over the package's own ``compare`` (:func:`chanloss.experiments.comparison.compare`):
-runs live in ``runs/study/<part>/<label>/seed<S>``, a finished run is skipped and an
-interrupted one resumed, and a run that diverges is recorded (``diverged.json``) and left out
-of the mean (``compare(..., keep_diverged=True)``). ``--jobs N`` trains N runs side by side in
-the package's process pool.
-
-Results (rewritten after every config, so a partial study can be reported):
-``benchmarks/results/study_<part>.csv`` (study parts: final test accuracy per loss, mean +-
-sample std over seeds; sweep parts: final VALIDATION accuracy per grid point, no test column),
-``study_<part>.json`` (machine, commit, times; for sweeps the chosen values that the study
-part of the same data set reads) and ``study_<part>_curves.png`` (compare's accuracy curves).
-``--quick`` (2 epochs, 1 seed, runs/study-quick, benchmarks/results/quick) is a smoke run.
+The protocol is the settings file ``study.yaml``; this script loops over the package's
+``compare`` (runs in ``runs/study/<part>/<label>/seed<S>``, finished runs skipped, diverged ones
+recorded and left out of the mean); ``--jobs N`` trains N runs side by side. Results, rewritten
+after every config: ``benchmarks/results/study_<part>.csv`` (test accuracy per loss, mean +-
+std over seeds; sweeps: VALIDATION accuracy per grid point), ``study_<part>.json`` (machine,
+commit, times; sweeps: the chosen values) and ``study_<part>_curves.png``. ``--quick`` (2
+epochs, 1 seed, runs/study-quick, benchmarks/results/quick) is a smoke run.
 """
 
 from __future__ import annotations

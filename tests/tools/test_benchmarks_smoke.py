@@ -220,7 +220,7 @@ def test_bench_argument_parsing(common: ModuleType):
     assert args.B_values == [8, 16] and args.no_plot
     with pytest.raises(SystemExit):
         scaling.build_parser().parse_args(["--k-values", "10,x"])
-    run_all = _load("chanloss_bench_run_all", BENCH / "run_all.py")
+    run_all = _load("chanloss_run_benchmarks", TOOLS / "run_benchmarks.py")
     args = run_all.build_parser().parse_args(["--quick", "--device", "cuda"])
     assert run_all.command("cc_loss", args) is None  # CPU-only benchmark
     cmd = run_all.command("losses", args)

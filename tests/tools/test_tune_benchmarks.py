@@ -13,6 +13,7 @@ from types import ModuleType
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+TOOLS = BENCH.parent / "tools"
 
 
 def _load(name: str, path: Path) -> ModuleType:
@@ -29,7 +30,7 @@ def _load(name: str, path: Path) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def report() -> ModuleType:
-    return _load("chanloss_bench_report_tune", BENCH.parent / "tools" / "results_page.py")
+    return _load("chanloss_bench_report_tune", TOOLS / "results_page.py")
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +118,10 @@ def test_report_shows_the_verdict_next_to_the_test_result(
     assert "CE's validation accuracy rose +0.40 points at most over the last quarter" in text
     assert (
         "- digits, CC-Loss: the confirmation was rerun on the stored search by "
-        "`python benchmarks/bench_tune.py --reconfirm` (git abcdef0, 15 min); before it (git 68ab190): "
+        "`python tools/tune_results.py --reconfirm` (git abcdef0, 15 min); before it (git 68ab190): "
         "cross-validated +4.90 (±1.24), gain, agree with test: no."
     ) in text
+    assert "python benchmarks/bench_tune.py --reconfirm" not in text  # shown as it is run now
     assert '"no difference" in **19 of 20** repeats (95 %)' in text
     assert '"gain" in **2 of 2** (mean cross-validated gain +2.50 points, threshold ±1.20)' in text
     # a file of this round: the answer, the stuck runs, the trials per hour, the unstable case
@@ -211,8 +213,7 @@ def test_report_marks_the_tuned_columns(tmp_path: Path, report: ModuleType) -> N
 def test_rescore_recomputes_the_verdicts_from_the_stored_fold_scores(tmp_path: Path) -> None:
     from scipy import stats
 
-    bench = _load("chanloss_bench_tune_rescore", BENCH / "bench_tune.py")
-    calib = _load("chanloss_bench_calibration_rescore", BENCH / "bench_tune_calibration.py")
+    tool = _load("chanloss_tune_results_rescore", TOOLS / "tune_results.py")
     results = tmp_path / "results"
     results.mkdir()
     data = _tune_json()
@@ -223,7 +224,7 @@ def test_rescore_recomputes_the_verdicts_from_the_stored_fold_scores(tmp_path: P
     data["losses"]["mc"].pop("test")  # no test check: no agreement to recompute
     data["losses"]["mc"]["cv"].update(tuned=ce, ce=ce)
     (results / "tune_digits.json").write_text(json.dumps(data))
-    assert bench.main(["--rescore", "--datasets", "digits", "--results", str(results)]) == 0
+    assert tool.main(["--rescore", "--datasets", "digits", "--results", str(results)]) == 0
     got = json.loads((results / "tune_digits.json").read_text())
     cc = got["losses"]["cc"]
     assert cc["cv"]["p"] == pytest.approx(stats.ttest_rel(tuned, ce).pvalue)
@@ -241,7 +242,7 @@ def test_rescore_recomputes_the_verdicts_from_the_stored_fold_scores(tmp_path: P
     )
     assert mc["cv"]["floor"] == "seed noise"
     assert mc["agrees"] == data["losses"]["mc"]["agrees"]
-    assert got["rescored"]["command"].startswith("python benchmarks/bench_tune.py --rescore")
+    assert got["rescored"]["command"].startswith("python tools/tune_results.py --rescore")
     assert got["wall_s"] == data["wall_s"]  # the run's own figures are kept
     # the calibration file: every row's verdict, and the rates
     rows = [{"kind": "null", "repeat": 0, "tuned": tuned, "ce": ce, "wall_s": 60.0, "verdict": "?"},
@@ -251,11 +252,14 @@ def test_rescore_recomputes_the_verdicts_from_the_stored_fold_scores(tmp_path: P
     (results / "tune_calibration.json").write_text(
         json.dumps({"folds": 5, "rows": rows, "wall_s": 210.0, "machine": MACHINE})
     )
-    assert calib.main(["--rescore", "--results", str(results)]) == 0
+    assert tool.main(["--rescore", "--calibration", "--results", str(results)]) == 0
     cal = json.loads((results / "tune_calibration.json").read_text())
     assert [r["verdict"] for r in cal["rows"]] == ["better", "no difference", "better"]
     assert cal["null_no_difference_rate"] == 0.5 and cal["positive_better_rate"] == 1.0
     assert cal["rows"][0]["p_corrected"] > 0.05 and cal["wall_s"] == 210.0
+    for wrong in (["--datasets", "digits"], ["--reconfirm", "--calibration"]):
+        with pytest.raises(SystemExit):  # one of --rescore / --reconfirm; --calibration rescores
+            tool.main([*wrong, "--results", str(results)])
 
 
 def test_results_of_losses_tuned_side_by_side_are_merged_into_one_file(tmp_path: Path) -> None:
@@ -281,7 +285,7 @@ def test_results_of_losses_tuned_side_by_side_are_merged_into_one_file(tmp_path:
 
 
 def test_a_reconfirmation_keeps_the_searchs_record(tmp_path: Path) -> None:
-    bench = _load("chanloss_bench_tune_reconfirm", BENCH / "bench_tune.py")
+    tool = _load("chanloss_tune_results_reconfirm", TOOLS / "tune_results.py")
     path = tmp_path / "tune_folder.json"
     old = {"recipe": {"epochs": 15}, "quick": False, "timeout": "60m", "trials_per_search": None,
            "command": "search run", "wall_s": 3600.0, "machine": MACHINE,
@@ -293,7 +297,7 @@ def test_a_reconfirmation_keeps_the_searchs_record(tmp_path: Path) -> None:
            "wall_s": 900.0, "machine": {**MACHINE, "load": 1},
            "losses": {"cc": {"verdict": "new", "cv": {"diff": 0.03},
                              "search_and_confirm_wall_s": 880.0}}}  # fmt: skip
-    got = bench.reconfirmed(path, new)
+    got = tool.reconfirmed(path, new)
     assert got["timeout"] == "60m" and got["trials_per_search"] is None
     assert got["command"] == "search run" and got["wall_s"] == 3600.0 and got["machine"] == MACHINE
     cc = got["losses"]["cc"]
@@ -305,13 +309,13 @@ def test_a_reconfirmation_keeps_the_searchs_record(tmp_path: Path) -> None:
     ]
     # a second reconfirmation keeps both earlier answers, oldest first
     path.write_text(json.dumps(got))
-    again = bench.reconfirmed(
+    again = tool.reconfirmed(
         path,
         {**new, "losses": {"cc": {"verdict": "newer", "cv": {}, "search_and_confirm_wall_s": 1.0}}},
     )
     assert [e["verdict"] for e in again["losses"]["cc"]["reconfirmed"]["earlier"]] == ["old", "new"]
     with pytest.raises(SystemExit, match="--reconfirm: no study"):
-        bench.finished_trials(tmp_path)
+        tool.finished_trials(tmp_path)
 
 
 def test_agreement_follows_the_tune_issues_rule() -> None:
@@ -332,3 +336,32 @@ def test_agreement_follows_the_tune_issues_rule() -> None:
             assert bench.agrees(entry(answer, test_diff, beyond)) is True
     # a file of the former schema: the verdict from the cross-validated gain
     assert bench.agrees(entry(None, 0.02, True)) is False
+
+
+def test_a_reconfirmation_searches_no_further_than_the_stored_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import chanloss.tuning
+
+    tool = _load("chanloss_tune_results_hook", TOOLS / "tune_results.py")
+    asked: dict = {}
+
+    def fake_tune(config, out, **kwargs):  # records the budget, trains nothing
+        asked.update(kwargs, out=out)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(chanloss.tuning, "tune", fake_tune)
+    monkeypatch.setattr(tool, "finished_trials", lambda out: 27)
+    args = tool.build_parser().parse_args(
+        ["--reconfirm", "--datasets", "digits", "--timeout", "60m", "--runs", str(tmp_path)]
+    )
+    args.finished_trials = tool.finished_trials
+    with pytest.raises(KeyboardInterrupt):
+        tool.bench.run_dataset("digits", args, tmp_path)
+    assert (asked["trials"], asked["timeout_s"]) == (27, None)
+    assert asked["out"] == tmp_path / "digits" / "tune-mc"
+    asked.clear()
+    args.finished_trials = None  # the benchmark itself: the budget it was given
+    with pytest.raises(KeyboardInterrupt):
+        tool.bench.run_dataset("digits", args, tmp_path)
+    assert (asked["trials"], asked["timeout_s"]) == (None, 3600.0)

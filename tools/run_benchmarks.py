@@ -1,9 +1,9 @@
 """Run every benchmark (what ``make bench`` runs), each in its own process.
 
-    python benchmarks/run_all.py                  # full measurements -> benchmarks/results/
-    python benchmarks/run_all.py --quick          # smoke run -> benchmarks/results/quick/
-    python benchmarks/run_all.py --only losses,scaling
-    python benchmarks/run_all.py --wait-load 1.5  # first wait until the machine is quiet
+    python tools/run_benchmarks.py                  # full measurements -> benchmarks/results/
+    python tools/run_benchmarks.py --quick          # smoke run -> benchmarks/results/quick/
+    python tools/run_benchmarks.py --only losses,scaling
+    python tools/run_benchmarks.py --wait-load 1.5  # first wait until the machine is quiet
 
 Benchmarks: ``losses`` (every registered loss), ``train_step`` (CE vs CE+CC vs CE+MC steps),
 ``scaling`` (CC/MC vs B, C, K, with a plot), and the CPU-only ``cc_loss`` and ``mc_loss``
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 RESULTS_DIR = BENCH_DIR / "results"
 QUICK_DIR = RESULTS_DIR / "quick"
 
