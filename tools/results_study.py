@@ -221,7 +221,7 @@ def _verdict_word(beyond: bool | None, diff: float) -> str:
     if beyond is None:
         return "no noise estimate"
     if not beyond:
-        return "no difference"
+        return "cannot tell"
     return "gain" if diff > 0 else "loss"
 
 
