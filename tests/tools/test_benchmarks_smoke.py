@@ -8,39 +8,23 @@ study's protocol (configs valid, selection on validation only, resumable run sta
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-TOOLS = BENCH.parent / "tools"
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    for folder in (BENCH, BENCH / "study"):
-        if str(folder) not in sys.path:
-            sys.path.insert(0, str(folder))
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from script_loader import BENCH, TOOLS, load_script
 
 
 @pytest.fixture(scope="module")
 def report() -> ModuleType:
-    return _load("chanloss_bench_report", TOOLS / "results_page.py")
+    return load_script("chanloss_bench_report", TOOLS / "results_page.py")
 
 
 @pytest.fixture(scope="module")
 def common() -> ModuleType:
-    return _load("chanloss_bench_common", BENCH / "_common.py")
+    return load_script("chanloss_bench_common", BENCH / "_common.py")
 
 
 MACHINE = {
@@ -207,20 +191,20 @@ def test_single_seed_win_is_not_called_a_win(report: ModuleType):
 
 
 def test_bench_argument_parsing(common: ModuleType):
-    losses = _load("chanloss_bench_losses", BENCH / "bench_losses.py")
+    losses = load_script("chanloss_bench_losses", BENCH / "bench_losses.py")
     args = losses.build_parser().parse_args(["--quick", "--device", "cuda", "--losses", "cc,mc"])
     assert (args.quick, args.device, args.losses, args.threads) == (True, "cuda", ["cc", "mc"], 1)
-    step = _load("chanloss_bench_train_step", BENCH / "bench_train_step.py")
+    step = load_script("chanloss_bench_train_step", BENCH / "bench_train_step.py")
     args = step.build_parser().parse_args(["--setups", "resnet20", "--rounds", "4"])
     assert (args.setups, args.rounds, args.quick) == (["resnet20"], 4, False)
     with pytest.raises(SystemExit):
         step.build_parser().parse_args(["--rounds", "0"])
-    scaling = _load("chanloss_bench_scaling", BENCH / "bench_scaling.py")
+    scaling = load_script("chanloss_bench_scaling", BENCH / "bench_scaling.py")
     args = scaling.build_parser().parse_args(["--b-values", "8,16", "--no-plot"])
     assert args.B_values == [8, 16] and args.no_plot
     with pytest.raises(SystemExit):
         scaling.build_parser().parse_args(["--k-values", "10,x"])
-    run_all = _load("chanloss_run_benchmarks", TOOLS / "run_benchmarks.py")
+    run_all = load_script("chanloss_run_benchmarks", TOOLS / "run_benchmarks.py")
     args = run_all.build_parser().parse_args(["--quick", "--device", "cuda"])
     assert run_all.command("cc_loss", args) is None  # CPU-only benchmark
     cmd = run_all.command("losses", args)

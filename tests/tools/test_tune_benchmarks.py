@@ -4,38 +4,22 @@ and the study's parts whose every loss is tuned (benchmarks/study/run_study.py).
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-TOOLS = BENCH.parent / "tools"
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    for folder in (BENCH, BENCH / "study"):
-        if str(folder) not in sys.path:
-            sys.path.insert(0, str(folder))
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from script_loader import BENCH, TOOLS, load_script
 
 
 @pytest.fixture(scope="module")
 def report() -> ModuleType:
-    return _load("chanloss_bench_report_tune", TOOLS / "results_page.py")
+    return load_script("chanloss_bench_report_tune", TOOLS / "results_page.py")
 
 
 @pytest.fixture(scope="module")
 def parts() -> ModuleType:
-    return _load("chanloss_study_run_tune", BENCH / "study" / "run_study.py")
+    return load_script("chanloss_study_run_tune", BENCH / "study" / "run_study.py")
 
 
 MACHINE = {"cpu_model": "Test CPU", "cpu_count": 2, "torch": "2.x", "torch_threads": 1,
@@ -213,7 +197,7 @@ def test_report_marks_the_tuned_columns(tmp_path: Path, report: ModuleType) -> N
 def test_rescore_recomputes_the_verdicts_from_the_stored_fold_scores(tmp_path: Path) -> None:
     from scipy import stats
 
-    tool = _load("chanloss_tune_results_rescore", TOOLS / "tune_results.py")
+    tool = load_script("chanloss_tune_results_rescore", TOOLS / "tune_results.py")
     results = tmp_path / "results"
     results.mkdir()
     data = _tune_json()
@@ -263,7 +247,7 @@ def test_rescore_recomputes_the_verdicts_from_the_stored_fold_scores(tmp_path: P
 
 
 def test_results_of_losses_tuned_side_by_side_are_merged_into_one_file(tmp_path: Path) -> None:
-    bench = _load("chanloss_bench_tune_merge", BENCH / "bench_tune.py")
+    bench = load_script("chanloss_bench_tune_merge", BENCH / "bench_tune.py")
     path = tmp_path / "tune_folder.json"
     raw = bench.folder_raw(tmp_path / "folder", None)
     assert raw["data"] == {"name": "image_folder", "val_fraction": 0.1,
@@ -285,7 +269,7 @@ def test_results_of_losses_tuned_side_by_side_are_merged_into_one_file(tmp_path:
 
 
 def test_a_reconfirmation_keeps_the_searchs_record(tmp_path: Path) -> None:
-    tool = _load("chanloss_tune_results_reconfirm", TOOLS / "tune_results.py")
+    tool = load_script("chanloss_tune_results_reconfirm", TOOLS / "tune_results.py")
     path = tmp_path / "tune_folder.json"
     old = {"recipe": {"epochs": 15}, "quick": False, "timeout": "60m", "trials_per_search": None,
            "command": "search run", "wall_s": 3600.0, "machine": MACHINE,
@@ -319,7 +303,7 @@ def test_a_reconfirmation_keeps_the_searchs_record(tmp_path: Path) -> None:
 
 
 def test_agreement_follows_the_tune_issues_rule() -> None:
-    bench = _load("chanloss_bench_tune_agrees", BENCH / "bench_tune.py")
+    bench = load_script("chanloss_bench_tune_agrees", BENCH / "bench_tune.py")
 
     def entry(answer: str | None, test_diff: float, test_beyond: bool) -> dict:
         cv = {"beyond": answer == "gain", "diff": 0.03 if answer == "gain" else 0.0}
@@ -343,7 +327,7 @@ def test_a_reconfirmation_searches_no_further_than_the_stored_study(
 ) -> None:
     import chanloss.tuning
 
-    tool = _load("chanloss_tune_results_hook", TOOLS / "tune_results.py")
+    tool = load_script("chanloss_tune_results_hook", TOOLS / "tune_results.py")
     asked: dict = {}
 
     def fake_tune(config, out, **kwargs):  # records the budget, trains nothing
