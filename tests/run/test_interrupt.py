@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from ctrl_c import CtrlCLoss
-from torch import Tensor
+from training_helpers import assert_same_state as same
 
 from chanloss.cli import main
 from chanloss.config import load_config
@@ -39,22 +38,6 @@ TINY = {
     "device": "cpu",
 }
 COMPARED = ("model", "losses", "optimizer", "scheduler", "rng", "epoch", "global_step")
-
-
-def same(a: object, b: object, path: str = "") -> None:
-    assert type(a) is type(b), path
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            same(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            same(x, y, f"{path}.{i}")
-    elif isinstance(a, Tensor):
-        assert a.dtype == b.dtype and torch.equal(a, b), path
-    else:
-        assert a == b, path
 
 
 def assert_same_run(a: Path, b: Path) -> None:

@@ -10,8 +10,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from torch import Tensor
-from training_helpers import read_metrics, registered_test_losses, tiny
+from training_helpers import assert_same_state, read_metrics, registered_test_losses, tiny
 
 from chanloss.config import ConfigError
 from chanloss.run.checkpoint import (
@@ -45,22 +44,6 @@ def resumable(*overrides: str) -> object:
             {"name": "test_random_drop"},
         ],
     )
-
-
-def assert_same_state(a: dict, b: dict, path: str = "") -> None:
-    assert type(a) is type(b), path
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            assert_same_state(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_state(x, y, f"{path}.{i}")
-    elif isinstance(a, Tensor):
-        assert a.dtype == b.dtype and torch.equal(a, b), path
-    else:
-        assert a == b, path
 
 
 @pytest.mark.parametrize("interruption", ["epochs", "stop_after"])

@@ -101,3 +101,20 @@ def manual_test_accuracy(run, checkpoint: str = "last.pt") -> float:
     with torch.no_grad():
         logits = model((to_float_images(bundle.test.images) - mean) / std).logits
     return (logits.argmax(1) == bundle.test.labels).float().mean().item()
+
+
+def assert_same_state(a: dict, b: dict, path: str = "") -> None:
+    """Equal nested state (dicts, lists, tensors: dtype and every value), naming the path."""
+    assert type(a) is type(b), path
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_same_state(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{path}.{i}")
+    elif isinstance(a, Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), path
+    else:
+        assert a == b, path
