@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tiny_config import TUNE_TINY
 
 from chanloss.config import load_config
 from chanloss.tuning import STUDY_NAME, open_storage, tune
@@ -82,15 +83,9 @@ def postgres_url() -> Iterator[str]:
         yield f"postgresql://postgres@/postgres?host={sock}&port={port}"
 
 
+# The tune tests' config with a narrower learning-rate range.
 TINY = {
-    "model": {"name": "convnet_small", "width": 4, "feature_channels": 20, "pools": 1},
-    "data": {"name": "digits", "val_fraction": 0.25},
-    "losses": [{"name": "ce"}, {"name": "mc"}],
-    "optim": {"lr": 0.1},
-    "schedule": {"name": "constant"},
-    "epochs": 3,
-    "batch_size": 32,
-    "device": "cpu",
+    **TUNE_TINY,
     "search": {"mc": {"keep_ratio": None, "pool": None}, "optim": {"lr": [0.01, 0.3]}},
 }
 TRIALS = 6
